@@ -1,0 +1,54 @@
+"""Search spaces: typed descriptions of what can vary, arch values, encodings, sampling, the registry.
+
+Needs only the standard library and numpy.
+"""
+
+from __future__ import annotations
+
+from . import _mnasnet, _ofa  # noqa: F401  (registers the built-in spaces)
+from ._arch import Arch, ArchError, BlockArch, StageArch, validate
+from ._encoding import decode, encode, encode_many, encoding_length, encoding_names
+from ._ofa import from_ofa_config, to_ofa_config
+from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
+from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
+from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
+from ._space import ACTIVATIONS, OP_TYPES, SearchSpace, StageSpec, make_divisible
+from ._strings import arch_from_string, arch_to_string
+
+__all__ = [
+    "ACTIVATIONS",
+    "OP_TYPES",
+    "Arch",
+    "ArchError",
+    "BlockArch",
+    "BlockPlan",
+    "NetworkPlan",
+    "SearchSpace",
+    "Seed",
+    "StageArch",
+    "StageSpec",
+    "UnknownSpaceError",
+    "arch_from_string",
+    "arch_to_string",
+    "as_generator",
+    "conv_out_size",
+    "crossover",
+    "decode",
+    "encode",
+    "encode_many",
+    "encoding_length",
+    "encoding_names",
+    "from_ofa_config",
+    "get_space",
+    "largest",
+    "list_spaces",
+    "make_divisible",
+    "mutate",
+    "plan",
+    "random_arch",
+    "register_space",
+    "sample",
+    "smallest",
+    "to_ofa_config",
+    "validate",
+]
