@@ -1,0 +1,63 @@
+"""The ``nas`` command line.
+
+Each sub-command lives in ``nas/commands/<name>.py`` with ``register(subparsers)``; the handler it sets
+returns an exit status. Bad input (``UsageError``, an invalid arch, an unknown space) ends with one line
+on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .errors import UsageError
+
+# Sub-command modules, in the order ``nas --help`` lists them.
+COMMAND_MODULES = ("spaces", "arch", "train", "latency", "devices", "search", "run", "query", "plot")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from search_spaces import ArchError, UnknownSpaceError
+
+    return (UsageError, ArchError, UnknownSpaceError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas",
+        description="hwnas: hardware-aware neural architecture search (once-for-all supernets, "
+                    "per-device latency, Optuna Pareto fronts).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"nas.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"nas.commands.{name}":
+                continue  # not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except _user_error_types() as exc:
+        print(f"nas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas: interrupted; finished work is saved, run the same command again to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
