@@ -12,6 +12,7 @@ from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
+from ._size import block_choices, space_size
 from ._space import ACTIVATIONS, OP_TYPES, SearchSpace, StageSpec, make_divisible
 from ._strings import arch_from_string, arch_to_string
 
@@ -30,6 +31,7 @@ __all__ = [
     "UnknownSpaceError",
     "arch_from_string",
     "arch_to_string",
+    "block_choices",
     "as_generator",
     "conv_out_size",
     "crossover",
@@ -49,6 +51,7 @@ __all__ = [
     "register_space",
     "sample",
     "smallest",
+    "space_size",
     "to_ofa_config",
     "validate",
 ]

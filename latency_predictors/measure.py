@@ -1,0 +1,269 @@
+"""The measurement protocol and its backends.
+
+One protocol for every backend: warm up, time ``repeats`` runs, reject outliers (beyond 3 IQR of the
+quartiles), report the median with its spread (IQR / median). When the spread is above
+``noise_threshold`` the whole series is measured again (up to ``retries`` times, the least noisy series
+is kept) and a warning is issued if it stays noisy.
+
+Backends turn a ``torch.nn.Module`` and an input shape into a zero-argument callable that runs one
+inference:
+
+- ``torch``: eager PyTorch under ``torch.inference_mode`` with ``torch.set_num_threads(threads)``;
+- ``onnxruntime``: the module exported to ONNX (legacy TorchScript exporter, weights inline), run by an
+  ``InferenceSession`` with ``intra_op_num_threads=threads`` on the CPU provider;
+- ``torch_compile``: ``torch.compile`` of the eager module (slow first call; warm-up absorbs it).
+
+Call ``configure_allocator()`` in the measuring process before any torch work (glibc otherwise maps
+and frees the large buffers on every run, which makes CPU timings noisy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import io
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+BACKENDS = ("torch", "onnxruntime", "torch_compile")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_allocator_configured = False
+
+
+class NoisyMeasurementWarning(UserWarning):
+    """A measurement's spread stayed above the noise threshold after re-measuring."""
+
+
+def configure_allocator() -> bool:
+    """Keep glibc from returning large buffers to the OS between runs (idempotent).
+
+    Returns False where glibc is not available (the setting then does not apply).
+    """
+    global _allocator_configured
+    if _allocator_configured:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    _allocator_configured = True
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureConfig:
+    """How much to run: the protocol's knobs."""
+
+    # Untimed runs before timing (also absorbs lazy initialisation and compilation).
+    warmup: int = 5
+    # Timed runs per series.
+    repeats: int = 30
+    # Spread (IQR / median) above which the series is measured again.
+    noise_threshold: float = 0.05
+    # Extra series measured when the spread is too high.
+    retries: int = 2
+    # Lower bound on the time spent in one series; short layers get more repeats.
+    min_series_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The result of one measured series, in milliseconds."""
+
+    median_ms: float
+    # (Q3 - Q1) / median over the kept samples.
+    spread: float
+    # Samples kept and rejected as outliers.
+    kept: int
+    rejected: int
+    # Whether the spread stayed above the threshold.
+    noisy: bool = False
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return {"median_ms": self.median_ms, "spread": self.spread, "kept": self.kept,
+                "rejected": self.rejected, "noisy": self.noisy}
+
+
+def summarize(samples_ms: np.ndarray | list[float]) -> Measurement:
+    """Median and spread of timings after rejecting outliers beyond 3 IQR of the quartiles."""
+    x = np.asarray(samples_ms, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples to summarize")
+    q1, q3 = np.percentile(x, [25, 75])
+    iqr = q3 - q1
+    keep = (x >= q1 - 3 * iqr) & (x <= q3 + 3 * iqr)
+    kept = x[keep]
+    median = float(np.median(kept))
+    k1, k3 = np.percentile(kept, [25, 75])
+    spread = float((k3 - k1) / median) if median > 0 else 0.0
+    return Measurement(median_ms=median, spread=spread, kept=int(kept.size), rejected=int((~keep).sum()))
+
+
+def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measurement:
+    """Apply the protocol to ``run``: warm up, timed series, outlier rejection, noise check."""
+    for _ in range(config.warmup):
+        run()
+    best: Measurement | None = None
+    for _attempt in range(1 + max(0, config.retries)):
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < config.repeats or time.perf_counter() - start < config.min_series_s:
+            t0 = time.perf_counter()
+            run()
+            samples.append((time.perf_counter() - t0) * 1e3)
+            if len(samples) >= 20 * config.repeats:
+                break
+        result = summarize(samples)
+        if best is None or result.spread < best.spread:
+            best = result
+        if best.spread <= config.noise_threshold:
+            return best
+    assert best is not None
+    warnings.warn(f"measurement stayed noisy: spread {best.spread:.1%} > {config.noise_threshold:.1%} "
+                  f"(median {best.median_ms:.3f} ms)", NoisyMeasurementWarning, stacklevel=2)
+    return Measurement(best.median_ms, best.spread, best.kept, best.rejected, noisy=True)
+
+
+# --- backends -------------------------------------------------------------------------------------
+
+
+class Backend:
+    """Turns a module and an input shape into a callable that runs one inference.
+
+    Implementations set ``name`` and implement ``prepare``; ``threads`` is the number of intra-op threads.
+    """
+
+    name = ""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        module = module.eval()
+        x = torch.randn(*input_shape)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return module(x)
+
+        return run
+
+
+class TorchCompileBackend(Backend):
+    name = "torch_compile"
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        compiled = torch.compile(module.eval())
+        x = torch.randn(*input_shape)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return compiled(x)
+
+        return run
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """The ONNX bytes of ``module`` in eval mode (legacy exporter: fast and needs no external files)."""
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(*input_shape),), buffer, dynamo=False,
+                          input_names=["input"], output_names=["output"], opset_version=17)
+    return buffer.getvalue()
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        import onnxruntime as ort
+
+        model = export_onnx(module, input_shape)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {"input": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+
+        def run() -> object:
+            return session.run(None, feed)
+
+        return run
+
+
+_BACKEND_CLASSES: dict[str, type[Backend]] = {
+    "torch": TorchBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "torch_compile": TorchCompileBackend,
+}
+
+
+def get_backend(name: str, threads: int = 1) -> Backend:
+    """The backend called ``name`` (one of ``BACKENDS``)."""
+    if name not in _BACKEND_CLASSES:
+        raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}")
+    return _BACKEND_CLASSES[name](threads)
+
+
+def measure_module(module: nn.Module, input_shape: tuple[int, ...], backend: Backend,
+                   config: MeasureConfig | None = None) -> Measurement:
+    """Latency of one inference of ``module`` on an input of ``input_shape`` under ``backend``."""
+    configure_allocator()
+    return time_callable(backend.prepare(module, input_shape), config or MeasureConfig())
+
+
+@contextlib.contextmanager
+def device_lock(path: str | os.PathLike[str], timeout_s: float | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``path`` so measurements on one device never overlap.
+
+    Blocks until the lock is free (or raises ``TimeoutError`` after ``timeout_s``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"device lock {path} is held by another measurement") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
