@@ -2,7 +2,43 @@
 
 from __future__ import annotations
 
+from .channel_sort import sort_channels, sort_mbconv_channels
 from .counting import Counts, arch_counts, count_macs, count_params
+from .elastic import (
+    SUPERNET_CLASSES,
+    ElasticHead,
+    ElasticSupernet,
+    MnasNetSupernet,
+    OFAMobileNetV3Supernet,
+    build_supernet,
+)
+from .elastic_blocks import ElasticChoiceBlock, ElasticMBConv, ElasticRegularConv, ElasticSepConv
+from .elastic_layers import ElasticBatchNorm2d, ElasticConv2d, ElasticConvBNAct, ElasticSqueezeExcite
+from .extract import extract
 from .static import StaticNet, build
 
-__all__ = ["Counts", "StaticNet", "arch_counts", "build", "count_macs", "count_params"]
+__all__ = [
+    "SUPERNET_CLASSES",
+    "Counts",
+    "ElasticBatchNorm2d",
+    "ElasticChoiceBlock",
+    "ElasticConv2d",
+    "ElasticConvBNAct",
+    "ElasticHead",
+    "ElasticMBConv",
+    "ElasticRegularConv",
+    "ElasticSepConv",
+    "ElasticSqueezeExcite",
+    "ElasticSupernet",
+    "MnasNetSupernet",
+    "OFAMobileNetV3Supernet",
+    "StaticNet",
+    "arch_counts",
+    "build",
+    "build_supernet",
+    "count_macs",
+    "count_params",
+    "extract",
+    "sort_channels",
+    "sort_mbconv_channels",
+]
