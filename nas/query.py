@@ -1,0 +1,167 @@
+"""Querying a run's fronts, and exporting a chosen subnet (ONNX checked against PyTorch, or a state dict)."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from search_spaces import get_space
+
+from .errors import UsageError
+from .fronts import FrontMember, FrontStore, get_front_store
+from .search import FRONTS_NAME, run_path
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["EXPORT_SUFFIXES", "export_member", "export_subnet", "open_fronts", "query_front", "subnet_of"]
+
+EXPORT_SUFFIXES = (".onnx", ".pt")
+ONNX_TOLERANCE = 1e-4
+
+
+def open_fronts(run_dir: Any) -> FrontStore:
+    """The run's front store; a run without one is a ``UsageError``."""
+    path = run_path(run_dir) / FRONTS_NAME
+    if not path.exists():
+        if not run_path(run_dir).exists():
+            raise UsageError(f"no run folder {str(run_path(run_dir))!r}")
+        raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts ({FRONTS_NAME}); run `nas search` first")
+    return get_front_store(path, create=False)
+
+
+def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: float | None = None, *,
+                store: FrontStore | None = None) -> FrontMember:
+    """The most accurate front member of ``device`` whose latency is at most ``max_latency_ms``.
+
+    Latency is the measured one where the run re-measured its fronts, else the predicted one; accuracy
+    is validation accuracy (fraction). Raises ``UsageError`` naming the feasible range when the budget is
+    below the fastest member, naming the devices for an unknown device, and naming the best reachable
+    accuracy when ``min_accuracy`` cannot be met within the budget.
+    """
+    store = store or open_fronts(run_dir)
+    devices = store.devices()
+    if device not in devices:
+        raise UsageError(f"unknown device {device!r} for this run; devices with a front: "
+                         f"{', '.join(devices) or 'none'}")
+    if not max_latency_ms > 0:
+        raise UsageError(f"--max-latency-ms must be positive; got {max_latency_ms}")
+    front = store.front(device)
+    fastest, slowest = front[0], front[-1]
+    within = [m for m in front if m.latency_ms <= max_latency_ms]
+    if not within:
+        raise UsageError(f"no subnet on {device} meets {max_latency_ms:g} ms; the front spans "
+                         f"{fastest.latency_ms:.3f} ms (fastest, accuracy {fastest.val_accuracy:.4f}) to "
+                         f"{slowest.latency_ms:.3f} ms (most accurate, accuracy {slowest.val_accuracy:.4f})")
+    best = max(within, key=lambda m: (m.val_accuracy, -m.latency_ms))
+    if min_accuracy is not None and best.val_accuracy < min_accuracy:
+        reach = [m for m in front if m.val_accuracy >= min_accuracy]
+        hint = (f"; accuracy {min_accuracy:g} needs at least {reach[0].latency_ms:.3f} ms" if reach
+                else f"; no member reaches it (best {slowest.val_accuracy:.4f})")
+        raise UsageError(f"no subnet on {device} within {max_latency_ms:g} ms reaches accuracy {min_accuracy:g}: "
+                         f"the best within the budget has {best.val_accuracy:.4f}{hint}")
+    return best
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17)
+    return buffer.getvalue()
+
+
+def export_subnet(model: nn.Module, resolution: int, out: str | os.PathLike[str], *,
+                  metadata: dict[str, Any] | None = None, seed: int = 0,
+                  tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
+    """Write ``model`` (eval mode) to ``out`` atomically: ``.onnx`` or ``.pt``.
+
+    ``.onnx``: exported with a dynamic batch axis, then run by ONNX Runtime on random inputs and compared
+    with PyTorch; the file is written only when the largest absolute difference is at most ``tolerance``.
+    ``.pt``: ``{"state_dict", **metadata}`` (loadable with ``torch.load(weights_only=True)``; rebuild with
+    ``supernets.build(space, Arch.from_dict(arch))`` and ``load_state_dict``).
+
+    Returns a summary (path, format, and for ONNX the measured max abs difference).
+    """
+    import torch
+
+    from .io import atomic_write_bytes
+
+    path = Path(out)
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise UsageError(f"cannot export to {str(path)!r}: the file name must end in {' or '.join(EXPORT_SUFFIXES)}")
+    model = model.eval()
+    if path.suffix == ".pt":
+        buffer = io.BytesIO()
+        torch.save({"format": "hwnas-subnet-1", **(metadata or {}),
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return {"path": str(path), "format": "pt"}
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(2, 3, resolution, resolution, generator=gen)
+    data = _onnx_bytes(model, example[:1])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(example).numpy()
+    got = session.run(None, {"input": example.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= tolerance:
+        raise RuntimeError(f"ONNX export of the subnet differs from PyTorch by {diff:.3g} (> {tolerance:g}); "
+                           f"nothing written")
+    atomic_write_bytes(path, data)
+    return {"path": str(path), "format": "onnx", "max_abs_diff": diff}
+
+
+def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = None,
+              supernet_loader: Callable[[str], tuple[Any, nn.Module]] | None = None) -> nn.Module:
+    """The member's static subnet with the supernet's weights, batch norms recalibrated on ``calibration``.
+
+    ``calibration`` yields normalised training image batches (any resolution; resized to the member's).
+    Without it the supernet's stored BN statistics are kept.
+    """
+    from supernets import extract
+    from supernets.training.bn import recalibrate_bn
+    from supernets.training.evaluate import resize
+
+    if not member.checkpoint:
+        raise UsageError(f"front member {member.arch_id} has no supernet checkpoint to take weights from")
+    if supernet_loader is None:
+        from supernets.training.checkpoint import load_supernet_file as supernet_loader
+    if not Path(member.checkpoint).exists():
+        raise UsageError(f"supernet checkpoint {member.checkpoint!r} of this run is missing")
+    _, supernet = supernet_loader(member.checkpoint)
+    net = extract(supernet, member.arch)
+    if calibration is not None:
+        recalibrate_bn(net, (resize(x, member.arch.resolution) for x in calibration))
+    return net.eval()
+
+
+def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn.Module | None = None,
+                  calibration: Iterable[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Export a front member: its extracted, BN-recalibrated subnet (or ``model`` when given)."""
+    model = model if model is not None else subnet_of(member, calibration)
+    space = get_space(member.arch.space)
+    metadata = {"space": space.name, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
+                "arch_id": member.arch_id, "num_classes": _num_classes(model), "resolution": member.arch.resolution,
+                "val_accuracy": member.val_accuracy, "latency_ms": member.latency_ms, "device": member.device}
+    return export_subnet(model, member.arch.resolution, out, metadata=metadata)
+
+
+def _num_classes(model: nn.Module) -> int:
+    from torch import nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features) if linears else -1

@@ -1,0 +1,465 @@
+"""The Optuna search: a space's factorized parameters, objectives on several devices, per-device fronts.
+
+One study covers every target device: its objectives are ``[accuracy, latency on device 1, latency on
+device 2, ...]``. Each trial is one subnet, so its accuracy (the expensive objective) is computed once and
+reused by every device's front; the latencies come from cheap predictors. NSGA-II's non-dominated sorting
+in the joint space keeps subnets that are good on any one device. (One study per device sharing an
+accuracy cache was the alternative; it repeats sampler work per device and makes the devices' searches
+propose different subnets, so more subnets need an accuracy evaluation.)
+
+Every stage's depth and every block slot's choices are suggested on each trial (one slot per stage for
+spaces whose blocks are shared), so the parameter set has a fixed length and multivariate samplers can
+model the whole space; ``decode_params`` drops the slots beyond the sampled depth.
+
+The study lives in an Optuna storage (a journal file in the run folder by default). Running the search
+again continues it: ``n_trials`` counts finished trials in total, trials a killed process left running are
+marked failed and their subnets asked again, so no finished trial is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import optuna
+
+from search_spaces import Arch, BlockArch, SearchSpace, StageArch, arch_to_string, get_space, validate
+
+from .errors import UsageError
+from .fronts import FrontMember, ReferencePoint, get_front_store
+from .pareto import pareto_indices
+from .search_config import SearchConfig
+
+__all__ = [
+    "ArchBatchFn",
+    "as_batch_fn",
+    "create_sampler",
+    "decode_params",
+    "front_members",
+    "load_study",
+    "open_study",
+    "run_search",
+    "search_params",
+    "study_trials",
+    "TrialTable",
+    "suggest_arch",
+]
+
+ArchBatchFn = Callable[[Sequence[Arch]], np.ndarray]
+"""A batched objective: a list of archs to one float per arch (accuracy in [0, 1], or latency in ms)."""
+
+JOURNAL_NAME = "study.journal"
+FRONTS_NAME = "fronts.sqlite"
+_BLOCK_FIELDS = ("op_type", "kernel_size", "expand_ratio", "se_ratio", "skip")
+
+
+def run_path(run_dir: Any) -> Path:
+    """The folder of a run, from a path or a ``RunDir``-like object (``.root`` or ``.path``)."""
+    for name in ("root", "path"):
+        value = getattr(run_dir, name, None)
+        if isinstance(value, (str, os.PathLike)):
+            return Path(value)
+    return Path(run_dir)
+
+
+# --- parameters --------------------------------------------------------------------------------------
+
+
+def _slots(space: SearchSpace, stage: int) -> int:
+    spec = space.stages[stage]
+    return 1 if spec.shared_blocks else spec.max_depth
+
+
+def search_params(space: SearchSpace) -> dict[str, tuple]:
+    """Every searched parameter name and its choices, in a fixed order (dimensions with one choice omitted).
+
+    Expand ratios are suggested for every slot (used only where the slot's op type is ``mbconv``).
+    """
+    params: dict[str, tuple] = {}
+    if len(space.resolutions) > 1:
+        params["resolution"] = tuple(space.resolutions)
+    for s, spec in enumerate(space.stages):
+        if len(spec.depths) > 1:
+            params[f"s{s}.depth"] = spec.depths
+        if len(spec.width_mults) > 1:
+            params[f"s{s}.width_mult"] = spec.width_mults
+        for b in range(_slots(space, s)):
+            for name, values in zip(_BLOCK_FIELDS, (spec.op_types, spec.kernel_sizes, spec.expand_ratios,
+                                                    spec.se_ratios, spec.skips)):
+                if len(values) > 1:
+                    params[f"s{s}.b{b}.{name}"] = values
+    return params
+
+
+def decode_params(space: SearchSpace, params: Mapping[str, Any]) -> Arch:
+    """The arch of a full parameter set (slots beyond each stage's depth are dropped)."""
+    def get(name: str, values: tuple):
+        return params[name] if len(values) > 1 else values[0]
+
+    stages = []
+    for s, spec in enumerate(space.stages):
+        depth = get(f"s{s}.depth", spec.depths)
+        width = get(f"s{s}.width_mult", spec.width_mults)
+        blocks = []
+        for b in range(_slots(space, s)):
+            op = get(f"s{s}.b{b}.op_type", spec.op_types)
+            blocks.append(BlockArch(
+                kernel_size=get(f"s{s}.b{b}.kernel_size", spec.kernel_sizes),
+                expand_ratio=get(f"s{s}.b{b}.expand_ratio", spec.expand_ratios) if op == "mbconv" else 1.0,
+                op_type=op,
+                se_ratio=get(f"s{s}.b{b}.se_ratio", spec.se_ratios),
+                skip=get(f"s{s}.b{b}.skip", spec.skips),
+            ))
+        active = (blocks[0],) * depth if spec.shared_blocks else tuple(blocks[:depth])
+        stages.append(StageArch(blocks=active, width_mult=width))
+    resolution = get("resolution", space.resolutions)
+    return validate(space, Arch(space=space.name, resolution=resolution, stages=tuple(stages)))
+
+
+def suggest_arch(trial: optuna.trial.BaseTrial, space: SearchSpace) -> Arch:
+    """Suggest every parameter of ``search_params(space)`` on ``trial`` and decode the arch."""
+    params = {name: trial.suggest_categorical(name, list(values)) for name, values in search_params(space).items()}
+    return decode_params(space, params)
+
+
+def params_of(space: SearchSpace, arch: Arch) -> dict[str, Any]:
+    """A full parameter set whose decoding is ``arch`` (unused slots copy the stage's last block)."""
+    values = search_params(space)
+    params: dict[str, Any] = {}
+    if "resolution" in values:
+        params["resolution"] = arch.resolution
+    for s, stage in enumerate(arch.stages):
+        if f"s{s}.depth" in values:
+            params[f"s{s}.depth"] = stage.depth
+        if f"s{s}.width_mult" in values:
+            params[f"s{s}.width_mult"] = stage.width_mult
+        for b in range(_slots(space, s)):
+            block = stage.blocks[min(b, stage.depth - 1)]
+            for name in _BLOCK_FIELDS:
+                key = f"s{s}.b{b}.{name}"
+                if key in values:
+                    value = getattr(block, name)
+                    if name == "expand_ratio" and value not in values[key]:
+                        value = values[key][-1]
+                    params[key] = value
+    return params
+
+
+# --- objectives --------------------------------------------------------------------------------------
+
+
+def as_batch_fn(objective: Any, method: str = "predict") -> ArchBatchFn:
+    """A batched objective from a callable or an object with ``method`` (``predict``/``evaluate``)."""
+    fn = getattr(objective, method, None) or getattr(objective, "evaluate", None) or objective
+    if not callable(fn):
+        raise TypeError(f"{objective!r} is neither callable nor has .{method}()")
+
+    def batch(archs: Sequence[Arch]) -> np.ndarray:
+        values = np.asarray(fn(list(archs)), dtype=np.float64).ravel()
+        if values.size != len(archs):
+            raise ValueError(f"objective returned {values.size} values for {len(archs)} archs")
+        return values
+
+    return batch
+
+
+# --- study -------------------------------------------------------------------------------------------
+
+
+def create_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=config.population_size, seed=config.seed)
+    if config.sampler == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    raise UsageError(f"unknown sampler {config.sampler!r}")
+
+
+def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStorage | str:
+    """The configured storage URL, or a journal file in the run folder."""
+    if config.storage:
+        return config.storage
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    folder = run_path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(folder / JOURNAL_NAME)))
+
+
+def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study or load it (same name) when it exists; refuse a study of another space/devices."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not config.devices:
+        raise UsageError("search: no target devices; list at least one under 'devices'")
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=storage_for(config, run_dir),
+        sampler=sampler or create_sampler(config),
+        directions=["maximize"] + ["minimize"] * len(config.devices),
+        load_if_exists=True,
+    )
+    expected = {"space": space.name, "devices": list(config.devices)}
+    attrs = study.user_attrs
+    if "space" not in attrs:
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("objectives", ["accuracy"] + [f"latency_ms:{d}" for d in config.devices])
+    elif attrs.get("space") != space.name or list(attrs.get("devices", [])) != list(config.devices):
+        raise UsageError(f"study {config.study_name!r} in this run searched space {attrs.get('space')!r} on "
+                         f"devices {attrs.get('devices')}; this config has {space.name!r} on "
+                         f"{list(config.devices)}: use another run folder or study_name")
+    return study
+
+
+def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
+    """Load the run's study (journal file by default) without a sampler, for reading."""
+    config = config or SearchConfig()
+    if not config.storage and not (run_path(run_dir) / JOURNAL_NAME).exists():
+        raise UsageError(f"run {str(run_path(run_dir))!r} has no search study ({JOURNAL_NAME}); run `nas search`")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=config.study_name, storage=storage_for(config, run_dir))
+
+
+def _recover_stale(study: optuna.Study) -> int:
+    """Mark trials a killed process left running as failed and ask their subnets again."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if len(trial.params) == len(trial.distributions) and trial.params:
+            study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+    return len(stale)
+
+
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: ArchBatchFn,
+             latency: Mapping[str, ArchBatchFn], progress: Callable[[int, int], None] | None = None) -> int:
+    """Run trials with ask/tell in batches until ``config.n_trials`` trials are finished in total.
+
+    Returns the number of trials finished by this call. Trials asked but not told when an exception
+    (or Ctrl-C) stops the loop are marked failed, so the next call asks them again.
+    """
+    _recover_stale(study)
+    budgets = config.budgets
+    done_before = _n_complete(study)
+    done = done_before
+    while done < config.n_trials:
+        size = min(config.batch_size, config.n_trials - done)
+        trials = [study.ask() for _ in range(size)]
+        try:
+            archs = [suggest_arch(t, space) for t in trials]
+            acc = accuracy(archs)
+            lats = [latency[d](archs) for d in config.devices]
+            for i, trial in enumerate(trials):
+                for d, device in enumerate(config.devices):
+                    if device in budgets:
+                        trial.set_constraint(f"latency:{device}", float(lats[d][i] - budgets[device]))
+                study.tell(trial, [float(acc[i])] + [float(lat[i]) for lat in lats])
+                trials[i] = None  # type: ignore[call-overload]
+        except BaseException:
+            for trial in trials:
+                if trial is not None:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                    study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+            raise
+        done += size
+        if progress is not None:
+            progress(done, config.n_trials)
+    return done - done_before
+
+
+# --- fronts --------------------------------------------------------------------------------------------
+
+
+class TrialTable(NamedTuple):
+    """Finished trials of a study, in trial order."""
+
+    numbers: list[int]
+    archs: list[Arch]
+    accuracy: np.ndarray  # (N,)
+    latency_ms: np.ndarray  # (N, devices)
+
+
+def study_trials(study: optuna.Study, space: SearchSpace) -> TrialTable:
+    """The study's finished trials with their decoded archs and objective values."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = sorted(trials, key=lambda t: t.number)
+    archs = [decode_params(space, t.params) for t in trials]
+    n_obj = len(study.directions)
+    values = np.array([t.values for t in trials], dtype=np.float64).reshape(len(trials), n_obj)
+    return TrialTable([t.number for t in trials], archs, values[:, 0], values[:, 1:])
+
+
+def front_members(archs: Sequence[Arch], accuracy: np.ndarray, latency_ms: np.ndarray,
+                  max_latency_ms: float | None = None) -> list[int]:
+    """Indices of the distinct non-dominated archs within the budget, latency ascending."""
+    first: dict[str, int] = {}
+    for i, arch in enumerate(archs):
+        if max_latency_ms is None or latency_ms[i] <= max_latency_ms:
+            first.setdefault(arch.arch_id, i)
+    idx = np.array(sorted(first.values()), dtype=int)
+    if idx.size == 0:
+        return []
+    keep = pareto_indices(accuracy[idx], latency_ms[idx])
+    return [int(i) for i in idx[keep]]
+
+
+def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predictors: Mapping[str, Any], *,
+               space: SearchSpace | str, final_evaluator: Any = None,
+               counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, list[FrontMember]]:
+    """Search, then write one front per device to the run's front store; returns the fronts.
+
+    Args:
+        config: the parsed search config (devices, sampler, budgets, storage).
+        run_dir: the run folder (a path or a ``RunDir``).
+        accuracy: the accuracy objective, batched (callable or ``.predict``/``.evaluate``): validation
+            accuracy from direct evaluation or from a predictor.
+        latency_predictors: device id to a latency predictor (``.predict(archs) -> ms``) or callable.
+        space: the searched space (or its name).
+        final_evaluator: optional ``.evaluate(archs, split)`` giving direct accuracy; front members get
+            their validation accuracy from it (``split="val"``) and their test accuracy (``split="test"``).
+        counts_fn: ``(space, arch) -> Counts`` with ``params`` and ``macs`` (default
+            ``supernets.arch_counts``).
+        checkpoint: the supernet checkpoint the members' weights come from, stored with each member.
+        progress: called with (finished, total) after each batch.
+    """
+    space = get_space(space)
+    missing = [d for d in config.devices if d not in latency_predictors]
+    if missing:
+        raise UsageError(f"no latency predictor for device(s) {', '.join(missing)}; have: "
+                         f"{', '.join(latency_predictors) or 'none'}")
+    acc_fn = as_batch_fn(accuracy, "evaluate")
+    lat_fns = {d: as_batch_fn(latency_predictors[d]) for d in config.devices}
+    study = open_study(config, run_dir, space)
+    optimize(study, space, config, acc_fn, lat_fns, progress)
+    return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
+                        counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn)
+
+
+def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, run_dir: Any,
+                 latency: Mapping[str, ArchBatchFn], *, final_evaluator: Any = None,
+                 counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
+                 search_accuracy: ArchBatchFn | None = None) -> dict[str, list[FrontMember]]:
+    """Per-device fronts of the study's finished trials, stored (with the reference subnets) in the run."""
+    from search_spaces import largest, smallest
+
+    if counts_fn is None:
+        from supernets import arch_counts as counts_fn  # noqa: N813
+    table = study_trials(study, space)
+    archs, acc, lats = table.archs, table.accuracy, table.latency_ms
+    budgets = config.budgets
+    chosen = {d: front_members(archs, acc, lats[:, k], budgets.get(d)) for k, d in enumerate(config.devices)}
+    member_idx = sorted({i for idx in chosen.values() for i in idx})
+    val = {i: float(acc[i]) for i in member_idx}
+    test: dict[int, float | None] = dict.fromkeys(member_idx)
+    if final_evaluator is not None and member_idx:
+        direct_val = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="val"))([archs[i] for i in member_idx])
+        direct_test = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="test"))([archs[i] for i in member_idx])
+        val = {i: float(v) for i, v in zip(member_idx, direct_val)}
+        test = {i: float(v) for i, v in zip(member_idx, direct_test)}
+    counts = {i: counts_fn(space, archs[i]) for i in member_idx}
+    fronts: dict[str, list[FrontMember]] = {}
+    references: dict[str, list[ReferencePoint]] = {}
+    ref_archs = {"largest": largest(space), "smallest": smallest(space)}
+    ref_acc = (search_accuracy(list(ref_archs.values())) if search_accuracy is not None
+               else np.full(len(ref_archs), np.nan))
+    for k, device in enumerate(config.devices):
+        fronts[device] = [
+            FrontMember(
+                device=device, arch=archs[i], arch_string=arch_to_string(space, archs[i]),
+                arch_id=archs[i].arch_id, val_accuracy=val[i], test_accuracy=test[i],
+                predicted_latency_ms=float(lats[i, k]), measured_latency_ms=None,
+                macs=int(counts[i].macs), params=int(counts[i].params), checkpoint=checkpoint,
+                trial_number=table.numbers[i],
+            )
+            for i in chosen[device]
+        ]
+        ref_lat = latency[device](list(ref_archs.values()))
+        references[device] = [
+            ReferencePoint(device=device, name=name, arch=arch, accuracy=float(ref_acc[j]),
+                           latency_ms=float(ref_lat[j]))
+            for j, (name, arch) in enumerate(ref_archs.items())
+        ]
+    store = get_front_store(run_path(run_dir) / FRONTS_NAME)
+    with store.transaction():
+        for device in config.devices:
+            store.write_front(device, fronts[device])
+            store.write_references(device, references[device])
+        store.set_meta("space", space.name)
+        store.set_meta("budgets_ms", budgets)
+    return {d: store.front(d) for d in config.devices}
+
+
+# --- hardware in the loop ------------------------------------------------------------------------------
+
+
+class HilReport(NamedTuple):
+    """Predicted against measured latency of one device's front members."""
+
+    device: str
+    arch_ids: list[str]
+    predicted_ms: list[float]
+    measured_ms: list[float]
+    mape: float
+    spearman: float
+    members_before: int
+    members_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], *, store: Any = None) -> dict[str, HilReport]:
+    """Re-measure every front member on its device and rebuild the fronts on measured latency.
+
+    Args:
+        run_dir: the run folder (its ``fronts.sqlite`` is read and updated).
+        measure: device id to a batched measurement (``(archs) -> ms`` callable or ``.predict``/``.measure``);
+            devices without one are left as they are.
+        store: a front store to use instead of the run's file.
+
+    The predicted and measured latencies are kept in the store's ``measurements`` table and the report is
+    also written to ``hil.json`` in the run folder.
+    """
+    from scipy.stats import spearmanr
+
+    from .fronts import Measurement, with_measured
+    from .io import atomic_write_json
+
+    store = get_front_store(store if store is not None else run_path(run_dir) / FRONTS_NAME)
+    reports: dict[str, HilReport] = {}
+    for device in store.devices():
+        if device not in measure:
+            continue
+        fn = measure[device]
+        fn = as_batch_fn(getattr(fn, "measure", fn))
+        members = store.front(device)
+        measured = fn([m.arch for m in members])
+        predicted = np.array([m.predicted_latency_ms for m in members])
+        updated = [with_measured(m, t) for m, t in zip(members, measured)]
+        with store.transaction():
+            store.write_measurements([Measurement(device, m.arch_id, m.predicted_latency_ms, float(t))
+                                      for m, t in zip(members, measured)])
+            store.write_front(device, updated)
+        after = len(store.front(device))
+        rho = float(spearmanr(predicted, measured).statistic) if len(members) > 2 else float("nan")
+        reports[device] = HilReport(
+            device=device, arch_ids=[m.arch_id for m in members], predicted_ms=predicted.tolist(),
+            measured_ms=[float(t) for t in measured],
+            mape=float(np.mean(np.abs(predicted - measured) / measured)) if len(members) else float("nan"),
+            spearman=rho, members_before=len(members), members_after=after,
+        )
+    if reports:
+        atomic_write_json(run_path(run_dir) / "hil.json", {d: r.to_dict() for d, r in reports.items()})
+    return reports

@@ -1,0 +1,136 @@
+"""The search section of an experiment config, parsed once into a frozen value.
+
+The experiment config keeps the raw ``search`` mapping and the raw ``devices`` list; ``SearchConfig.parse``
+turns them into this value, with a one-line ``UsageError`` naming any bad key or value.
+
+Example (YAML)::
+
+    devices: [local-cpu-1t-ort, {id: pixel7-tflite, max_latency_ms: 20}]
+    search:
+      sampler: nsga2            # nsga2 | tpe | random
+      n_trials: 500             # finished trials in total, across restarts
+      seed: 0
+      accuracy: predictor       # direct | predictor
+      latency_budgets_ms: {local-cpu-1t-ort: 8.0}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import UsageError
+
+SAMPLERS = ("nsga2", "tpe", "random")
+ACCURACY_OBJECTIVES = ("direct", "predictor")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchConfig:
+    """How to search; every field has a default so an empty mapping is a valid config."""
+
+    # Optuna sampler: NSGA-II (default), multivariate TPE or uniform random.
+    sampler: str = "nsga2"
+    # Finished trials in total; a resumed study only runs the missing ones.
+    n_trials: int = 500
+    # Seed of the sampler (and of the accuracy predictor's training subnets).
+    seed: int = 0
+    # Optuna storage URL (sqlite:///..., postgresql://...); None means a journal file in the run folder.
+    storage: str | None = None
+    # Study name inside the storage.
+    study_name: str = "search"
+    # Accuracy objective: direct evaluation of each subnet, or an MLP predictor fitted on evaluated subnets.
+    accuracy: str = "direct"
+    # Target device ids, in order; each gets its own latency objective and front.
+    devices: tuple[str, ...] = ()
+    # Latency budgets (device id, max latency in ms) turned into Optuna constraints.
+    latency_budgets_ms: tuple[tuple[str, float], ...] = ()
+    # Trials asked before they are told (ask/tell batching; direct accuracy is evaluated in parallel).
+    batch_size: int = 16
+    # NSGA-II population size.
+    population_size: int = 50
+    # Directly evaluated random subnets used to fit the accuracy predictor (objective ``predictor``).
+    predictor_samples: int = 200
+    # Share of ``predictor_samples`` held out to report the predictor's RMSE and rank correlation.
+    predictor_holdout: float = 0.2
+    # Ray actors evaluating accuracy in parallel (each holds the supernet once).
+    eval_workers: int = 2
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        return dict(self.latency_budgets_ms)
+
+    @classmethod
+    def parse(cls, search: Mapping[str, Any] | None, devices: Sequence[Any] = ()) -> SearchConfig:
+        """Parse the raw ``search`` mapping and ``devices`` list of an experiment config."""
+        search = dict(search or {})
+        allowed = {f.name for f in fields(cls)} - {"devices"}
+        unknown = sorted(set(search) - allowed)
+        if unknown:
+            raise UsageError(f"search: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        device_ids: list[str] = []
+        budgets: dict[str, float] = {}
+        for entry in devices or ():
+            if isinstance(entry, str):
+                device_ids.append(entry)
+            elif isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                device_ids.append(entry["id"])
+                if entry.get("max_latency_ms") is not None:
+                    budgets[entry["id"]] = _positive_float(f"devices[{entry['id']}].max_latency_ms",
+                                                           entry["max_latency_ms"])
+            else:
+                raise UsageError(f"devices: each entry must be a device id or a mapping with 'id'; got {entry!r}")
+        if len(set(device_ids)) != len(device_ids):
+            raise UsageError(f"devices: duplicate device ids in {device_ids}")
+        raw_budgets = search.pop("latency_budgets_ms", None) or {}
+        if not isinstance(raw_budgets, Mapping):
+            raise UsageError("search.latency_budgets_ms must map device ids to milliseconds")
+        for device, value in raw_budgets.items():
+            if device_ids and device not in device_ids:
+                raise UsageError(f"search.latency_budgets_ms: unknown device {device!r}; devices: "
+                                 f"{', '.join(device_ids)}")
+            budgets[str(device)] = _positive_float(f"search.latency_budgets_ms.{device}", value)
+        values: dict[str, Any] = {}
+        if "sampler" in search:
+            values["sampler"] = _choice("search.sampler", search["sampler"], SAMPLERS)
+        if "accuracy" in search:
+            values["accuracy"] = _choice("search.accuracy", search["accuracy"], ACCURACY_OBJECTIVES)
+        for name in ("n_trials", "batch_size", "population_size", "predictor_samples", "eval_workers"):
+            if name in search:
+                values[name] = _positive_int(f"search.{name}", search[name])
+        if "seed" in search:
+            if not isinstance(search["seed"], int) or isinstance(search["seed"], bool):
+                raise UsageError(f"search.seed must be an integer; got {search['seed']!r}")
+            values["seed"] = search["seed"]
+        if "predictor_holdout" in search:
+            holdout = search["predictor_holdout"]
+            if not isinstance(holdout, (int, float)) or not 0.0 < float(holdout) < 0.9:
+                raise UsageError(f"search.predictor_holdout must be in (0, 0.9); got {holdout!r}")
+            values["predictor_holdout"] = float(holdout)
+        for name in ("storage", "study_name"):
+            if name in search and search[name] is not None:
+                if not isinstance(search[name], str) or not search[name]:
+                    raise UsageError(f"search.{name} must be a non-empty string; got {search[name]!r}")
+                values[name] = search[name]
+        if values.get("population_size", 50) < 2:
+            raise UsageError("search.population_size must be at least 2")
+        return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise UsageError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"{name} must be a positive number of milliseconds; got {value!r}")
+    return float(value)
