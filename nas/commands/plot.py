@@ -1,0 +1,23 @@
+"""``nas plot RUN [--out FILE.png]``: accuracy-latency fronts of every device and hypervolume per trial."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plots import plot_run
+
+    path = plot_run(args.run, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot", help="plot a run's Pareto fronts",
+        description="Draw the accuracy-latency front of every device of a run (all evaluated subnets faint "
+                    "behind, largest and smallest subnets marked) and the hypervolume against trials.")
+    p.add_argument("run", metavar="RUN", help="the run folder")
+    p.add_argument("--out", metavar="FILE.png", default=None, help="output file (default RUN/fronts.png)")
+    p.set_defaults(handler=run)

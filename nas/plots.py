@@ -1,0 +1,143 @@
+"""Plots of a run: accuracy-latency fronts per device and hypervolume against trials.
+
+``plot_data`` computes what to draw (a small named tuple, plain numpy); ``draw`` imports matplotlib lazily
+(Agg backend) and writes the figure atomically; ``plot_run`` chains the two.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import UsageError
+from .pareto import hypervolume_2d, reference_point
+
+__all__ = ["DevicePanel", "PlotData", "draw", "plot_data", "plot_run"]
+
+PLOT_NAME = "fronts.png"
+
+
+class DevicePanel(NamedTuple):
+    device: str
+    # Every evaluated subnet (accuracy fraction, predicted latency ms), in trial order.
+    all_accuracy: np.ndarray
+    all_latency_ms: np.ndarray
+    # The stored front (validation accuracy, latency ms: measured where measured), latency ascending.
+    front_accuracy: np.ndarray
+    front_latency_ms: np.ndarray
+    front_measured: bool
+    # (name, accuracy, latency ms) of the reference subnets (largest, smallest).
+    references: tuple[tuple[str, float, float], ...]
+    budget_ms: float | None
+    # Hypervolume (as a fraction of the final one) after each of ``hv_trials`` trials.
+    hv_trials: np.ndarray
+    hv_fraction: np.ndarray
+
+
+class PlotData(NamedTuple):
+    space: str
+    n_trials: int
+    panels: tuple[DevicePanel, ...]
+
+
+def _hv_curve(acc: np.ndarray, lat: np.ndarray, points: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    if acc.size == 0:
+        return np.zeros(0, dtype=int), np.zeros(0)
+    ref_acc, ref_lat = reference_point(acc, lat)
+    ns = np.unique(np.linspace(1, acc.size, min(points, acc.size)).round().astype(int))
+    hv = np.array([hypervolume_2d(acc[:n], lat[:n], ref_acc, ref_lat) for n in ns])
+    final = hv[-1] if hv[-1] > 0 else 1.0
+    return ns, hv / final
+
+
+def plot_data(run_dir: Any, config: Any = None) -> PlotData:
+    """What to draw for a run: its study's trials and its stored fronts (``config``: a ``SearchConfig`` when
+    the study is not in the default journal file)."""
+    from search_spaces import get_space
+
+    from .query import open_fronts
+    from .search import load_study, study_trials
+
+    store = open_fronts(run_dir)
+    space_name = store.get_meta("space")
+    if space_name is None:
+        raise UsageError("the run's front store names no space; run `nas search` again")
+    space = get_space(space_name)
+    study = load_study(run_dir, config)
+    table = study_trials(study, space)
+    devices = list(study.user_attrs.get("devices", store.devices()))
+    budgets = store.get_meta("budgets_ms", {}) or {}
+    panels = []
+    for k, device in enumerate(devices):
+        front = store.front(device)
+        lat = table.latency_ms[:, k] if table.latency_ms.size else np.zeros(0)
+        ns, hv = _hv_curve(table.accuracy, lat)
+        panels.append(DevicePanel(
+            device=device, all_accuracy=table.accuracy, all_latency_ms=lat,
+            front_accuracy=np.array([m.val_accuracy for m in front]),
+            front_latency_ms=np.array([m.latency_ms for m in front]),
+            front_measured=any(m.measured_latency_ms is not None for m in front),
+            references=tuple((r.name, r.accuracy, r.latency_ms) for r in store.references(device)),
+            budget_ms=budgets.get(device), hv_trials=ns, hv_fraction=hv,
+        ))
+    return PlotData(space=space.name, n_trials=len(table.archs), panels=tuple(panels))
+
+
+def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
+    """Draw ``data`` into a PNG at ``out`` (atomic write)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes
+
+    n = len(data.panels)
+    fig, axes = plt.subplots(1, n + 1, figsize=(4.8 * (n + 1), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for k, panel in enumerate(data.panels):
+        ax = axes[0, k]
+        colour = colours[k % len(colours)]
+        ax.scatter(panel.all_latency_ms, 100 * panel.all_accuracy, s=6, color="0.6", alpha=0.25, linewidths=0,
+                   label=f"evaluated subnets ({panel.all_accuracy.size})")
+        if panel.front_accuracy.size:
+            kind = "measured" if panel.front_measured else "predicted"
+            ax.step(panel.front_latency_ms, 100 * panel.front_accuracy, where="post", color=colour, lw=1.5)
+            ax.scatter(panel.front_latency_ms, 100 * panel.front_accuracy, s=22, color=colour, zorder=3,
+                       label=f"Pareto front ({panel.front_accuracy.size}, {kind} latency)")
+        for (name, acc, lat), marker in zip(panel.references, ("*", "D", "s")):
+            if np.isfinite(acc):
+                ax.scatter([lat], [100 * acc], marker=marker, s=70, color="black", zorder=4, label=f"{name} subnet")
+        if panel.budget_ms is not None:
+            ax.axvline(panel.budget_ms, color=colour, ls="--", lw=1, label=f"budget {panel.budget_ms:g} ms")
+        ax.set_title(f"{panel.device}")
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    ax = axes[0, n]
+    for k, panel in enumerate(data.panels):
+        ax.plot(panel.hv_trials, 100 * panel.hv_fraction, color=colours[k % len(colours)], label=panel.device)
+    ax.set_title("search progress")
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume (% of final)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{data.space}: accuracy-latency fronts after {data.n_trials} trials")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(out, buffer.getvalue())
+
+
+def plot_run(run_dir: Any, out: str | os.PathLike[str] | None = None, config: Any = None) -> Path:
+    """Plot a run's fronts into ``out`` (default ``fronts.png`` in the run folder)."""
+    from .search import run_path
+
+    return draw(plot_data(run_dir, config), out if out is not None else run_path(run_dir) / PLOT_NAME)
