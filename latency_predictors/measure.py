@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,12 +79,17 @@ class MeasureConfig:
     retries: int = 2
     # Lower bound on the time spent in one series; short layers get more repeats.
     min_series_s: float = 0.0
+    # Quantile of the kept samples reported as the latency: 0.5 (the median) by default; a low quantile
+    # (0.1-0.25) is more repeatable on a machine shared with other work, whose load only adds time.
+    quantile: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
     """The result of one measured series, in milliseconds."""
 
+    # The reported latency: the configured quantile of the kept samples (the median by default).
+    latency_ms: float
     median_ms: float
     # (Q3 - Q1) / median over the kept samples.
     spread: float
@@ -95,12 +100,13 @@ class Measurement:
     noisy: bool = False
 
     def to_dict(self) -> dict[str, float | int | bool]:
-        return {"median_ms": self.median_ms, "spread": self.spread, "kept": self.kept,
+        return {"latency_ms": self.latency_ms, "median_ms": self.median_ms, "spread": self.spread, "kept": self.kept,
                 "rejected": self.rejected, "noisy": self.noisy}
 
 
-def summarize(samples_ms: np.ndarray | list[float]) -> Measurement:
-    """Median and spread of timings after rejecting outliers beyond 3 IQR of the quartiles."""
+def summarize(samples_ms: np.ndarray | list[float], quantile: float = 0.5) -> Measurement:
+    """Latency (``quantile``), median and spread of timings after rejecting outliers beyond 3 IQR of the
+    quartiles."""
     x = np.asarray(samples_ms, dtype=float)
     if x.size == 0:
         raise ValueError("no samples to summarize")
@@ -111,7 +117,8 @@ def summarize(samples_ms: np.ndarray | list[float]) -> Measurement:
     median = float(np.median(kept))
     k1, k3 = np.percentile(kept, [25, 75])
     spread = float((k3 - k1) / median) if median > 0 else 0.0
-    return Measurement(median_ms=median, spread=spread, kept=int(kept.size), rejected=int((~keep).sum()))
+    return Measurement(latency_ms=float(np.quantile(kept, quantile)), median_ms=median, spread=spread,
+                       kept=int(kept.size), rejected=int((~keep).sum()))
 
 
 def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measurement:
@@ -128,7 +135,7 @@ def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measureme
             samples.append((time.perf_counter() - t0) * 1e3)
             if len(samples) >= 20 * config.repeats:
                 break
-        result = summarize(samples)
+        result = summarize(samples, config.quantile)
         if best is None or result.spread < best.spread:
             best = result
         if best.spread <= config.noise_threshold:
@@ -136,7 +143,33 @@ def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measureme
     assert best is not None
     warnings.warn(f"measurement stayed noisy: spread {best.spread:.1%} > {config.noise_threshold:.1%} "
                   f"(median {best.median_ms:.3f} ms)", NoisyMeasurementWarning, stacklevel=2)
-    return Measurement(best.median_ms, best.spread, best.kept, best.rejected, noisy=True)
+    return replace(best, noisy=True)
+
+
+def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, rounds: int = 6
+                     ) -> list[Measurement]:
+    """The protocol for several callables at once, interleaved: each round times a slice of every
+    callable's repeats in turn, so a burst of load from elsewhere on the machine spreads over all of them
+    instead of biasing one. Callables that stay noisy are measured again alone (``time_callable``)."""
+    for run in runs:
+        for _ in range(config.warmup):
+            run()
+    per_round = max(1, -(-config.repeats // rounds))
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, out in zip(runs, samples):
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                run()
+                out.append((time.perf_counter() - t0) * 1e3)
+    results = []
+    for run, out in zip(runs, samples):
+        m = summarize(out, config.quantile)
+        if m.spread > config.noise_threshold and config.retries > 0:
+            again = time_callable(run, replace(config, warmup=1, retries=config.retries - 1))
+            m = again if again.spread < m.spread else m
+        results.append(m)
+    return results
 
 
 # --- backends -------------------------------------------------------------------------------------

@@ -1,0 +1,240 @@
+"""Devices and the store that keeps their data (metadata, lookup tables, fitted predictors).
+
+A device is an id plus how it runs a model. Ids of devices this machine can measure follow a grammar::
+
+    local-<hardware>-<N>t-<backend>[-b<B>]
+
+- ``<hardware>``: a free word (``cpu``; letters and digits), for the reader;
+- ``<N>t``: intra-op threads, e.g. ``1t``, ``4t``;
+- ``<backend>``: ``ort`` (ONNX Runtime), ``torch`` (PyTorch eager) or ``compile`` (``torch.compile``);
+- ``-b<B>``: batch size, default 1.
+
+Examples: ``local-cpu-1t-ort``, ``local-cpu-2t-torch-b8``. Any other id (letters, digits, ``.``, ``_``,
+``-``) names a device whose data was imported (``note10`` from Once-for-All's tables) or measured
+elsewhere; it has no local backend.
+
+The store lays out one folder per device under its root (``$HWNAS_HOME``, default ``~/.hwnas``; library
+code always receives the root explicitly)::
+
+    <root>/devices/<id>/device.json                 the device and its metadata
+    <root>/devices/<id>/tables/<space>.json         lookup tables (see ``lut.py`` for the format)
+    <root>/devices/<id>/predictors/<space>/<kind>.json   fitted predictors
+    <root>/devices/<id>/measurements/<space>.json   end-to-end measurements (reused, resumable)
+    <root>/devices/<id>/eval/<space>.{csv,png,json} accuracy reports
+    <root>/devices/<id>/measure.lock                held while measuring
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+BACKEND_TOKENS = {"ort": "onnxruntime", "torch": "torch", "compile": "torch_compile"}
+_LOCAL_ID = re.compile(r"^local-(?P<hw>[a-z0-9]+)-(?P<threads>[1-9][0-9]*)t-(?P<backend>[a-z]+)"
+                       r"(?:-b(?P<batch>[1-9][0-9]*))?$")
+_ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEVICE_FILE_VERSION = 1
+
+
+class LatencyError(Exception):
+    """Bad input to the latency tools (the command line turns it into a one-line error)."""
+
+
+class UnknownDeviceError(LatencyError):
+    """A device id that is neither stored nor a valid local id."""
+
+
+def default_root() -> Path:
+    """``$HWNAS_HOME`` or ``~/.hwnas`` (for the command line only; library code takes the root)."""
+    return Path(os.environ.get("HWNAS_HOME") or Path.home() / ".hwnas")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A measurable (or imported) device."""
+
+    id: str
+    # Backend from ``measure.BACKENDS``; None for imported devices that cannot be measured here.
+    backend: str | None
+    threads: int = 1
+    batch_size: int = 1
+    # Facts captured when it was measured: cpu model, cores, library versions, host, date.
+    metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return dict(self.metadata)
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend is not None
+
+    def with_metadata(self, metadata: Mapping[str, Any]) -> Device:
+        return replace(self, metadata=tuple(sorted((str(k), str(v)) for k, v in metadata.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "backend": self.backend, "threads": self.threads,
+                "batch_size": self.batch_size, "metadata": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Device:
+        return cls(id=str(data["id"]), backend=data.get("backend"), threads=int(data.get("threads", 1)),
+                   batch_size=int(data.get("batch_size", 1))).with_metadata(data.get("metadata", {}))
+
+
+def parse_device_id(device_id: str) -> Device | None:
+    """The local device an id describes, or None when the id does not follow the local grammar."""
+    match = _LOCAL_ID.match(device_id)
+    if not match:
+        return None
+    token = match["backend"]
+    if token not in BACKEND_TOKENS:
+        raise UnknownDeviceError(f"device {device_id!r}: unknown backend {token!r}; allowed: "
+                                 f"{', '.join(BACKEND_TOKENS)} (e.g. local-cpu-1t-ort)")
+    return Device(id=device_id, backend=BACKEND_TOKENS[token], threads=int(match["threads"]),
+                  batch_size=int(match["batch"] or 1))
+
+
+def local_device_id(threads: int = 1, backend: str = "onnxruntime", batch_size: int = 1,
+                    hardware: str = "cpu") -> str:
+    """The id of a local device (inverse of ``parse_device_id``)."""
+    token = {v: k for k, v in BACKEND_TOKENS.items()}[backend]
+    suffix = f"-b{batch_size}" if batch_size != 1 else ""
+    return f"local-{hardware}-{threads}t-{token}{suffix}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture_metadata() -> dict[str, str]:
+    """Facts about this machine and its libraries, recorded with every measurement."""
+    import importlib.metadata as md
+
+    meta = {
+        "cpu_model": _cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    for package in ("torch", "onnxruntime", "numpy"):
+        try:
+            meta[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return meta
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+class DeviceStore:
+    """Device data under one root folder (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # paths
+    def device_dir(self, device_id: str) -> Path:
+        if not _ANY_ID.match(device_id):
+            raise LatencyError(f"invalid device id {device_id!r}: use letters, digits, '.', '_', '-'")
+        return self.root / "devices" / device_id
+
+    def table_path(self, device_id: str, space: str) -> Path:
+        return self.device_dir(device_id) / "tables" / f"{space}.json"
+
+    def predictor_dir(self, device_id: str, space: str) -> Path:
+        return self.device_dir(device_id) / "predictors" / space
+
+    def measurements_path(self, device_id: str, space: str) -> Path:
+        return self.device_dir(device_id) / "measurements" / f"{space}.json"
+
+    def eval_dir(self, device_id: str) -> Path:
+        return self.device_dir(device_id) / "eval"
+
+    def lock_path(self, device_id: str) -> Path:
+        return self.device_dir(device_id) / "measure.lock"
+
+    # devices
+    def list_ids(self) -> list[str]:
+        folder = self.root / "devices"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / "device.json").is_file())
+
+    def get(self, device_id: str) -> Device:
+        """The stored device ``device_id``; ``UnknownDeviceError`` names the known ones otherwise."""
+        path = self.device_dir(device_id) / "device.json"
+        if not path.is_file():
+            known = ", ".join(self.list_ids()) or "none yet"
+            raise UnknownDeviceError(
+                f"unknown device {device_id!r}; known devices: {known} (local devices are named like "
+                f"local-cpu-1t-ort / local-cpu-1t-torch; imported ones come from 'nas latency import-ofa')")
+        return Device.from_dict(json.loads(path.read_text()))
+
+    def resolve(self, device_id: str, *, create_local: bool = True) -> Device:
+        """The stored device, else (when ``create_local``) the parsed local device, saved with fresh
+        metadata. Raises ``UnknownDeviceError`` for an id that is neither."""
+        try:
+            return self.get(device_id)
+        except UnknownDeviceError:
+            local = parse_device_id(device_id)
+            if local is None or not create_local:
+                raise
+            return self.save(local.with_metadata(capture_metadata()))
+
+    def save(self, device: Device) -> Device:
+        atomic_write_json(self.device_dir(device.id) / "device.json",
+                          {"format": "hwnas-device", "version": DEVICE_FILE_VERSION, **device.to_dict()})
+        return device
+
+    def refresh_metadata(self, device: Device) -> Device:
+        """Record this machine's current facts on a local device (called when measuring)."""
+        return self.save(device.with_metadata(capture_metadata())) if device.is_local else device
+
+    def tables(self, device_id: str) -> list[str]:
+        folder = self.device_dir(device_id) / "tables"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def predictors(self, device_id: str) -> dict[str, list[str]]:
+        folder = self.device_dir(device_id) / "predictors"
+        if not folder.is_dir():
+            return {}
+        return {p.name: sorted(f.stem for f in p.glob("*.json")) for p in sorted(folder.iterdir()) if p.is_dir()}
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every stored device with its tables and predictors (the ``nas devices`` listing)."""
+        return [{**self.get(i).to_dict(), "tables": self.tables(i), "predictors": self.predictors(i)}
+                for i in self.list_ids()]

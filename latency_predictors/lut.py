@@ -1,0 +1,175 @@
+"""Per-device lookup tables: one measured latency per distinct layer; a network is the sum of its layers.
+
+File format (JSON, ``format: "hwnas-latency-table"``, ``version: 1``)::
+
+    {
+      "format": "hwnas-latency-table", "version": 1,
+      "space": "ofa_mbv3_cifar",              # space name
+      "device": {"id": ..., "backend": ..., "threads": ..., "batch_size": ..., "metadata": {...}},
+      "resolutions": [24, 28, 32],            # resolutions the table covers
+      "protocol": {"warmup": ..., "repeats": ..., ...},   # MeasureConfig used (null when imported)
+      "source": "measured" | "ofa-import",
+      "complete": true,                       # every enumerated layer has an entry
+      "entries": {"<layer key>": {"ms": 0.123, "spread": 0.02, "kind": "block"}, ...}
+    }
+
+Layer keys are those of ``search_spaces`` plans (``stem-...``, ``mbconv-in...``, ``head-...``). Writes are
+atomic (temporary file, then rename); ``build_table`` saves as it goes and resumes from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import Arch, SearchSpace, plan
+
+from .devices import Device, LatencyError, atomic_write_json
+from .layers import LayerBuilder, LayerSpec, enumerate_layers, network_layers
+from .measure import Backend, MeasureConfig, Measurement, configure_allocator, device_lock, time_callable
+
+TABLE_FORMAT = "hwnas-latency-table"
+TABLE_VERSION = 1
+
+
+class MissingEntryError(LatencyError, KeyError):
+    """A layer of an arch has no entry in the table."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class LookupTable:
+    """Measured (or imported) per-layer latencies of one space on one device."""
+
+    space: str
+    device: Device
+    resolutions: tuple[int, ...]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: dict[str, Any] | None = None
+    source: str = "measured"
+    complete: bool = False
+
+    def latency_ms(self, key: str) -> float:
+        return float(self.entries[key]["ms"])
+
+    def predict_arch(self, space: SearchSpace, arch: Arch) -> float:
+        """The table's latency of ``arch``: the sum of its layers' entries."""
+        total = 0.0
+        for layer in network_layers(plan(space, arch)):
+            entry = self.entries.get(layer.key)
+            if entry is None:
+                hint = (f"resolution {arch.resolution} is not in the table (it covers "
+                        f"{', '.join(map(str, self.resolutions))})" if arch.resolution not in self.resolutions
+                        else "the table is incomplete; run 'nas latency build' again to finish it")
+                raise MissingEntryError(f"lookup table of {self.space!r} on device {self.device.id!r} has no "
+                                        f"entry for layer {layer.key!r}: {hint}")
+            total += float(entry["ms"])
+        return total
+
+    def predict(self, space: SearchSpace, archs: Iterable[Arch]) -> list[float]:
+        return [self.predict_arch(space, a) for a in archs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "space": self.space,
+                "device": self.device.to_dict(), "resolutions": list(self.resolutions),
+                "protocol": self.protocol, "source": self.source, "complete": self.complete,
+                "entries": self.entries}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LookupTable:
+        path = Path(path)
+        if not path.is_file():
+            raise LatencyError(f"no lookup table at {path}; build one with 'nas latency build'")
+        data = json.loads(path.read_text())
+        if data.get("format") != TABLE_FORMAT:
+            raise LatencyError(f"{path} is not a hwnas latency table")
+        if int(data.get("version", 0)) > TABLE_VERSION:
+            raise LatencyError(f"{path} has table format version {data['version']}; this hwnas reads up "
+                               f"to {TABLE_VERSION}")
+        return cls(space=data["space"], device=Device.from_dict(data["device"]),
+                   resolutions=tuple(data["resolutions"]), entries=dict(data["entries"]),
+                   protocol=data.get("protocol"), source=data.get("source", "measured"),
+                   complete=bool(data.get("complete", False)))
+
+
+MeasureFn = Callable[[LayerSpec], Measurement]
+
+
+def layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfig,
+                   batch_size: int = 1) -> MeasureFn:
+    """The default measure function: build the layer alone and time it under ``backend``."""
+
+    def measure(layer: LayerSpec) -> Measurement:
+        configure_allocator()
+        module = layer.build(builder)
+        return time_callable(backend.prepare(module, (batch_size, *layer.input_shape)), config)
+
+    return measure
+
+
+def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str], measure: MeasureFn, *,
+                resolutions: Iterable[int] | None = None, protocol: MeasureConfig | None = None,
+                lock_path: str | os.PathLike[str] | None = None, progress: bool = True,
+                save_every_s: float = 2.0) -> LookupTable:
+    """Measure every layer of ``space`` at ``resolutions`` with ``measure``, saving to ``path`` as it goes.
+
+    An existing table at ``path`` (same space and device) is resumed: its entries are kept and only the
+    missing layers are measured; resolutions accumulate. The file is saved at least every
+    ``save_every_s`` seconds, at the end, and when interrupted (by any exception).
+    """
+    resolutions = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
+    layers = enumerate_layers(space, resolutions)
+    path = Path(path)
+    table = LookupTable(space=space.name, device=device, resolutions=resolutions,
+                        protocol=asdict(protocol) if protocol else None)
+    if path.is_file():
+        old = LookupTable.load(path)
+        if old.space != space.name or old.device.id != device.id:
+            raise LatencyError(f"{path} holds a table of {old.space!r} on {old.device.id!r}, not "
+                               f"{space.name!r} on {device.id!r}")
+        table.entries = old.entries
+        table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
+        table.protocol = table.protocol or old.protocol
+    todo = [layer for key, layer in layers.items() if key not in table.entries]
+    lock = device_lock(lock_path) if lock_path else _null_context()
+    bar = _progress(len(layers), len(layers) - len(todo), f"{space.name} on {device.id}", progress)
+    last_save = time.monotonic()
+    try:
+        with lock:
+            for layer in todo:
+                m = measure(layer)
+                table.entries[layer.key] = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind,
+                                            "noisy": m.noisy}
+                bar.update(1)
+                if time.monotonic() - last_save > save_every_s:
+                    table.save(path)
+                    last_save = time.monotonic()
+        table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
+    finally:
+        bar.close()
+        table.save(path)
+    return table
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(total: int, done: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="layer", disable=not enabled, leave=False)

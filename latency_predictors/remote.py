@@ -1,0 +1,173 @@
+"""End-to-end measurement of whole subnets, placed by Ray on the node that is the device.
+
+A node offers a device through the Ray custom resource ``device:<id>`` (capacity 1, so measurements on
+one device never overlap); ``init_ray`` makes the local node offer its own device. A board or phone
+joins by running a Ray worker with that resource (``ray start --address ... --resources
+'{"device:<id>": 1}'``). Tasks take the builder as an argument, so this module never imports
+``supernets``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from search_spaces import Arch, SearchSpace
+
+from .devices import Device, LatencyError, atomic_write_json
+from .layers import LayerBuilder
+from .measure import (
+    MeasureConfig,
+    Measurement,
+    configure_allocator,
+    device_lock,
+    get_backend,
+    time_callable,
+    time_interleaved,
+)
+
+MEASUREMENTS_FORMAT = "hwnas-measurements"
+
+
+def device_resource(device_id: str) -> str:
+    return f"device:{device_id}"
+
+
+def measure_network(space: SearchSpace, arch: Arch, builder: LayerBuilder, device: Device,
+                    config: MeasureConfig) -> Measurement:
+    """Time one whole subnet in this process under the device's backend."""
+    if not device.is_local:
+        raise LatencyError(f"device {device.id!r} has no local backend; it cannot be measured here")
+    configure_allocator()
+    module = builder.network(space, arch)
+    backend = get_backend(device.backend or "", device.threads)
+    shape = (device.batch_size, 3, arch.resolution, arch.resolution)
+    return time_callable(backend.prepare(module, shape), config)
+
+
+def _measure_batch(space: SearchSpace, arch_dicts: list[dict[str, Any]], builder: LayerBuilder,
+                   device: Device, config: MeasureConfig, lock_path: str | None) -> list[dict[str, Any]]:
+    configure_allocator()
+    archs = [Arch.from_dict(d) for d in arch_dicts]
+    lock = device_lock(lock_path) if lock_path else None
+    if lock:
+        lock.__enter__()
+    try:
+        if not device.is_local:
+            raise LatencyError(f"device {device.id!r} has no local backend; it cannot be measured here")
+        backend = get_backend(device.backend or "", device.threads)
+        runs = [backend.prepare(builder.network(space, a), (device.batch_size, 3, a.resolution, a.resolution))
+                for a in archs]
+        return [m.to_dict() for m in time_interleaved(runs, config)]
+    finally:
+        if lock:
+            lock.__exit__(None, None, None)
+
+
+def init_ray(device: Device, num_cpus: int | None = None) -> None:
+    """Start (or join) Ray so that the local node offers ``device:<id>``; no-op when already running and
+    some node offers it."""
+    import ray
+
+    if ray.is_initialized():
+        if device_resource(device.id) not in ray.cluster_resources():
+            raise LatencyError(f"no Ray node offers resource {device_resource(device.id)!r}; start a Ray "
+                               f"worker on the device with --resources '{{\"{device_resource(device.id)}\": 1}}'")
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus or max(1, device.threads), resources={device_resource(device.id): 1},
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuilder, device: Device,
+                  config: MeasureConfig, *, lock_path: str | os.PathLike[str] | None = None,
+                  use_ray: bool = True, chunk: int = 8,
+                  on_result: Callable[[Arch, Measurement], None] | None = None,
+                  progress: bool = True) -> list[Measurement]:
+    """Measure ``archs`` end to end on ``device``, through Ray tasks that need ``device:<id>`` (or in this
+    process when ``use_ray`` is False). ``on_result`` is called as each result arrives (for saving)."""
+    from tqdm import tqdm
+
+    results: list[Measurement | None] = [None] * len(archs)
+    bar = tqdm(total=len(archs), desc=f"measure {space.name} on {device.id}", unit="net",
+               disable=not progress, leave=False)
+    chunks = [list(range(i, min(i + chunk, len(archs)))) for i in range(0, len(archs), chunk)]
+    lock = str(lock_path) if lock_path else None
+    try:
+        if not use_ray:
+            for idx in chunks:
+                for i, m in zip(idx, _measure_batch(space, [archs[i].to_dict() for i in idx], builder, device,
+                                                    config, lock)):
+                    results[i] = _record(archs[i], m, on_result)
+                    bar.update(1)
+            return [r for r in results if r is not None]
+        import ray
+
+        init_ray(device)
+        task = ray.remote(_measure_batch).options(resources={device_resource(device.id): 1},
+                                                  num_cpus=max(1, device.threads), max_retries=1)
+        pending = {task.remote(space, [archs[i].to_dict() for i in idx], builder, device, config, lock): idx
+                   for idx in chunks}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            idx = pending.pop(done[0])
+            for i, m in zip(idx, ray.get(done[0])):
+                results[i] = _record(archs[i], m, on_result)
+                bar.update(1)
+        return [r for r in results if r is not None]
+    finally:
+        bar.close()
+
+
+def _record(arch: Arch, data: dict[str, Any], on_result: Callable[[Arch, Measurement], None] | None
+            ) -> Measurement:
+    m = Measurement(**data)
+    if on_result is not None:
+        on_result(arch, m)
+    return m
+
+
+class MeasurementLog:
+    """End-to-end measurements of one space on one device, kept in a JSON file so that fitting and
+    evaluation reuse them and resume after an interruption. Each arch may hold several runs (separate
+    measurements, used for the repeatability figure)."""
+
+    def __init__(self, path: str | os.PathLike[str], space: str, device: str,
+                 protocol: MeasureConfig | None = None) -> None:
+        self.path = Path(path)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.space, self.device = space, device
+        self.protocol = asdict(protocol) if protocol else None
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != space:
+                raise LatencyError(f"{self.path} is not a measurement log of space {space!r}")
+            self.records = data["records"]
+
+    def runs(self, arch: Arch) -> list[dict[str, Any]]:
+        return self.records.get(arch.arch_id, {}).get("runs", [])
+
+    def add(self, arch: Arch, m: Measurement) -> None:
+        record = self.records.setdefault(arch.arch_id, {"arch": arch.to_dict(), "runs": []})
+        record["runs"].append(m.to_dict())
+        self.save()
+
+    def latency_ms(self, arch: Arch, run: int = 0) -> float:
+        return float(self.runs(arch)[run]["latency_ms"])
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"format": MEASUREMENTS_FORMAT, "version": 1, "space": self.space,
+                                      "device": self.device, "protocol": self.protocol,
+                                      "records": self.records})
+
+    def ensure(self, space: SearchSpace, archs: Sequence[Arch], runs: int, builder: LayerBuilder,
+               device: Device, config: MeasureConfig, **kwargs: Any) -> None:
+        """Measure until every arch has ``runs`` runs; each pass measures only what is missing."""
+        for r in range(1, runs + 1):
+            todo = [a for a in archs if len(self.runs(a)) < r]
+            if todo:
+                measure_archs(space, todo, builder, device, config, on_result=self.add, **kwargs)

@@ -1,0 +1,204 @@
+"""``nas latency build | import-ofa | fit | eval``: per-device lookup tables and predictors.
+
+Device data lives under ``$HWNAS_HOME`` (default ``~/.hwnas``), read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from functools import wraps
+
+from nas.errors import UsageError
+
+DEFAULT_OFA_SPACE = "ofa_mbv3_w1.2"
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the latency library's input errors into ``UsageError`` (one line, exit status 2)."""
+
+    @wraps(handler)
+    def wrapper(args: argparse.Namespace) -> int:
+        from latency_predictors import LatencyError
+
+        try:
+            return handler(args)
+        except LatencyError as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper
+
+
+def _store(args: argparse.Namespace):
+    from latency_predictors import DeviceStore, default_root
+
+    return DeviceStore(args.home or default_root())
+
+
+def _space(name: str):
+    from search_spaces import get_space
+
+    return get_space(name)
+
+
+def _resolutions(space, values: list[int] | None) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    bad = [r for r in values if r not in space.resolutions]
+    if bad:
+        raise UsageError(f"resolutions {bad} are not in space {space.name!r}; allowed: "
+                         f"{', '.join(map(str, space.resolutions))}")
+    return tuple(sorted(set(values)))
+
+
+def _local_device(store, device_id: str, backend: str | None = None):
+    from dataclasses import replace
+
+    from latency_predictors import BACKENDS
+
+    device = store.resolve(device_id)
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+        device = store.save(replace(device, backend=backend))
+    if not device.is_local:
+        raise UsageError(f"device {device_id!r} has no local backend (imported data); measure on a local "
+                         f"device such as local-cpu-1t-ort, or pass --backend")
+    return store.refresh_metadata(device)
+
+
+def _config(args: argparse.Namespace):
+    from latency_predictors import MeasureConfig
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    if not 0 < args.quantile <= 0.5:
+        raise UsageError("--quantile must be in (0, 0.5]")
+    return MeasureConfig(warmup=args.warmup, repeats=args.repeats, noise_threshold=args.noise_threshold,
+                         quantile=args.quantile)
+
+
+@_user_errors
+def build_cmd(args: argparse.Namespace) -> int:
+    from latency_predictors import build_table, configure_allocator, get_backend, layer_measurer
+
+    from ..latency_builders import static_builder
+
+    configure_allocator()
+    space = _space(args.space)
+    store = _store(args)
+    device = _local_device(store, args.device, args.backend)
+    config = _config(args)
+    backend = get_backend(device.backend or "", device.threads)
+    table = build_table(space, device, store.table_path(device.id, space.name),
+                        layer_measurer(static_builder(), backend, config, device.batch_size),
+                        resolutions=_resolutions(space, args.resolutions), protocol=config,
+                        lock_path=store.lock_path(device.id), progress=not args.quiet)
+    print(f"table of {space.name} on {device.id}: {len(table.entries)} layers, resolutions "
+          f"{', '.join(map(str, table.resolutions))} -> {store.table_path(device.id, space.name)}")
+    return 0
+
+
+@_user_errors
+def import_ofa_cmd(args: argparse.Namespace) -> int:
+    from latency_predictors import Device, UnknownDeviceError, import_ofa_tables
+
+    space = _space(args.space)
+    store = _store(args)
+    try:
+        device = store.get(args.device)
+    except UnknownDeviceError:
+        device = store.save(Device(id=args.device, backend=None).with_metadata(
+            {"source": "Once-for-All lookup tables", "imported_from": str(args.directory)}))
+    table = import_ofa_tables(args.directory, space, device)
+    path = store.table_path(device.id, space.name)
+    table.save(path)
+    note = "" if table.complete else " (incomplete: some layers have no OFA entry)"
+    print(f"imported {len(table.entries)} layers of {space.name} at resolutions "
+          f"{', '.join(map(str, table.resolutions))} for device {device.id}{note} -> {path}")
+    return 0
+
+
+@_user_errors
+def fit_cmd(args: argparse.Namespace) -> int:
+    from latency_predictors import fit_predictors
+
+    from ..latency_builders import static_builder
+
+    space = _space(args.space)
+    store = _store(args)
+    if args.samples < 3:
+        raise UsageError("--samples must be at least 3")
+    device = _local_device(store, args.device)
+    fitted = fit_predictors(store, device, space, static_builder(), args.samples, _config(args),
+                            resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
+                            progress=not args.quiet)
+    print(f"fitted {', '.join(fitted)} for {space.name} on {device.id} from {args.samples} measured subnets "
+          f"-> {store.predictor_dir(device.id, space.name)}")
+    return 0
+
+
+@_user_errors
+def eval_cmd(args: argparse.Namespace) -> int:
+    from latency_predictors import evaluate_predictors, format_report
+
+    from ..latency_builders import static_builder
+
+    space = _space(args.space)
+    store = _store(args)
+    if args.samples < 3:
+        raise UsageError("--samples must be at least 3")
+    device = _local_device(store, args.device)
+    report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
+                                 resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
+                                 progress=not args.quiet)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
+    p.add_argument("--space", required=True, help="search space (see 'nas spaces')")
+    p.add_argument("--device", required=True, help="device id, e.g. local-cpu-1t-ort")
+    p.add_argument("--home", default=None, help="device data folder (default $HWNAS_HOME or ~/.hwnas)")
+    if measuring:
+        p.add_argument("--resolutions", type=int, nargs="+", default=None,
+                       help="restrict to these input resolutions (default: all of the space)")
+        p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
+        p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+        p.add_argument("--noise-threshold", type=float, default=0.05,
+                       help="re-measure above this spread, IQR/median (default 0.05)")
+        p.add_argument("--quantile", type=float, default=0.5,
+                       help="quantile of the timed runs reported as latency (default 0.5, the median; "
+                            "0.1-0.25 is more repeatable on a shared machine)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("latency", help="per-device lookup tables and latency predictors",
+                              description="Measure lookup tables, import OFA tables, fit and evaluate "
+                                          "latency predictors. Data goes to $HWNAS_HOME (default ~/.hwnas).")
+    sub = p.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
+
+    b = sub.add_parser("build", help="measure a lookup table on this machine")
+    _common(b)
+    b.add_argument("--backend", default=None, help="override the backend: torch, onnxruntime, torch_compile")
+    b.set_defaults(handler=build_cmd)
+
+    i = sub.add_parser("import-ofa", help="read Once-for-All YAML lookup tables")
+    i.add_argument("directory", help="folder with <resolution>_lookup_table.yaml files")
+    i.add_argument("--device", required=True, help="id to store the tables under, e.g. note10")
+    i.add_argument("--space", default=DEFAULT_OFA_SPACE, help=f"space the tables describe ({DEFAULT_OFA_SPACE})")
+    i.add_argument("--home", default=None, help="device data folder (default $HWNAS_HOME or ~/.hwnas)")
+    i.set_defaults(handler=import_ofa_cmd)
+
+    for name, handler, default_n, text in (
+            ("fit", fit_cmd, 100, "learned predictors from measured subnets"),
+            ("eval", eval_cmd, 50, "predictor accuracy against fresh measurements")):
+        f = sub.add_parser(name, help=text)
+        _common(f)
+        f.add_argument("--samples", type=int, default=default_n, help=f"subnets to measure (default {default_n})")
+        f.add_argument("--no-ray", action="store_true", help="measure in this process instead of a Ray task")
+        if name == "eval":
+            f.add_argument("--json", action="store_true", help="machine-readable output")
+        f.set_defaults(handler=handler)

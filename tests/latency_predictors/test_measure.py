@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from latency_predictors import (
+    BACKENDS,
+    MeasureConfig,
+    NoisyMeasurementWarning,
+    device_lock,
+    get_backend,
+    measure_module,
+)
+from latency_predictors.measure import summarize, time_callable, time_interleaved
+
+TINY = MeasureConfig(warmup=1, repeats=5, retries=0, noise_threshold=10.0)
+
+
+def test_summarize_rejects_outliers_and_reports_spread():
+    m = summarize([1.0, 1.0, 1.1, 0.9, 1.0, 50.0], quantile=0.5)
+    assert m.rejected == 1 and m.kept == 5
+    assert m.median_ms == pytest.approx(1.0)
+    assert 0 <= m.spread < 0.2
+    low = summarize(np.linspace(1, 2, 101), quantile=0.1)
+    assert low.latency_ms == pytest.approx(1.1)
+
+
+def test_noisy_series_is_remeasured_then_warns():
+    calls = []
+    rng = np.random.default_rng(0)
+
+    def run():
+        calls.append(1)
+        time.sleep(float(rng.choice([0.0, 0.002])))
+
+    with pytest.warns(NoisyMeasurementWarning):
+        m = time_callable(run, MeasureConfig(warmup=0, repeats=6, noise_threshold=0.01, retries=1))
+    assert m.noisy
+    assert len(calls) == 12  # two series of six
+
+
+def test_interleaved_measures_each_callable():
+    counts = [0, 0]
+
+    def make(i):
+        def run():
+            counts[i] += 1
+        return run
+
+    results = time_interleaved([make(0), make(1)], MeasureConfig(warmup=1, repeats=6, retries=0), rounds=3)
+    assert len(results) == 2 and counts == [7, 7]
+
+
+@pytest.mark.parametrize("name", [b for b in BACKENDS if b != "torch_compile"])
+def test_backends_time_a_small_module(name):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    m = measure_module(module, (1, 3, 8, 8), get_backend(name, 1), TINY)
+    assert m.latency_ms > 0 and m.kept >= 1
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="allowed"):
+        get_backend("tflite")
+
+
+def test_device_lock_is_exclusive(tmp_path):
+    lock = tmp_path / "dev" / "measure.lock"
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with device_lock(lock):
+            entered.set()
+            release.wait(5)
+
+    # fcntl locks are per open file description, so a second open in another thread conflicts.
+    t = threading.Thread(target=holder)
+    t.start()
+    entered.wait(5)
+    with pytest.raises(TimeoutError):
+        with device_lock(lock, timeout_s=0.2):
+            pass
+    release.set()
+    t.join()
+    with device_lock(lock, timeout_s=1):
+        pass

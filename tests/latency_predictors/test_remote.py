@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from latency_predictors import MeasureConfig, MeasurementLog, measure_archs
+from search_spaces import get_space, sample
+
+SPACE = get_space("ofa_mbv3_cifar")
+TINY = MeasureConfig(warmup=1, repeats=3, retries=0)
+
+
+def test_measurement_log_in_process_resumes(tmp_path, device, builder):
+    archs = [replace(a, resolution=24) for a in sample(SPACE, 3, seed=0)]
+    log = MeasurementLog(tmp_path / "m.json", SPACE.name, device.id, TINY)
+    log.ensure(SPACE, archs[:2], 1, builder, device, TINY, use_ray=False, progress=False)
+    again = MeasurementLog(tmp_path / "m.json", SPACE.name, device.id, TINY)
+    assert [len(again.runs(a)) for a in archs] == [1, 1, 0]
+    again.ensure(SPACE, archs, 2, builder, device, TINY, use_ray=False, progress=False)
+    assert [len(again.runs(a)) for a in archs] == [2, 2, 2]
+    assert all(again.latency_ms(a, 1) > 0 for a in archs)
+
+
+@pytest.mark.slow
+def test_measurement_runs_on_the_device_node_through_ray(tmp_path, device, builder, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    archs = [replace(a, resolution=24) for a in sample(SPACE, 2, seed=1)]
+    try:
+        results = measure_archs(SPACE, archs, builder, device, TINY, lock_path=tmp_path / "lock", chunk=1,
+                                progress=False)
+        assert ray.cluster_resources().get(f"device:{device.id}") == 1
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and all(m.latency_ms > 0 for m in results)
