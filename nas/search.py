@@ -11,9 +11,11 @@ Every stage's depth and every block slot's choices are suggested on each trial (
 spaces whose blocks are shared), so the parameter set has a fixed length and multivariate samplers can
 model the whole space; ``decode_params`` drops the slots beyond the sampled depth.
 
-The study lives in an Optuna storage (a journal file in the run folder by default). Running the search
-again continues it: ``n_trials`` counts finished trials in total, trials a killed process left running are
-marked failed and their subnets asked again, so no finished trial is lost or repeated.
+The study lives in an Optuna storage (a journal file in the run folder by default); the sampler works on an
+in-memory copy and each finished batch of trials is appended to the storage (one write per trial). Running
+the search again continues it: ``n_trials`` counts finished trials in total, and the storage only ever holds
+finished trials, each once, so a kill loses at most the batch being evaluated. (Several processes sharing
+one storage each see the others' trials when they start, not while they run.)
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ _BLOCK_FIELDS = ("op_type", "kernel_size", "expand_ratio", "se_ratio", "skip")
 
 def run_path(run_dir: Any) -> Path:
     """The folder of a run, from a path or a ``RunDir``-like object (``.root`` or ``.path``)."""
+    if isinstance(run_dir, (str, os.PathLike)):
+        return Path(run_dir)
     for name in ("root", "path"):
         value = getattr(run_dir, name, None)
         if isinstance(value, (str, os.PathLike)):
@@ -229,12 +233,10 @@ def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study
 
 
 def _recover_stale(study: optuna.Study) -> int:
-    """Mark trials a killed process left running as failed and ask their subnets again."""
+    """Mark trials a killed process left running (in storages written trial by trial) as failed."""
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if len(trial.params) == len(trial.distributions) and trial.params:
-            study.enqueue_trial(dict(trial.params), skip_if_exists=False)
     return len(stale)
 
 
@@ -242,20 +244,33 @@ def _n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+def working_copy(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """An in-memory study holding the finished trials of ``study`` (its sampler state rebuilt from them)."""
+    memory = optuna.create_study(directions=study.directions, sampler=sampler)
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    memory.add_trials(sorted(trials, key=lambda t: t.number))
+    return memory
+
+
 def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: ArchBatchFn,
-             latency: Mapping[str, ArchBatchFn], progress: Callable[[int, int], None] | None = None) -> int:
+             latency: Mapping[str, ArchBatchFn], progress: Callable[[int, int], None] | None = None,
+             sampler: optuna.samplers.BaseSampler | None = None) -> int:
     """Run trials with ask/tell in batches until ``config.n_trials`` trials are finished in total.
 
-    Returns the number of trials finished by this call. Trials asked but not told when an exception
-    (or Ctrl-C) stops the loop are marked failed, so the next call asks them again.
+    The sampler works on an in-memory copy of the study; each finished batch is then appended to the
+    persistent ``study`` with one write per trial (``add_trials``), so a journal file is not written
+    (and fsynced) once per suggested parameter. A kill loses at most the unfinished batch; every trial
+    in the storage is finished and stored once. Returns the number of trials finished by this call.
     """
     _recover_stale(study)
+    memory = working_copy(study, sampler or create_sampler(config))
     budgets = config.budgets
     done_before = _n_complete(study)
     done = done_before
     while done < config.n_trials:
         size = min(config.batch_size, config.n_trials - done)
-        trials = [study.ask() for _ in range(size)]
+        trials = [memory.ask() for _ in range(size)]
+        told: list[int] = []
         try:
             archs = [suggest_arch(t, space) for t in trials]
             acc = accuracy(archs)
@@ -264,14 +279,14 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
                 for d, device in enumerate(config.devices):
                     if device in budgets:
                         trial.set_constraint(f"latency:{device}", float(lats[d][i] - budgets[device]))
-                study.tell(trial, [float(acc[i])] + [float(lat[i]) for lat in lats])
-                trials[i] = None  # type: ignore[call-overload]
+                memory.tell(trial, [float(acc[i])] + [float(lat[i]) for lat in lats])
+                told.append(trial.number)
         except BaseException:
             for trial in trials:
-                if trial is not None:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(dict(trial.params), skip_if_exists=False)
+                if trial.number not in told:
+                    memory.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             raise
+        study.add_trials([memory.trials[n] for n in told])
         done += size
         if progress is not None:
             progress(done, config.n_trials)
@@ -317,7 +332,8 @@ def front_members(archs: Sequence[Arch], accuracy: np.ndarray, latency_ms: np.nd
 def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predictors: Mapping[str, Any], *,
                space: SearchSpace | str, final_evaluator: Any = None,
                counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> dict[str, list[FrontMember]]:
+               progress: Callable[[int, int], None] | None = None,
+               meta: Mapping[str, Any] | None = None) -> dict[str, list[FrontMember]]:
     """Search, then write one front per device to the run's front store; returns the fronts.
 
     Args:
@@ -333,6 +349,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
             ``supernets.arch_counts``).
         checkpoint: the supernet checkpoint the members' weights come from, stored with each member.
         progress: called with (finished, total) after each batch.
+        meta: JSON values kept in the front store (``dataset``: the config's dataset section and
+            ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
     """
     space = get_space(space)
     missing = [d for d in config.devices if d not in latency_predictors]
@@ -344,13 +362,14 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     study = open_study(config, run_dir, space)
     optimize(study, space, config, acc_fn, lat_fns, progress)
     return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
-                        counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn)
+                        counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn, meta=meta)
 
 
 def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, run_dir: Any,
                  latency: Mapping[str, ArchBatchFn], *, final_evaluator: Any = None,
                  counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
-                 search_accuracy: ArchBatchFn | None = None) -> dict[str, list[FrontMember]]:
+                 search_accuracy: ArchBatchFn | None = None,
+                 meta: Mapping[str, Any] | None = None) -> dict[str, list[FrontMember]]:
     """Per-device fronts of the study's finished trials, stored (with the reference subnets) in the run."""
     from search_spaces import largest, smallest
 
@@ -398,6 +417,9 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
             store.write_references(device, references[device])
         store.set_meta("space", space.name)
         store.set_meta("budgets_ms", budgets)
+        store.set_meta("devices", list(config.devices))
+        for key, value in (meta or {}).items():
+            store.set_meta(key, value)
     return {d: store.front(d) for d in config.devices}
 
 
