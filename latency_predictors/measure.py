@@ -82,6 +82,9 @@ class MeasureConfig:
     # Quantile of the kept samples reported as the latency: 0.5 (the median) by default; a low quantile
     # (0.1-0.25) is more repeatable on a machine shared with other work, whose load only adds time.
     quantile: float = 0.5
+    # End-to-end only: time a fixed reference network in every round and report latencies relative to it,
+    # scaled by the reference's first measured latency (cancels a machine-wide slow-down from other work).
+    load_reference: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +101,17 @@ class Measurement:
     rejected: int
     # Whether the spread stayed above the threshold.
     noisy: bool = False
+    # Load-referenced measurements: the latency in units of the reference workload, and the reference's
+    # latency (ms) in the same rounds (``latency_ms = relative * reference_ms``).
+    relative: float | None = None
+    reference_ms: float | None = None
 
     def to_dict(self) -> dict[str, float | int | bool]:
-        return {"latency_ms": self.latency_ms, "median_ms": self.median_ms, "spread": self.spread, "kept": self.kept,
-                "rejected": self.rejected, "noisy": self.noisy}
+        data = {"latency_ms": self.latency_ms, "median_ms": self.median_ms, "spread": self.spread,
+                "kept": self.kept, "rejected": self.rejected, "noisy": self.noisy}
+        if self.relative is not None and self.reference_ms is not None:
+            data.update(relative=self.relative, reference_ms=self.reference_ms)
+        return data
 
 
 def summarize(samples_ms: np.ndarray | list[float], quantile: float = 0.5) -> Measurement:
@@ -146,25 +156,38 @@ def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measureme
     return replace(best, noisy=True)
 
 
-def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, rounds: int = 6
-                     ) -> list[Measurement]:
+def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, rounds: int = 6,
+                     reference: Callable[[], object] | None = None) -> list[Measurement]:
     """The protocol for several callables at once, interleaved: each round times a slice of every
     callable's repeats in turn, so a burst of load from elsewhere on the machine spreads over all of them
-    instead of biasing one. Callables that stay noisy are measured again alone (``time_callable``)."""
-    for run in runs:
+    instead of biasing one. Callables that stay noisy are measured again alone (``time_callable``).
+
+    With a ``reference`` (a fixed workload timed in every round too), each sample is divided by the
+    reference's median in its round: the results are then in units of the reference (dimensionless), and
+    a slow-down of the whole machine cancels out. The last element returned is the reference itself, in ms.
+    """
+    timed = [*runs, reference] if reference is not None else list(runs)
+    for run in timed:
         for _ in range(config.warmup):
             run()
     per_round = max(1, -(-config.repeats // rounds))
-    samples: list[list[float]] = [[] for _ in runs]
+    samples: list[list[list[float]]] = [[] for _ in timed]
     for _ in range(rounds):
-        for run, out in zip(runs, samples):
+        for run, out in zip(timed, samples):
+            times = []
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 run()
-                out.append((time.perf_counter() - t0) * 1e3)
+                times.append((time.perf_counter() - t0) * 1e3)
+            out.append(times)
+    if reference is not None:
+        ref_round = [float(np.median(r)) for r in samples[-1]]
+        flat = [[t / ref_round[k] for k, times in enumerate(out) for t in times] for out in samples[:-1]]
+        results = [summarize(x, config.quantile) for x in flat]
+        return [*results, summarize([t for times in samples[-1] for t in times], config.quantile)]
     results = []
     for run, out in zip(runs, samples):
-        m = summarize(out, config.quantile)
+        m = summarize([t for times in out for t in times], config.quantile)
         if m.spread > config.noise_threshold and config.retries > 0:
             again = time_callable(run, replace(config, warmup=1, retries=config.retries - 1))
             m = again if again.spread < m.spread else m

@@ -76,7 +76,7 @@ def _config(args: argparse.Namespace):
     if not 0 < args.quantile <= 0.5:
         raise UsageError("--quantile must be in (0, 0.5]")
     return MeasureConfig(warmup=args.warmup, repeats=args.repeats, noise_threshold=args.noise_threshold,
-                         quantile=args.quantile)
+                         quantile=args.quantile, load_reference=getattr(args, "load_reference", False))
 
 
 @_user_errors
@@ -199,6 +199,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _common(f)
         f.add_argument("--samples", type=int, default=default_n, help=f"subnets to measure (default {default_n})")
         f.add_argument("--no-ray", action="store_true", help="measure in this process instead of a Ray task")
+        f.add_argument("--load-reference", action="store_true",
+                       help="time a fixed reference subnet beside each batch and scale by it (cancels "
+                            "slow-downs from other work on a shared machine)")
         if name == "eval":
             f.add_argument("--json", action="store_true", help="machine-readable output")
         f.set_defaults(handler=handler)

@@ -22,6 +22,19 @@ def test_measurement_log_in_process_resumes(tmp_path, device, builder):
     assert all(again.latency_ms(a, 1) > 0 for a in archs)
 
 
+def test_load_referenced_measurement_is_scaled_by_the_first_reference(tmp_path, device, builder):
+    config = MeasureConfig(warmup=1, repeats=3, retries=0, load_reference=True)
+    archs = [replace(a, resolution=24) for a in sample(SPACE, 3, seed=4)]
+    log = MeasurementLog(tmp_path / "m.json", SPACE.name, device.id, config)
+    log.ensure(SPACE, archs, 1, builder, device, config, use_ray=False, progress=False, chunk=2)
+    runs = [log.runs(a)[0] for a in archs]
+    assert all(r["relative"] > 0 and r["reference_ms"] > 0 for r in runs)
+    assert log.reference_base_ms == runs[0]["reference_ms"]
+    reread = MeasurementLog(tmp_path / "m.json", SPACE.name, device.id, config)
+    for a, r in zip(archs, runs):
+        assert reread.latency_ms(a) == pytest.approx(r["relative"] * runs[0]["reference_ms"])
+
+
 @pytest.mark.slow
 def test_measurement_runs_on_the_device_node_through_ray(tmp_path, device, builder, monkeypatch):
     ray = pytest.importorskip("ray")
