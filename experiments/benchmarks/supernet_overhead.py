@@ -1,0 +1,150 @@
+"""Supernet overhead: one training step of the supernet at an arch against the extracted static subnet.
+
+For each space, on the same batch and in one process, interleaving the two: a training step (forward,
+cross-entropy, backward, SGD step) of ``supernet(x, arch)`` and of ``extract(supernet, arch)``, at the
+largest arch and at random archs; medians over repeats; ratios supernet / static. Then inference latency
+(batch 1, eval, no grad) of the extracted subnet against ``build(space, arch)``: the two should be the
+same network, so the ratio should be 1.00 +- 0.03.
+
+Targets: ratio <= 1.03 at the largest arch, median <= 1.05 over random archs.
+
+    .venv/bin/python experiments/benchmarks/supernet_overhead.py [--spaces a,b] [--repeats N] [--quick]
+
+Input resolution: 128 for the ImageNet spaces (``mnasnet`` too, although its space fixes 224: the
+supernet takes any input size), 32 for ``ofa_mbv3_cifar``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+# Before any torch work: keep glibc from mapping and freeing large buffers on every step (ENVIRONMENT.md).
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+_libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from search_spaces import Arch, get_space, largest, list_spaces, sample  # noqa: E402
+from supernets import build, build_supernet, extract  # noqa: E402
+
+RESOLUTION = {"ofa_mbv3_cifar": 32}
+DEFAULT_RESOLUTION = 128
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(forward(x), y).backward()
+    optimizer.step()
+
+
+def compare(a: Callable[[], object], b: Callable[[], object], repeats: int,
+            warmup: int) -> tuple[float, float, float]:
+    """Median seconds of ``a`` and of ``b``, and the median of the per-repeat ratios a / b.
+
+    ``a`` and ``b`` run alternately (order swapped every repeat), so each ratio compares two runs measured
+    back to back and slow drifts of a shared machine cancel.
+    """
+    for _ in range(warmup):
+        a()
+        b()
+    times_a, times_b = [], []
+    for r in range(repeats):
+        if r % 2:
+            times_b.append(timed(b))
+            times_a.append(timed(a))
+        else:
+            times_a.append(timed(a))
+            times_b.append(timed(b))
+    ratios = [ta / tb for ta, tb in zip(times_a, times_b)]
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+
+
+def bench_space(name: str, repeats: int, n_random: int, batch: int, seed: int) -> dict[str, list]:
+    space = get_space(name)
+    resolution = RESOLUTION.get(name, DEFAULT_RESOLUTION)
+    torch.manual_seed(seed)
+    supernet = build_supernet(space).train()
+    super_opt = torch.optim.SGD(supernet.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, resolution, resolution)
+    y = torch.randint(0, space.num_classes, (batch,))
+    x1 = torch.randn(1, 3, resolution, resolution)
+    archs: list[tuple[str, Arch]] = [("largest", largest(space))]
+    archs += [(f"random{i}", a) for i, a in enumerate(sample(space, n_random, seed=seed))]
+    rows = []
+    print(f"\n{name}: batch {batch}, resolution {resolution}, threads {torch.get_num_threads()}", flush=True)
+    print(f"{'arch':<9} {'static ms':>10} {'super ms':>10} {'train ratio':>11} {'built ms':>9} "
+          f"{'extracted ms':>12} {'infer ratio':>11}", flush=True)
+    for label, arch in archs:
+        static = extract(supernet, arch).train()
+        static_opt = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9)
+        t_super, t_static, train_ratio = compare(
+            lambda arch=arch: train_step(lambda inp: supernet(inp, arch), super_opt, x, y),
+            lambda static=static, opt=static_opt: train_step(static, opt, x, y),
+            repeats, warmup=2)
+        static.eval()
+        built = build(space, arch).eval()
+
+        def infer(net: torch.nn.Module, n: int = 5) -> None:
+            with torch.no_grad():
+                for _ in range(n):
+                    net(x1)
+
+        t_extracted, t_built, infer_ratio = compare(
+            lambda static=static: infer(static), lambda built=built: infer(built), max(repeats, 7), warmup=2)
+        row = (label, t_static * 1e3, t_super * 1e3, train_ratio, t_built / 5 * 1e3, t_extracted / 5 * 1e3,
+               infer_ratio)
+        rows.append(row)
+        print(f"{row[0]:<9} {row[1]:>10.1f} {row[2]:>10.1f} {row[3]:>11.3f} {row[4]:>9.2f} {row[5]:>12.2f} "
+              f"{row[6]:>11.3f}", flush=True)
+    random_ratios = [r[3] for r in rows[1:]]
+    infer_ratios = [r[6] for r in rows]
+    summary = (f"{name}: train ratio largest {rows[0][3]:.3f}, median random "
+               f"{statistics.median(random_ratios) if random_ratios else float('nan'):.3f}; "
+               f"inference extracted/built median {statistics.median(infer_ratios):.3f} "
+               f"(range {min(infer_ratios):.3f}-{max(infer_ratios):.3f})")
+    print(summary, flush=True)
+    return {"rows": rows, "summary": [summary]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spaces", default=",".join(list_spaces()), help="comma-separated space names")
+    parser.add_argument("--repeats", type=int, default=9, help="timed steps per arch and model")
+    parser.add_argument("--random-archs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="3 repeats, 2 random archs, batch 8")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.random_archs, args.batch = 3, 2, 8
+    torch.set_num_threads(args.threads)
+    summaries = []
+    for name in args.spaces.split(","):
+        summaries += bench_space(name.strip(), args.repeats, args.random_archs, args.batch, args.seed)["summary"]
+    print("\nsummary (targets: train ratio <= 1.03 largest, <= 1.05 median random; inference 1.00 +- 0.03)")
+    for line in summaries:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
