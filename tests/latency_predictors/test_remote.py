@@ -44,6 +44,10 @@ def test_measurement_runs_on_the_device_node_through_ray(tmp_path, device, build
         results = measure_archs(SPACE, archs, builder, device, TINY, lock_path=tmp_path / "lock", chunk=1,
                                 progress=False)
         assert ray.cluster_resources().get(f"device:{device.id}") == 1
+        # Workers measure at normal priority (Ray's default niceness 15 would starve them).
+        from latency_predictors.remote import normal_priority
+
+        assert ray.get(ray.remote(normal_priority).remote()) == 0
     finally:
         ray.shutdown()
     assert len(results) == 2 and all(m.latency_ms > 0 for m in results)
