@@ -101,10 +101,13 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
+        factor = self.momentum if self.momentum is not None else 0.0
         if self.training:
             self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative average, as nn.BatchNorm2d (used by BN recalibration)
+                factor = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
-                            self.training, self.momentum, self.eps)
+                            self.training, factor, self.eps)
 
     def static_state(self, channels: int) -> dict[str, torch.Tensor]:
         """State dict of a ``nn.BatchNorm2d(channels)`` holding the leading channels."""

@@ -224,6 +224,22 @@ def test_sort_channels_keeps_function(supernet: ElasticSupernet) -> None:
             assert torch.all(importance[:-1] >= importance[1:])
 
 
+def test_sliced_batch_norm_updates_leading_statistics() -> None:
+    from supernets import ElasticBatchNorm2d
+
+    bn = ElasticBatchNorm2d(8).train()
+    x = torch.randn(4, 5, 3, 3) * 2 + 1
+    bn(x)
+    assert torch.allclose(bn.running_mean[:5], 0.1 * x.mean((0, 2, 3)), atol=1e-6)
+    assert torch.equal(bn.running_mean[5:], torch.zeros(3))
+    bn.reset_running_stats()
+    bn.momentum = None  # cumulative average, as BN recalibration uses
+    for _ in range(2):
+        bn(x)
+    assert torch.allclose(bn.running_mean[:5], x.mean((0, 2, 3)), atol=1e-6)
+    assert int(bn.num_batches_tracked) == 2
+
+
 @pytest.mark.parametrize("name", list_spaces())
 def test_num_classes_override(name: str) -> None:
     space = get_space(name)
