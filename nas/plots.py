@@ -54,9 +54,9 @@ def _hv_curve(acc: np.ndarray, lat: np.ndarray, points: int = 60) -> tuple[np.nd
     return ns, hv / final
 
 
-def plot_data(run_dir: Any, config: Any = None) -> PlotData:
+def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     """What to draw for a run: its study's trials and its stored fronts (``config``: a ``SearchConfig`` when
-    the study is not in the default journal file)."""
+    the study is not in the default journal file; ``space``: the space when it is not registered)."""
     from search_spaces import get_space
 
     from .query import open_fronts
@@ -66,7 +66,7 @@ def plot_data(run_dir: Any, config: Any = None) -> PlotData:
     space_name = store.get_meta("space")
     if space_name is None:
         raise UsageError("the run's front store names no space; run `nas search` again")
-    space = get_space(space_name)
+    space = get_space(space if space is not None else space_name)
     study = load_study(run_dir, config)
     table = study_trials(study, space)
     devices = list(study.user_attrs.get("devices", store.devices()))
@@ -136,8 +136,9 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
     return atomic_write_bytes(out, buffer.getvalue())
 
 
-def plot_run(run_dir: Any, out: str | os.PathLike[str] | None = None, config: Any = None) -> Path:
+def plot_run(run_dir: Any, out: str | os.PathLike[str] | None = None, config: Any = None,
+             space: Any = None) -> Path:
     """Plot a run's fronts into ``out`` (default ``fronts.png`` in the run folder)."""
     from .search import run_path
 
-    return draw(plot_data(run_dir, config), out if out is not None else run_path(run_dir) / PLOT_NAME)
+    return draw(plot_data(run_dir, config, space), out if out is not None else run_path(run_dir) / PLOT_NAME)

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search_spaces import get_space
-
 from .errors import UsageError
 from .fronts import FrontMember, FrontStore, get_front_store
 from .search import FRONTS_NAME, run_path
@@ -153,8 +151,7 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
                   calibration: Iterable[torch.Tensor] | None = None) -> dict[str, Any]:
     """Export a front member: its extracted, BN-recalibrated subnet (or ``model`` when given)."""
     model = model if model is not None else subnet_of(member, calibration)
-    space = get_space(member.arch.space)
-    metadata = {"space": space.name, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
+    metadata = {"space": member.arch.space, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
                 "arch_id": member.arch_id, "num_classes": _num_classes(model), "resolution": member.arch.resolution,
                 "val_accuracy": member.val_accuracy, "latency_ms": member.latency_ms, "device": member.device}
     return export_subnet(model, member.arch.resolution, out, metadata=metadata)
