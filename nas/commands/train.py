@@ -1,0 +1,98 @@
+"""``nas train CONFIG``: train the experiment's supernet on Ray; resumes by itself, never retrains."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+from typing import Any
+
+from ..config import ExperimentConfig, load_config
+from ..data import check_dataset, load_dataset, num_classes
+from ..errors import UsageError
+from ..rundir import RunDir
+
+FAIL_AT_EPOCH_ENV = "HWNAS_FAIL_AT_EPOCH"
+FAIL_MARKER_ENV = "HWNAS_FAIL_MARKER"
+"""Test hook: a worker raises once after the checkpoint of that global epoch (the marker file makes it once)."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train the supernet (progressive shrinking or sandwich rule); resumes by itself",
+        description="Train the experiment's supernet on Ray Train. Running it again after an interruption "
+                    "continues from the last finished epoch; a finished run is not trained again.")
+    parser.add_argument("config", help="experiment config (YAML)")
+    parser.add_argument("--run-dir", help="run folder (default: the config's run_dir, else runs/<name>)")
+    parser.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs (a new run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    config = load_config(args.config, epochs_scale=args.epochs_scale)
+    return train(config, RunDir.for_config(config, args.run_dir), progress=not args.no_progress)
+
+
+def _fmt(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, float) else "-"
+
+
+def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
+    """Train (or finish training) the supernet of ``config`` into ``run``; returns an exit status."""
+    from supernets.training import (
+        CheckpointError,
+        TrainingFailedError,
+        TrainJob,
+        load_train_state,
+        read_metrics,
+        read_supernet_file,
+        run_on_ray,
+    )
+    from supernets.training.checkpoint import check_identity
+
+    space = config.get_space().with_num_classes(num_classes(config.dataset))
+    phases = config.train.resolved_phases(space)
+    total = sum(p.epochs for p in phases)
+    try:
+        if run.supernet_checkpoint.is_file():
+            data = read_supernet_file(run.supernet_checkpoint)
+            check_identity(data, run.supernet_checkpoint, space.name, config.config_hash)
+            print(f"run {run.root} is already trained ({total} epochs); supernet: {run.supernet_checkpoint}")
+            return 0
+        position = "from the start"
+        if run.latest_checkpoint.is_file():
+            state = load_train_state(run.latest_checkpoint, space.name, config.config_hash)
+            position = f"after epoch {state['completed_epochs']} of {total}"
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    check_dataset(config.dataset)
+    run.create()
+    run.write_config(config)
+    print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
+          f"{total} epochs) in {run.root}, {position}")
+    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    job = TrainJob(
+        space=space, settings=config.train, phases=phases, seed=config.seed, config_hash=config.config_hash,
+        latest_path=str(run.latest_checkpoint), teacher_path=str(run.teacher_checkpoint),
+        supernet_path=str(run.supernet_checkpoint), metrics_path=str(run.metrics),
+        make_data=functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
+        fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=os.environ.get(FAIL_MARKER_ENV),
+        progress=progress,
+    )
+    started = time.perf_counter()
+    try:
+        run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train")
+    except TrainingFailedError as exc:
+        print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint")
+        return 1
+    if not run.supernet_checkpoint.is_file():
+        print("nas: error: training ended without writing the supernet; see the Ray log above")
+        return 1
+    rows = read_metrics(run.metrics)
+    last = rows[-1] if rows else {}
+    print(f"done in {time.perf_counter() - started:.0f} s: val accuracy largest {_fmt(last.get('val_acc_largest'))}, "
+          f"smallest {_fmt(last.get('val_acc_smallest'))}, random mean {_fmt(last.get('val_acc_random_mean'))}; "
+          f"supernet: {run.supernet_checkpoint}")
+    return 0

@@ -1,0 +1,299 @@
+"""Experiment configs: one YAML file per experiment, parsed once (``yaml.safe_load``) into frozen dataclasses.
+
+Format (every key optional except ``name`` and ``space``)::
+
+    name: quickstart            # run folder name: runs/<name>/ under the current directory
+    space: ofa_mbv3_cifar       # a registered space (``nas spaces``)
+    seed: 0
+    run_dir: null               # another run folder (relative paths resolve against the current directory)
+    dataset: {kind: digits, path: null, val_fraction: 0.1, ...}     # nas.data.DatasetConfig
+    train:                                                          # supernets.training.TrainSettings
+      strategy: progressive_shrinking      # or sandwich
+      epochs_scale: 0.1                    # scales every phase's epochs
+      lr: 0.1
+      phases:                              # optional; default: the strategy's schedule (OFA / sandwich)
+        - {name: full, epochs: 2, lr: 0.1, elastic: {resolutions: [24, 32]}}
+        - {name: kernel, epochs: 2, lr: 0.03, elastic: {kernel_sizes: [3, 5, 7]}, distill_weight: 1.0}
+    ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings
+    devices: ...   # kept as plain mappings for the stages that parse them
+    latency: ...
+    search: ...
+
+Unknown keys and bad values raise ``UsageError`` naming the key and what is allowed. Relative paths
+(``run_dir``, ``dataset.path``) resolve against the current directory. To add a typed section later, write
+its frozen dataclass, add a parser to ``SECTION_PARSERS`` and change the field's type below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces import SearchSpace, UnknownSpaceError, get_space
+from supernets.training import (
+    ELASTIC_DIMENSIONS,
+    STRATEGIES,
+    Phase,
+    RaySettings,
+    TrainSettings,
+    make_phase,
+    validate_phase,
+)
+
+from .data import DATASET_KINDS, DatasetConfig
+from .errors import UsageError
+
+RAW_SECTIONS = ("devices", "latency", "search")
+"""Sections kept as plain (read-only) mappings until their stage parses them."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: what is trained, on which data, where, and the raw later-stage sections."""
+
+    name: str
+    space: str
+    seed: int = 0
+    run_dir: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    devices: Mapping[str, Any] | None = None
+    latency: Mapping[str, Any] | None = None
+    search: Mapping[str, Any] | None = None
+    # The file it was read from (None when built in code).
+    source: str | None = field(default=None, compare=False)
+
+    def get_space(self) -> SearchSpace:
+        """The registered space named by ``space``."""
+        try:
+            return get_space(self.space)
+        except UnknownSpaceError as exc:
+            raise UsageError(f"space: {exc}") from exc
+
+    def training_identity(self) -> dict[str, Any]:
+        """The settings that define the trained weights (checked against every checkpoint)."""
+        return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset),
+                "train": _plain(self.train)}
+
+    @property
+    def config_hash(self) -> str:
+        """A 16-hex-digit hash of ``training_identity`` (ray, paths and later stages do not count)."""
+        canonical = json.dumps(self.training_identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready form with every default filled in (the run folder's config copy)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "source"}
+        out["train"]["phases"] = [_phase_dict(p) for p in self.train.phases]
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _phase_dict(phase: Phase) -> dict[str, Any]:
+    d = _plain(phase)
+    d["elastic"] = {k: list(v) for k, v in phase.elastic}
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing.
+
+
+def _fmt_allowed(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
+    return dict(raw)
+
+
+def _check_keys(raw: Mapping[str, Any], where: str, allowed: typing.Iterable[str]) -> None:
+    allowed = list(allowed)
+    for key in raw:
+        if key not in allowed:
+            raise UsageError(f"{where}: unknown key {key!r}; allowed: {_fmt_allowed(allowed)}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` checked against a simple annotation (int, float, str, bool, optional of those)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UsageError(f"{key} must not be empty")
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in options)
+    raise UsageError(f"{key}: {value!r} is not allowed; expected {names}")
+
+
+def _parse_dataclass(cls: type, raw: Any, where: str, skip: tuple[str, ...] = (),
+                     checks: Mapping[str, Callable[[Any], str | None]] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``cls`` from ``raw``, each field type- and range-checked."""
+    raw = _mapping(raw, where)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(raw, where, names)
+    kwargs = {}
+    for name in names:
+        if name in skip or name not in raw:
+            continue
+        key = f"{where}.{name}"
+        kwargs[name] = _coerce(raw[name], hints[name], key)
+        problem = (checks or {}).get(name, lambda _v: None)(kwargs[name])
+        if problem:
+            raise UsageError(f"{key}: {kwargs[name]!r} is not allowed; {problem}")
+    return kwargs
+
+
+def _positive(value: Any) -> str | None:
+    return None if value is None or value > 0 else "must be > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value is None or value >= 0 else "must be >= 0"
+
+
+def _fraction(value: Any) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda value: None if value in allowed else f"allowed: {_fmt_allowed(allowed)}"
+
+
+def parse_dataset(raw: Any) -> DatasetConfig:
+    return DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
+        "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _fraction,
+        "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _non_negative,
+        "image_size": _positive,
+    }))
+
+
+def _parse_phase(raw: Any, where: str, space: SearchSpace) -> Phase:
+    raw = _mapping(raw, where)
+    kwargs = _parse_dataclass(Phase, raw, where, skip=("elastic",), checks={
+        "epochs": _positive, "lr": _positive, "subnets_per_step": _positive, "distill_weight": _non_negative})
+    for required in ("epochs", "lr"):
+        if required not in kwargs:
+            raise UsageError(f"{where}: {required} is required")
+    elastic = _mapping(raw.get("elastic"), f"{where}.elastic")
+    _check_keys(elastic, f"{where}.elastic", ELASTIC_DIMENSIONS)
+    for dimension, values in elastic.items():
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{where}.elastic.{dimension} must be a non-empty list of values")
+    kwargs.setdefault("name", where.rsplit(".", 1)[-1])
+    phase = make_phase(kwargs.pop("name"), kwargs.pop("epochs"), kwargs.pop("lr"), elastic, **kwargs)
+    try:
+        return validate_phase(space, phase)
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from exc
+
+
+def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
+    raw = _mapping(raw, "train")
+    kwargs = _parse_dataclass(TrainSettings, raw, "train", skip=("phases",), checks={
+        "strategy": _one_of(STRATEGIES), "epochs_scale": _positive, "lr": _positive, "batch_size": _positive,
+        "momentum": _non_negative, "weight_decay": _non_negative, "kd_temperature": _positive,
+        "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
+        "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
+        "label_smoothing": _fraction,
+    })
+    phases = raw.get("phases")
+    if phases is not None:
+        if not isinstance(phases, list):
+            raise UsageError("train.phases must be a list of phases")
+        kwargs["phases"] = tuple(_parse_phase(p, f"train.phases[{i}]", space) for i, p in enumerate(phases))
+    return TrainSettings(**kwargs)
+
+
+def parse_ray(raw: Any) -> RaySettings:
+    return RaySettings(**_parse_dataclass(RaySettings, raw, "ray", checks={
+        "num_workers": _positive, "cpus_per_worker": _positive, "num_cpus": _positive,
+        "max_failures": _non_negative}))
+
+
+SECTION_PARSERS: dict[str, Callable[[Any, SearchSpace], Any]] = {
+    "dataset": lambda raw, _space: parse_dataset(raw),
+    "train": parse_train,
+    "ray": lambda raw, _space: parse_ray(raw),
+}
+"""Typed sections: each parser gets the raw section and the experiment's space."""
+
+
+def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
+    """An ``ExperimentConfig`` from the mapping a YAML file holds."""
+    raw = _mapping(raw, "config")
+    top = ("name", "space", "seed", "run_dir")
+    _check_keys(raw, "config", (*top, *SECTION_PARSERS, *RAW_SECTIONS))
+    for required in ("name", "space"):
+        if required not in raw:
+            raise UsageError(f"config: {required} is required")
+    name = _coerce(raw["name"], str, "name")
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"name: {name!r} is not allowed; a plain folder name (letters, digits, -, _)")
+    kwargs: dict[str, Any] = {"name": name, "space": _coerce(raw["space"], str, "space"), "source": source}
+    if "seed" in raw:
+        kwargs["seed"] = _coerce(raw["seed"], int, "seed")
+    if "run_dir" in raw:
+        kwargs["run_dir"] = _coerce(raw["run_dir"], str | None, "run_dir")
+    config = ExperimentConfig(**kwargs)
+    space = config.get_space()
+    typed = {key: parser(raw.get(key), space) for key, parser in SECTION_PARSERS.items()}
+    untyped = {key: types.MappingProxyType(_mapping(raw[key], key)) for key in RAW_SECTIONS if raw.get(key)
+               is not None}
+    return dataclasses.replace(config, **typed, **untyped)
+
+
+def load_config(path: str | Path, *, epochs_scale: float | None = None) -> ExperimentConfig:
+    """Read and validate an experiment config file; ``epochs_scale`` overrides ``train.epochs_scale``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    config = parse_config(raw, source=str(path))
+    if epochs_scale is not None:
+        if epochs_scale <= 0:
+            raise UsageError(f"--epochs-scale: {epochs_scale} is not allowed; must be > 0")
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs_scale=epochs_scale))
+    return config
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    """The config with every default filled in, as YAML (what the run folder keeps)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

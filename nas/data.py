@@ -1,0 +1,321 @@
+"""Datasets for supernet training and evaluation, in plain torch (no torchvision).
+
+Three kinds, chosen by the config's ``dataset.kind``:
+
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8 x 8 images), upsampled to the
+  space's largest resolution and replicated to 3 channels. The embedded default: no download.
+- ``cifar10``: CIFAR-10 from ``dataset.path`` or the ``HWNAS_CIFAR10`` environment variable, either as
+  ``.npz`` shards (``train_0.npz`` ... ``train_4.npz``, ``test.npz``, each with uint8 ``x`` (N, 32, 32, 3)
+  and ``y``; read with ``allow_pickle=False``) or as the standard ``cifar-10-batches-py`` folder. That
+  standard release is itself a set of Python pickles; it is read with an unpickler that only admits the
+  numpy array constructors it needs, so no code in the file can run.
+- ``folder``: an image-folder tree read with Pillow, one sub-folder per class; with ``train/`` and
+  ``test/`` (or ``val/``) sub-trees those are the splits, else a seeded test split is held out.
+
+Every split is kept in memory as a uint8 tensor ``(N, 3, H, W)``; augmentation (random crop with zero
+padding after normalisation, horizontal flip) and normalisation run on whole batches. The validation split
+is a seeded part of the training set; the test split is only used for final reports.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+
+DATASET_KINDS = ("digits", "cifar10", "folder")
+CIFAR10_ENV = "HWNAS_CIFAR10"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetConfig:
+    """The ``dataset`` section of an experiment config."""
+
+    # One of ``DATASET_KINDS``.
+    kind: str = "digits"
+    # Folder of ``cifar10`` / ``folder`` data; relative paths resolve against the current directory.
+    path: str | None = None
+    # Part of the training images held out for validation (seeded).
+    val_fraction: float = 0.1
+    # Part held out for testing when the data has no test split of its own (digits, flat folders).
+    test_fraction: float = 0.2
+    # Cap on training images after the validation split (None: all), a seeded subset.
+    max_train_images: int | None = None
+    # Cap on test images (None: all), the first ones in a seeded order.
+    max_test_images: int | None = None
+    # Random crop with padding and flips during training.
+    augment: bool = True
+    # Padding of the random crop in pixels (None: an eighth of the image side, 4 at 32).
+    crop_padding: int | None = None
+    # Horizontal flips (None: on, except for digits, whose mirror images are other symbols).
+    flip: bool | None = None
+    # Side of the stored images (None: the space's largest resolution; CIFAR-10 keeps its 32).
+    image_size: int | None = None
+
+
+class ImageData:
+    """Train / val / test splits as uint8 tensors; implements ``supernets.training.DataSource``."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 test: tuple[torch.Tensor, torch.Tensor], num_classes: int, augment: bool = True,
+                 crop_padding: int = 4, flip: bool = True) -> None:
+        self.splits = {"train": train, "val": val, "test": test}
+        self.num_classes = num_classes
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.flip = flip
+        x = train[0].float() / 255
+        self.mean = x.mean((0, 2, 3)).view(1, 3, 1, 1)
+        self.std = x.std((0, 2, 3)).clamp_min(1e-3).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.splits["train"][1])
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split][1])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - self.mean) / self.std
+
+    def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random crop (zero padding, after normalisation) and horizontal flip of a float batch."""
+        n, _, h, w = x.shape
+        pad = self.crop_padding
+        if pad > 0:
+            padded = F.pad(x, (pad, pad, pad, pad))
+            dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+            dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+            rows = (dy.view(n, 1, 1, 1) + torch.arange(h).view(1, 1, h, 1)).expand(n, 3, h, w + 2 * pad)
+            cols = (dx.view(n, 1, 1, 1) + torch.arange(w).view(1, 1, 1, w)).expand(n, 3, h, w)
+            x = padded.gather(2, rows).gather(3, cols)
+        if self.flip:
+            flip = torch.rand(n, generator=generator) < 0.5
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        return (len(self) // world_size) // batch_size
+
+    def train_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented, normalised batches (this rank's shard; last partial dropped)."""
+        x, y = self.splits["train"]
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[rank::world_size]
+        generator = torch.Generator().manual_seed(seed * 31 + rank + 1)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            batch = self.normalize(x[index])
+            if self.augment:
+                batch = self.augment_batch(batch, generator)
+            yield batch, y[index]
+
+    def eval_batches(self, split: str, batch_size: int, max_images: int | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised batches of ``split`` (``train``, ``val`` or ``test``) in order, no augmentation."""
+        x, y = self.splits[split]
+        n = len(y) if max_images is None else min(len(y), max_images)
+        for start in range(0, n, batch_size):
+            end = min(n, start + batch_size)
+            yield self.normalize(x[start:end]), y[start:end]
+
+    def calibration_batches(self, num_images: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """``num_images`` seeded training images, augmented as in training, for BN recalibration."""
+        x, _ = self.splits["train"]
+        generator = torch.Generator().manual_seed(seed + 12345)
+        index = torch.randperm(len(x), generator=generator)[:num_images]
+        for start in range(0, len(index), batch_size):
+            batch = self.normalize(x[index[start:start + batch_size]])
+            yield self.augment_batch(batch, generator) if self.augment else batch
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splitting and resizing.
+
+
+def _split(n: int, fraction: float, seed: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation of ``range(n)`` cut into (kept, held out ``fraction``)."""
+    order = np.random.default_rng([seed, salt]).permutation(n)
+    held = int(round(n * fraction))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def _assemble(cfg: DatasetConfig, seed: int, x: torch.Tensor, y: torch.Tensor,
+              test: tuple[torch.Tensor, torch.Tensor] | None, num_classes: int, size: int,
+              default_flip: bool) -> ImageData:
+    """Hold out test (when absent) and validation splits, cap the training set, resize, wrap."""
+    if test is None:
+        keep, held = _split(len(y), cfg.test_fraction, seed, 1)
+        test = (x[held], y[held])
+        x, y = x[keep], y[keep]
+    keep, held = _split(len(y), cfg.val_fraction, seed, 2)
+    val = (x[held], y[held])
+    x, y = x[keep], y[keep]
+    if cfg.max_train_images is not None and cfg.max_train_images < len(y):
+        subset = np.sort(np.random.default_rng([seed, 3]).permutation(len(y))[: cfg.max_train_images])
+        x, y = x[subset], y[subset]
+    if cfg.max_test_images is not None and cfg.max_test_images < len(test[1]):
+        subset = np.sort(np.random.default_rng([seed, 4]).permutation(len(test[1]))[: cfg.max_test_images])
+        test = (test[0][subset], test[1][subset])
+    splits = [(_resize_uint8(a, size).contiguous(), b.long()) for a, b in ((x, y), val, test)]
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
+    flip = default_flip if cfg.flip is None else cfg.flip
+    return ImageData(splits[0], splits[1], splits[2], num_classes, cfg.augment, padding, flip)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources.
+
+
+def load_digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as uint8 ``(1797, 3, 8, 8)`` images (0..16 scaled to 0..255) and labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8))
+    return images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: the standard CIFAR-10 batches, nothing that runs."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as handle:
+        batch = _ArrayUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+def resolve_cifar10_path(cfg: DatasetConfig) -> Path:
+    """The CIFAR-10 folder from the config or ``HWNAS_CIFAR10``; ``UsageError`` when absent or unreadable."""
+    given = cfg.path or os.environ.get(CIFAR10_ENV)
+    if not given:
+        raise UsageError(f"dataset.kind is cifar10 but no path is given: set dataset.path in the config or the "
+                         f"{CIFAR10_ENV} environment variable to a folder with train_*.npz/test.npz or "
+                         f"cifar-10-batches-py")
+    path = Path(given).expanduser()
+    if (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar-10-batches-py"
+    if not ((path / "train_0.npz").is_file() or (path / "data_batch_1").is_file()):
+        raise UsageError(f"CIFAR-10 not found at {path} (from {'dataset.path' if cfg.path else CIFAR10_ENV}): "
+                         f"expected train_0.npz ... test.npz or data_batch_1 ... test_batch; set dataset.path "
+                         f"or {CIFAR10_ENV}")
+    return path
+
+
+def load_cifar10_arrays(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((train x, y), (test x, y)) as uint8 NCHW tensors and int64 labels, from either format."""
+    def npz(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(path / name, allow_pickle=False) as f:
+            return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
+
+    if (path / "train_0.npz").is_file():
+        shards = [npz(f"train_{i}.npz") for i in range(5) if (path / f"train_{i}.npz").is_file()]
+        test = npz("test.npz")
+    else:
+        shards = [_read_cifar_batch(path / f"data_batch_{i}") for i in range(1, 6)
+                  if (path / f"data_batch_{i}").is_file()]
+        test = _read_cifar_batch(path / "test_batch")
+    x = np.concatenate([s[0] for s in shards])
+    y = np.concatenate([s[1] for s in shards])
+    return (torch.from_numpy(x), torch.from_numpy(y)), (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_folder(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(file) as image:
+                rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _folder_layout(cfg: DatasetConfig) -> tuple[Path, Path | None, list[str]]:
+    if not cfg.path:
+        raise UsageError("dataset.kind is folder but dataset.path is not set; give the image-folder root")
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"dataset.path {root} is not a folder (expected one sub-folder of images per class)")
+    test_root = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    classes = [p.name for p in _class_folders(train_root)]
+    if not classes:
+        raise UsageError(f"dataset.path {train_root} has no class sub-folders")
+    return train_root, test_root, classes
+
+
+def num_classes(cfg: DatasetConfig) -> int:
+    """The number of classes of the dataset, without loading its images."""
+    if cfg.kind == "folder":
+        return len(_folder_layout(cfg)[2])
+    return 10
+
+
+def check_dataset(cfg: DatasetConfig) -> None:
+    """Raise ``UsageError`` now if the dataset cannot be found (cheap; reads no images)."""
+    if cfg.kind == "cifar10":
+        resolve_cifar10_path(cfg)
+    elif cfg.kind == "folder":
+        _folder_layout(cfg)
+    elif cfg.kind != "digits":
+        raise UsageError(f"dataset.kind {cfg.kind!r} is not known; allowed: {', '.join(DATASET_KINDS)}")
+
+
+def load_dataset(cfg: DatasetConfig, resolution: int, seed: int = 0) -> ImageData:
+    """The dataset of ``cfg`` with images stored at ``cfg.image_size`` or ``resolution``."""
+    check_dataset(cfg)
+    size = cfg.image_size or resolution
+    if cfg.kind == "digits":
+        x, y = load_digits_arrays()
+        return _assemble(cfg, seed, x, y, None, 10, size, default_flip=False)
+    if cfg.kind == "cifar10":
+        (x, y), test = load_cifar10_arrays(resolve_cifar10_path(cfg))
+        return _assemble(cfg, seed, x, y, test, 10, cfg.image_size or 32, default_flip=True)
+    train_root, test_root, classes = _folder_layout(cfg)
+    x, y = _read_folder(train_root, classes, size)
+    test = _read_folder(test_root, classes, size) if test_root is not None else None
+    return _assemble(cfg, seed, x, y, test, len(classes), size, default_flip=True)

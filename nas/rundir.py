@@ -1,0 +1,122 @@
+"""One class owns every path of a run: ``RunDir``.
+
+A run folder is ``runs/<experiment name>/`` under the current directory unless the config's ``run_dir``
+or the command line's ``--run-dir`` says otherwise. Layout::
+
+    RUN/config.yaml              the config as run (every default filled in) and its hash
+    RUN/metrics.jsonl            one JSON line per training epoch
+    RUN/checkpoints/latest.pt    training state after the last finished epoch (resumption)
+    RUN/checkpoints/teacher.pt   the full network after the first phase (distillation teacher)
+    RUN/checkpoints/supernet.pt  the trained supernet (state dict, space name, config hash)
+    RUN/ray/                     Ray Train's own storage (its checkpoints and logs)
+    RUN/search/  RUN/fronts/  RUN/plots/  RUN/exports/    later stages
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+from .io import atomic_write_text
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from search_spaces import SearchSpace
+
+    from .config import ExperimentConfig
+
+
+class RunDir:
+    """The paths of one run folder (absolute); creating folders is explicit (``create``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    @classmethod
+    def for_config(cls, config: ExperimentConfig, override: str | os.PathLike[str] | None = None) -> RunDir:
+        """``override`` (``--run-dir``), else the config's ``run_dir``, else ``runs/<name>`` under cwd."""
+        if override is not None:
+            return cls(override)
+        if config.run_dir:
+            return cls(config.run_dir)
+        return cls(Path.cwd() / "runs" / config.name)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def create(self) -> RunDir:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # Training.
+    @property
+    def config_copy(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def teacher_checkpoint(self) -> Path:
+        return self.checkpoints / "teacher.pt"
+
+    @property
+    def supernet_checkpoint(self) -> Path:
+        return self.checkpoints / "supernet.pt"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray"
+
+    # Later stages.
+    @property
+    def search(self) -> Path:
+        return self.root / "search"
+
+    @property
+    def fronts(self) -> Path:
+        return self.root / "fronts"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    def write_config(self, config: ExperimentConfig) -> Path:
+        """Keep the config as run, with its hash in a comment, atomically."""
+        from .config import config_to_yaml
+
+        header = f"# config_hash: {config.config_hash}\n# source: {config.source}\n"
+        return atomic_write_text(self.config_copy, header + config_to_yaml(config))
+
+    def is_trained(self) -> bool:
+        return self.supernet_checkpoint.is_file()
+
+
+def load_supernet(run_dir: str | os.PathLike[str] | RunDir) -> tuple[SearchSpace, nn.Module]:
+    """``(space, supernet)`` of a finished training run; ``UsageError`` when absent or unreadable."""
+    from supernets.training import CheckpointError, load_supernet_file
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not run.supernet_checkpoint.is_file():
+        raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint} is missing); "
+                         f"run `nas train CONFIG` first")
+    try:
+        return load_supernet_file(run.supernet_checkpoint)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc

@@ -1,0 +1,64 @@
+"""Supernet training: schedule as data, progressive shrinking and the sandwich rule, distillation, BN
+recalibration, checkpoints, the Ray Train wrapper."""
+
+from __future__ import annotations
+
+from .bn import recalibrate_bn
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    load_supernet_file,
+    load_train_state,
+    read_supernet_file,
+    save_supernet,
+)
+from .evaluate import DataSource, accuracy, resize, subnet_accuracy
+from .loop import TrainJob, distillation_loss, eval_archs, read_metrics, run_job
+from .ray_runner import RaySettings, TrainingFailedError, ensure_ray_env, run_on_ray
+from .schedule import (
+    ELASTIC_DIMENSIONS,
+    STRATEGIES,
+    Phase,
+    Position,
+    TrainSettings,
+    make_phase,
+    ofa_schedule,
+    phase_arch,
+    sandwich_schedule,
+    step_archs,
+    validate_phase,
+)
+
+__all__ = [
+    "ELASTIC_DIMENSIONS",
+    "STRATEGIES",
+    "CheckpointError",
+    "DataSource",
+    "Phase",
+    "Position",
+    "RaySettings",
+    "TrainJob",
+    "TrainSettings",
+    "TrainingFailedError",
+    "accuracy",
+    "atomic_torch_save",
+    "distillation_loss",
+    "ensure_ray_env",
+    "eval_archs",
+    "load_supernet_file",
+    "load_train_state",
+    "make_phase",
+    "ofa_schedule",
+    "phase_arch",
+    "read_metrics",
+    "read_supernet_file",
+    "recalibrate_bn",
+    "resize",
+    "run_job",
+    "run_on_ray",
+    "sandwich_schedule",
+    "save_supernet",
+    "step_archs",
+    "subnet_accuracy",
+    "validate_phase",
+]

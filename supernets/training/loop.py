@@ -1,0 +1,288 @@
+"""The one training loop: every phase of every strategy runs through ``run_job``, driven by phase data.
+
+A phase names its elastic dimensions; a step samples the subnets to train from them (``step_archs``), adds
+distillation from a frozen teacher (progressive shrinking) or from the largest subnet of the same step
+(sandwich rule), and sums the gradients. After every epoch rank 0 evaluates the largest, the smallest and
+a fixed seeded set of random subnets (batch norms recalibrated), appends a line to the metrics file and
+writes the checkpoint; every rank then reports (a barrier under Ray Train).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import SearchSpace, largest, sample, smallest
+
+from .checkpoint import (
+    atomic_torch_save,
+    check_identity,
+    load_train_state,
+    read_supernet_file,
+    save_supernet,
+    train_state,
+)
+from .evaluate import DataSource, resize, subnet_accuracy
+from .schedule import Phase, Position, TrainSettings, resolutions, step_archs
+
+Reporter = Callable[[dict[str, Any], "str | None"], None]
+"""Called by every rank after each epoch with the metrics and (rank 0 only) the checkpoint file."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a training worker needs; plain data, sent to Ray workers as is."""
+
+    # The space, with the dataset's number of classes.
+    space: SearchSpace
+    settings: TrainSettings
+    # The resolved schedule (``settings.resolved_phases(space)``).
+    phases: tuple[Phase, ...]
+    seed: int
+    # Hash of the config sections that define the run; stored in and checked against every checkpoint.
+    config_hash: str
+    # Absolute paths of the run folder's files (owned by ``nas.rundir.RunDir``).
+    latest_path: str
+    teacher_path: str
+    supernet_path: str
+    metrics_path: str
+    # Builds the dataset inside each worker (a picklable callable, e.g. ``functools.partial``).
+    make_data: Callable[[], DataSource]
+    # Test hook: raise once after the checkpoint of this global epoch, if ``fail_marker`` does not exist.
+    fail_at_epoch: int | None = None
+    fail_marker: str | None = None
+    progress: bool = True
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's softened distribution (times T^2)."""
+    target = F.softmax(teacher / temperature, dim=1)
+    loss = -(target * F.log_softmax(student / temperature, dim=1)).sum(1).mean()
+    return loss * temperature**2
+
+
+def make_optimizer(model: nn.Module, phase: Phase, settings: TrainSettings) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=phase.lr, momentum=settings.momentum, nesterov=settings.momentum > 0,
+    )
+
+
+def eval_archs(space: SearchSpace, settings: TrainSettings) -> list[tuple[str, Any]]:
+    """The subnets evaluated after every epoch: largest, smallest, and a fixed seeded random set."""
+    randoms = sample(space, settings.eval_random_subnets, settings.eval_seed)
+    return [("largest", largest(space)), ("smallest", smallest(space))] + [
+        (f"random_{i}", arch) for i, arch in enumerate(randoms)
+    ]
+
+
+def _epoch_seed(seed: int, phase: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, phase, epoch]).integers(2**31))
+
+
+def _load_teacher(job: TrainJob) -> nn.Module:
+    from supernets import build_supernet, extract
+
+    data = read_supernet_file(job.teacher_path)
+    check_identity(data, job.teacher_path, job.space.name, job.config_hash)
+    full = build_supernet(job.space)
+    full.load_state_dict(data["state_dict"])
+    teacher = extract(full, largest(job.space)).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The metrics lines of a run (an unreadable last line, from a kill mid-write, is dropped)."""
+    if not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _trim_metrics(path: str, completed: int) -> None:
+    """Keep one line per epoch already covered by the checkpoint (a kill may leave extra lines)."""
+    rows = read_metrics(path)
+    kept: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        g = row.get("global_epoch")
+        if isinstance(g, int) and g < completed and g not in kept:
+            kept[g] = row
+    if len(kept) != len(rows):
+        text = "".join(json.dumps(kept[g], sort_keys=True) + "\n" for g in sorted(kept))
+        tmp = f"{path}.tmp"
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+
+
+def _append_metrics(path: str, row: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phase: Phase, position: Position,
+                data: DataSource, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int,
+                rank: int, world_size: int) -> float:
+    """One epoch of ``phase``; returns the mean training loss per subnet."""
+    from tqdm import tqdm
+
+    settings, space = job.settings, job.space
+    rng = np.random.default_rng([job.seed, position.phase, position.epoch, 7])  # same subnets on all ranks
+    batches = data.train_batches(settings.batch_size, _epoch_seed(job.seed, position.phase, position.epoch),
+                                 rank, world_size)
+    allowed = resolutions(space, phase)
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(total=steps, desc=f"{phase.name} {position.epoch + 1}/{phase.epochs}", leave=False,
+               disable=not (job.progress and rank == 0), mininterval=2.0, dynamic_ncols=True)
+    for _, (x, y) in zip(range(steps), batches):
+        resolution = int(allowed[int(rng.integers(len(allowed)))])
+        x = resize(x, resolution)
+        archs = step_archs(space, phase, settings.strategy, rng, resolution)
+        optimizer.zero_grad(set_to_none=True)
+        soft = None
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(x)
+        for i, arch in enumerate(archs):
+            out = model(x, arch)
+            loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
+            if soft is not None and phase.distill_weight > 0:
+                loss = loss + phase.distill_weight * distillation_loss(out, soft, settings.kd_temperature)
+            if settings.strategy == "sandwich" and i == 0:
+                soft = out.detach()  # in-place distillation: the largest teaches the others
+            loss.backward()
+            total += float(loss.detach())
+            count += 1
+        optimizer.step()
+        scheduler.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)
+    bar.close()
+    return total / max(count, 1)
+
+
+def evaluate(job: TrainJob, supernet: nn.Module, data: DataSource) -> dict[str, Any]:
+    """Validation accuracy of the evaluation subnets (batch norms recalibrated on copies)."""
+    s = job.settings
+    accs = {name: subnet_accuracy(supernet, arch, data, "val", s.bn_recal_images, s.max_val_images,
+                                  seed=job.seed)
+            for name, arch in eval_archs(job.space, s)}
+    randoms = [v for k, v in accs.items() if k.startswith("random_")]
+    return {
+        "val_acc_largest": accs["largest"],
+        "val_acc_smallest": accs["smallest"],
+        "val_acc_random": randoms,
+        "val_acc_random_mean": float(np.mean(randoms)) if randoms else None,
+    }
+
+
+def _resume_state(job: TrainJob, ray_checkpoint_file: str | None) -> dict[str, Any] | None:
+    candidates = [f for f in (ray_checkpoint_file, job.latest_path) if f and Path(f).exists()]
+    states = [load_train_state(f, job.space.name, job.config_hash) for f in candidates]
+    return max(states, key=lambda s: s["completed_epochs"]) if states else None
+
+
+def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporter | None = None,
+            ray_checkpoint_file: str | None = None) -> None:
+    """Train (or continue training) the supernet of ``job`` on this rank, to ``job.supernet_path``."""
+    from supernets import build_supernet, sort_channels
+
+    torch.set_num_threads(max(1, job.settings.threads_per_worker))
+    torch.manual_seed(job.seed)  # identical initial weights on every rank
+    supernet = build_supernet(job.space)
+    state = _resume_state(job, ray_checkpoint_file)
+    position = Position()
+    if state is not None:
+        supernet.load_state_dict(state["model"])
+        torch.set_rng_state(state["torch_rng"])
+        position = Position(int(state["phase"]), int(state["epoch"]))
+    else:
+        torch.manual_seed(job.seed + 1 + rank)
+    if rank == 0:
+        _trim_metrics(job.metrics_path, position.global_epoch(job.phases))
+    data = job.make_data()
+    settings = job.settings
+    steps = data.steps_per_epoch(settings.batch_size, world_size)
+    if settings.max_steps_per_epoch:
+        steps = min(steps, settings.max_steps_per_epoch)
+    if steps < 1:
+        raise ValueError(f"the training split is smaller than one batch of {settings.batch_size} per worker")
+
+    while position.phase < len(job.phases):
+        p, phase = position.phase, job.phases[position.phase]
+        if position.epoch == 0 and phase.sort_channels:
+            sort_channels(supernet)
+        model: nn.Module = supernet
+        if world_size > 1:
+            model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
+        teacher = None
+        if settings.strategy == "progressive_shrinking" and p > 0 and phase.distill_weight > 0:
+            teacher = _load_teacher(job)
+        optimizer = make_optimizer(supernet, phase, settings)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps)
+        if state is not None and int(state["phase"]) == p and int(state["epoch"]) > 0:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        state = None
+        for _ in range(position.epoch, phase.epochs):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            loss = train_epoch(job, model, teacher, phase, position, data, optimizer, scheduler, steps,
+                               rank, world_size)
+            g = position.global_epoch(job.phases)
+            row: dict[str, Any] = {"phase": phase.name, "phase_index": p, "epoch": position.epoch,
+                                   "global_epoch": g, "train_loss": loss, "lr": lr, "steps": steps,
+                                   "train_time_s": round(time.perf_counter() - started, 3)}
+            following = position.advance(job.phases)
+            checkpoint_file = None
+            if rank == 0:
+                eval_started = time.perf_counter()
+                row.update(evaluate(job, supernet, data))
+                row["eval_time_s"] = round(time.perf_counter() - eval_started, 3)
+                if settings.strategy == "progressive_shrinking" and p == 0 and following.phase == 1:
+                    save_supernet(job.teacher_path, supernet, job.space, job.config_hash)
+                _append_metrics(job.metrics_path, row)
+                mid_phase = following.phase == p
+                atomic_torch_save(train_state(
+                    space_name=job.space.name, config_hash=job.config_hash, phase=following.phase,
+                    epoch=following.epoch, model=supernet.state_dict(),
+                    optimizer=optimizer.state_dict() if mid_phase else None,
+                    scheduler=scheduler.state_dict() if mid_phase else None,
+                    rng=torch.get_rng_state(), completed_epochs=g + 1), job.latest_path)
+                checkpoint_file = job.latest_path
+            if reporter is not None:
+                reporter(row, checkpoint_file)
+            if job.fail_at_epoch == g and job.fail_marker and not Path(job.fail_marker).exists():
+                Path(job.fail_marker).touch()
+                raise RuntimeError(f"injected failure after epoch {g} (test hook)")
+            position = following
+    if rank == 0:
+        last = read_metrics(job.metrics_path)
+        save_supernet(job.supernet_path, supernet, job.space, job.config_hash,
+                      summary=last[-1] if last else {})
