@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, load_config
@@ -73,11 +75,14 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
     print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
           f"{total} epochs) in {run.root}, {position}")
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    dataset = config.dataset  # workers run elsewhere: give them an absolute data path
+    if dataset.path:
+        dataset = dataclasses.replace(dataset, path=str(Path(dataset.path).expanduser().resolve()))
     job = TrainJob(
         space=space, settings=config.train, phases=phases, seed=config.seed, config_hash=config.config_hash,
         latest_path=str(run.latest_checkpoint), teacher_path=str(run.teacher_checkpoint),
         supernet_path=str(run.supernet_checkpoint), metrics_path=str(run.metrics),
-        make_data=functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
+        make_data=functools.partial(load_dataset, dataset, max(space.resolutions), config.seed),
         fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=os.environ.get(FAIL_MARKER_ENV),
         progress=progress,
     )

@@ -1,0 +1,102 @@
+"""Experiment configs: the shipped ones load, bad input names the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas.config import ExperimentConfig, config_to_yaml, load_config, parse_config
+from nas.errors import UsageError
+from nas.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["quickstart.yaml", "cifar10_ofa_mbv3.yaml", "imagenet_ofa_mbv3.yaml"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_shipped_configs_load_and_validate(name: str) -> None:
+    config = load_config(ROOT / "experiments" / name)
+    space = config.get_space()
+    phases = config.train.resolved_phases(space)
+    assert phases and all(p.epochs >= 1 for p in phases)
+    assert len(config.config_hash) == 16
+    # The filled-in copy parses back to the same config.
+    again = parse_config(yaml.safe_load(config_to_yaml(config)))
+    assert again.config_hash == config.config_hash
+
+
+def test_imagenet_config_uses_the_paper_schedule() -> None:
+    config = load_config(ROOT / "experiments" / "imagenet_ofa_mbv3.yaml")
+    phases = config.train.resolved_phases(config.get_space())
+    assert [p.epochs for p in phases] == [180, 120, 25, 120, 25, 120]
+    assert [p.name for p in phases] == ["full", "kernel", "depth_1", "depth_2", "expand_1", "expand_2"]
+    assert phases[4].sort_channels and phases[4].values("expand_ratios") == (4.0, 6.0)
+    assert phases[2].values("depths") == (3, 4) and phases[3].values("depths") == (2, 3, 4)
+
+
+def base(**overrides) -> dict:
+    raw = {"name": "t", "space": "ofa_mbv3_cifar"}
+    raw.update(overrides)
+    return raw
+
+
+@pytest.mark.parametrize("raw, words", [
+    (base(bogus=1), ["bogus", "allowed", "dataset"]),
+    (base(train={"lrr": 0.1}), ["train", "lrr", "allowed", "batch_size"]),
+    (base(train={"strategy": "magic"}), ["train.strategy", "magic", "progressive_shrinking", "sandwich"]),
+    (base(dataset={"kind": "mnist"}), ["dataset.kind", "mnist", "digits", "cifar10", "folder"]),
+    (base(dataset={"val_fraction": 1.5}), ["dataset.val_fraction", "[0, 1)"]),
+    (base(train={"batch_size": "big"}), ["train.batch_size", "big", "int"]),
+    (base(ray={"num_workers": 0}), ["ray.num_workers", "> 0"]),
+    (base(space="nope"), ["space", "nope", "ofa_mbv3_cifar"]),
+    ({"space": "ofa_mbv3_cifar"}, ["name", "required"]),
+    (base(train={"phases": [{"name": "p", "epochs": 1, "lr": 0.1, "elastic": {"kernel_sizes": [9]}}]}),
+     ["train.phases[0]", "kernel_sizes", "9", "allowed", "3, 5, 7"]),
+    (base(train={"phases": [{"name": "p", "epochs": 1, "lr": 0.1, "elastic": {"width": [1]}}]}),
+     ["train.phases[0].elastic", "width", "allowed", "kernel_sizes"]),
+    (base(train={"phases": [{"name": "p", "lr": 0.1}]}), ["train.phases[0]", "epochs", "required"]),
+])
+def test_bad_configs_name_the_key_and_allowed_values(raw: dict, words: list[str]) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_raw_later_sections_are_kept_and_hash_ignores_them() -> None:
+    plain = parse_config(base())
+    later = parse_config(base(devices={"phone": {"kind": "onnx"}}, search={"trials": 10}, latency=None))
+    assert later.devices["phone"]["kind"] == "onnx" and later.search["trials"] == 10 and later.latency is None
+    assert later.config_hash == plain.config_hash
+    assert parse_config(base(seed=1)).config_hash != plain.config_hash
+    assert parse_config(base(ray={"num_workers": 2})).config_hash == plain.config_hash
+
+
+def test_yaml_errors_and_missing_files_are_usage_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(UsageError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_epochs_scale_override_scales_every_phase(tmp_path: Path) -> None:
+    config = load_config(ROOT / "experiments" / "cifar10_ofa_mbv3.yaml", epochs_scale=0.25)
+    assert [p.epochs for p in config.train.resolved_phases(config.get_space())] == [3, 1, 1, 1, 1, 1]
+
+
+def test_run_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(base())
+    assert RunDir.for_config(config).root == tmp_path / "runs" / "t"
+    assert RunDir.for_config(parse_config(base(run_dir="elsewhere"))).root == tmp_path / "elsewhere"
+    run = RunDir.for_config(config, tmp_path / "x")
+    assert run.root == tmp_path / "x" and run.supernet_checkpoint == tmp_path / "x" / "checkpoints" / "supernet.pt"
+    run.create().write_config(config)
+    assert config.config_hash in run.config_copy.read_text()
+    assert isinstance(parse_config(yaml.safe_load(run.config_copy.read_text())), ExperimentConfig)
