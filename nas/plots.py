@@ -18,9 +18,6 @@ from .pareto import hypervolume_2d, reference_point
 
 __all__ = ["DevicePanel", "PlotData", "draw", "plot_data", "plot_run"]
 
-PLOT_NAME = "fronts.png"
-
-
 class DevicePanel(NamedTuple):
     device: str
     # Every evaluated subnet (accuracy fraction, predicted latency ms), in trial order.
@@ -138,7 +135,7 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
 
 def plot_run(run_dir: Any, out: str | os.PathLike[str] | None = None, config: Any = None,
              space: Any = None) -> Path:
-    """Plot a run's fronts into ``out`` (default ``fronts.png`` in the run folder)."""
-    from .search import run_path
+    """Plot a run's fronts into ``out`` (default ``plots/fronts.png`` in the run folder)."""
+    from .search import search_paths
 
-    return draw(plot_data(run_dir, config, space), out if out is not None else run_path(run_dir) / PLOT_NAME)
+    return draw(plot_data(run_dir, config, space), out if out is not None else search_paths(run_dir).plot)

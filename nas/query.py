@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import UsageError
 from .fronts import FrontMember, FrontStore, get_front_store
-from .search import FRONTS_NAME, run_path
+from .search import run_path, search_paths
 
 if TYPE_CHECKING:
     import torch
@@ -27,11 +27,12 @@ ONNX_TOLERANCE = 1e-4
 
 def open_fronts(run_dir: Any) -> FrontStore:
     """The run's front store; a run without one is a ``UsageError``."""
-    path = run_path(run_dir) / FRONTS_NAME
+    path = search_paths(run_dir).fronts
     if not path.exists():
         if not run_path(run_dir).exists():
             raise UsageError(f"no run folder {str(run_path(run_dir))!r}")
-        raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts ({FRONTS_NAME}); run `nas search` first")
+        raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts (fronts/fronts.sqlite); "
+                         f"run `nas search` first")
     return get_front_store(path, create=False)
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "open_study",
     "run_search",
     "search_params",
+    "search_paths",
     "study_trials",
     "TrialTable",
     "suggest_arch",
@@ -56,6 +57,17 @@ ArchBatchFn = Callable[[Sequence[Arch]], np.ndarray]
 
 JOURNAL_NAME = "study.journal"
 FRONTS_NAME = "fronts.sqlite"
+
+
+class SearchPaths(NamedTuple):
+    """Where the search stages keep their artifacts inside a run folder (``RunDir``'s sub-folders)."""
+
+    journal: Path  # RUN/search/study.journal: the Optuna study (default storage)
+    accuracy_cache: Path  # RUN/search/accuracy.jsonl: direct accuracies by arch id and split
+    accuracy_predictor: Path  # RUN/search/accuracy_predictor.json (+ _report.json)
+    fronts: Path  # RUN/fronts/fronts.sqlite: the front store
+    hil: Path  # RUN/fronts/hil.json: predicted against measured latency of front members
+    plot: Path  # RUN/plots/fronts.png
 _BLOCK_FIELDS = ("op_type", "kernel_size", "expand_ratio", "se_ratio", "skip")
 
 
@@ -68,6 +80,15 @@ def run_path(run_dir: Any) -> Path:
         if isinstance(value, (str, os.PathLike)):
             return Path(value)
     return Path(run_dir)
+
+
+def search_paths(run_dir: Any) -> SearchPaths:
+    """The search artifacts' paths of the run folder ``run_dir`` (a path or a ``RunDir``)."""
+    root = run_path(run_dir)
+    return SearchPaths(journal=root / "search" / JOURNAL_NAME, accuracy_cache=root / "search" / "accuracy.jsonl",
+                       accuracy_predictor=root / "search" / "accuracy_predictor.json",
+                       fronts=root / "fronts" / FRONTS_NAME, hil=root / "fronts" / "hil.json",
+                       plot=root / "plots" / "fronts.png")
 
 
 # --- parameters --------------------------------------------------------------------------------------
@@ -192,9 +213,9 @@ def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStora
         return config.storage
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    folder = run_path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(folder / JOURNAL_NAME)))
+    path = search_paths(run_dir).journal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
@@ -226,8 +247,9 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
 def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
     """Load the run's study (journal file by default) without a sampler, for reading."""
     config = config or SearchConfig()
-    if not config.storage and not (run_path(run_dir) / JOURNAL_NAME).exists():
-        raise UsageError(f"run {str(run_path(run_dir))!r} has no search study ({JOURNAL_NAME}); run `nas search`")
+    if not config.storage and not search_paths(run_dir).journal.exists():
+        raise UsageError(f"run {str(run_path(run_dir))!r} has no search study (search/{JOURNAL_NAME}); "
+                         f"run `nas search` first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=config.study_name, storage=storage_for(config, run_dir))
 
@@ -410,7 +432,7 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
                            latency_ms=float(ref_lat[j]))
             for j, (name, arch) in enumerate(ref_archs.items())
         ]
-    store = get_front_store(run_path(run_dir) / FRONTS_NAME)
+    store = get_front_store(search_paths(run_dir).fronts)
     with store.transaction():
         for device in config.devices:
             store.write_front(device, fronts[device])
@@ -446,20 +468,20 @@ def hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], *, store: Any
     """Re-measure every front member on its device and rebuild the fronts on measured latency.
 
     Args:
-        run_dir: the run folder (its ``fronts.sqlite`` is read and updated).
+        run_dir: the run folder (its ``fronts/fronts.sqlite`` is read and updated).
         measure: device id to a batched measurement (``(archs) -> ms`` callable or ``.predict``/``.measure``);
             devices without one are left as they are.
         store: a front store to use instead of the run's file.
 
     The predicted and measured latencies are kept in the store's ``measurements`` table and the report is
-    also written to ``hil.json`` in the run folder.
+    also written to ``fronts/hil.json`` in the run folder.
     """
     from scipy.stats import spearmanr
 
     from .fronts import Measurement, with_measured
     from .io import atomic_write_json
 
-    store = get_front_store(store if store is not None else run_path(run_dir) / FRONTS_NAME)
+    store = get_front_store(store if store is not None else search_paths(run_dir).fronts)
     reports: dict[str, HilReport] = {}
     for device in store.devices():
         if device not in measure:
@@ -483,5 +505,5 @@ def hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], *, store: Any
             spearman=rho, members_before=len(members), members_after=after,
         )
     if reports:
-        atomic_write_json(run_path(run_dir) / "hil.json", {d: r.to_dict() for d, r in reports.items()})
+        atomic_write_json(search_paths(run_dir).hil, {d: r.to_dict() for d, r in reports.items()})
     return reports

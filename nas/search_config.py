@@ -6,6 +6,7 @@ turns them into this value, with a one-line ``UsageError`` naming any bad key or
 Example (YAML)::
 
     devices: [local-cpu-1t-ort, {id: pixel7-tflite, max_latency_ms: 20}]
+    # or: devices: {local-cpu-1t-ort: null, pixel7-tflite: {max_latency_ms: 20}}
     search:
       sampler: nsga2            # nsga2 | tpe | random
       n_trials: 500             # finished trials in total, across restarts
@@ -62,8 +63,11 @@ class SearchConfig:
         return dict(self.latency_budgets_ms)
 
     @classmethod
-    def parse(cls, search: Mapping[str, Any] | None, devices: Sequence[Any] = ()) -> SearchConfig:
-        """Parse the raw ``search`` mapping and ``devices`` list of an experiment config."""
+    def parse(cls, search: Mapping[str, Any] | None,
+              devices: Sequence[Any] | Mapping[str, Any] | None = ()) -> SearchConfig:
+        """Parse the raw ``search`` mapping and ``devices`` section of an experiment config: a list of
+        device ids or ``{id, max_latency_ms}`` mappings, or a mapping of device id to
+        ``{max_latency_ms}`` (or null)."""
         search = dict(search or {})
         allowed = {f.name for f in fields(cls)} - {"devices"}
         unknown = sorted(set(search) - allowed)
@@ -71,6 +75,8 @@ class SearchConfig:
             raise UsageError(f"search: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         device_ids: list[str] = []
         budgets: dict[str, float] = {}
+        if isinstance(devices, Mapping):  # {device id: {max_latency_ms: ...} or None}
+            devices = [{"id": str(k), **(dict(v) if isinstance(v, Mapping) else {})} for k, v in devices.items()]
         for entry in devices or ():
             if isinstance(entry, str):
                 device_ids.append(entry)

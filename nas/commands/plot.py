@@ -19,5 +19,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw the accuracy-latency front of every device of a run (all evaluated subnets faint "
                     "behind, largest and smallest subnets marked) and the hypervolume against trials.")
     p.add_argument("run", metavar="RUN", help="the run folder")
-    p.add_argument("--out", metavar="FILE.png", default=None, help="output file (default RUN/fronts.png)")
+    p.add_argument("--out", metavar="FILE.png", default=None, help="output file (default RUN/plots/fronts.png)")
     p.set_defaults(handler=run)

@@ -66,7 +66,7 @@ def test_hardware_in_the_loop_rebuilds_front_on_measured_latency(run, tmp_path):
     after = open_fronts(copy).front("dev")
     assert all(m.measured_latency_ms is not None for m in after)
     assert len(open_fronts(copy).measurements("dev")) == len(before)
-    assert (copy / "hil.json").exists()
+    assert (copy / "fronts" / "hil.json").exists()
     if len(before) > 1 and before[-1].val_accuracy == max(m.val_accuracy for m in before):
         assert after[-1].latency_ms == pytest.approx(10.0 * before[-1].predicted_latency_ms)
 

@@ -62,7 +62,7 @@ def test_two_devices_one_study_fronts_and_budgets(tmp_path, toy):
         expected = {table.archs[i].arch_id for i in np.flatnonzero(ok)[mask]}
         assert {m.arch_id for m in front} == expected
     assert max(m.latency_ms for m in fronts["slow"]) <= 14.0
-    store = get_front_store(tmp_path / "fronts.sqlite")
+    store = get_front_store(tmp_path / "fronts" / "fronts.sqlite")
     assert store.devices() == ["fast", "slow"]
     assert {r.name for r in store.references("fast")} == {"largest", "smallest"}
     # Re-running with the same n_trials adds nothing.

@@ -1,0 +1,151 @@
+"""``nas search CONFIG``: Optuna search of the trained supernet against each device's latency predictor.
+
+The stage function ``search_stage(config, run)`` is what ``nas run`` calls; it returns the fronts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import UsageError
+
+# Latency predictor kinds, most preferred first, when the device has no evaluation report to choose by.
+PREDICTOR_PREFERENCE = ("table_linear", "table", "mlp", "ridge")
+
+
+def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = None) -> dict[str, Any]:
+    """Device id to its best latency predictor for ``space`` from the device store (``$HWNAS_HOME``).
+
+    "Best" is the predictor with the most subnets within +-10% in the device's ``nas latency eval`` report
+    when there is one, else the first of ``PREDICTOR_PREFERENCE`` that exists. A device without a table or
+    predictor is a ``UsageError`` naming the command that makes one.
+    """
+    from latency_predictors import DeviceStore, default_root
+    from latency_predictors.workflow import load_predictors
+
+    store = DeviceStore(home if home is not None else default_root())
+    chosen: dict[str, Any] = {}
+    for device_id in device_ids:
+        device = store.resolve(device_id)
+        predictors = load_predictors(store, device, space)
+        if not predictors:
+            raise UsageError(f"no latency table or predictor for space {space.name!r} on device {device_id!r}; "
+                             f"run `nas latency build --space {space.name} --device {device_id}` (or "
+                             f"`nas latency fit`) first")
+        kind = None
+        report = store.eval_dir(device_id) / f"{space.name}.json"
+        if report.is_file():
+            rows = json.loads(report.read_text()).get("predictors", {})
+            ranked = sorted((k for k in rows if k in predictors and k != "flops"),
+                            key=lambda k: (rows[k].get("within_10pct", 0), rows[k].get("spearman", 0)), reverse=True)
+            kind = ranked[0] if ranked else None
+        if kind is None:
+            kind = next((k for k in PREDICTOR_PREFERENCE if k in predictors), None)
+        if kind is None:
+            raise UsageError(f"device {device_id!r} has only a FLOPs predictor for {space.name!r}; latency must "
+                             f"be measured: run `nas latency build` or `nas latency fit`")
+        chosen[device_id] = predictors[kind]
+    return chosen
+
+
+def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_predictors: Mapping[str, Any]
+                 | None = None, progress: bool = True) -> dict[str, list]:
+    """Run (or continue) the search of an experiment and write its fronts; returns them per device.
+
+    Args:
+        config: the ``ExperimentConfig`` (its raw ``search`` and ``devices`` sections are parsed here).
+        run: its ``RunDir`` (the trained supernet must be there).
+        n_trials: overrides ``search.n_trials``.
+        latency_predictors: device id to predictor; default: loaded from the device store.
+    """
+    import dataclasses
+
+    from ..accuracy import AccuracyCache, AccuracyPredictor, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
+    from ..data import load_dataset
+    from ..io import atomic_write_json
+    from ..rundir import RunDir
+    from ..search import run_search, search_paths
+    from ..search_config import SearchConfig
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    search = SearchConfig.parse(config.search, config.devices)
+    if n_trials is not None:
+        search = dataclasses.replace(search, n_trials=n_trials)
+    if not search.devices:
+        raise UsageError("config: no devices to search for; add e.g. `devices: [local-cpu-1t-ort]`")
+    if not run.supernet_checkpoint.is_file():
+        raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint}); "
+                         f"run `nas train CONFIG` first")
+    space = config.get_space()
+    predictors = dict(latency_predictors) if latency_predictors is not None else \
+        load_latency_predictors(space, search.devices)
+    paths = search_paths(run)
+    train = config.train
+    data_factory = functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed)
+    evaluator = DirectEvaluator(
+        SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
+                         bn_images=int(getattr(train, "bn_recal_images", 2000) or 2000),
+                         max_images=getattr(train, "max_val_images", None), seed=config.seed),
+        AccuracyCache(paths.accuracy_cache), workers=search.eval_workers)
+    objective: Any = evaluator
+    try:
+        if search.accuracy == "predictor":
+            if paths.accuracy_predictor.is_file():
+                objective = AccuracyPredictor.load(paths.accuracy_predictor)
+            else:
+                objective, report = fit_accuracy_predictor(space, evaluator.evaluate, search.predictor_samples,
+                                                           search.predictor_holdout, search.seed)
+                objective.save(paths.accuracy_predictor)
+                atomic_write_json(paths.accuracy_predictor.with_name("accuracy_predictor_report.json"),
+                                  report.to_dict())
+                print(f"accuracy predictor: RMSE {report.rmse:.4f}, Spearman {report.spearman:.3f}, Kendall "
+                      f"{report.kendall:.3f} on {report.n_test} held-out subnets", file=sys.stderr)
+
+        def show(done: int, total: int) -> None:
+            if progress:
+                print(f"\rsearch: {done}/{total} trials", end="" if done < total else "\n", file=sys.stderr,
+                      flush=True)
+
+        dataset_meta = {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)}
+        return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
+                          checkpoint=str(run.supernet_checkpoint), progress=show,
+                          meta={"dataset": dataset_meta, "data_seed": config.seed,
+                                "bn_images": int(getattr(train, "bn_recal_images", 2000) or 2000)})
+    finally:
+        evaluator.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..rundir import RunDir
+    from ..search import search_paths
+
+    config = load_config(args.config)
+    run_dir = RunDir.for_config(config, args.run_dir)
+    fronts = search_stage(config, run_dir, n_trials=args.n_trials)
+    if args.json:
+        print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True))
+        return 0
+    for device, members in fronts.items():
+        lo, hi = members[0], members[-1]
+        print(f"{device}: {len(members)} subnets on the front, {lo.latency_ms:.3f} ms ({100 * lo.val_accuracy:.2f}%)"
+              f" to {hi.latency_ms:.3f} ms ({100 * hi.val_accuracy:.2f}%)")
+    print(f"fronts: {search_paths(run_dir).fronts}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="Optuna search -> per-device Pareto fronts",
+        description="Search the trained supernet's subnets for accuracy against latency on every device of "
+                    "the config (one Optuna study; NSGA-II by default). Running it again continues the study.")
+    p.add_argument("config", metavar="CONFIG", help="experiment config (YAML)")
+    p.add_argument("--run-dir", default=None, help="run folder (default: the config's, or runs/<name>)")
+    p.add_argument("--n-trials", type=int, default=None, help="override search.n_trials (finished trials in total)")
+    p.add_argument("--json", action="store_true", help="print the fronts as JSON")
+    p.set_defaults(handler=run)
