@@ -28,7 +28,7 @@ from .learned import (
     load_predictor,
     make_predictor,
 )
-from .lut import LookupTable, MissingEntryError, build_table, layer_measurer
+from .lut import LayerMeasurer, LookupTable, MissingEntryError, build_table, layer_measurer
 from .measure import (
     BACKENDS,
     Backend,
@@ -55,6 +55,7 @@ __all__ = [
     "FlopsPredictor",
     "LatencyError",
     "LayerBuilder",
+    "LayerMeasurer",
     "LayerSpec",
     "LookupTable",
     "MLPPredictor",

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,15 @@ from search_spaces import Arch, SearchSpace, plan
 
 from .devices import Device, LatencyError, atomic_write_json
 from .layers import LayerBuilder, LayerSpec, enumerate_layers, network_layers
-from .measure import Backend, MeasureConfig, Measurement, configure_allocator, device_lock, time_callable
+from .measure import (
+    Backend,
+    MeasureConfig,
+    Measurement,
+    configure_allocator,
+    device_lock,
+    time_callable,
+    time_interleaved,
+)
 
 TABLE_FORMAT = "hwnas-latency-table"
 TABLE_VERSION = 1
@@ -105,16 +113,51 @@ class LookupTable:
 MeasureFn = Callable[[LayerSpec], Measurement]
 
 
-def layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfig,
-                   batch_size: int = 1) -> MeasureFn:
-    """The default measure function: build the layer alone and time it under ``backend``."""
+class LayerMeasurer:
+    """The default measure function: build the layer alone and time it under ``backend``.
 
-    def measure(layer: LayerSpec) -> Measurement:
+    With ``config.load_reference`` each layer is timed interleaved with a fixed reference layer (the
+    middle block of the space's smallest subnet) and reported as ``relative * reference_base_ms``, the
+    base being the reference's first latency (kept in the table's protocol, so a resumed build keeps the
+    scale).
+    """
+
+    def __init__(self, builder: LayerBuilder, backend: Backend, config: MeasureConfig, batch_size: int = 1,
+                 space: SearchSpace | None = None) -> None:
+        self.builder, self.backend, self.config, self.batch_size = builder, backend, config, batch_size
+        self.space = space
+        self.reference_base_ms: float | None = None
+        self._reference_run: Callable[[], object] | None = None
+
+    def _prepare(self, layer: LayerSpec) -> Callable[[], object]:
+        return self.backend.prepare(layer.build(self.builder), (self.batch_size, *layer.input_shape))
+
+    def reference_run(self, space: SearchSpace) -> Callable[[], object]:
+        if self._reference_run is None:
+            from search_spaces import smallest
+
+            layers = network_layers(plan(space, smallest(space)))
+            self._reference_run = self._prepare(layers[len(layers) // 2])
+        return self._reference_run
+
+    def __call__(self, layer: LayerSpec, space: SearchSpace | None = None) -> Measurement:
         configure_allocator()
-        module = layer.build(builder)
-        return time_callable(backend.prepare(module, (batch_size, *layer.input_shape)), config)
+        run = self._prepare(layer)
+        space = space or self.space
+        if not self.config.load_reference or space is None:
+            return time_callable(run, self.config)
+        relative, ref = time_interleaved([run], self.config, reference=self.reference_run(space))
+        if self.reference_base_ms is None:
+            self.reference_base_ms = ref.latency_ms
+        base = self.reference_base_ms
+        return replace(relative, latency_ms=relative.latency_ms * base, median_ms=relative.median_ms * base,
+                       relative=relative.latency_ms, reference_ms=ref.latency_ms)
 
-    return measure
+
+def layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfig,
+                   batch_size: int = 1, space: SearchSpace | None = None) -> LayerMeasurer:
+    """The default measure function (see ``LayerMeasurer``)."""
+    return LayerMeasurer(builder, backend, config, batch_size, space)
 
 
 def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str], measure: MeasureFn, *,
@@ -140,6 +183,8 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
         table.entries = old.entries
         table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
         table.protocol = table.protocol or old.protocol
+        if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
+            measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
     todo = [layer for key, layer in layers.items() if key not in table.entries]
     lock = device_lock(lock_path) if lock_path else _null_context()
     bar = _progress(len(layers), len(layers) - len(todo), f"{space.name} on {device.id}", progress)
@@ -150,6 +195,9 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                 m = measure(layer)
                 table.entries[layer.key] = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind,
                                             "noisy": m.noisy}
+                base = getattr(measure, "reference_base_ms", None)
+                if base is not None and table.protocol is not None:
+                    table.protocol["reference_base_ms"] = base
                 bar.update(1)
                 if time.monotonic() - last_save > save_every_s:
                     table.save(path)

@@ -77,7 +77,8 @@ def scatter_plot(path: str | os.PathLike[str], measured_ms: Sequence[float],
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, p in predictions.items():
         ax.scatter(m, p, s=10, alpha=0.7, label=name)
-    lo, hi = float(m.min()) * 0.85, float(m.max()) * 1.15
+    values = np.concatenate([m, *[np.asarray(p, float) for p in predictions.values()]])
+    lo, hi = float(values.min()) * 0.95, float(values.max()) * 1.05
     line = np.array([lo, hi])
     ax.plot(line, line, "k-", lw=0.8)
     ax.plot(line, line * 1.1, "k--", lw=0.5)

@@ -64,7 +64,7 @@ def main() -> int:
         t0 = time.perf_counter()
         table = build_table(space, device, store.table_path(device.id, name),
                             layer_measurer(builder, get_backend(device.backend or "", device.threads), config,
-                                           device.batch_size),
+                                           device.batch_size, space),
                             resolutions=resolutions, protocol=config, lock_path=store.lock_path(device.id))
         t1 = time.perf_counter()
         fit_predictors(store, device, space, builder, args.fit, config, resolutions=resolutions)

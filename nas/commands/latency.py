@@ -92,7 +92,7 @@ def build_cmd(args: argparse.Namespace) -> int:
     config = _config(args)
     backend = get_backend(device.backend or "", device.threads)
     table = build_table(space, device, store.table_path(device.id, space.name),
-                        layer_measurer(static_builder(), backend, config, device.batch_size),
+                        layer_measurer(static_builder(), backend, config, device.batch_size, space),
                         resolutions=_resolutions(space, args.resolutions), protocol=config,
                         lock_path=store.lock_path(device.id), progress=not args.quiet)
     print(f"table of {space.name} on {device.id}: {len(table.entries)} layers, resolutions "
@@ -171,6 +171,9 @@ def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
         p.add_argument("--quantile", type=float, default=0.5,
                        help="quantile of the timed runs reported as latency (default 0.5, the median; "
                             "0.1-0.25 is more repeatable on a shared machine)")
+        p.add_argument("--load-reference", action="store_true",
+                       help="time a fixed reference workload beside each measurement and scale by it "
+                            "(cancels slow-downs from other work on a shared machine)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -199,9 +202,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _common(f)
         f.add_argument("--samples", type=int, default=default_n, help=f"subnets to measure (default {default_n})")
         f.add_argument("--no-ray", action="store_true", help="measure in this process instead of a Ray task")
-        f.add_argument("--load-reference", action="store_true",
-                       help="time a fixed reference subnet beside each batch and scale by it (cancels "
-                            "slow-downs from other work on a shared machine)")
         if name == "eval":
             f.add_argument("--json", action="store_true", help="machine-readable output")
         f.set_defaults(handler=handler)

@@ -7,6 +7,7 @@ import pytest
 
 from latency_predictors import (
     LatencyError,
+    LayerMeasurer,
     LookupTable,
     MeasureConfig,
     MissingEntryError,
@@ -93,3 +94,26 @@ def test_real_measurement_of_a_small_table(tmp_path, device, builder):
     assert all(e["ms"] > 0 for e in table.entries.values())
     arch = replace(sample(SPACE, 1, seed=2)[0], resolution=24)
     assert table.predict_arch(SPACE, arch) > 0
+
+
+def test_load_referenced_table_keeps_its_scale_on_resume(tmp_path, device, builder):
+    config = MeasureConfig(warmup=1, repeats=3, retries=0, load_reference=True)
+    path = tmp_path / "t.json"
+
+    class Interrupted(LayerMeasurer):
+        calls = 0
+
+        def __call__(self, layer, space=None):
+            if self.calls == 5:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return super().__call__(layer, space)
+
+    first = Interrupted(builder, get_backend("torch", 1), config, space=SPACE)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(SPACE, device, path, first, resolutions=[24], protocol=config, progress=False)
+    base = LookupTable.load(path).protocol["reference_base_ms"]
+    assert base == first.reference_base_ms > 0
+    second = layer_measurer(builder, get_backend("torch", 1), config, space=SPACE)
+    table = build_table(SPACE, device, path, second, resolutions=[24], protocol=config, progress=False)
+    assert second.reference_base_ms == base and table.complete
