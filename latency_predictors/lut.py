@@ -35,6 +35,7 @@ from .measure import (
     Backend,
     MeasureConfig,
     Measurement,
+    check_clock,
     configure_allocator,
     device_lock,
     time_callable,
@@ -124,6 +125,7 @@ class LayerMeasurer:
 
     def __init__(self, builder: LayerBuilder, backend: Backend, config: MeasureConfig, batch_size: int = 1,
                  space: SearchSpace | None = None) -> None:
+        check_clock(config, backend.threads)
         self.builder, self.backend, self.config, self.batch_size = builder, backend, config, batch_size
         self.space = space
         self.reference_base_ms: float | None = None

@@ -41,6 +41,7 @@ BACKENDS = ("torch", "onnxruntime", "torch_compile")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _allocator_configured = False
+CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 
 
 class NoisyMeasurementWarning(UserWarning):
@@ -85,6 +86,14 @@ class MeasureConfig:
     # End-to-end only: time a fixed reference network in every round and report latencies relative to it,
     # scaled by the reference's first measured latency (cancels a machine-wide slow-down from other work).
     load_reference: bool = False
+    # "wall" (elapsed time, the latency a user sees) or "thread_cpu" (CPU time of the calling thread:
+    # only for one-thread backends, where inference runs on that thread; it leaves out the time the
+    # thread waits for a core, so it stays repeatable on a machine shared with other work).
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}; allowed: {', '.join(CLOCKS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +145,14 @@ def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measureme
     for _ in range(config.warmup):
         run()
     best: Measurement | None = None
+    clock = CLOCKS[config.clock]
     for _attempt in range(1 + max(0, config.retries)):
         samples: list[float] = []
         start = time.perf_counter()
         while len(samples) < config.repeats or time.perf_counter() - start < config.min_series_s:
-            t0 = time.perf_counter()
+            t0 = clock()
             run()
-            samples.append((time.perf_counter() - t0) * 1e3)
+            samples.append((clock() - t0) * 1e3)
             if len(samples) >= 20 * config.repeats:
                 break
         result = summarize(samples, config.quantile)
@@ -172,13 +182,14 @@ def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, ro
             run()
     per_round = max(1, -(-config.repeats // rounds))
     samples: list[list[list[float]]] = [[] for _ in timed]
+    clock = CLOCKS[config.clock]
     for _ in range(rounds):
         for run, out in zip(timed, samples):
             times = []
             for _ in range(per_round):
-                t0 = time.perf_counter()
+                t0 = clock()
                 run()
-                times.append((time.perf_counter() - t0) * 1e3)
+                times.append((clock() - t0) * 1e3)
             out.append(times)
     if reference is not None:
         ref_round = [float(np.median(r)) for r in samples[-1]]
@@ -294,10 +305,17 @@ def get_backend(name: str, threads: int = 1) -> Backend:
     return _BACKEND_CLASSES[name](threads)
 
 
+def check_clock(config: MeasureConfig, threads: int) -> None:
+    """The thread CPU clock only measures one-thread inference."""
+    if config.clock == "thread_cpu" and threads != 1:
+        raise ValueError(f"clock 'thread_cpu' needs a one-thread device, not {threads} threads; use 'wall'")
+
+
 def measure_module(module: nn.Module, input_shape: tuple[int, ...], backend: Backend,
                    config: MeasureConfig | None = None) -> Measurement:
     """Latency of one inference of ``module`` on an input of ``input_shape`` under ``backend``."""
     configure_allocator()
+    check_clock(config or MeasureConfig(), backend.threads)
     return time_callable(backend.prepare(module, input_shape), config or MeasureConfig())
 
 

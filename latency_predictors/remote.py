@@ -24,6 +24,7 @@ from .layers import LayerBuilder
 from .measure import (
     MeasureConfig,
     Measurement,
+    check_clock,
     configure_allocator,
     device_lock,
     get_backend,
@@ -46,6 +47,7 @@ def measure_network(space: SearchSpace, arch: Arch, builder: LayerBuilder, devic
     configure_allocator()
     module = builder.network(space, arch)
     backend = get_backend(device.backend or "", device.threads)
+    check_clock(config, device.threads)
     shape = (device.batch_size, 3, arch.resolution, arch.resolution)
     return time_callable(backend.prepare(module, shape), config)
 
@@ -78,6 +80,8 @@ def _measure_batch(space: SearchSpace, arch_dicts: list[dict[str, Any]], builder
         if not device.is_local:
             raise LatencyError(f"device {device.id!r} has no local backend; it cannot be measured here")
         backend = get_backend(device.backend or "", device.threads)
+        check_clock(config, device.threads)
+
         def prepare(arch: Arch):
             return backend.prepare(builder.network(space, arch),
                                    (device.batch_size, 3, arch.resolution, arch.resolution))

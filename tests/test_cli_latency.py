@@ -28,6 +28,8 @@ def _run(capsys, *argv):
      "--samples must be at least 3"),
     (["latency", "eval", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch"], "no predictors or table"),
     (["latency", "import-ofa", "/nonexistent/ofa", "--device", "note10"], "does not exist"),
+    (["latency", "fit", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-2t-torch", "--clock", "thread_cpu"],
+     "needs a one-thread device"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     code, out, err = _run(capsys, *argv, "--home", str(tmp_path))

@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--eval", type=int, default=100, help="fresh subnets to evaluate on")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quantile", type=float, default=0.5)
+    parser.add_argument("--clock", choices=("wall", "thread_cpu"), default="wall")
     parser.add_argument("--load-reference", action="store_true",
                         help="end-to-end timings relative to a reference subnet timed in the same rounds")
     args = parser.parse_args()
@@ -55,7 +56,8 @@ def main() -> int:
     configure_allocator()
     store = DeviceStore(args.home)
     device = store.refresh_metadata(store.resolve(args.device))
-    config = MeasureConfig(repeats=args.repeats, quantile=args.quantile, load_reference=args.load_reference)
+    config = MeasureConfig(repeats=args.repeats, quantile=args.quantile, load_reference=args.load_reference,
+                           clock=args.clock)
     builder = static_builder()
     rows = []
     for name in args.spaces:
@@ -80,7 +82,7 @@ def main() -> int:
             rows.append((name, kind + (" (best)" if kind == best else ""), r))
     print()
     print(f"device {device.id}, fit on {args.fit}, evaluated on {args.eval} fresh subnets, "
-          f"repeats {args.repeats}, quantile {args.quantile}, load reference {args.load_reference}")
+          f"repeats {args.repeats}, quantile {args.quantile}, load reference {args.load_reference}, clock {args.clock}")
     print("| space | predictor | MAPE % | RMSE ms | within 5% | within 10% | Spearman | Kendall |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, kind, r in rows:

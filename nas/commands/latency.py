@@ -68,6 +68,13 @@ def _local_device(store, device_id: str, backend: str | None = None):
     return store.refresh_metadata(device)
 
 
+def _measured_device(args: argparse.Namespace, store, backend: str | None = None):
+    device = _local_device(store, args.device, backend)
+    if args.clock == "thread_cpu" and device.threads != 1:
+        raise UsageError(f"--clock thread_cpu needs a one-thread device; {device.id!r} has {device.threads}")
+    return device
+
+
 def _config(args: argparse.Namespace):
     from latency_predictors import MeasureConfig
 
@@ -76,7 +83,7 @@ def _config(args: argparse.Namespace):
     if not 0 < args.quantile <= 0.5:
         raise UsageError("--quantile must be in (0, 0.5]")
     return MeasureConfig(warmup=args.warmup, repeats=args.repeats, noise_threshold=args.noise_threshold,
-                         quantile=args.quantile, load_reference=getattr(args, "load_reference", False))
+                         quantile=args.quantile, load_reference=args.load_reference, clock=args.clock)
 
 
 @_user_errors
@@ -88,7 +95,7 @@ def build_cmd(args: argparse.Namespace) -> int:
     configure_allocator()
     space = _space(args.space)
     store = _store(args)
-    device = _local_device(store, args.device, args.backend)
+    device = _measured_device(args, store, args.backend)
     config = _config(args)
     backend = get_backend(device.backend or "", device.threads)
     table = build_table(space, device, store.table_path(device.id, space.name),
@@ -130,7 +137,7 @@ def fit_cmd(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.samples < 3:
         raise UsageError("--samples must be at least 3")
-    device = _local_device(store, args.device)
+    device = _measured_device(args, store)
     fitted = fit_predictors(store, device, space, static_builder(), args.samples, _config(args),
                             resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                             progress=not args.quiet)
@@ -149,7 +156,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.samples < 3:
         raise UsageError("--samples must be at least 3")
-    device = _local_device(store, args.device)
+    device = _measured_device(args, store)
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                                  progress=not args.quiet)
@@ -174,6 +181,9 @@ def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
         p.add_argument("--load-reference", action="store_true",
                        help="time a fixed reference workload beside each measurement and scale by it "
                             "(cancels slow-downs from other work on a shared machine)")
+        p.add_argument("--clock", choices=("wall", "thread_cpu"), default="wall",
+                       help="wall: elapsed time (default); thread_cpu: CPU time of the inference thread, "
+                            "for one-thread devices on a machine shared with other work")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -88,3 +88,17 @@ def test_device_lock_is_exclusive(tmp_path):
     t.join()
     with device_lock(lock, timeout_s=1):
         pass
+
+
+def test_thread_cpu_clock_leaves_out_waiting():
+    def run():
+        time.sleep(0.003)
+
+    wall = time_callable(run, MeasureConfig(warmup=0, repeats=3, retries=0, noise_threshold=10.0))
+    cpu = time_callable(run, MeasureConfig(warmup=0, repeats=3, retries=0, noise_threshold=10.0,
+                                           clock="thread_cpu"))
+    assert wall.latency_ms >= 2.5 and cpu.latency_ms < 1.0
+    with pytest.raises(ValueError, match="allowed: wall, thread_cpu"):
+        MeasureConfig(clock="cycles")
+    with pytest.raises(ValueError, match="one-thread"):
+        measure_module(torch.nn.ReLU(), (1, 4), get_backend("torch", 2), MeasureConfig(clock="thread_cpu"))
