@@ -10,6 +10,9 @@ Targets: ratio <= 1.03 at the largest arch, median <= 1.05 over random archs.
 
     .venv/bin/python experiments/benchmarks/supernet_overhead.py [--spaces a,b] [--repeats N] [--quick]
 
+Times in the table are process CPU milliseconds (medians); ratios are medians of back-to-back pairs,
+by CPU time and by wall-clock time.
+
 Input resolution: 128 for the ImageNet spaces (``mnasnet`` too, although its space fixes 224: the
 supernet takes any input size), 32 for ``ofa_mbv3_cifar``.
 """
@@ -42,10 +45,12 @@ RESOLUTION = {"ofa_mbv3_cifar": 32}
 DEFAULT_RESOLUTION = 128
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call. On a shared machine the CPU time is the steadier
+    measure (with one thread it excludes the time other processes hold the cores)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -55,9 +60,8 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch
     optimizer.step()
 
 
-def compare(a: Callable[[], object], b: Callable[[], object], repeats: int,
-            warmup: int) -> tuple[float, float, float]:
-    """Median seconds of ``a`` and of ``b``, and the median of the per-repeat ratios a / b.
+def compare(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
+    """Medians of ``a`` and ``b`` (CPU seconds) and medians of the per-repeat ratios a / b (CPU and wall).
 
     ``a`` and ``b`` run alternately (order swapped every repeat), so each ratio compares two runs measured
     back to back and slow drifts of a shared machine cancel.
@@ -73,8 +77,12 @@ def compare(a: Callable[[], object], b: Callable[[], object], repeats: int,
         else:
             times_a.append(timed(a))
             times_b.append(timed(b))
-    ratios = [ta / tb for ta, tb in zip(times_a, times_b)]
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+    return {
+        "a": statistics.median(t[1] for t in times_a),
+        "b": statistics.median(t[1] for t in times_b),
+        "ratio_cpu": statistics.median(ta[1] / tb[1] for ta, tb in zip(times_a, times_b)),
+        "ratio_wall": statistics.median(ta[0] / tb[0] for ta, tb in zip(times_a, times_b)),
+    }
 
 
 def bench_space(name: str, repeats: int, n_random: int, batch: int, seed: int) -> dict[str, list]:
@@ -90,12 +98,12 @@ def bench_space(name: str, repeats: int, n_random: int, batch: int, seed: int) -
     archs += [(f"random{i}", a) for i, a in enumerate(sample(space, n_random, seed=seed))]
     rows = []
     print(f"\n{name}: batch {batch}, resolution {resolution}, threads {torch.get_num_threads()}", flush=True)
-    print(f"{'arch':<9} {'static ms':>10} {'super ms':>10} {'train ratio':>11} {'built ms':>9} "
-          f"{'extracted ms':>12} {'infer ratio':>11}", flush=True)
+    print(f"{'arch':<9} {'static ms':>10} {'super ms':>10} {'train cpu':>9} {'train wall':>10} {'built ms':>9} "
+          f"{'extract ms':>10} {'infer cpu':>9} {'infer wall':>10}", flush=True)
     for label, arch in archs:
         static = extract(supernet, arch).train()
         static_opt = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9)
-        t_super, t_static, train_ratio = compare(
+        train = compare(
             lambda arch=arch: train_step(lambda inp: supernet(inp, arch), super_opt, x, y),
             lambda static=static, opt=static_opt: train_step(static, opt, x, y),
             repeats, warmup=2)
@@ -107,19 +115,20 @@ def bench_space(name: str, repeats: int, n_random: int, batch: int, seed: int) -
                 for _ in range(n):
                     net(x1)
 
-        t_extracted, t_built, infer_ratio = compare(
+        inference = compare(
             lambda static=static: infer(static), lambda built=built: infer(built), max(repeats, 7), warmup=2)
-        row = (label, t_static * 1e3, t_super * 1e3, train_ratio, t_built / 5 * 1e3, t_extracted / 5 * 1e3,
-               infer_ratio)
+        row = (label, train["b"] * 1e3, train["a"] * 1e3, train["ratio_cpu"], train["ratio_wall"],
+               inference["b"] / 5 * 1e3, inference["a"] / 5 * 1e3, inference["ratio_cpu"], inference["ratio_wall"])
         rows.append(row)
-        print(f"{row[0]:<9} {row[1]:>10.1f} {row[2]:>10.1f} {row[3]:>11.3f} {row[4]:>9.2f} {row[5]:>12.2f} "
-              f"{row[6]:>11.3f}", flush=True)
-    random_ratios = [r[3] for r in rows[1:]]
-    infer_ratios = [r[6] for r in rows]
-    summary = (f"{name}: train ratio largest {rows[0][3]:.3f}, median random "
-               f"{statistics.median(random_ratios) if random_ratios else float('nan'):.3f}; "
-               f"inference extracted/built median {statistics.median(infer_ratios):.3f} "
-               f"(range {min(infer_ratios):.3f}-{max(infer_ratios):.3f})")
+        print(f"{row[0]:<9} {row[1]:>10.1f} {row[2]:>10.1f} {row[3]:>9.3f} {row[4]:>10.3f} {row[5]:>9.2f} "
+              f"{row[6]:>10.2f} {row[7]:>9.3f} {row[8]:>10.3f}", flush=True)
+
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f}" if values else "nan"
+
+    summary = (f"{name}: train ratio (cpu / wall) largest {rows[0][3]:.3f} / {rows[0][4]:.3f}, median random "
+               f"{med([r[3] for r in rows[1:]])} / {med([r[4] for r in rows[1:]])}; inference extracted/built "
+               f"median {med([r[7] for r in rows])} / {med([r[8] for r in rows])}")
     print(summary, flush=True)
     return {"rows": rows, "summary": [summary]}
 
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     for name in args.spaces.split(","):
         summaries += bench_space(name.strip(), args.repeats, args.random_archs, args.batch, args.seed)["summary"]
-    print("\nsummary (targets: train ratio <= 1.03 largest, <= 1.05 median random; inference 1.00 +- 0.03)")
+    print(f"\nload average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print("summary (targets: train ratio <= 1.03 largest, <= 1.05 median random; inference 1.00 +- 0.03)")
     for line in summaries:
         print(line)
     return 0
