@@ -234,13 +234,13 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
     if steps < 1:
         raise ValueError(f"the training split is smaller than one batch of {settings.batch_size} per worker")
 
+    model: nn.Module = supernet  # channel sorting permutes in place, so one DDP wrapper serves all phases
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
     while position.phase < len(job.phases):
         p, phase = position.phase, job.phases[position.phase]
         if position.epoch == 0 and phase.sort_channels:
             sort_channels(supernet)
-        model: nn.Module = supernet
-        if world_size > 1:
-            model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
         teacher = None
         if settings.strategy == "progressive_shrinking" and p > 0 and phase.distill_weight > 0:
             teacher = _load_teacher(job)
