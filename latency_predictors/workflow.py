@@ -65,6 +65,8 @@ def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, build
         raise LatencyError(f"only {len(measured)} measured subnets of {space.name!r} on {device.id!r}; "
                            f"fitting needs at least 3")
     y = [log.latency_ms(a) for a in measured]
+    atomic_write_json(_fit_set_path(store, device, space), {"seed": seed, "samples": n,
+                                                            "arch_ids": [a.arch_id for a in measured]})
     table = load_table(store, device, space)
     if kinds is None:
         kinds = [k for k in PREDICTOR_KINDS if table is not None or not PREDICTOR_KINDS[k].needs_table]
@@ -75,6 +77,10 @@ def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, build
         predictor.save(folder / f"{kind}.json")
         fitted[kind] = predictor
     return fitted
+
+
+def _fit_set_path(store: DeviceStore, device: Device, space: SearchSpace) -> Path:
+    return store.measurements_path(device.id, space.name).with_suffix(".fit.json")
 
 
 def load_predictors(store: DeviceStore, device: Device, space: SearchSpace) -> dict[str, Predictor]:
@@ -116,6 +122,9 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
                            f"'nas latency fit' or 'nas latency build' first")
     log = MeasurementLog(store.measurements_path(device.id, space.name), space.name, device.id, config)
     fit_ids = {a.arch_id for a in sample_archs(space, fit_n, fit_seed, resolutions)} if fit_n else set()
+    fit_set = _fit_set_path(store, device, space)
+    if fit_set.is_file():  # never evaluate on a subnet the predictors were fitted on
+        fit_ids |= set(json.loads(fit_set.read_text())["arch_ids"])
     archs = [a for a in sample_archs(space, n + len(fit_ids), seed, resolutions) if a.arch_id not in fit_ids][:n]
     if builder is not None:
         log.ensure(space, archs, 2, builder, device, config, lock_path=store.lock_path(device.id),
