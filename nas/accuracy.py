@@ -227,8 +227,9 @@ class AccuracyPredictor:
         x = encode_many(self.space, archs).astype(np.float64)
         y = np.asarray(accuracies, dtype=np.float64)
         self.y_mean, self.y_std = float(y.mean()), float(y.std()) or 1.0
-        mlp = MLPRegressor(hidden_layer_sizes=self.hidden, alpha=1e-3, learning_rate_init=1e-3, max_iter=1500,
-                           tol=1e-6, n_iter_no_change=50, random_state=self.seed)
+        # L-BFGS: the training sets are small (hundreds of subnets), where it converges fastest.
+        mlp = MLPRegressor(hidden_layer_sizes=self.hidden, solver="lbfgs", alpha=1e-3, max_iter=500,
+                           random_state=self.seed)
         mlp.fit(x, (y - self.y_mean) / self.y_std)
         self.weights = [np.asarray(w) for w in mlp.coefs_]
         self.biases = [np.asarray(b) for b in mlp.intercepts_]
