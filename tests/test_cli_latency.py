@@ -24,6 +24,8 @@ def _run(capsys, *argv):
     (["latency", "build", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-tflite"],
      "unknown backend 'tflite'"),
     (["latency", "eval", "--space", "ofa_mbv3_cifar", "--device", "phone"], "unknown device 'phone'"),
+    (["latency", "build", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-ort", "--backend", "torch"],
+     "runs onnxruntime, not torch"),
     (["latency", "fit", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch", "--samples", "1"],
      "--samples must be at least 3"),
     (["latency", "eval", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch"], "no predictors or table"),

@@ -53,18 +53,25 @@ def _resolutions(space, values: list[int] | None) -> tuple[int, ...] | None:
 
 
 def _local_device(store, device_id: str, backend: str | None = None):
-    from dataclasses import replace
+    """The device to measure on. ``--backend`` names the backend of a device whose id does not follow
+    the local grammar (``lab-server``); for a grammar id it must agree with the id."""
+    from latency_predictors import BACKENDS, Device, UnknownDeviceError, parse_device_id
 
-    from latency_predictors import BACKENDS
-
-    device = store.resolve(device_id)
-    if backend is not None:
-        if backend not in BACKENDS:
-            raise UsageError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-        device = store.save(replace(device, backend=backend))
+    if backend is not None and backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    parsed = parse_device_id(device_id)
+    if backend is not None and parsed is not None and parsed.backend != backend:
+        raise UsageError(f"device {device_id!r} runs {parsed.backend}, not {backend}; name the device after "
+                         f"its backend (e.g. local-cpu-1t-ort / local-cpu-1t-torch)")
+    try:
+        device = store.resolve(device_id)
+    except UnknownDeviceError:
+        if backend is None:
+            raise
+        device = store.save(Device(id=device_id, backend=backend))
     if not device.is_local:
         raise UsageError(f"device {device_id!r} has no local backend (imported data); measure on a local "
-                         f"device such as local-cpu-1t-ort, or pass --backend")
+                         f"device such as local-cpu-1t-ort")
     return store.refresh_metadata(device)
 
 
@@ -195,7 +202,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser("build", help="measure a lookup table on this machine")
     _common(b)
-    b.add_argument("--backend", default=None, help="override the backend: torch, onnxruntime, torch_compile")
+    b.add_argument("--backend", default=None,
+                   help="backend of a device whose id does not name one (torch, onnxruntime, torch_compile); "
+                        "local-... ids carry their own")
     b.set_defaults(handler=build_cmd)
 
     i = sub.add_parser("import-ofa", help="read Once-for-All YAML lookup tables")
