@@ -78,7 +78,7 @@ def test_exported_onnx_equals_pytorch(run, tmp_path):
     torch.manual_seed(0)
     model = build(get_space("ofa_mbv3_cifar"), member.arch).eval()
     summary = export_member(member, tmp_path / "net.onnx", model=model)
-    assert summary["max_abs_diff"] <= 1e-4
+    assert summary["max_abs_diff"] <= 1e-4 and summary["output_scale"] < 10
     x = torch.randn(3, 3, member.arch.resolution, member.arch.resolution)
     session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
