@@ -43,7 +43,15 @@ from .measure import (
 from .metrics import accuracy, kendall, spearman
 from .ofa_import import import_ofa_tables, read_ofa_tables
 from .remote import MeasurementLog, init_ray, measure_archs, measure_network
-from .workflow import EvalReport, evaluate_predictors, fit_predictors, format_report, sample_archs
+from .workflow import (
+    EvalReport,
+    evaluate_predictors,
+    fit_predictors,
+    format_report,
+    load_predictors,
+    load_table,
+    sample_archs,
+)
 
 __all__ = [
     "BACKENDS",
@@ -87,6 +95,8 @@ __all__ = [
     "layer_keys",
     "layer_measurer",
     "load_predictor",
+    "load_predictors",
+    "load_table",
     "local_device_id",
     "make_predictor",
     "measure_archs",
