@@ -100,3 +100,14 @@ def test_run_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     run.create().write_config(config)
     assert config.config_hash in run.config_copy.read_text()
     assert isinstance(parse_config(yaml.safe_load(run.config_copy.read_text())), ExperimentConfig)
+
+
+def test_load_supernet_of_an_untrained_run_is_a_usage_error(tmp_path: Path) -> None:
+    from nas.rundir import load_supernet
+
+    with pytest.raises(UsageError, match="nas train"):
+        load_supernet(tmp_path / "never-trained")
+    (tmp_path / "bad" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bad" / "checkpoints" / "supernet.pt").write_bytes(b"junk")
+    with pytest.raises(UsageError, match="corrupted"):
+        load_supernet(tmp_path / "bad")
