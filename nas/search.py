@@ -308,7 +308,8 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
                 if trial.number not in told:
                     memory.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             raise
-        study.add_trials([memory.trials[n] for n in told])
+        finished = memory.get_trials(deepcopy=False)
+        study.add_trials([finished[n] for n in told])
         done += size
         if progress is not None:
             progress(done, config.n_trials)
