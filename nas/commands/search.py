@@ -81,7 +81,7 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
     if not run.supernet_checkpoint.is_file():
         raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint}); "
                          f"run `nas train CONFIG` first")
-    space = config.get_space()
+    space = search.restrict(config.get_space())
     predictors = dict(latency_predictors) if latency_predictors is not None else \
         load_latency_predictors(space, search.devices)
     paths = search_paths(run)
@@ -149,3 +149,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, default=None, help="override search.n_trials (finished trials in total)")
     p.add_argument("--json", action="store_true", help="print the fronts as JSON")
     p.set_defaults(handler=run)
+
+
+def search_is_complete(config: Any, run: Any) -> bool:
+    """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored (what
+    ``nas run`` checks to skip the stage)."""
+    from ..fronts import get_front_store
+    from ..search import load_study, search_paths
+    from ..search_config import SearchConfig
+
+    search = SearchConfig.parse(config.search, config.devices)
+    paths = search_paths(run)
+    if not paths.fronts.is_file():
+        return False
+    try:
+        study = load_study(run, search)
+    except (UsageError, KeyError):
+        return False
+    import optuna
+
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return done >= search.n_trials and set(search.devices) <= set(get_front_store(paths.fronts).devices())
+
+
+def device_measurers(space: Any, device_ids: Sequence[str], home: Any = None, use_ray: bool = True,
+                     progress: bool = False) -> dict[str, Any]:
+    """Device id to ``(archs) -> measured ms``: end-to-end measurement of the deployed static subnets with
+    ``latency_predictors``' protocol, on the device's node (Ray resource ``device:<id>``), for
+    ``nas.search.hardware_in_the_loop``."""
+    from latency_predictors import DeviceStore, MeasureConfig, default_root
+    from latency_predictors.remote import measure_archs
+
+    from ..latency_builders import static_builder
+
+    store = DeviceStore(home if home is not None else default_root())
+    measurers = {}
+    for device_id in device_ids:
+        device = store.resolve(device_id)
+
+        def measure(archs: Sequence[Any], device: Any = device) -> list[float]:
+            results = measure_archs(space, list(archs), static_builder(), device, MeasureConfig(),
+                                    lock_path=store.lock_path(device.id), use_ray=use_ray, progress=progress)
+            return [float(m.latency_ms) for m in results]
+
+        measurers[device_id] = measure
+    return measurers
