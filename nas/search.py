@@ -8,8 +8,10 @@ accuracy cache was the alternative; it repeats sampler work per device and makes
 propose different subnets, so more subnets need an accuracy evaluation.)
 
 Every stage's depth and every block slot's choices are suggested on each trial (one slot per stage for
-spaces whose blocks are shared), so the parameter set has a fixed length and multivariate samplers can
-model the whole space; ``decode_params`` drops the slots beyond the sampled depth.
+spaces whose blocks are shared; a slot's choices as one categorical over its block variants), so the
+parameter set has a fixed length and multivariate samplers can model the whole space; ``decode_params``
+drops the slots beyond the sampled depth. The first two trials of a new study are the largest and the
+smallest subnets, which anchor both ends of every front.
 
 The study lives in an Optuna storage (a journal file in the run folder by default); the sampler works on an
 in-memory copy and each finished batch of trials is appended to the storage (one write per trial). Running
@@ -20,6 +22,7 @@ one storage each see the others' trials when they start, not while they run.)
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -68,7 +71,6 @@ class SearchPaths(NamedTuple):
     fronts: Path  # RUN/fronts/fronts.sqlite: the front store
     hil: Path  # RUN/fronts/hil.json: predicted against measured latency of front members
     plot: Path  # RUN/plots/fronts.png
-_BLOCK_FIELDS = ("op_type", "kernel_size", "expand_ratio", "se_ratio", "skip")
 
 
 def run_path(run_dir: Any) -> Path:
@@ -99,10 +101,28 @@ def _slots(space: SearchSpace, stage: int) -> int:
     return 1 if spec.shared_blocks else spec.max_depth
 
 
+def block_variants(spec: Any) -> dict[str, BlockArch]:
+    """Every block a slot of the stage may hold, by a short token (``mbconv-k5-e4-se0.25-skip``)."""
+    variants: dict[str, BlockArch] = {}
+    for op in spec.op_types:
+        for k, e, se, skip in itertools.product(spec.kernel_sizes, spec.allowed_expand_ratios(op), spec.se_ratios,
+                                                spec.skips):
+            token = f"{op}-k{k}-e{e:g}-se{se:g}-{'skip' if skip else 'noskip'}"
+            variants[token] = BlockArch(kernel_size=k, expand_ratio=e, op_type=op, se_ratio=se, skip=skip)
+    return variants
+
+
+def _token(block: BlockArch) -> str:
+    return (f"{block.op_type}-k{block.kernel_size}-e{block.expand_ratio:g}-se{block.se_ratio:g}-"
+            f"{'skip' if block.skip else 'noskip'}")
+
+
 def search_params(space: SearchSpace) -> dict[str, tuple]:
     """Every searched parameter name and its choices, in a fixed order (dimensions with one choice omitted).
 
-    Expand ratios are suggested for every slot (used only where the slot's op type is ``mbconv``).
+    Per stage: its depth (and width multiplier); per block slot (``max_depth`` slots, one for spaces whose
+    blocks are shared): one categorical over the slot's block variants (op type x kernel x expand x SE x
+    skip), so a block's choices travel together through crossover and there are half as many parameters.
     """
     params: dict[str, tuple] = {}
     if len(space.resolutions) > 1:
@@ -112,11 +132,10 @@ def search_params(space: SearchSpace) -> dict[str, tuple]:
             params[f"s{s}.depth"] = spec.depths
         if len(spec.width_mults) > 1:
             params[f"s{s}.width_mult"] = spec.width_mults
-        for b in range(_slots(space, s)):
-            for name, values in zip(_BLOCK_FIELDS, (spec.op_types, spec.kernel_sizes, spec.expand_ratios,
-                                                    spec.se_ratios, spec.skips)):
-                if len(values) > 1:
-                    params[f"s{s}.b{b}.{name}"] = values
+        variants = tuple(block_variants(spec))
+        if len(variants) > 1:
+            for b in range(_slots(space, s)):
+                params[f"s{s}.b{b}"] = variants
     return params
 
 
@@ -129,16 +148,9 @@ def decode_params(space: SearchSpace, params: Mapping[str, Any]) -> Arch:
     for s, spec in enumerate(space.stages):
         depth = get(f"s{s}.depth", spec.depths)
         width = get(f"s{s}.width_mult", spec.width_mults)
-        blocks = []
-        for b in range(_slots(space, s)):
-            op = get(f"s{s}.b{b}.op_type", spec.op_types)
-            blocks.append(BlockArch(
-                kernel_size=get(f"s{s}.b{b}.kernel_size", spec.kernel_sizes),
-                expand_ratio=get(f"s{s}.b{b}.expand_ratio", spec.expand_ratios) if op == "mbconv" else 1.0,
-                op_type=op,
-                se_ratio=get(f"s{s}.b{b}.se_ratio", spec.se_ratios),
-                skip=get(f"s{s}.b{b}.skip", spec.skips),
-            ))
+        variants = block_variants(spec)
+        only = next(iter(variants.values()))
+        blocks = [variants[params[f"s{s}.b{b}"]] if len(variants) > 1 else only for b in range(_slots(space, s))]
         active = (blocks[0],) * depth if spec.shared_blocks else tuple(blocks[:depth])
         stages.append(StageArch(blocks=active, width_mult=width))
     resolution = get("resolution", space.resolutions)
@@ -163,14 +175,8 @@ def params_of(space: SearchSpace, arch: Arch) -> dict[str, Any]:
         if f"s{s}.width_mult" in values:
             params[f"s{s}.width_mult"] = stage.width_mult
         for b in range(_slots(space, s)):
-            block = stage.blocks[min(b, stage.depth - 1)]
-            for name in _BLOCK_FIELDS:
-                key = f"s{s}.b{b}.{name}"
-                if key in values:
-                    value = getattr(block, name)
-                    if name == "expand_ratio" and value not in values[key]:
-                        value = values[key][-1]
-                    params[key] = value
+            if f"s{s}.b{b}" in values:
+                params[f"s{s}.b{b}"] = _token(stage.blocks[min(b, stage.depth - 1)])
     return params
 
 
@@ -286,6 +292,12 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
     """
     _recover_stale(study)
     memory = working_copy(study, sampler or create_sampler(config))
+    if not memory.get_trials(deepcopy=False):
+        # The largest and smallest subnets anchor both ends of every device's front from the start.
+        from search_spaces import largest, smallest
+
+        for arch in (largest(space), smallest(space)):
+            memory.enqueue_trial(params_of(space, arch))
     budgets = config.budgets
     done_before = _n_complete(study)
     done = done_before
