@@ -19,9 +19,10 @@ COMMAND_MODULES = ("spaces", "arch", "train", "latency", "devices", "search", "r
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
+    from latency_predictors import LatencyError
     from search_spaces import ArchError, UnknownSpaceError
 
-    return (UsageError, ArchError, UnknownSpaceError)
+    return (UsageError, ArchError, UnknownSpaceError, LatencyError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ Format (every key optional except ``name`` and ``space``)::
         - {name: full, epochs: 2, lr: 0.1, elastic: {resolutions: [24, 32]}}
         - {name: kernel, epochs: 2, lr: 0.03, elastic: {kernel_sizes: [3, 5, 7]}, distill_weight: 1.0}
     ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings
-    devices: ...   # kept as plain mappings for the stages that parse them
+    devices: ...   # a list of device ids / {id, max_latency_ms}, or a mapping; parsed by nas.search_config
     latency: ...
     search: ...
 
@@ -67,7 +67,7 @@ class ExperimentConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     ray: RaySettings = field(default_factory=RaySettings)
-    devices: Mapping[str, Any] | None = None
+    devices: Mapping[str, Any] | tuple[Any, ...] | None = None
     latency: Mapping[str, Any] | None = None
     search: Mapping[str, Any] | None = None
     # The file it was read from (None when built in code).
@@ -270,8 +270,10 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
     config = ExperimentConfig(**kwargs)
     space = config.get_space()
     typed = {key: parser(raw.get(key), space) for key, parser in SECTION_PARSERS.items()}
-    untyped = {key: types.MappingProxyType(_mapping(raw[key], key)) for key in RAW_SECTIONS if raw.get(key)
-               is not None}
+    untyped: dict[str, Any] = {key: types.MappingProxyType(_mapping(raw[key], key)) for key in RAW_SECTIONS
+                               if raw.get(key) is not None and not (key == "devices" and isinstance(raw[key], list))}
+    if isinstance(raw.get("devices"), list):  # a list of device ids (or {id, max_latency_ms} mappings)
+        untyped["devices"] = tuple(raw["devices"])
     return dataclasses.replace(config, **typed, **untyped)
 
 

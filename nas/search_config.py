@@ -57,6 +57,20 @@ class SearchConfig:
     predictor_holdout: float = 0.2
     # Ray actors evaluating accuracy in parallel (each holds the supernet once).
     eval_workers: int = 2
+    # Input resolutions the search may choose (empty: all of the space's); e.g. those a lookup table covers.
+    resolutions: tuple[int, ...] = ()
+
+    def restrict(self, space: Any) -> Any:
+        """``space`` limited to ``resolutions`` (same name, so its archs stay archs of the full space)."""
+        if not self.resolutions:
+            return space
+        bad = [r for r in self.resolutions if r not in space.resolutions]
+        if bad:
+            raise UsageError(f"search.resolutions {bad} are not in space {space.name!r}; allowed: "
+                             f"{', '.join(map(str, space.resolutions))}")
+        import dataclasses
+
+        return dataclasses.replace(space, resolutions=tuple(sorted(set(self.resolutions))))
 
     @property
     def budgets(self) -> dict[str, float]:
@@ -119,6 +133,11 @@ class SearchConfig:
                 if not isinstance(search[name], str) or not search[name]:
                     raise UsageError(f"search.{name} must be a non-empty string; got {search[name]!r}")
                 values[name] = search[name]
+        if "resolutions" in search:
+            raw = search["resolutions"]
+            if not isinstance(raw, (list, tuple)) or not all(isinstance(r, int) and r > 0 for r in raw):
+                raise UsageError(f"search.resolutions must be a list of positive integers; got {raw!r}")
+            values["resolutions"] = tuple(raw)
         if values.get("population_size", 50) < 2:
             raise UsageError("search.population_size must be at least 2")
         return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)

@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'space':<16} {'family':<9} {'stages':>6} {'blocks':>6} {'resolutions':<14} {'archs':>8}  description")
     for r in rows:
         res = r["resolutions"]
+        size = f"1e{r['num_archs_log10']:.1f}"
         res_text = str(res[0]) if len(res) == 1 else f"{res[0]}..{res[-1]} ({len(res)})"
         print(f"{r['name']:<16} {r['family']:<9} {r['num_stages']:>6} {r['max_blocks']:>6} {res_text:<14} "
-              f"{'1e%.1f' % r['num_archs_log10']:>8}  {r['description']}")
+              f"{size:>8}  {r['description']}")
     return 0
 
 

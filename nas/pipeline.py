@@ -1,0 +1,210 @@
+"""``nas run``: the whole pipeline, each stage skipped when its result is already there.
+
+train -> latency (table / predictors per device) -> search -> hardware in the loop -> plot -> export.
+Every stage resumes by itself (training from its checkpoint, the table from its saved entries, the study
+from its journal), so an interrupted ``nas run`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig
+from .errors import UsageError
+from .latency_config import LatencySettings
+from .rundir import RunDir
+from .search_config import SearchConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: ``done()`` says whether its result is already in place."""
+
+    name: str
+    done: Callable[[], bool]
+    run: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    run_dir: Path
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+    fronts: Path
+    plot: Path
+    export: Path | None
+
+
+def _disconnect_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class Pipeline:
+    """The stages of one experiment over one run folder and one device store."""
+
+    def __init__(self, config: ExperimentConfig, run: RunDir, home: str | Path | None = None,
+                 progress: bool = True) -> None:
+        from latency_predictors import DeviceStore, default_root
+
+        from .search import search_paths
+
+        self.config = config
+        self.run = run
+        self.progress = progress
+        self.space = config.get_space()
+        self.search = SearchConfig.parse(config.search, config.devices)
+        if not self.search.devices:
+            raise UsageError("config: no devices; add e.g. `devices: [local-cpu-1t-ort]`")
+        self.latency = LatencySettings.parse(config.latency)
+        bad = [r for r in self.latency.resolutions if r not in self.space.resolutions]
+        if bad:
+            raise UsageError(f"latency.resolutions {bad} are not in space {self.space.name!r}; allowed: "
+                             f"{', '.join(map(str, self.space.resolutions))}")
+        searched = set(self.search.resolutions or self.space.resolutions)
+        if self.latency.table and self.latency.resolutions and not searched <= set(self.latency.resolutions):
+            raise UsageError(f"search may pick resolutions {sorted(searched - set(self.latency.resolutions))} that "
+                             f"latency.resolutions {list(self.latency.resolutions)} leaves out of the table; set "
+                             f"search.resolutions to a subset of latency.resolutions")
+        self.store = DeviceStore(home if home is not None else default_root())
+        self.paths = search_paths(run)
+        self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
+
+    # -- stage bodies ---------------------------------------------------------------------------------
+    def _train(self) -> None:
+        from .commands.train import train
+
+        status = train(self.config, self.run, progress=self.progress)
+        if status != 0 or not self.run.is_trained():
+            raise UsageError(f"training did not finish (status {status}); run `nas run` again to continue")
+
+    def _local_devices(self) -> list[Any]:
+        return [d for d in (self.store.resolve(i) for i in self.search.devices) if d.is_local]
+
+    def _latency_missing(self) -> list[tuple[Any, str]]:
+        """(device, what) pairs still to make: 'table' and/or 'fit'."""
+        from latency_predictors.workflow import load_predictors, load_table
+
+        missing = []
+        wanted = set(self.latency.resolutions or self.space.resolutions)
+        for device_id in self.search.devices:
+            device = self.store.resolve(device_id)
+            table = load_table(self.store, device, self.space)
+            if not device.is_local:
+                if table is None and not load_predictors(self.store, device, self.space):
+                    raise UsageError(f"device {device_id!r} is not local and has no table or predictor for "
+                                     f"{self.space.name!r}; import one (`nas latency import-ofa`)")
+                continue
+            if self.latency.table and (table is None or not table.complete or not wanted <= set(table.resolutions)):
+                missing.append((device, "table"))
+            if self.latency.fit_samples and not (self.store.predictor_dir(device.id, self.space.name)
+                                                 / "ridge.json").is_file():
+                missing.append((device, "fit"))
+        return missing
+
+    def _latency(self) -> None:
+        from latency_predictors import build_table, configure_allocator, fit_predictors, get_backend, layer_measurer
+
+        from .latency_builders import static_builder
+
+        configure_allocator()
+        measure = self.latency.measure_config()
+        for device, what in self._latency_missing():
+            device = self.store.refresh_metadata(device)
+            if what == "table":
+                backend = get_backend(device.backend or "", device.threads)
+                build_table(self.space, device, self.store.table_path(device.id, self.space.name),
+                            layer_measurer(static_builder(), backend, measure, device.batch_size, self.space),
+                            resolutions=self.latency.resolutions or None, protocol=measure,
+                            lock_path=self.store.lock_path(device.id), progress=self.progress)
+            else:
+                fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,
+                               resolutions=self.latency.resolutions or None, progress=self.progress)
+
+    def _search_done(self) -> bool:
+        from .search import load_study
+
+        if not self.paths.fronts.is_file():
+            return False
+        study = load_study(self.run, self.search)
+        finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        return finished >= self.search.n_trials
+
+    def _search(self) -> None:
+        from .commands.search import search_stage
+
+        search_stage(self.config, self.run, progress=self.progress)
+
+    def _hil(self) -> None:
+        from latency_predictors import measure_archs
+
+        from .latency_builders import static_builder
+        from .search import hardware_in_the_loop
+
+        measure = self.latency.measure_config()
+
+        def measurer(device: Any) -> Callable[[list[Any]], list[float]]:
+            def run(archs: list[Any]) -> list[float]:
+                results = measure_archs(self.space, archs, static_builder(), device, measure,
+                                        lock_path=self.store.lock_path(device.id), progress=self.progress)
+                return [m.latency_ms for m in results]
+            return run
+
+        reports = hardware_in_the_loop(self.run, {d.id: measurer(d) for d in self._local_devices()})
+        for device, report in reports.items():
+            print(f"hardware in the loop, {device}: {len(report.arch_ids)} front members re-measured, "
+                  f"predicted vs measured MAPE {100 * report.mape:.1f}%, Spearman {report.spearman:.3f}; "
+                  f"{report.members_after} members on the measured front", file=sys.stderr)
+
+    def _plot_done(self) -> bool:
+        plot = self.paths.plot
+        return plot.is_file() and plot.stat().st_mtime >= self.paths.fronts.stat().st_mtime
+
+    def _plot(self) -> None:
+        from .plots import plot_run
+
+        plot_run(self.run, config=self.search, space=self.search.restrict(self.space))
+
+    def _export(self) -> None:
+        from .commands.query import calibration_for_run
+        from .pareto import knee_point
+        from .query import export_member, open_fronts
+
+        store = open_fronts(self.run)
+        front = store.front(self.search.devices[0])
+        knee = front[knee_point([m.val_accuracy for m in front], [m.latency_ms for m in front])]
+        export_member(knee, self.export_path, calibration=calibration_for_run(store, knee.arch.resolution))
+
+    # -- the pipeline ---------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        return [
+            Stage("train", self.run.is_trained, self._train),
+            Stage("latency", lambda: not self._latency_missing(), self._latency),
+            Stage("search", self._search_done, self._search),
+            Stage("hardware-in-the-loop", self.paths.hil.is_file, self._hil),
+            Stage("plot", self._plot_done, self._plot),
+            Stage("export", self.export_path.is_file, self._export),
+        ]
+
+    def run_all(self) -> PipelineResult:
+        ran: list[str] = []
+        skipped: list[str] = []
+        for stage in self.stages():
+            if stage.done():
+                print(f"[{stage.name}] already done, skipped", file=sys.stderr)
+                skipped.append(stage.name)
+                continue
+            print(f"[{stage.name}] running", file=sys.stderr)
+            try:
+                stage.run()
+            finally:
+                _disconnect_ray()  # each stage starts Ray with the resources it needs (e.g. device:<id>)
+            ran.append(stage.name)
+        return PipelineResult(run_dir=self.run.root, ran=tuple(ran), skipped=tuple(skipped),
+                              fronts=self.paths.fronts, plot=self.paths.plot, export=self.export_path)
