@@ -88,7 +88,8 @@ def export_subnet(model: nn.Module, resolution: int, out: str | os.PathLike[str]
 
     ``.onnx``: exported with a dynamic batch axis, then run by ONNX Runtime on random inputs and compared
     with PyTorch; the file is written only when the largest absolute difference is at most ``tolerance``
-    (times the largest output magnitude when that is above 1).
+    (times the largest output magnitude when that is above 1, or four times PyTorch's own float32 error
+    against float64 when that is larger still).
     ``.pt``: ``{"state_dict", **metadata}`` (loadable with ``torch.load(weights_only=True)``; rebuild with
     ``supernets.build(space, Arch.from_dict(arch))`` and ``load_state_dict``).
 
@@ -118,14 +119,25 @@ def export_subnet(model: nn.Module, resolution: int, out: str | os.PathLike[str]
         expected = model(example).numpy()
     got = session.run(None, {"input": example.numpy()})[0]
     diff = float(np.max(np.abs(got - expected)))
-    # Outputs of order 1 are held to ``tolerance`` absolutely; larger logits (an untrained or barely
-    # calibrated net) relative to their magnitude, since float32 itself differs from float64 at that scale.
+    # Outputs of order 1 are held to ``tolerance`` absolutely. Larger logits (an untrained or barely
+    # calibrated net) are held to ``tolerance`` relative to their magnitude, or, when that is tighter than
+    # float32 arithmetic itself, to a few times PyTorch's own float32 error against float64.
     scale = max(1.0, float(np.max(np.abs(expected))))
-    if not diff <= tolerance * scale:
-        raise RuntimeError(f"ONNX export of the subnet differs from PyTorch by {diff:.3g} (> {tolerance:g} x "
-                           f"output scale {scale:.3g}); nothing written")
+    allowed = tolerance * scale
+    fp32_error = 0.0
+    if diff > allowed and scale > 1.0:
+        import copy
+
+        with torch.no_grad():
+            exact = copy.deepcopy(model).double()(example.double()).numpy()
+        fp32_error = float(np.max(np.abs(expected - exact)))
+        allowed = max(allowed, 4.0 * fp32_error)
+    if not diff <= allowed:
+        raise RuntimeError(f"ONNX export of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
+                           f"{tolerance:g} x output scale {scale:.3g}); nothing written")
     atomic_write_bytes(path, data)
-    return {"path": str(path), "format": "onnx", "max_abs_diff": diff, "output_scale": scale}
+    return {"path": str(path), "format": "onnx", "max_abs_diff": diff, "output_scale": scale,
+            "torch_fp32_error": fp32_error}
 
 
 def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = None,
