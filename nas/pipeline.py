@@ -127,37 +127,18 @@ class Pipeline:
                 fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,
                                resolutions=self.latency.resolutions or None, progress=self.progress)
 
-    def _search_done(self) -> bool:
-        from .search import load_study
-
-        if not self.paths.fronts.is_file():
-            return False
-        study = load_study(self.run, self.search)
-        finished = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
-        return finished >= self.search.n_trials
-
     def _search(self) -> None:
         from .commands.search import search_stage
 
         search_stage(self.config, self.run, progress=self.progress)
 
     def _hil(self) -> None:
-        from latency_predictors import measure_archs
-
-        from .latency_builders import static_builder
+        from .commands.search import device_measurers
         from .search import hardware_in_the_loop
 
-        measure = self.latency.measure_config()
-
-        def measurer(device: Any) -> Callable[[list[Any]], list[float]]:
-            def run(archs: list[Any]) -> list[float]:
-                results = measure_archs(self.space, archs, static_builder(), device, measure,
-                                        lock_path=self.store.lock_path(device.id), progress=self.progress)
-                return [m.latency_ms for m in results]
-            return run
-
-        reports = hardware_in_the_loop(self.run, {d.id: measurer(d) for d in self._local_devices()})
-        for device, report in reports.items():
+        measurers = device_measurers(self.space, [d.id for d in self._local_devices()], home=self.store.root,
+                                     progress=self.progress, measure_config=self.latency.measure_config())
+        for device, report in hardware_in_the_loop(self.run, measurers).items():
             print(f"hardware in the loop, {device}: {len(report.arch_ids)} front members re-measured, "
                   f"predicted vs measured MAPE {100 * report.mape:.1f}%, Spearman {report.spearman:.3f}; "
                   f"{report.members_after} members on the measured front", file=sys.stderr)
@@ -183,10 +164,12 @@ class Pipeline:
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
+        from .commands.search import search_is_complete
+
         return [
             Stage("train", self.run.is_trained, self._train),
             Stage("latency", lambda: not self._latency_missing(), self._latency),
-            Stage("search", self._search_done, self._search),
+            Stage("search", lambda: search_is_complete(self.config, self.run), self._search),
             Stage("hardware-in-the-loop", self.paths.hil.is_file, self._hil),
             Stage("plot", self._plot_done, self._plot),
             Stage("export", self.export_path.is_file, self._export),

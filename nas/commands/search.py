@@ -173,7 +173,7 @@ def search_is_complete(config: Any, run: Any) -> bool:
 
 
 def device_measurers(space: Any, device_ids: Sequence[str], home: Any = None, use_ray: bool = True,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, measure_config: Any = None) -> dict[str, Any]:
     """Device id to ``(archs) -> measured ms``: end-to-end measurement of the deployed static subnets with
     ``latency_predictors``' protocol, on the device's node (Ray resource ``device:<id>``), for
     ``nas.search.hardware_in_the_loop``."""
@@ -188,7 +188,7 @@ def device_measurers(space: Any, device_ids: Sequence[str], home: Any = None, us
         device = store.resolve(device_id)
 
         def measure(archs: Sequence[Any], device: Any = device) -> list[float]:
-            results = measure_archs(space, list(archs), static_builder(), device, MeasureConfig(),
+            results = measure_archs(space, list(archs), static_builder(), device, measure_config or MeasureConfig(),
                                     lock_path=store.lock_path(device.id), use_ray=use_ray, progress=progress)
             return [float(m.latency_ms) for m in results]
 
