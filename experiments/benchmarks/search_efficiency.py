@@ -7,7 +7,9 @@ For each space (``ofa_mbv3_cifar`` and ``ofa_mbv3_w1.0`` by default):
   entries (``latency_predictors.TableSumPredictor``);
 - accuracy: an accuracy MLP (``nas.accuracy.AccuracyPredictor``, the Once-for-All recipe) fitted on subnets
   with known accuracy. With ``--accuracy-run RUN`` those are subnets of a trained run evaluated directly
-  (BN-recalibrated, validation split, cached in the run). Without one, the labels are a documented proxy
+  (BN-recalibrated on ``--bn-images`` training images, accuracy on the first ``--val-images`` images of the
+  validation split, both defaulting to the run's config; ``--eval-workers`` Ray actors; cached in
+  ``RUN/search/accuracy.jsonl``). Without one, the labels are a documented proxy
   (``proxy_accuracy``): a saturating function of the subnet's MACs plus a fixed, seeded per-choice term,
   which is NOT a measured accuracy; the script prints which was used.
 
@@ -19,7 +21,8 @@ accuracy within that budget against the best within it on the NSGA-II front. The
 default sampler's 2,000 trials through the real ``nas.search`` path (journal file storage), which gives every
 budget at once.
 
-Run: ``.venv/bin/python experiments/benchmarks/search_efficiency.py [--home DIR] [--device ID]``.
+Run: ``.venv/bin/python experiments/benchmarks/search_efficiency.py [--home DIR] [--device ID]
+[--accuracy-run RUN --mlp-samples N --bn-images B --val-images V]``.
 """
 
 from __future__ import annotations
@@ -157,21 +160,47 @@ def accuracy_objective(space: SearchSpace, args) -> tuple[AccuracyPredictor, str
         config = load_config(run.config_copy)
         if config.space != space.name:
             raise SystemExit(f"--accuracy-run trained {config.space}, not {space.name}")
+        import dataclasses
         import functools
 
+        from nas.data import CIFAR10_ENV
+
+        # A relative dataset path in the run's config is relative to where training ran (the repository
+        # root); the Ray actors need it absolute. HWNAS_CIFAR10 wins when set.
+        dataset = config.dataset
+        if os.environ.get(CIFAR10_ENV) and dataset.kind == "cifar10":
+            dataset = dataclasses.replace(dataset, path=os.environ[CIFAR10_ENV])
+        elif dataset.path and not Path(dataset.path).is_absolute():
+            dataset = dataclasses.replace(dataset, path=str(Path(dataset.path).resolve()))
+        bn_images = args.bn_images or config.train.bn_recal_images
+        val_images = args.val_images or config.train.max_val_images
         evaluator = DirectEvaluator(
             SupernetAccuracy(str(run.supernet_checkpoint),
-                             functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
-                             bn_images=config.train.bn_recal_images, max_images=config.train.max_val_images),
-            AccuracyCache(search_paths(run).accuracy_cache), workers=2)
-        labels, what = evaluator.evaluate, f"directly evaluated subnets of {run.root}"
+                             functools.partial(load_dataset, dataset, max(space.resolutions), config.seed),
+                             bn_images=bn_images, max_images=val_images),
+            AccuracyCache(search_paths(run).accuracy_cache), workers=args.eval_workers)
+
+        def labels(archs, chunk: int = 40):
+            # In chunks, so progress is printed and each finished chunk is cached in the run (a killed
+            # benchmark resumes from the cache; note the cache is keyed by arch and split only).
+            out, t0 = [], time.perf_counter()
+            for i in range(0, len(archs), chunk):
+                out.append(evaluator.evaluate(archs[i:i + chunk]))
+                print(f"  evaluated {min(i + chunk, len(archs))}/{len(archs)} subnets "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            evaluator.close()
+            return np.concatenate(out)
+
+        what = (f"directly evaluated subnets of {run.root} (BN recalibrated on {bn_images} training images, "
+                f"accuracy on {val_images or 'all'} validation images)")
     else:
         labels, what = proxy_accuracy(space), "PROXY labels (saturating in MACs + seeded per-choice term)"
     start = time.perf_counter()
     predictor, report = fit_accuracy_predictor(space, labels, n_samples=args.mlp_samples, holdout=0.2, seed=0)
-    return predictor, (f"accuracy MLP on {args.mlp_samples} {what}: held-out RMSE {report.rmse:.4f}, "
+    return predictor, (f"accuracy MLP on {args.mlp_samples} random + largest + smallest {what}; "
+                       f"{report.n_train} train / {report.n_test} held out: held-out RMSE {report.rmse:.4f}, "
                        f"Spearman {report.spearman:.3f}, Kendall {report.kendall:.3f} "
-                       f"(fitted in {time.perf_counter() - start:.1f} s)")
+                       f"(labelled and fitted in {time.perf_counter() - start:.1f} s)")
 
 
 def sampler_run(space, sampler: str, n: int, acc, lat, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -193,6 +222,12 @@ def main() -> None:
     parser.add_argument("--home", default=None, help="device store (default $HWNAS_HOME or ~/.hwnas)")
     parser.add_argument("--accuracy-run", default=None, help="a trained run whose subnets label the MLP")
     parser.add_argument("--mlp-samples", type=int, default=400)
+    parser.add_argument("--bn-images", type=int, default=None,
+                        help="with --accuracy-run: BN recalibration images per subnet (default: the run's config)")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="with --accuracy-run: validation images per subnet (default: the run's config)")
+    parser.add_argument("--eval-workers", type=int, default=2,
+                        help="with --accuracy-run: Ray actors evaluating subnets (0: in this process)")
     parser.add_argument("--reference-trials", type=int, default=10000)
     parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
