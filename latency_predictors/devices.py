@@ -160,6 +160,17 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
+def read_versioned_json(path: str | os.PathLike[str], fmt: str, version: int, what: str) -> dict[str, Any]:
+    """Read a JSON file of ours, checking its ``format`` name and that its ``version`` is not newer."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if data.get("format") != fmt:
+        raise LatencyError(f"{path} is not a hwnas latency {what}")
+    if int(data.get("version", 0)) > version:
+        raise LatencyError(f"{path} has {what} format version {data['version']}; this hwnas reads up to {version}")
+    return data
+
+
 class DeviceStore:
     """Device data under one root folder (see the module docstring for the layout)."""
 

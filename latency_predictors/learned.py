@@ -16,7 +16,6 @@ round-trips through ``save(path)`` / ``load_predictor(path, space, table)``. Kin
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 
-from .devices import LatencyError, atomic_write_json
+from .devices import LatencyError, atomic_write_json, read_versioned_json
 from .layers import arch_features, network_macs
 from .lut import LookupTable
 
@@ -300,12 +299,7 @@ def load_predictor(path: str | os.PathLike[str], space: SearchSpace,
                    table: LookupTable | None = None) -> Predictor:
     """Read a predictor written by ``Predictor.save`` (plain JSON; nothing is executed)."""
     path = Path(path)
-    data = json.loads(path.read_text())
-    if data.get("format") != PREDICTOR_FORMAT:
-        raise LatencyError(f"{path} is not a hwnas latency predictor")
-    if int(data.get("version", 0)) > PREDICTOR_VERSION:
-        raise LatencyError(f"{path} has predictor format version {data['version']}; this hwnas reads up "
-                           f"to {PREDICTOR_VERSION}")
+    data = read_versioned_json(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor")
     if data["space"] != space.name:
         raise LatencyError(f"{path} predicts space {data['space']!r}, not {space.name!r}")
     cls = PREDICTOR_KINDS.get(data["kind"])

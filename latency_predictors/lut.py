@@ -19,7 +19,6 @@ atomic (temporary file, then rename); ``build_table`` saves as it goes and resum
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +28,7 @@ from typing import Any
 
 from search_spaces import Arch, SearchSpace, plan
 
-from .devices import Device, LatencyError, atomic_write_json
+from .devices import Device, LatencyError, atomic_write_json, read_versioned_json
 from .layers import LayerBuilder, LayerSpec, enumerate_layers, network_layers
 from .measure import (
     Backend,
@@ -99,12 +98,7 @@ class LookupTable:
         path = Path(path)
         if not path.is_file():
             raise LatencyError(f"no lookup table at {path}; build one with 'nas latency build'")
-        data = json.loads(path.read_text())
-        if data.get("format") != TABLE_FORMAT:
-            raise LatencyError(f"{path} is not a hwnas latency table")
-        if int(data.get("version", 0)) > TABLE_VERSION:
-            raise LatencyError(f"{path} has table format version {data['version']}; this hwnas reads up "
-                               f"to {TABLE_VERSION}")
+        data = read_versioned_json(path, TABLE_FORMAT, TABLE_VERSION, "table")
         return cls(space=data["space"], device=Device.from_dict(data["device"]),
                    resolutions=tuple(data["resolutions"]), entries=dict(data["entries"]),
                    protocol=data.get("protocol"), source=data.get("source", "measured"),

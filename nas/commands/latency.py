@@ -134,17 +134,22 @@ def import_ofa_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_setup(args: argparse.Namespace):
+    """Space, store and measured device of ``fit`` / ``eval`` (which time ``--samples`` whole subnets)."""
+    space = _space(args.space)
+    store = _store(args)
+    if args.samples < 3:
+        raise UsageError("--samples must be at least 3")
+    return space, store, _measured_device(args, store)
+
+
 @_user_errors
 def fit_cmd(args: argparse.Namespace) -> int:
     from latency_predictors import fit_predictors
 
     from ..latency_builders import static_builder
 
-    space = _space(args.space)
-    store = _store(args)
-    if args.samples < 3:
-        raise UsageError("--samples must be at least 3")
-    device = _measured_device(args, store)
+    space, store, device = _sampling_setup(args)
     fitted = fit_predictors(store, device, space, static_builder(), args.samples, _config(args),
                             resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                             progress=not args.quiet)
@@ -159,11 +164,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     from ..latency_builders import static_builder
 
-    space = _space(args.space)
-    store = _store(args)
-    if args.samples < 3:
-        raise UsageError("--samples must be at least 3")
-    device = _measured_device(args, store)
+    space, store, device = _sampling_setup(args)
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                                  progress=not args.quiet)
