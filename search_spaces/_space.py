@@ -113,7 +113,6 @@ class SearchSpace:
     # Channels of the pooled 1 x 1 feature layer before the classifier.
     feature_channels: int = 1280
     head_activation: str = "relu"
-    # Whether the final expansion is followed by batch norm (OFA: yes) and the feature layer is not.
     num_classes: int = 1000
     dropout: float = 0.1
     channel_divisor: int = 8
@@ -128,9 +127,6 @@ class SearchSpace:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"space {self.name!r}: stage names must be distinct")
-
-    def stage(self, index: int) -> StageSpec:
-        return self.stages[index]
 
     @property
     def num_stages(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces import Arch, BlockPlan, NetworkPlan, SearchSpace, plan
+from search_spaces import Arch, BlockPlan, NetworkPlan, SearchSpace, arch_to_string, plan
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
@@ -188,8 +188,6 @@ def init_weights(module: nn.Module) -> None:
 
 def build(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> StaticNet:
     """A freshly initialised static network for ``arch`` (same structure as ``extract`` returns)."""
-    from search_spaces import arch_to_string
-
     if num_classes is not None and num_classes != space.num_classes:
         space = space.with_num_classes(num_classes)
     net = StaticNet(plan(space, arch), space.dropout, arch_to_string(space, arch))
