@@ -123,6 +123,7 @@ class DirectEvaluator:
 
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves actors on a shared host
             ray.init(num_cpus=max(self.workers, 1), include_dashboard=False, log_to_driver=False)
         actor_cls = ray.remote(num_cpus=1)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
