@@ -121,9 +121,10 @@ class DirectEvaluator:
             return
         import ray
 
+        from supernets.training import ensure_ray_env
+
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves actors on a shared host
+            ensure_ray_env()
             ray.init(num_cpus=max(self.workers, 1), include_dashboard=False, log_to_driver=False)
         actor_cls = ray.remote(num_cpus=1)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
