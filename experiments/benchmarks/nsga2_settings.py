@@ -71,7 +71,8 @@ class LocalDedupChildren:
             i = values.index(value)
             return [values[j] for j in (i - 1, i + 1) if 0 <= j < len(values)]
         spec = self.space.stages[int(name.split(".")[0][1:])]
-        variants, here = block_variants(spec), block_variants(spec)[value]
+        variants = block_variants(spec)
+        here = variants[value]
 
         def steps(block) -> int:
             return (abs(spec.kernel_sizes.index(block.kernel_size) - spec.kernel_sizes.index(here.kernel_size))
