@@ -40,7 +40,9 @@ import yaml
 
 from search_spaces import SearchSpace, UnknownSpaceError, get_space
 from supernets.training import (
+    DEVICES,
     ELASTIC_DIMENSIONS,
+    PRECISIONS,
     STRATEGIES,
     Phase,
     RaySettings,
@@ -82,8 +84,8 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """The settings that define the trained weights (checked against every checkpoint)."""
-        return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset),
-                "train": _plain(self.train)}
+        train = {k: v for k, v in _plain(self.train).items() if k not in TrainSettings.EXECUTION_FIELDS}
+        return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset), "train": train}
 
     @property
     def config_hash(self) -> str:
@@ -227,7 +229,7 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
         "momentum": _non_negative, "weight_decay": _non_negative, "kd_temperature": _positive,
         "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
         "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
-        "label_smoothing": _fraction,
+        "label_smoothing": _fraction, "device": _one_of(DEVICES), "precision": _one_of(PRECISIONS),
     })
     phases = raw.get("phases")
     if phases is not None:
@@ -240,7 +242,7 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
 def parse_ray(raw: Any) -> RaySettings:
     return RaySettings(**_parse_dataclass(RaySettings, raw, "ray", checks={
         "num_workers": _positive, "cpus_per_worker": _positive, "num_cpus": _positive,
-        "max_failures": _non_negative}))
+        "max_failures": _non_negative, "gpus_per_worker": _non_negative}))
 
 
 SECTION_PARSERS: dict[str, Callable[[Any, SearchSpace], Any]] = {

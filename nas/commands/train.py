@@ -1,4 +1,4 @@
-"""``nas train CONFIG``: train the experiment's supernet on Ray; resumes by itself, never retrains."""
+"""``nas train CONFIG``: train the experiment's supernet on Ray (or in process); resumes by itself, never retrains."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from supernets.training.device import DEVICES
 
 from ..config import ExperimentConfig, load_config
 from ..data import check_dataset, load_dataset, num_classes
@@ -29,11 +31,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--run-dir", help="run folder (default: the config's run_dir, else runs/<name>)")
     parser.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs (a new run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="train in this process on one device, without Ray (same checkpoints and resume; "
+                             "the config's ray.enabled: false does the same)")
+    parser.add_argument("--device", choices=DEVICES,
+                        help="override train.device (auto: CUDA when available; a run resumes on any device)")
     parser.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
     config = load_config(args.config, epochs_scale=args.epochs_scale)
+    if args.no_ray:
+        config = dataclasses.replace(config, ray=dataclasses.replace(config.ray, enabled=False))
+    if args.device:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=args.device))
     return train(config, RunDir.for_config(config, args.run_dir), progress=not args.no_progress)
 
 
@@ -45,11 +56,14 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
     """Train (or finish training) the supernet of ``config`` into ``run``; returns an exit status."""
     from supernets.training import (
         CheckpointError,
+        DeviceError,
         TrainingFailedError,
         TrainJob,
+        check_placement,
         load_train_state,
         read_metrics,
         read_supernet_file,
+        run_in_process,
         run_on_ray,
     )
     from supernets.training.checkpoint import check_identity
@@ -69,11 +83,6 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
             position = f"after epoch {state['completed_epochs']} of {total}"
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
-    check_dataset(config.dataset)
-    run.create()
-    run.write_config(config)
-    print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
-          f"{total} epochs) in {run.root}, {position}")
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     dataset = config.dataset  # workers run elsewhere: give them an absolute data path
     if dataset.path:
@@ -86,9 +95,21 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
         fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=os.environ.get(FAIL_MARKER_ENV),
         progress=progress,
     )
+    check_dataset(config.dataset)
+    try:
+        check_placement(job, config.ray)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from exc
+    run.create()
+    run.write_config(config)
+    print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
+          f"{total} epochs) in {run.root}, {position}")
     started = time.perf_counter()
     try:
-        run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train")
+        if config.ray.enabled:
+            run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train")
+        else:
+            run_in_process(job)
     except TrainingFailedError as exc:
         print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint")
         return 1

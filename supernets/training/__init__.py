@@ -12,9 +12,10 @@ from .checkpoint import (
     read_supernet_file,
     save_supernet,
 )
+from .device import DEVICES, PRECISIONS, DeviceError, Execution
 from .evaluate import DataSource, accuracy, resize, subnet_accuracy
 from .loop import TrainJob, distillation_loss, eval_archs, read_metrics, run_job
-from .ray_runner import RaySettings, TrainingFailedError, ensure_ray_env, run_on_ray
+from .ray_runner import RaySettings, TrainingFailedError, check_placement, ensure_ray_env, run_in_process, run_on_ray
 from .schedule import (
     ELASTIC_DIMENSIONS,
     STRATEGIES,
@@ -30,6 +31,10 @@ from .schedule import (
 )
 
 __all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "DeviceError",
+    "Execution",
     "ELASTIC_DIMENSIONS",
     "STRATEGIES",
     "CheckpointError",
@@ -42,6 +47,7 @@ __all__ = [
     "TrainingFailedError",
     "accuracy",
     "atomic_torch_save",
+    "check_placement",
     "distillation_loss",
     "ensure_ray_env",
     "eval_archs",
@@ -54,6 +60,7 @@ __all__ = [
     "read_supernet_file",
     "recalibrate_bn",
     "resize",
+    "run_in_process",
     "run_job",
     "run_on_ray",
     "sandwich_schedule",

@@ -105,7 +105,7 @@ def save_supernet(path: str | os.PathLike[str], supernet: torch.nn.Module, space
         "num_classes": space.num_classes,
         "config_hash": config_hash,
         "summary": summary or {},
-        "state_dict": supernet.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},  # loads anywhere
     }, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -12,6 +13,7 @@ from torch import nn
 from search_spaces import Arch
 
 from .bn import recalibrate_bn
+from .device import Execution
 
 
 class DataSource(Protocol):
@@ -33,6 +35,9 @@ class DataSource(Protocol):
 
     def calibration_batches(self, num_images: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]: ...
 
+    def to(self, device: torch.device) -> None:
+        """Deliver every later batch on ``device`` (in-memory data moves there and augments there)."""
+
 
 def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """``x`` at ``resolution`` x ``resolution`` (bilinear), unchanged when it already is."""
@@ -42,25 +47,33 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], resolution: int) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on ``batches`` resized to ``resolution``."""
+def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], resolution: int,
+             execution: Execution | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on ``batches`` resized to ``resolution``, on the model's device
+    (and in ``execution``'s precision when given)."""
     model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(resize(x, resolution)).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
+    with execution.autocast() if execution is not None else contextlib.nullcontext():
+        for x, y in batches:
+            x = execution.batch(x) if execution is not None else x.to(device)
+            correct += (model(resize(x, resolution)).argmax(1) == y.to(device)).sum()
+            total += len(y)
+    return int(correct) / max(total, 1)
 
 
 def subnet_accuracy(supernet: nn.Module, arch: Arch, data: DataSource, split: str = "val",
                     bn_images: int = 2000, max_images: int | None = None, batch_size: int = 200,
-                    seed: int = 0) -> float:
+                    seed: int = 0, execution: Execution | None = None) -> float:
     """Accuracy of ``arch`` inherited from ``supernet``: extracted, batch norms recalibrated on
-    ``bn_images`` training images (none when 0), evaluated on ``split``."""
+    ``bn_images`` training images (none when 0), evaluated on ``split``; on the supernet's device."""
     from supernets import extract
 
     net = extract(supernet, arch)
     if bn_images > 0:
-        recalibrate_bn(net, (resize(x, arch.resolution)
-                             for x in data.calibration_batches(bn_images, batch_size, seed)))
-    return accuracy(net, data.eval_batches(split, batch_size, max_images), arch.resolution)
+        prepare = execution.batch if execution is not None else (lambda x: x.to(next(net.parameters()).device))
+        with execution.autocast() if execution is not None else contextlib.nullcontext():
+            recalibrate_bn(net, (resize(prepare(x), arch.resolution)
+                                 for x in data.calibration_batches(bn_images, batch_size, seed)))
+    return accuracy(net, data.eval_batches(split, batch_size, max_images), arch.resolution, execution)

@@ -32,6 +32,7 @@ from .checkpoint import (
     save_supernet,
     train_state,
 )
+from .device import Execution
 from .evaluate import DataSource, resize, subnet_accuracy
 from .schedule import Phase, Position, TrainSettings, resolutions, step_archs
 
@@ -147,51 +148,63 @@ def _append_metrics(path: str, row: dict[str, Any]) -> None:
 
 def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phase: Phase, position: Position,
                 data: DataSource, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int,
-                rank: int, world_size: int) -> float:
-    """One epoch of ``phase``; returns the mean training loss per subnet."""
+                rank: int, world_size: int, execution: Execution | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> float:
+    """One epoch of ``phase`` on ``execution``'s device and precision; returns the mean training loss per
+    subnet."""
     from tqdm import tqdm
 
+    execution = execution or Execution(torch.device("cpu"))
     settings, space = job.settings, job.space
     rng = np.random.default_rng([job.seed, position.phase, position.epoch, 7])  # same subnets on all ranks
     batches = data.train_batches(settings.batch_size, _epoch_seed(job.seed, position.phase, position.epoch),
                                  rank, world_size)
     allowed = resolutions(space, phase)
     model.train()
-    total, count = 0.0, 0
+    total = torch.zeros((), device=execution.device)  # summed on the device: no host sync per step
+    count = 0
     bar = tqdm(total=steps, desc=f"{phase.name} {position.epoch + 1}/{phase.epochs}", leave=False,
                disable=not (job.progress and rank == 0), mininterval=2.0, dynamic_ncols=True)
-    for _, (x, y) in zip(range(steps), batches):
+    for step, (x, y) in zip(range(steps), batches):
         resolution = int(allowed[int(rng.integers(len(allowed)))])
-        x = resize(x, resolution)
+        x = resize(execution.batch(x), resolution)
+        y = y.to(execution.device, non_blocking=True)
         archs = step_archs(space, phase, settings.strategy, rng, resolution)
         optimizer.zero_grad(set_to_none=True)
         soft = None
         if teacher is not None:
-            with torch.no_grad():
-                soft = teacher(x)
+            with torch.no_grad(), execution.autocast():
+                soft = teacher(x).float()
         for i, arch in enumerate(archs):
-            out = model(x, arch)
+            with execution.autocast():
+                out = model(x, arch).float()
             loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
             if soft is not None and phase.distill_weight > 0:
                 loss = loss + phase.distill_weight * distillation_loss(out, soft, settings.kd_temperature)
             if settings.strategy == "sandwich" and i == 0:
                 soft = out.detach()  # in-place distillation: the largest teaches the others
-            loss.backward()
-            total += float(loss.detach())
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total += loss.detach()
             count += 1
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", refresh=False)
+        if bar.n % 20 == 0 or step == steps - 1:  # a host sync: only now and then
+            bar.set_postfix(loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
     bar.close()
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
-def evaluate(job: TrainJob, supernet: nn.Module, data: DataSource) -> dict[str, Any]:
+def evaluate(job: TrainJob, supernet: nn.Module, data: DataSource,
+             execution: Execution | None = None) -> dict[str, Any]:
     """Validation accuracy of the evaluation subnets (batch norms recalibrated on copies)."""
     s = job.settings
     accs = {name: subnet_accuracy(supernet, arch, data, "val", s.bn_recal_images, s.max_val_images,
-                                  seed=job.seed)
+                                  seed=job.seed, execution=execution)
             for name, arch in eval_archs(job.space, s)}
     randoms = [v for k, v in accs.items() if k.startswith("random_")]
     return {
@@ -208,12 +221,46 @@ def _resume_state(job: TrainJob, ray_checkpoint_file: str | None) -> dict[str, A
     return max(states, key=lambda s: s["completed_epochs"]) if states else None
 
 
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask; Ray narrows it to the worker's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def job_execution(job: TrainJob, device_index: int | None = None) -> Execution:
+    """The resolved device, precision and memory format of ``job`` in this process."""
+    s = job.settings
+    return Execution.resolve(s.device, s.precision, s.channels_last, device_index)
+
+
+def _summary_line(row: dict[str, Any], total_epochs: int) -> str:
+    def pct(key: str) -> str:
+        value = row.get(key)
+        return f"{100 * value:.1f}%" if isinstance(value, float) else "-"
+
+    return (f"epoch {row['global_epoch'] + 1}/{total_epochs} {row['phase']}: loss {row['train_loss']:.3f}, "
+            f"lr {row['lr']:.4g}, {row['train_images_per_s']:.0f} img/s, {row['train_time_s']:.1f} s; "
+            f"val largest {pct('val_acc_largest')}, smallest {pct('val_acc_smallest')}, "
+            f"random {pct('val_acc_random_mean')} ({row.get('eval_time_s', 0):.1f} s)")
+
+
 def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporter | None = None,
-            ray_checkpoint_file: str | None = None) -> None:
-    """Train (or continue training) the supernet of ``job`` on this rank, to ``job.supernet_path``."""
+            ray_checkpoint_file: str | None = None, device_index: int | None = None,
+            threads: int | None = None, log: Callable[[str], None] | None = print) -> None:
+    """Train (or continue training) the supernet of ``job`` on this rank, to ``job.supernet_path``.
+
+    Args:
+        device_index: the CUDA device of this rank (``None``: the current one).
+        threads: torch CPU threads when ``train.threads_per_worker`` is unset (default: this process's CPUs).
+        log: receives rank 0's one-line summary of every epoch (``None``: silent).
+    """
     from supernets import build_supernet, sort_channels
 
-    torch.set_num_threads(max(1, job.settings.threads_per_worker))
+    settings = job.settings
+    execution = job_execution(job, device_index)
+    torch.set_num_threads(max(1, settings.threads_per_worker or threads or default_threads()))
     torch.manual_seed(job.seed)  # identical initial weights on every rank
     supernet = build_supernet(job.space)
     state = _resume_state(job, ray_checkpoint_file)
@@ -224,28 +271,37 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
         position = Position(int(state["phase"]), int(state["epoch"]))
     else:
         torch.manual_seed(job.seed + 1 + rank)
+    execution.module(supernet)
     if rank == 0:
         _trim_metrics(job.metrics_path, position.global_epoch(job.phases))
     data = job.make_data()
-    settings = job.settings
+    if hasattr(data, "to"):
+        data.to(execution.device)
     steps = data.steps_per_epoch(settings.batch_size, world_size)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
     if steps < 1:
         raise ValueError(f"the training split is smaller than one batch of {settings.batch_size} per worker")
+    if rank == 0 and log is not None:
+        log(f"training on {execution.describe()}, {world_size} worker{'s' if world_size > 1 else ''}, "
+            f"{steps} steps of {settings.batch_size} images per worker per epoch")
 
     model: nn.Module = supernet  # channel sorting permutes in place, so one DDP wrapper serves all phases
     if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
+        ids = [execution.device.index] if execution.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(supernet, device_ids=ids, find_unused_parameters=True)
     while position.phase < len(job.phases):
         p, phase = position.phase, job.phases[position.phase]
         if position.epoch == 0 and phase.sort_channels:
             sort_channels(supernet)
         teacher = None
         if settings.strategy == "progressive_shrinking" and p > 0 and phase.distill_weight > 0:
-            teacher = _load_teacher(job)
+            teacher = execution.module(_load_teacher(job))
+            if settings.compile:
+                teacher = torch.compile(teacher)
         optimizer = make_optimizer(supernet, phase, settings)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps)
+        scaler = execution.grad_scaler()
         if state is not None and int(state["phase"]) == p and int(state["epoch"]) > 0:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -254,28 +310,38 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss = train_epoch(job, model, teacher, phase, position, data, optimizer, scheduler, steps,
-                               rank, world_size)
+                               rank, world_size, execution, scaler)
+            execution.synchronize()
+            train_time = time.perf_counter() - started
             g = position.global_epoch(job.phases)
             row: dict[str, Any] = {"phase": phase.name, "phase_index": p, "epoch": position.epoch,
                                    "global_epoch": g, "train_loss": loss, "lr": lr, "steps": steps,
-                                   "train_time_s": round(time.perf_counter() - started, 3)}
+                                   "train_time_s": round(train_time, 3),
+                                   "train_images_per_s": round(steps * settings.batch_size * world_size
+                                                               / max(train_time, 1e-9), 1),
+                                   "device": str(execution.device), "precision": execution.precision}
             following = position.advance(job.phases)
             checkpoint_file = None
             if rank == 0:
                 eval_started = time.perf_counter()
-                row.update(evaluate(job, supernet, data))
-                row["eval_time_s"] = round(time.perf_counter() - eval_started, 3)
+                row.update(evaluate(job, supernet, data, execution))
+                execution.synchronize()
+                eval_time = time.perf_counter() - eval_started
+                row["eval_time_s"] = round(eval_time, 3)
+                row["eval_images_per_s"] = round(_eval_images(job, data) / max(eval_time, 1e-9), 1)
                 if settings.strategy == "progressive_shrinking" and p == 0 and following.phase == 1:
                     save_supernet(job.teacher_path, supernet, job.space, job.config_hash)
                 _append_metrics(job.metrics_path, row)
                 mid_phase = following.phase == p
                 atomic_torch_save(train_state(
                     space_name=job.space.name, config_hash=job.config_hash, phase=following.phase,
-                    epoch=following.epoch, model=supernet.state_dict(),
-                    optimizer=optimizer.state_dict() if mid_phase else None,
+                    epoch=following.epoch, model=_cpu(supernet.state_dict()),
+                    optimizer=_cpu(optimizer.state_dict()) if mid_phase else None,
                     scheduler=scheduler.state_dict() if mid_phase else None,
                     rng=torch.get_rng_state(), completed_epochs=g + 1), job.latest_path)
                 checkpoint_file = job.latest_path
+                if log is not None:
+                    log(_summary_line(row, job.total_epochs))
             if reporter is not None:
                 reporter(row, checkpoint_file)
             if job.fail_at_epoch == g and job.fail_marker and not Path(job.fail_marker).exists():
@@ -286,3 +352,24 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
         last = read_metrics(job.metrics_path)
         save_supernet(job.supernet_path, supernet, job.space, job.config_hash,
                       summary=last[-1] if last else {})
+
+
+def _eval_images(job: TrainJob, data: DataSource) -> int:
+    """Images forwarded by one ``evaluate`` (BN recalibration and validation, every evaluation subnet)."""
+    s = job.settings
+    size = getattr(data, "size", None)
+    val = size("val") if callable(size) else (s.max_val_images or 0)
+    if s.max_val_images is not None:
+        val = min(val, s.max_val_images)
+    return (s.bn_recal_images + val) * len(eval_archs(job.space, s))
+
+
+def _cpu(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU (checkpoints load anywhere)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value

@@ -1,4 +1,5 @@
-"""Ray Train wrapper: ``TorchTrainer`` with CPU workers (gloo DDP), per-epoch checkpoints, restarts.
+"""Ray Train wrapper: ``TorchTrainer`` with CPU workers (gloo DDP) or GPU workers (NCCL DDP), per-epoch
+checkpoints, restarts; and the same loop in process, without Ray.
 
 Every epoch each rank calls ``ray.train.report`` (a barrier); rank 0 attaches the checkpoint it has just
 written atomically to the run folder. ``FailureConfig(max_failures)`` restarts the worker group, which
@@ -7,14 +8,17 @@ resumes from ``ray.train.get_checkpoint()`` (or the run folder's own copy, which
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loop import TrainJob, run_job
+from .device import DeviceError, cuda_available
+from .loop import TrainJob, job_execution, run_job
 
 CHECKPOINT_FILE = "train_state.pt"
 
@@ -23,12 +27,16 @@ CHECKPOINT_FILE = "train_state.pt"
 class RaySettings:
     """Where and how wide training runs; the ``ray`` section of an experiment config."""
 
+    # False: train in the current process on one device (``nas train --no-ray``), same checkpoints.
+    enabled: bool = True
     # Address of a running cluster (``auto``, ``ray://host:10001``...); None starts Ray locally.
     address: str | None = None
-    # Training workers (DDP ranks).
+    # Training workers (DDP ranks): one per GPU on GPU machines.
     num_workers: int = 1
-    # CPUs reserved per worker (also its torch threads).
+    # CPUs reserved per worker (also its torch threads unless ``train.threads_per_worker`` says otherwise).
     cpus_per_worker: int = 1
+    # GPUs per worker (0: CPU workers, gloo; 1: one GPU each, NCCL). Fractions share a GPU between workers.
+    gpus_per_worker: float = 0.0
     # CPUs of the local Ray instance (None: num_workers x cpus_per_worker, at least 2).
     num_cpus: int | None = None
     # Worker-group restarts from the latest checkpoint before the run fails.
@@ -55,17 +63,51 @@ def _worker(config: dict[str, Any]) -> None:
             shutil.copyfile(checkpoint_file, Path(folder) / CHECKPOINT_FILE)
             ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
+    device_index = None
+    if config["gpus_per_worker"] > 0:
+        import ray.train.torch
+
+        device_index = ray.train.torch.get_device().index
+    run = functools.partial(run_job, job, rank, world_size, report, device_index=device_index,
+                            threads=config["cpus_per_worker"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        run_job(job, rank, world_size, report)
+        run()
         return
     with checkpoint.as_directory() as folder:
         local = Path(tempfile.mkdtemp(prefix="hwnas-resume-")) / CHECKPOINT_FILE
         shutil.copyfile(Path(folder) / CHECKPOINT_FILE, local)
     try:
-        run_job(job, rank, world_size, report, ray_checkpoint_file=str(local))
+        run(ray_checkpoint_file=str(local))
     finally:
         shutil.rmtree(local.parent, ignore_errors=True)
+
+
+def check_placement(job: TrainJob, settings: RaySettings) -> None:
+    """Raise ``DeviceError`` now when ``train.device`` cannot be honoured by ``settings``.
+
+    In process (and on a local Ray instance) the device is checked on this machine; on a cluster
+    (``ray.address``) only against the resources asked for, since the workers run elsewhere.
+    """
+    device = job.settings.device
+    if settings.enabled:
+        if device == "cuda" and settings.gpus_per_worker <= 0:
+            raise DeviceError("train.device is cuda but ray.gpus_per_worker is 0; give each worker a GPU "
+                              "(ray.gpus_per_worker: 1) or use device: auto / cpu")
+        if settings.gpus_per_worker > 0 and device == "cpu":
+            raise DeviceError("ray.gpus_per_worker reserves GPUs that train.device: cpu leaves idle; set "
+                              "gpus_per_worker: 0 or device: auto / cuda")
+        if settings.address:
+            return
+        if settings.gpus_per_worker > 0 and not cuda_available():
+            raise DeviceError(f"ray.gpus_per_worker is {settings.gpus_per_worker:g} but this machine has no "
+                              "CUDA device; set it to 0, or join a cluster with GPUs through ray.address")
+    job_execution(job)  # in process: raises when the device or precision is unavailable here
+
+
+def run_in_process(job: TrainJob, log: Callable[[str], None] | None = print) -> None:
+    """Run ``job`` in this process on one device (no Ray): same loop, checkpoints and resume."""
+    run_job(job, 0, 1, None, log=log)
 
 
 def ensure_ray_env() -> None:
@@ -107,11 +149,17 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
             ray.init(num_cpus=cpus, include_dashboard=False,
                      runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
         started = True
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker > 0:
+        resources["GPU"] = settings.gpus_per_worker
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"job": job},
-        scaling_config=ray.train.ScalingConfig(num_workers=settings.num_workers, use_gpu=False,
-                                               resources_per_worker={"CPU": settings.cpus_per_worker}),
+        train_loop_config={"job": job, "gpus_per_worker": settings.gpus_per_worker,
+                           "cpus_per_worker": settings.cpus_per_worker},
+        # NCCL between GPU workers, gloo between CPU workers (TorchConfig's defaults for use_gpu).
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.num_workers,
+                                               use_gpu=settings.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,

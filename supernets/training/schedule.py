@@ -90,8 +90,20 @@ class TrainSettings:
     eval_seed: int = 0
     # Cap on validation images per evaluation (None: the whole validation split).
     max_val_images: int | None = None
-    # Torch threads per worker.
-    threads_per_worker: int = 1
+    # Torch threads per worker (None: the CPUs the worker is given, ``ray.cpus_per_worker`` under Ray).
+    threads_per_worker: int | None = None
+    # Where each worker trains: ``auto`` (CUDA when the worker has a GPU), ``cpu`` or ``cuda``.
+    device: str = "auto"
+    # ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 with a grad scaler).
+    precision: str = "auto"
+    # Channels-last memory format (None: on CUDA only).
+    channels_last: bool | None = None
+    # ``torch.compile`` the static networks of a run (the frozen teacher); the elastic supernet runs eager.
+    compile: bool = False
+
+    EXECUTION_FIELDS = ("threads_per_worker", "device", "precision", "channels_last", "compile")
+    """Fields that say where and how fast training runs, not what it learns: a run may resume under other
+    values (they are left out of the config hash)."""
 
     def resolved_phases(self, space: SearchSpace) -> tuple[Phase, ...]:
         """The explicit phases, or the default schedule of the strategy for ``space``."""

@@ -1,0 +1,427 @@
+"""An image-folder dataset read from disk batch by batch: for ImageNet-sized trees.
+
+``nas.data`` decodes a ``folder`` dataset into memory up front, which suits small trees; ImageNet would
+need about 190 GB per worker. ``StreamingFolderData`` keeps only the file lists (built with
+``os.scandir``, sorted) and decodes each batch with Pillow in ``torch.utils.data.DataLoader`` worker
+processes. It implements ``supernets.training.DataSource``.
+
+Layout: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (or ``test/``); class names,
+sorted, give the labels of every split. The ``val`` split is a seeded ``val_fraction`` of the training
+files (a file list, never pixels); the ``test`` split is the ``val/`` or ``test/`` tree.
+
+Transforms (Inception-style, written with Pillow, no torchvision): training images are cut with a random
+resized crop (area 8-100 %, aspect 3/4-4/3) to ``image_size`` and flipped; evaluation images are resized
+so their shorter side is ``round(image_size / 0.875)`` and centre-cropped to ``image_size``. JPEGs are
+decoded at a reduced scale (``Image.draft``) whenever the crop still has ``image_size`` pixels to give.
+
+Every augmentation draws from a generator seeded by (epoch seed, position in the epoch), so a seed fixes
+the batches whatever the number of loader workers. Workers return uint8 batches (a quarter of the bytes
+of floats through shared memory); conversion and ImageNet normalisation happen after the copy to the
+device set by ``to`` (pinned memory and ``non_blocking`` copies on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .data import IMAGE_SUFFIXES
+from .errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 0.875
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+TEST_FOLDERS = ("test", "val")
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# File lists.
+
+
+@dataclass(frozen=True)
+class FileList:
+    """Image files of one split: ``root/classes[label]/name``.
+
+    Names are one numpy bytes array rather than a list of strings: DataLoader workers read it without
+    touching per-item reference counts, so the forked copy-on-write pages stay shared (a Python list of a
+    million paths is copied into every worker as it is read).
+    """
+
+    root: str
+    classes: tuple[str, ...]
+    names: np.ndarray  # bytes (os.fsencode of the file name), dtype S
+    labels: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, index: int) -> str:
+        label = int(self.labels[index])
+        return os.path.join(self.root, self.classes[label], os.fsdecode(bytes(self.names[index])))
+
+    def subset(self, index: np.ndarray) -> FileList:
+        return FileList(self.root, self.classes, self.names[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """What ``scan_folder`` found: the class names and the files of the train and test trees."""
+
+    classes: tuple[str, ...]
+    train: FileList
+    test: FileList
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _class_dirs(tree: Path) -> list[str]:
+    with os.scandir(tree) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _images(folder: Path) -> list[bytes]:
+    """Sorted image names of one class folder; ``UsageError`` on an empty file."""
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not (_is_image(entry.name) and entry.is_file()):
+                continue
+            if entry.stat().st_size == 0:
+                raise UsageError(f"image file {folder / entry.name} is empty; remove or replace it")
+            names.append(os.fsencode(entry.name))
+    return sorted(names)
+
+
+def _file_list(tree: Path, classes: tuple[str, ...], present: Iterable[str], require_images: bool) -> FileList:
+    label_of = {name: i for i, name in enumerate(classes)}
+    names: list[bytes] = []
+    labels: list[int] = []
+    for name in present:
+        found = _images(tree / name)
+        if require_images and not found:
+            raise UsageError(f"class folder {tree / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                             f"every class of train/ needs at least one")
+        names += found
+        labels += [label_of[name]] * len(found)
+    return FileList(str(tree), classes, np.array(names, dtype=bytes), np.array(labels, dtype=np.int64))
+
+
+def scan_folder(root: str | os.PathLike[str]) -> FolderIndex:
+    """List (never decode) the images of an image-folder tree and check it.
+
+    Raises:
+        UsageError: naming the folder or file at fault: no ``train/``, no class folders, a class of
+            ``train/`` without images, an empty image file, no ``val/`` or ``test/``, a class folder in
+            that tree which ``train/`` does not have.
+    """
+    root = Path(root).expanduser()
+    train_tree = root / "train"
+    if not train_tree.is_dir():
+        raise UsageError(f"image folder {root} has no train/ folder (expected train/<class>/<image> and "
+                         f"val/<class>/<image>)")
+    classes = tuple(_class_dirs(train_tree))
+    if not classes:
+        raise UsageError(f"{train_tree} has no class sub-folders (expected one folder of images per class)")
+    test_tree = next((root / n for n in TEST_FOLDERS if (root / n).is_dir()), None)
+    if test_tree is None:
+        raise UsageError(f"image folder {root} has no val/ or test/ folder (expected val/<class>/<image>)")
+    test_classes = _class_dirs(test_tree)
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise UsageError(f"class folder {test_tree / unknown[0]} is not a class of {train_tree} "
+                         f"({len(unknown)} such folder(s)); every class needs a train/ folder")
+    train = _file_list(train_tree, classes, classes, require_images=True)
+    test = _file_list(test_tree, classes, test_classes, require_images=False)
+    if len(test) == 0:
+        raise UsageError(f"{test_tree} has no images in class sub-folders (expected {test_tree.name}/<class>/<image>)")
+    return FolderIndex(classes, train, test)
+
+
+def _seeded_subset(n: int, keep: int, seed: int, salt: int) -> np.ndarray:
+    return np.sort(np.random.default_rng([seed, salt]).permutation(n)[:keep])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding and transforms (run in the loader workers).
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A crop (left, top, right, bottom) of area ``CROP_SCALE`` and aspect ``CROP_RATIO``, as torchvision's
+    ``RandomResizedCrop.get_params``: ten tries, then the centre crop of the nearest allowed aspect."""
+    area = width * height
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    ratio = width / height
+    if ratio < CROP_RATIO[0]:
+        w, h = width, int(round(width / CROP_RATIO[0]))
+    elif ratio > CROP_RATIO[1]:
+        w, h = int(round(height * CROP_RATIO[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def centre_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The part of the image that resizing the shorter side to ``round(size / 0.875)`` and cropping the
+    centre ``size`` x ``size`` keeps, in the image's own coordinates."""
+    short = round(size / EVAL_CROP_FRACTION)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    crop = min(size, new_w, new_h)
+    left, top = int(round((new_w - crop) / 2)), int(round((new_h - crop) / 2))
+    sx, sy = width / new_w, height / new_h
+    return left * sx, top * sy, (left + crop) * sx, (top + crop) * sy
+
+
+def _unreadable(path: str, exc: BaseException) -> UsageError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return UsageError(f"cannot read image {path}: {reason}; remove or replace the file")
+
+
+class _Images(Dataset):
+    """Decoded, transformed images of a ``FileList`` as uint8 ``(3, size, size)`` tensors and labels.
+
+    Keys are ``(file index, epoch seed, position)``: with ``augment`` the crop and flip are drawn from a
+    generator seeded by the last two, else the evaluation transform is applied.
+    """
+
+    def __init__(self, files: FileList, size: int, augment: bool, flip: bool) -> None:
+        self.files = files
+        self.size = size
+        self.augment = augment
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        index, seed, position = key
+        path = self.files.path(index)
+        try:
+            image = Image.open(path)
+            width, height = image.size
+        except Exception as exc:  # anything Pillow raises on a user's file means the file is bad
+            raise _unreadable(path, exc) from None
+        mirror = False
+        if self.augment:
+            rng = np.random.default_rng([seed, position, 1])
+            box: tuple[float, ...] = random_resized_crop_box(width, height, rng)
+            mirror = self.flip and bool(rng.random() < 0.5)
+        else:
+            box = centre_crop_box(width, height, self.size)
+        try:
+            # Decode a JPEG at 1/2, 1/4 or 1/8 scale when the crop keeps at least ``size`` pixels a side.
+            crop_w, crop_h = box[2] - box[0], box[3] - box[1]
+            drafted = image.draft("RGB", (math.ceil(width * self.size / crop_w),
+                                          math.ceil(height * self.size / crop_h)))
+            scale = drafted[1][2] / width if drafted else 1.0
+            rgb = image.convert("RGB")
+            out = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR,
+                             box=tuple(v * scale for v in box))
+        except Exception as exc:
+            raise _unreadable(path, exc) from None
+        finally:
+            image.close()
+        if mirror:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1).copy()), int(
+            self.files.labels[index])
+
+
+class _Keys(Sampler):
+    """Keys ``(file index, seed, position)`` for ``_Images``, made lazily (an epoch may be a million).
+
+    The i-th key has position ``offset + i * stride``: a rank's keys carry their positions in the whole
+    epoch, so an image's crop and flip depend on the seed and its place in the epoch, not on the rank.
+    """
+
+    def __init__(self, index: np.ndarray, seed: int, offset: int = 0, stride: int = 1) -> None:
+        self.index = index
+        self.seed = seed % 2**63
+        self.offset = offset
+        self.stride = stride
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return ((int(i), self.seed, self.offset + p * self.stride) for p, i in enumerate(self.index))
+
+
+def _worker_message(exc: UsageError) -> str:
+    """The original one-line message of a ``UsageError`` re-raised by the DataLoader, which wraps it in
+    "Caught UsageError in DataLoader worker process 0. Original Traceback ..." with the traceback."""
+    text = str(exc)
+    if "\n" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{UsageError.__module__}.{UsageError.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data source.
+
+
+class StreamingFolderData:
+    """An image-folder tree read from disk per batch; implements ``supernets.training.DataSource``.
+
+    Args:
+        root: the folder holding ``train/`` and ``val/`` (or ``test/``), one sub-folder per class.
+        image_size: side of the delivered images (the training loop resizes further).
+        val_fraction: part of the training files held out (seeded) as the ``val`` split.
+        seed: seed of the validation split and of the ``max_*`` subsets.
+        workers: DataLoader worker processes (0: decode in the calling process).
+        max_train_images: cap on training files after the validation split (a seeded subset).
+        max_test_images: cap on test files (a seeded subset).
+        flip: horizontal flips in training and calibration batches.
+
+    Raises:
+        UsageError: when the tree is not usable (see ``scan_folder``); images are decoded only as batches
+            are drawn, and an unreadable one then raises ``UsageError`` naming the file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], image_size: int, *, val_fraction: float = 0.1,
+                 seed: int = 0, workers: int = 4, max_train_images: int | None = None,
+                 max_test_images: int | None = None, flip: bool = True) -> None:
+        if image_size < 1:
+            raise UsageError(f"image_size must be a positive number of pixels, got {image_size}")
+        if not 0 <= val_fraction < 1:
+            raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if workers < 0:
+            raise UsageError(f"workers must be 0 or more, got {workers}")
+        index = scan_folder(root)
+        self.root = str(Path(root).expanduser())
+        self.classes = index.classes
+        self.num_classes = len(index.classes)
+        self.image_size = image_size
+        self.workers = workers
+        self.flip = flip
+        self.device = torch.device("cpu")
+        train = index.train
+        order = np.random.default_rng([seed, 2]).permutation(len(train))
+        held = int(round(len(train) * val_fraction))
+        val, train = train.subset(np.sort(order[:held])), train.subset(np.sort(order[held:]))
+        if max_train_images is not None and max_train_images < len(train):
+            train = train.subset(_seeded_subset(len(train), max_train_images, seed, 3))
+        test = index.test
+        if max_test_images is not None and max_test_images < len(test):
+            test = test.subset(_seeded_subset(len(test), max_test_images, seed, 4))
+        self.files = {"train": train, "val": val, "test": test}
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.files["train"])
+
+    def size(self, split: str) -> int:
+        return len(self._split(split))
+
+    def to(self, device: torch.device | str) -> None:
+        """Deliver batches on ``device`` (pinned host memory and non-blocking copies when it is CUDA)."""
+        self.device = torch.device(device)
+
+    # -- DataSource ----------------------------------------------------------------------------------------
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        return (len(self) // world_size) // batch_size
+
+    def train_indices(self, seed: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's training-file indices for the epoch of ``seed``, in delivery order.
+
+        As ``DistributedSampler(drop_last=True)``: a seeded permutation of the training files, cut to a
+        multiple of ``world_size``, of which rank ``r`` takes positions ``r, r + world_size, ...``.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        n = len(self)
+        order = np.random.default_rng([seed % 2**63, 1]).permutation(n)
+        return order[: n - n % world_size][rank::world_size]
+
+    def train_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of this rank's shard: shuffled, augmented, normalised; the last partial batch dropped."""
+        index = self.train_indices(seed, rank, world_size)
+        index = index[: len(index) - len(index) % batch_size]
+        dataset = _Images(self.files["train"], self.image_size, augment=True, flip=self.flip)
+        loader = self._loader(dataset, _Keys(index, seed, rank, world_size), batch_size, drop_last=True)
+        yield from self._deliver(loader)
+
+    def eval_batches(self, split: str, batch_size: int, max_images: int | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised, centre-cropped batches of ``split`` (``train``, ``val`` or ``test``) in file order."""
+        files = self._split(split)
+        n = len(files) if max_images is None else min(len(files), max_images)
+        dataset = _Images(files, self.image_size, augment=False, flip=False)
+        loader = self._loader(dataset, _Keys(np.arange(n), 0), batch_size, drop_last=False)
+        yield from self._deliver(loader)
+
+    def calibration_batches(self, num_images: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """``num_images`` seeded training images, augmented as in training, for BN recalibration."""
+        n = len(self)
+        index = np.random.default_rng([seed % 2**63, 5]).permutation(n)[: min(num_images, n)]
+        dataset = _Images(self.files["train"], self.image_size, augment=True, flip=self.flip)
+        loader = self._loader(dataset, _Keys(index, seed + 12345), batch_size, drop_last=False)
+        for x, _ in self._deliver(loader):
+            yield x
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _split(self, split: str) -> FileList:
+        if split not in self.files:
+            raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        return self.files[split]
+
+    def _loader(self, dataset: _Images, keys: _Keys, batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=keys, drop_last=drop_last, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # DataLoader draws a base seed: keep it off the global generator
+        )
+
+    def _deliver(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The loader's uint8 batches as normalised floats on the device; worker errors as one line."""
+        mean, std = self._normaliser()
+        batches = iter(loader)
+        while True:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                return
+            except UsageError as exc:
+                raise UsageError(_worker_message(exc)) from None
+            x = x.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def _normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ImageNet mean and std on the 0..255 scale, shaped (1, 3, 1, 1), on the device."""
+        if self.device not in self._norm:
+            self._norm[self.device] = (
+                torch.tensor(IMAGENET_MEAN, device=self.device).mul(255).view(1, 3, 1, 1),
+                torch.tensor(IMAGENET_STD, device=self.device).mul(255).view(1, 3, 1, 1),
+            )
+        return self._norm[self.device]
