@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +119,11 @@ def _file_list(tree: Path, classes: tuple[str, ...], present: Iterable[str], req
     return FileList(str(tree), classes, np.array(names, dtype=bytes), np.array(labels, dtype=np.int64))
 
 
-def scan_folder(root: str | os.PathLike[str]) -> FolderIndex:
-    """List (never decode) the images of an image-folder tree and check it.
+def folder_classes(root: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The sorted class names of an image-folder tree (the folders of ``train/``), listing no files.
 
     Raises:
-        UsageError: naming the folder or file at fault: no ``train/``, no class folders, a class of
-            ``train/`` without images, an empty image file, no ``val/`` or ``test/``, a class folder in
-            that tree which ``train/`` does not have.
+        UsageError: when ``root/train`` is missing or has no class folders.
     """
     root = Path(root).expanduser()
     train_tree = root / "train"
@@ -134,6 +133,21 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderIndex:
     classes = tuple(_class_dirs(train_tree))
     if not classes:
         raise UsageError(f"{train_tree} has no class sub-folders (expected one folder of images per class)")
+    return classes
+
+
+def scan_folder(root: str | os.PathLike[str]) -> FolderIndex:
+    """List (never decode) the images of an image-folder tree and check it: one ``os.scandir`` and one
+    ``stat`` per file.
+
+    Raises:
+        UsageError: naming the folder or file at fault: no ``train/``, no class folders, a class of
+            ``train/`` without images, an empty image file, no ``val/`` or ``test/``, a class folder in
+            that tree which ``train/`` does not have.
+    """
+    classes = folder_classes(root)
+    root = Path(root).expanduser()
+    train_tree = root / "train"
     test_tree = next((root / n for n in TEST_FOLDERS if (root / n).is_dir()), None)
     if test_tree is None:
         raise UsageError(f"image folder {root} has no val/ or test/ folder (expected val/<class>/<image>)")
@@ -230,19 +244,18 @@ class _Images(Dataset):
         mirror = False
         if self.augment:
             rng = np.random.default_rng([seed, position, 1])
-            box: tuple[float, ...] = random_resized_crop_box(width, height, rng)
+            box: tuple[float, float, float, float] = random_resized_crop_box(width, height, rng)
             mirror = self.flip and bool(rng.random() < 0.5)
         else:
             box = centre_crop_box(width, height, self.size)
         try:
             # Decode a JPEG at 1/2, 1/4 or 1/8 scale when the crop keeps at least ``size`` pixels a side.
-            crop_w, crop_h = box[2] - box[0], box[3] - box[1]
-            drafted = image.draft("RGB", (math.ceil(width * self.size / crop_w),
-                                          math.ceil(height * self.size / crop_h)))
-            scale = drafted[1][2] / width if drafted else 1.0
-            rgb = image.convert("RGB")
-            out = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR,
-                             box=tuple(v * scale for v in box))
+            left, top, right, bottom = box
+            drafted = image.draft("RGB", (math.ceil(width * self.size / (right - left)),
+                                          math.ceil(height * self.size / (bottom - top))))
+            s = drafted[1][2] / width if drafted else 1.0
+            out = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR,
+                                              box=(left * s, top * s, right * s, bottom * s))
         except Exception as exc:
             raise _unreadable(path, exc) from None
         finally:
@@ -300,6 +313,8 @@ class StreamingFolderData:
         max_train_images: cap on training files after the validation split (a seeded subset).
         max_test_images: cap on test files (a seeded subset).
         flip: horizontal flips in training and calibration batches.
+        augment: random resized crops (and flips) in training and calibration batches; without, they get
+            the evaluation transform.
 
     Raises:
         UsageError: when the tree is not usable (see ``scan_folder``); images are decoded only as batches
@@ -308,7 +323,7 @@ class StreamingFolderData:
 
     def __init__(self, root: str | os.PathLike[str], image_size: int, *, val_fraction: float = 0.1,
                  seed: int = 0, workers: int = 4, max_train_images: int | None = None,
-                 max_test_images: int | None = None, flip: bool = True) -> None:
+                 max_test_images: int | None = None, flip: bool = True, augment: bool = True) -> None:
         if image_size < 1:
             raise UsageError(f"image_size must be a positive number of pixels, got {image_size}")
         if not 0 <= val_fraction < 1:
@@ -322,6 +337,7 @@ class StreamingFolderData:
         self.image_size = image_size
         self.workers = workers
         self.flip = flip
+        self.augment = augment
         self.device = torch.device("cpu")
         train = index.train
         order = np.random.default_rng([seed, 2]).permutation(len(train))
@@ -367,7 +383,7 @@ class StreamingFolderData:
         """One epoch of this rank's shard: shuffled, augmented, normalised; the last partial batch dropped."""
         index = self.train_indices(seed, rank, world_size)
         index = index[: len(index) - len(index) % batch_size]
-        dataset = _Images(self.files["train"], self.image_size, augment=True, flip=self.flip)
+        dataset = _Images(self.files["train"], self.image_size, self.augment, self.flip)
         loader = self._loader(dataset, _Keys(index, seed, rank, world_size), batch_size, drop_last=True)
         yield from self._deliver(loader)
 
@@ -384,7 +400,7 @@ class StreamingFolderData:
         """``num_images`` seeded training images, augmented as in training, for BN recalibration."""
         n = len(self)
         index = np.random.default_rng([seed % 2**63, 5]).permutation(n)[: min(num_images, n)]
-        dataset = _Images(self.files["train"], self.image_size, augment=True, flip=self.flip)
+        dataset = _Images(self.files["train"], self.image_size, self.augment, self.flip)
         loader = self._loader(dataset, _Keys(index, seed + 12345), batch_size, drop_last=False)
         for x, _ in self._deliver(loader):
             yield x
@@ -408,12 +424,19 @@ class StreamingFolderData:
         mean, std = self._normaliser()
         batches = iter(loader)
         while True:
+            message = None
             try:
                 x, y = next(batches)
             except StopIteration:
                 return
             except UsageError as exc:
-                raise UsageError(_worker_message(exc)) from None
+                message = _worker_message(exc)
+                # The re-raised exception and the loader's frames form a reference cycle that holds the
+                # loader; left to the garbage collector, its workers would take 5 s each to stop.
+                traceback.clear_frames(exc.__traceback__)
+            if message is not None:
+                del batches  # the workers stop now
+                raise UsageError(message)
             x = x.to(self.device, non_blocking=True).float().sub_(mean).div_(std)
             yield x, y.to(self.device, non_blocking=True)
 

@@ -1,0 +1,475 @@
+"""GPU check: training throughput and the Once-for-All claim on part of CIFAR-10, in one command.
+
+Runs where neither Ray nor Optuna is installed (the lent GPU machine): training goes through the project's
+own loop in process (``supernets.training.run_job``, what ``nas train --no-ray`` runs).
+
+1. Throughput of the ``ofa_mbv3_cifar`` network at batch 256 (synthetic batches on the device, one SGD
+   step = forward, loss, backward, update): the static largest subnet against the supernet at its largest,
+   fp32 against bf16, channels-last, with and without ``torch.compile``; the supernet at random subnets
+   against the static networks of the same subnets; fp16 with a grad scaler.
+2. Accuracy: a progressive-shrinking run and a sandwich-rule run of the supernet on the packed CIFAR-10
+   part (``cifar_pack.py``), then the small, medium and large subnets trained from scratch for the same
+   number of epochs; test accuracy of each (inherited: batch norms recalibrated, no retraining).
+   The number of epochs is sized from the step times measured in 1 so that the whole check fits
+   ``--budget-s`` (``--epochs`` fixes it instead).
+
+    python experiments/benchmarks/cifar_pack.py ../shared/data/cifar10 .gpu_data     # here, once
+    python experiments/benchmarks/gpu_check.py --data .gpu_data --out $OUT            # on the GPU machine
+    python experiments/benchmarks/gpu_check.py --data ../shared/data/cifar10 --out /tmp/gc --tiny   # CPU smoke
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` after every section (a run cut short keeps
+what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from cifar_pack import is_packed, unpack_folder  # noqa: E402
+from torch import nn  # noqa: E402
+
+from nas.data import DatasetConfig, ImageData, load_dataset  # noqa: E402
+from search_spaces import Arch, SearchSpace, get_space, largest, sample, smallest  # noqa: E402
+from supernets import build, build_supernet  # noqa: E402
+from supernets.training import (  # noqa: E402
+    Execution,
+    TrainJob,
+    TrainSettings,
+    load_supernet_file,
+    make_phase,
+    read_metrics,
+    resize,
+    run_job,
+    subnet_accuracy,
+)
+from supernets.training.evaluate import accuracy  # noqa: E402
+
+SPACE = "ofa_mbv3_cifar"
+SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Subnets and settings.
+
+
+def medium(space: SearchSpace) -> Arch:
+    """The middle option of depth, kernel and expand ratio in every stage, the middle resolution."""
+    def mid(values: tuple) -> Any:
+        return values[len(values) // 2]
+
+    lo = smallest(space)
+    stages = tuple(dataclasses.replace(
+        stage, blocks=(dataclasses.replace(stage.blocks[0], kernel_size=mid(spec.kernel_sizes),
+                                           expand_ratio=mid(spec.expand_ratios)),) * mid(spec.depths))
+        for stage, spec in zip(lo.stages, space.stages))
+    return dataclasses.replace(lo, resolution=mid(space.resolutions), stages=stages)
+
+
+def claim_subnets(space: SearchSpace) -> list[tuple[str, Arch]]:
+    return [("small", smallest(space)), ("medium", medium(space)), ("large", largest(space))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The training recipe shared by the supernet runs and the from-scratch runs."""
+
+    batch_size: int = 256
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    momentum: float = 0.9
+    bn_images: int = 2000           # BN recalibration before every test evaluation
+    val_images: int = 1000          # per-epoch validation of the supernet runs
+    max_steps: int | None = None    # cap on steps per epoch (the tiny smoke run)
+
+
+# Progressive shrinking in Once-for-All's order, as fractions of the epochs: full network, elastic
+# kernel, elastic depth, elastic expand ratio (channels sorted first); learning rate relative to the first.
+PS_PLAN = (("full", 0.40, 1.0, {}, 1), ("kernel", 0.15, 0.3, {"kernel_sizes": [3, 5, 7]}, 1),
+           ("depth", 0.20, 0.2, {"kernel_sizes": [3, 5, 7], "depths": [2, 3, 4]}, 2),
+           ("expand", 0.25, 0.2, {"kernel_sizes": [3, 5, 7], "depths": [2, 3, 4], "expand_ratios": [3, 4, 6]}, 2))
+
+
+def ps_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
+    counts = [max(1, round(fraction * epochs)) for _, fraction, *_ in PS_PLAN]
+    counts[0] += max(0, epochs - sum(counts))
+    phases = []
+    for (name, _, lr_factor, elastic, subnets), count in zip(PS_PLAN, counts):
+        phases.append(make_phase(name, count, lr * lr_factor, {"resolutions": list(space.resolutions), **elastic},
+                                 subnets_per_step=subnets, distill_weight=0.0 if name == "full" else 1.0,
+                                 sort_channels=name == "expand"))
+    return tuple(phases)
+
+
+def sandwich_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
+    """One phase, every dimension elastic, four subnets per step (their gradients add up: the caller halves
+    the learning rate; at the full rate the tiny CPU run diverged)."""
+    elastic = {"resolutions": list(space.resolutions), "kernel_sizes": [3, 5, 7], "depths": [2, 3, 4],
+               "expand_ratios": [3, 4, 6]}
+    return (make_phase("sandwich", epochs, lr, elastic, subnets_per_step=4, distill_weight=1.0),)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Throughput.
+
+
+def _step_fn(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter],
+             execution: Execution) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    scaler = execution.grad_scaler()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with execution.autocast():
+            loss = F.cross_entropy(forward(x).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+    return step
+
+
+def _batch(execution: Execution, batch: int, resolution: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = execution.batch(torch.randn(batch, 3, resolution, resolution, generator=g))
+    return x, torch.randint(0, classes, (batch,), generator=g).to(execution.device)
+
+
+def time_steps(steps_fns: list[Callable[[], None]], execution: Execution, warmup: int, repeats: int) -> float:
+    """Median over rounds of the mean seconds per call of ``steps_fns`` (called in turn)."""
+    for fn in steps_fns:
+        for _ in range(warmup):
+            fn()
+    execution.synchronize()
+    rounds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for fn in steps_fns:
+                fn()
+        execution.synchronize()
+        rounds.append((time.perf_counter() - started) / (repeats * len(steps_fns)))
+    return float(np.median(rounds))
+
+
+def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int, with_compile: bool,
+               record: Callable[[dict], None]) -> dict[str, float]:
+    """Training images/s of the variants; returns the step times the accuracy plan needs (seconds)."""
+    space = get_space(SPACE)
+    big, small, mid = largest(space), smallest(space), medium(space)
+    randoms = sample(space, n_random, seed=3)
+    times: dict[str, float] = {}
+
+    def measure(name: str, what: str, precision: str, channels_last: bool, compiled: bool,
+                make: Callable[[Execution], list[Callable[[], None]]]) -> float | None:
+        row: dict[str, Any] = {"name": name, "network": what, "precision": precision,
+                               "channels_last": channels_last, "compile": compiled}
+        try:
+            execution = Execution.resolve(device, precision, channels_last)
+            fns = make(execution)
+            seconds = time_steps(fns, execution, warmup, repeats)
+            row.update(step_ms=round(1000 * seconds, 3), images_per_s=round(batch / seconds, 1))
+            print(f"  {name:<34} {batch / seconds:>9.0f} img/s  ({1000 * seconds:.2f} ms/step)", flush=True)
+            times[name] = seconds
+        except Exception as exc:  # noqa: BLE001 - a failed variant is recorded, the check goes on
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {name:<34} failed: {row['error']}", flush=True)
+            seconds = None
+        record(row)
+        return seconds
+
+    def static_steps(archs: list[Arch], compiled: bool) -> Callable[[Execution], list[Callable[[], None]]]:
+        def make(execution: Execution) -> list[Callable[[], None]]:
+            fns = []
+            for arch in archs:
+                torch.manual_seed(SEED)
+                net = execution.module(build(space, arch)).train()
+                forward = torch.compile(net) if compiled else net
+                x, y = _batch(execution, batch, arch.resolution, space.num_classes)
+                fns.append(functools.partial(_step_fn(forward, list(net.parameters()), execution), x, y))
+            return fns
+        return make
+
+    def super_steps(archs: list[Arch], compiled: bool) -> Callable[[Execution], list[Callable[[], None]]]:
+        def make(execution: Execution) -> list[Callable[[], None]]:
+            torch.manual_seed(SEED)
+            net = execution.module(build_supernet(space)).train()
+            model = torch.compile(net) if compiled else net
+            fns = []
+            for arch in archs:
+                x, y = _batch(execution, batch, arch.resolution, space.num_classes)
+                fns.append(functools.partial(_step_fn(functools.partial(model, arch=arch), list(net.parameters()),
+                                                      execution), x, y))
+            return fns
+        return make
+
+    def teacher_forward(execution: Execution) -> list[Callable[[], None]]:
+        net = execution.module(build(space, big)).eval()
+        x, _ = _batch(execution, batch, big.resolution, space.num_classes)
+
+        def fn() -> None:
+            with torch.no_grad(), execution.autocast():
+                net(x)
+        return [fn]
+
+    gpu = device != "cpu" and torch.cuda.is_available()
+    fast = ("bf16", gpu)
+    for precision, cl in (("fp32", False), ("bf16", False), *([fast] if gpu else [])):
+        tag = f"{precision}{'+cl' if cl else ''}"
+        measure(f"static largest {tag}", "static", precision, cl, False, static_steps([big], False))
+        measure(f"supernet largest {tag}", "supernet", precision, cl, False, super_steps([big], False))
+    if gpu:
+        measure("supernet largest fp16+cl", "supernet", "fp16", True, False, super_steps([big], False))
+    if with_compile:
+        measure(f"static largest {fast[0]}{'+cl' if gpu else ''} compile", "static", fast[0], gpu, True,
+                static_steps([big], True))
+    tag = f"{fast[0]}{'+cl' if gpu else ''}"
+    measure(f"static random x{n_random} {tag}", "static", fast[0], gpu, False, static_steps(list(randoms), False))
+    measure(f"supernet random x{n_random} {tag}", "supernet", fast[0], gpu, False, super_steps(list(randoms), False))
+    measure(f"supernet smallest {tag}", "supernet", fast[0], gpu, False, super_steps([small], False))
+    measure(f"static smallest {tag}", "static", fast[0], gpu, False, static_steps([small], False))
+    measure(f"static medium {tag}", "static", fast[0], gpu, False, static_steps([mid], False))
+    measure(f"teacher forward {tag}", "static", fast[0], gpu, False, teacher_forward)
+    return {
+        "super_largest": times.get(f"supernet largest {tag}"), "super_random": times.get(f"supernet random x{n_random} {tag}"),
+        "super_smallest": times.get(f"supernet smallest {tag}"), "teacher": times.get(f"teacher forward {tag}"),
+        "static_small": times.get(f"static smallest {tag}"), "static_medium": times.get(f"static medium {tag}"),
+        "static_large": times.get(f"static largest {tag}"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Accuracy.
+
+
+def plan_epochs(times: dict[str, float | None], steps: int, seconds: float) -> int:
+    """The most epochs E such that PS (E epochs), sandwich (E) and 3 from-scratch runs (E each) fit."""
+    if any(v is None for v in times.values()):
+        return 0
+    t = times
+    ps = sum(fraction * (subnets * (t["super_largest"] if name == "full" else t["super_random"])
+                         + (0 if name == "full" else t["teacher"]))
+             for name, fraction, _, _, subnets in PS_PLAN)
+    sandwich = t["super_largest"] + t["super_smallest"] + 2 * t["super_random"]
+    scratch = t["static_small"] + t["static_medium"] + t["static_large"]
+    per_epoch = steps * (ps + sandwich + scratch) * 1.15 + 2 * 1.5  # + launch jitter; eval and checkpoint
+    return max(4, int(seconds / per_epoch))
+
+
+def train_supernet(strategy: str, phases: tuple, data_cfg: DatasetConfig, recipe: Recipe, device: str,
+                   folder: Path, compile_teacher: bool) -> tuple[Path, list[dict]]:
+    space = get_space(SPACE)
+    settings = TrainSettings(strategy=strategy, phases=phases, lr=recipe.lr, batch_size=recipe.batch_size,
+                             momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                             label_smoothing=recipe.label_smoothing, max_steps_per_epoch=recipe.max_steps,
+                             bn_recal_images=min(recipe.bn_images, 1000), eval_random_subnets=1,
+                             max_val_images=recipe.val_images, device=device, compile=compile_teacher)
+    folder.mkdir(parents=True, exist_ok=True)
+    job = TrainJob(space=space, settings=settings, phases=settings.resolved_phases(space), seed=SEED,
+                   config_hash=f"gpu-check-{strategy}", latest_path=str(folder / "latest.pt"),
+                   teacher_path=str(folder / "teacher.pt"), supernet_path=str(folder / "supernet.pt"),
+                   metrics_path=str(folder / "metrics.jsonl"),
+                   make_data=functools.partial(load_dataset, data_cfg, 32, SEED), progress=False)
+    run_job(job, log=lambda line: print(f"  [{strategy}] {line}", flush=True))
+    return folder / "supernet.pt", read_metrics(job.metrics_path)
+
+
+def train_scratch(arch: Arch, data: ImageData, epochs: int, recipe: Recipe, execution: Execution) -> nn.Module:
+    """``build(space, arch)`` trained for ``epochs`` with the recipe, at the subnet's own resolution."""
+    space = get_space(SPACE)
+    torch.manual_seed(SEED)
+    net = execution.module(build(space, arch))
+    steps = data.steps_per_epoch(recipe.batch_size, 1)
+    if recipe.max_steps:
+        steps = min(steps, recipe.max_steps)
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    rest = [p for p in net.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}],
+                                lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
+    for epoch in range(epochs):
+        net.train()
+        for _, (x, y) in zip(range(steps), data.train_batches(recipe.batch_size, SEED * 1000 + epoch)):
+            optimizer.zero_grad(set_to_none=True)
+            with execution.autocast():
+                out = net(resize(execution.batch(x), arch.resolution)).float()
+            F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing).backward()
+            optimizer.step()
+            schedule.step()
+    return net.eval()
+
+
+def _phase_speeds(rows: list[dict]) -> dict[str, float]:
+    speeds: dict[str, list[float]] = {}
+    for row in rows:
+        speeds.setdefault(row["phase"], []).append(row.get("train_images_per_s", 0.0))
+    return {k: round(float(np.median(v)), 1) for k, v in speeds.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report.
+
+
+def write_report(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+    lines = [f"GPU check on {results['device_name']} (torch {results['torch']}), "
+             f"{results.get('elapsed_s', 0):.0f} s", "",
+             "| variant | img/s | ms/step |", "| --- | --- | --- |"]
+    for row in results["throughput"]:
+        value = f"{row['images_per_s']:.0f} | {row['step_ms']:.2f}" if "images_per_s" in row else f"failed: {row['error']} |"
+        lines.append(f"| {row['name']} | {value} |")
+    for name, ratio in results.get("ratios", {}).items():
+        lines.append(f"\n{name}: {ratio}")
+    acc = results.get("accuracy", {})
+    if acc.get("table"):
+        lines += ["", f"Accuracy ({acc.get('epochs')} epochs each, {acc.get('train_images')} training images, "
+                      f"{acc.get('test_images')} test images):", "",
+                  "| subnet | res | PS inherited % | sandwich inherited % | from scratch % | PS - scratch | sandwich - scratch |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for row in acc["table"]:
+            def pct(v: Any) -> str:
+                return f"{100 * v:.2f}" if isinstance(v, float) else "-"
+
+            def diff(a: Any, b: Any) -> str:
+                return f"{100 * (a - b):+.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
+            lines.append(f"| {row['subnet']} | {row['resolution']} | {pct(row.get('ps'))} | {pct(row.get('sandwich'))} | "
+                         f"{pct(row.get('scratch'))} | {diff(row.get('ps'), row.get('scratch'))} | "
+                         f"{diff(row.get('sandwich'), row.get('scratch'))} |")
+    for key in ("errors",):
+        for error in results.get(key, []):
+            lines.append(f"\nerror: {error}")
+    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="CIFAR-10 npz shards (train_*.npz, test.npz) or a cifar_pack.py folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--tiny", action="store_true", help="a CPU smoke run of about a minute")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--budget-s", type=float, default=420.0, help="wall-time budget of the whole check")
+    parser.add_argument("--epochs", type=int, help="epochs of every training run (default: sized to the budget)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--skip", choices=("throughput", "accuracy"), action="append", default=[])
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    results: dict[str, Any] = {
+        "command": " ".join(sys.argv), "torch": torch.__version__, "python": platform.python_version(),
+        "device_name": torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})",
+        "throughput": [], "errors": [],
+    }
+
+    def save() -> None:
+        results["elapsed_s"] = round(time.perf_counter() - started, 1)
+        write_report(args.out, results)
+
+    batch = 16 if args.tiny else 256
+    times: dict[str, float | None] = {}
+    if "throughput" not in args.skip:
+        print(f"throughput, batch {batch}, {results['device_name']}:", flush=True)
+        times = throughput(args.device, batch, warmup=1 if args.tiny else 5, repeats=1 if args.tiny else 10,
+                           n_random=2 if args.tiny else 6, with_compile=not args.no_compile and not args.tiny,
+                           record=lambda row: (results["throughput"].append(row), save()))
+        by_name = {r["name"]: r for r in results["throughput"] if "step_ms" in r}
+        tag = "bf16+cl" if gpu else "bf16"
+        ratios = {}
+        for what in ("largest fp32", f"largest {tag}", f"random x{2 if args.tiny else 6} {tag}"):
+            s, t = by_name.get(f"supernet {what}"), by_name.get(f"static {what}")
+            if s and t:
+                ratios[f"supernet / static step, {what}"] = round(s["step_ms"] / t["step_ms"], 3)
+        results["ratios"] = ratios
+        save()
+
+    if "accuracy" not in args.skip:
+        try:
+            data_dir = args.data
+            with tempfile.TemporaryDirectory(prefix="hwnas-gpu-check-") as tmp:
+                if is_packed(data_dir):
+                    data_dir = unpack_folder(data_dir, Path(tmp) / "cifar10")
+                data_cfg = DatasetConfig(kind="cifar10", path=str(data_dir), val_fraction=0.1,
+                                         max_train_images=512 if args.tiny else None,
+                                         max_test_images=100 if args.tiny else None)
+                recipe = Recipe(batch_size=batch, lr=0.05 if args.tiny else 0.2, bn_images=32 if args.tiny else 2000,
+                                val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None)
+                data = load_dataset(data_cfg, 32, SEED)
+                execution = Execution.resolve(args.device, "auto")
+                data.to(execution.device)
+                steps = data.steps_per_epoch(batch, 1) if not args.tiny else 2
+                remaining = args.budget_s - (time.perf_counter() - started) - 25
+                epochs = args.epochs or (4 if args.tiny else plan_epochs(times, steps, remaining)) or 8
+                space = get_space(SPACE)
+                acc: dict[str, Any] = {"epochs": epochs, "train_images": len(data), "test_images": data.size("test"),
+                                       "steps_per_epoch": steps, "recipe": dataclasses.asdict(recipe), "table": []}
+                results["accuracy"] = acc
+                rows = {name: {"subnet": name, "resolution": arch.resolution, "arch": str(arch_string(space, arch))}
+                        for name, arch in claim_subnets(space)}
+                acc["table"] = list(rows.values())
+                print(f"accuracy: {epochs} epochs per run, {len(data)} training images, {steps} steps of {batch}, "
+                      f"{data.size('test')} test images; {remaining:.0f} s left for training", flush=True)
+                save()
+                for strategy, phases in (("progressive_shrinking", ps_phases(space, epochs, recipe.lr)),
+                                         ("sandwich", sandwich_phases(space, epochs, recipe.lr / 2))):
+                    t0 = time.perf_counter()
+                    path, metrics = train_supernet(strategy, phases, data_cfg, recipe, args.device,
+                                                   Path(tmp) / strategy, compile_teacher=False)
+                    _, supernet = load_supernet_file(path)
+                    execution.module(supernet)
+                    key = "ps" if strategy == "progressive_shrinking" else "sandwich"
+                    acc[f"{key}_train_s"] = round(time.perf_counter() - t0, 1)
+                    acc[f"{key}_images_per_s_by_phase"] = _phase_speeds(metrics)
+                    acc[f"{key}_phases"] = [{"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases]
+                    for name, arch in claim_subnets(space):
+                        rows[name][key] = subnet_accuracy(supernet, arch, data, "test", recipe.bn_images,
+                                                          batch_size=500, seed=SEED, execution=execution)
+                    print(f"  {strategy}: {acc[f'{key}_train_s']:.0f} s; test " + ", ".join(
+                        f"{n} {100 * rows[n][key]:.2f}%" for n in rows), flush=True)
+                    save()
+                t0 = time.perf_counter()
+                for name, arch in claim_subnets(space):
+                    net = train_scratch(arch, data, epochs, recipe, execution)
+                    rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution, execution)
+                    print(f"  scratch {name}: {100 * rows[name]['scratch']:.2f}%", flush=True)
+                    save()
+                acc["scratch_train_s"] = round(time.perf_counter() - t0, 1)
+        except Exception as exc:  # noqa: BLE001 - keep what was measured
+            traceback.print_exc()
+            results["errors"].append(f"accuracy: {type(exc).__name__}: {exc}")
+    save()
+    print((args.out / "gpu_check.md").read_text())
+    return 1 if results["errors"] else 0
+
+
+def arch_string(space: SearchSpace, arch: Arch) -> str:
+    from search_spaces import arch_to_string
+
+    return arch_to_string(space, arch)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
