@@ -100,14 +100,16 @@ class DirectEvaluator:
         cache: where results are kept (``AccuracyCache``); ``None`` keeps them in memory only.
         workers: Ray actors; 0 evaluates in this process (no Ray).
         threads_per_worker: torch threads in each actor (0 leaves torch's default).
+        gpus_per_worker: GPUs Ray reserves for each actor (0: CPU actors; the factory decides the device).
     """
 
     def __init__(self, factory: Callable[[], ArchAccuracyFn], cache: AccuracyCache | None = None,
-                 workers: int = 2, threads_per_worker: int = 1) -> None:
+                 workers: int = 2, threads_per_worker: int = 1, gpus_per_worker: float = 0.0) -> None:
         self.factory = factory
         self.cache = cache if cache is not None else AccuracyCache(None)
         self.workers = workers
         self.threads = threads_per_worker
+        self.gpus = gpus_per_worker
         self._actors: list[Any] = []
         self._local: _Actor | None = None
         self.evaluations = 0
@@ -126,7 +128,7 @@ class DirectEvaluator:
         if not ray.is_initialized():
             ensure_ray_env()
             ray.init(num_cpus=max(self.workers, 1), include_dashboard=False, log_to_driver=False)
-        actor_cls = ray.remote(num_cpus=1)(_Actor)
+        actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
 
     def evaluate(self, archs: Sequence[Arch], split: str = "val") -> np.ndarray:
@@ -179,17 +181,26 @@ class SupernetAccuracy:
     max_images: int | None = None
     batch_size: int = 200
     seed: int = 0
+    # ``train.device`` values: ``auto`` evaluates on CUDA when this process (actor) has a GPU. Always fp32
+    # in the default memory format, so a cached accuracy does not depend on where it was computed.
+    device: str = "auto"
 
     def __call__(self) -> ArchAccuracyFn:
         from supernets.training.checkpoint import load_supernet_file
+        from supernets.training.device import Execution
         from supernets.training.evaluate import subnet_accuracy
 
+        execution = Execution.resolve(self.device, "fp32", channels_last=False)
         _, supernet = load_supernet_file(self.checkpoint)
+        execution.module(supernet)
         data = self.data_factory()
+        if hasattr(data, "to"):
+            data.to(execution.device)
 
         def fn(arch: Arch, split: str) -> float:
             return subnet_accuracy(supernet, arch, data, split=split, bn_images=self.bn_images,
-                                   max_images=self.max_images, batch_size=self.batch_size, seed=self.seed)
+                                   max_images=self.max_images, batch_size=self.batch_size, seed=self.seed,
+                                   execution=execution)
 
         return fn
 

@@ -141,12 +141,16 @@ def export_subnet(model: nn.Module, resolution: int, out: str | os.PathLike[str]
 
 
 def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = None,
-              supernet_loader: Callable[[str], tuple[Any, nn.Module]] | None = None) -> nn.Module:
+              supernet_loader: Callable[[str], tuple[Any, nn.Module]] | None = None,
+              device: str = "auto") -> nn.Module:
     """The member's static subnet with the supernet's weights, batch norms recalibrated on ``calibration``.
 
     ``calibration`` yields normalised training image batches (any resolution; resized to the member's).
-    Without it the supernet's stored BN statistics are kept.
+    Without it the supernet's stored BN statistics are kept. Recalibration runs on ``device`` (``auto``:
+    CUDA when available, in fp32); the subnet is returned on the CPU, ready to export.
     """
+    from supernets.training.device import DeviceError, Execution
+
     from supernets import extract
     from supernets.training.bn import recalibrate_bn
     from supernets.training.evaluate import resize
@@ -157,11 +161,15 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
         from supernets.training.checkpoint import load_supernet_file as supernet_loader
     if not Path(member.checkpoint).exists():
         raise UsageError(f"supernet checkpoint {member.checkpoint!r} of this run is missing")
+    try:
+        execution = Execution.resolve(device, "fp32", channels_last=False)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from exc
     _, supernet = supernet_loader(member.checkpoint)
-    net = extract(supernet, member.arch)
+    net = extract(execution.module(supernet), member.arch)
     if calibration is not None:
-        recalibrate_bn(net, (resize(x, member.arch.resolution) for x in calibration))
-    return net.eval()
+        recalibrate_bn(net, (resize(execution.batch(x), member.arch.resolution) for x in calibration))
+    return net.cpu().eval()
 
 
 def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn.Module | None = None,

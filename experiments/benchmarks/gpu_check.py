@@ -446,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                     acc[f"{key}_phases"] = [{"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases]
                     for name, arch in claim_subnets(space):
                         rows[name][key] = subnet_accuracy(supernet, arch, data, "test", recipe.bn_images,
-                                                          batch_size=500, seed=SEED, execution=execution)
+                                                          batch_size=500, seed=SEED,
+                                                          execution=execution.for_shapes(True))
                     print(f"  {strategy}: {acc[f'{key}_train_s']:.0f} s; test " + ", ".join(
                         f"{n} {100 * rows[n][key]:.2f}%" for n in rows), flush=True)
                     save()

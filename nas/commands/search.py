@@ -90,8 +90,10 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
     evaluator = DirectEvaluator(
         SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
                          bn_images=int(getattr(train, "bn_recal_images", 2000) or 2000),
-                         max_images=getattr(train, "max_val_images", None), seed=config.seed),
-        AccuracyCache(paths.accuracy_cache), workers=search.eval_workers)
+                         max_images=getattr(train, "max_val_images", None), seed=config.seed,
+                         device=train.device),
+        AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
+        gpus_per_worker=config.ray.gpus_per_worker)
     objective: Any = evaluator
     try:
         if search.accuracy == "predictor":

@@ -2,8 +2,8 @@
 
 ``device``: ``auto`` (CUDA when this process sees a GPU, else CPU), ``cpu`` or ``cuda``. ``precision``:
 ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds a gradient scaler), or ``auto`` (bf16 on CUDA, fp32 on
-CPU: measured on an H100 in ``experiments/benchmarks/gpu_check.py``). Channels-last memory format is used
-on CUDA unless turned off. The checks raise ``DeviceError`` (a ``ValueError``), which the command line
+CPU; measured on an H200 by ``experiments/benchmarks/gpu_check.py``). Channels-last memory format is used
+on CUDA for networks of fixed shapes unless turned off (see ``Execution``). The checks raise ``DeviceError`` (a ``ValueError``), which the command line
 reports as one line.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -63,14 +63,25 @@ class Execution:
 
     device: torch.device
     precision: str = "fp32"
+    # Channels-last for networks of fixed shapes (static networks, the supernet while only the resolution
+    # varies).
     channels_last: bool = False
+    # Channels-last for the supernet while subnets vary. Off unless asked for: measured on an H200, cuDNN
+    # spends ~4.8 s on the first step of every new channels-last bf16 subnet (its kernels are planned per
+    # shape) against 93 ms in the default format; repeated subnets run at 59 vs 55 ms.
+    elastic_channels_last: bool = False
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
                 index: int | None = None) -> Execution:
+        """``channels_last``: None means on CUDA for fixed shapes only; True or False applies everywhere."""
         dev = resolve_device(device, index)
-        cl = dev.type == "cuda" if channels_last is None else channels_last
-        return cls(dev, resolve_precision(precision, dev), cl)
+        fixed = dev.type == "cuda" if channels_last is None else channels_last
+        return cls(dev, resolve_precision(precision, dev), fixed, bool(channels_last))
+
+    def for_shapes(self, varying: bool) -> Execution:
+        """This execution for networks whose shapes vary from step to step (``varying``) or not."""
+        return replace(self, channels_last=self.elastic_channels_last) if varying else self
 
     @property
     def memory_format(self) -> torch.memory_format:

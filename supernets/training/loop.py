@@ -260,6 +260,8 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
 
     settings = job.settings
     execution = job_execution(job, device_index)
+    if world_size > 1:  # DDP keeps the parameters' layout it was built with: one format for every phase
+        execution = execution.for_shapes(True)
     torch.set_num_threads(max(1, settings.threads_per_worker or threads or default_threads()))
     torch.manual_seed(job.seed)  # identical initial weights on every rank
     supernet = build_supernet(job.space)
@@ -294,6 +296,9 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
         p, phase = position.phase, job.phases[position.phase]
         if position.epoch == 0 and phase.sort_channels:
             sort_channels(supernet)
+        varying = any(dimension != "resolutions" for dimension, _ in phase.elastic)
+        phase_execution = execution.for_shapes(varying)
+        phase_execution.module(supernet)
         teacher = None
         if settings.strategy == "progressive_shrinking" and p > 0 and phase.distill_weight > 0:
             teacher = execution.module(_load_teacher(job))
@@ -310,7 +315,7 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss = train_epoch(job, model, teacher, phase, position, data, optimizer, scheduler, steps,
-                               rank, world_size, execution, scaler)
+                               rank, world_size, phase_execution, scaler)
             execution.synchronize()
             train_time = time.perf_counter() - started
             g = position.global_epoch(job.phases)
@@ -324,7 +329,7 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
             checkpoint_file = None
             if rank == 0:
                 eval_started = time.perf_counter()
-                row.update(evaluate(job, supernet, data, execution))
+                row.update(evaluate(job, supernet, data, execution.for_shapes(True)))
                 execution.synchronize()
                 eval_time = time.perf_counter() - eval_started
                 row["eval_time_s"] = round(eval_time, 3)
