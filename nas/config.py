@@ -198,7 +198,7 @@ def parse_dataset(raw: Any) -> DatasetConfig:
     return DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
         "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _fraction,
         "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _non_negative,
-        "image_size": _positive,
+        "image_size": _positive, "loader_workers": _non_negative,
     }))
 
 

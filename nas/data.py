@@ -10,7 +10,8 @@ Three kinds, chosen by the config's ``dataset.kind``:
   standard release is itself a set of Python pickles; it is read with an unpickler that only admits the
   numpy array constructors it needs, so no code in the file can run.
 - ``folder``: an image-folder tree read with Pillow, one sub-folder per class; with ``train/`` and
-  ``test/`` (or ``val/``) sub-trees those are the splits, else a seeded test split is held out.
+  ``test/`` (or ``val/``) sub-trees those are the splits, else a seeded test split is held out. With
+  ``stream: true`` nothing is loaded up front: ``nas.streaming`` decodes batches in loader processes.
 
 Every split is kept in memory as a uint8 tensor ``(N, 3, H, W)``, on the training device once the loop
 calls ``to(device)`` (CIFAR-10 is 150 MB); augmentation (random crop with zero padding after
@@ -27,12 +28,16 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .streaming import StreamingFolderData
 
 DATASET_KINDS = ("digits", "cifar10", "folder")
 CIFAR10_ENV = "HWNAS_CIFAR10"
@@ -63,6 +68,11 @@ class DatasetConfig:
     flip: bool | None = None
     # Side of the stored images (None: the space's largest resolution; CIFAR-10 keeps its 32).
     image_size: int | None = None
+    # ``folder`` only: stream images from disk (decoded by ``loader_workers`` processes per training
+    # worker, random-resized crops) instead of loading the tree into memory; for ImageNet-sized trees.
+    stream: bool = False
+    # Decoding processes per training worker when streaming (0: decode in the training process).
+    loader_workers: int = 4
 
 
 class ImageData:
@@ -243,19 +253,60 @@ def resolve_cifar10_path(cfg: DatasetConfig) -> Path:
     return path
 
 
+def cifar10_files(path: Path) -> list[Path]:
+    """The shard files of a CIFAR-10 folder (training shards present, then the test shard)."""
+    if (path / "train_0.npz").is_file():
+        return [path / f"train_{i}.npz" for i in range(5) if (path / f"train_{i}.npz").is_file()] + \
+            [path / "test.npz"]
+    return [path / f"data_batch_{i}" for i in range(1, 6) if (path / f"data_batch_{i}").is_file()] + \
+        [path / "test_batch"]
+
+
+def check_cifar10_files(path: Path) -> None:
+    """Raise ``UsageError`` naming the first missing, truncated or malformed shard (reads no pixels of npz
+    shards: their zip directory and array headers only)."""
+    import zipfile
+
+    for file in cifar10_files(path):
+        if not file.is_file():
+            raise UsageError(f"CIFAR-10 shard {file} is missing")
+        if file.suffix != ".npz":
+            if file.stat().st_size < 30_000_000:  # 10,000 images of 3,072 bytes, plus the pickle
+                raise UsageError(f"CIFAR-10 shard {file} is truncated ({file.stat().st_size} bytes)")
+            continue
+        try:
+            with zipfile.ZipFile(file) as archive:
+                names = set(archive.namelist())
+                if not {"x.npy", "y.npy"} <= names:
+                    raise UsageError(f"CIFAR-10 shard {file} lacks the arrays x and y (has {sorted(names)})")
+                with archive.open("x.npy") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(handle)
+                size = archive.getinfo("x.npy").file_size
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise UsageError(f"CIFAR-10 shard {file} is truncated or not an npz file ({exc})") from exc
+        if len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3) or dtype != np.uint8:
+            raise UsageError(f"CIFAR-10 shard {file}: x has shape {shape} {dtype}, expected (N, 32, 32, 3) uint8")
+        if size < int(np.prod(shape)):
+            raise UsageError(f"CIFAR-10 shard {file} is truncated")
+
+
 def load_cifar10_arrays(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """((train x, y), (test x, y)) as uint8 NCHW tensors and int64 labels, from either format."""
-    def npz(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(path / name, allow_pickle=False) as f:
-            return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
+    def read(file: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if file.suffix != ".npz":
+                return _read_cifar_batch(file)
+            with np.load(file, allow_pickle=False) as f:
+                return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
+        except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+            raise UsageError(f"cannot read CIFAR-10 shard {file}: {type(exc).__name__}: {exc}") from exc
 
-    if (path / "train_0.npz").is_file():
-        shards = [npz(f"train_{i}.npz") for i in range(5) if (path / f"train_{i}.npz").is_file()]
-        test = npz("test.npz")
-    else:
-        shards = [_read_cifar_batch(path / f"data_batch_{i}") for i in range(1, 6)
-                  if (path / f"data_batch_{i}").is_file()]
-        test = _read_cifar_batch(path / "test_batch")
+    files = cifar10_files(path)
+    shards = [read(f) for f in files[:-1]]
+    test = read(files[-1])
     x = np.concatenate([s[0] for s in shards])
     y = np.concatenate([s[1] for s in shards])
     return (torch.from_numpy(x), torch.from_numpy(y)), (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
@@ -302,24 +353,46 @@ def _folder_layout(cfg: DatasetConfig) -> tuple[Path, Path | None, list[str]]:
 def num_classes(cfg: DatasetConfig) -> int:
     """The number of classes of the dataset, without loading its images."""
     if cfg.kind == "folder":
+        if cfg.stream:
+            from .streaming import folder_classes
+
+            return len(folder_classes(_folder_root(cfg)))
         return len(_folder_layout(cfg)[2])
     return 10
 
 
+def _folder_root(cfg: DatasetConfig) -> Path:
+    if not cfg.path:
+        raise UsageError("dataset.kind is folder but dataset.path is not set; give the image-folder root")
+    return Path(cfg.path).expanduser()
+
+
 def check_dataset(cfg: DatasetConfig) -> None:
-    """Raise ``UsageError`` now if the dataset cannot be found (cheap; reads no images)."""
+    """Raise ``UsageError`` now if the dataset cannot be found or a file of it is damaged (reads no pixels:
+    CIFAR-10 shard headers, a streamed folder's file list and sizes)."""
     if cfg.kind == "cifar10":
-        resolve_cifar10_path(cfg)
+        check_cifar10_files(resolve_cifar10_path(cfg))
+    elif cfg.kind == "folder" and cfg.stream:
+        from .streaming import scan_folder
+
+        scan_folder(_folder_root(cfg))
     elif cfg.kind == "folder":
         _folder_layout(cfg)
     elif cfg.kind != "digits":
         raise UsageError(f"dataset.kind {cfg.kind!r} is not known; allowed: {', '.join(DATASET_KINDS)}")
 
 
-def load_dataset(cfg: DatasetConfig, resolution: int, seed: int = 0) -> ImageData:
-    """The dataset of ``cfg`` with images stored at ``cfg.image_size`` or ``resolution``."""
-    check_dataset(cfg)
+def load_dataset(cfg: DatasetConfig, resolution: int, seed: int = 0) -> ImageData | StreamingFolderData:
+    """The dataset of ``cfg`` with images stored (or streamed) at ``cfg.image_size`` or ``resolution``."""
     size = cfg.image_size or resolution
+    if cfg.kind == "folder" and cfg.stream:
+        from .streaming import StreamingFolderData
+
+        return StreamingFolderData(_folder_root(cfg), size, val_fraction=cfg.val_fraction, seed=seed,
+                                   workers=cfg.loader_workers, max_train_images=cfg.max_train_images,
+                                   max_test_images=cfg.max_test_images, flip=cfg.flip is not False,
+                                   augment=cfg.augment)
+    check_dataset(cfg)
     if cfg.kind == "digits":
         x, y = load_digits_arrays()
         return _assemble(cfg, seed, x, y, None, 10, size, default_flip=False)
