@@ -66,6 +66,8 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
         run_in_process,
         run_on_ray,
     )
+    import torch
+
     from supernets.training.checkpoint import check_identity
 
     space = config.get_space().with_num_classes(num_classes(config.dataset))
@@ -110,6 +112,10 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
             run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train")
         else:
             run_in_process(job)
+    except torch.OutOfMemoryError as exc:
+        raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
+                         f"{str(exc).splitlines()[0]}; lower train.batch_size (finished epochs are saved, the "
+                         f"run continues from them)") from exc
     except TrainingFailedError as exc:
         print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint")
         return 1
