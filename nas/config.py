@@ -42,6 +42,7 @@ from search_spaces import SearchSpace, UnknownSpaceError, get_space
 from supernets.training import (
     DEVICES,
     ELASTIC_DIMENSIONS,
+    GRADIENT_SYNCS,
     PRECISIONS,
     STRATEGIES,
     Phase,
@@ -230,6 +231,7 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
         "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
         "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
         "label_smoothing": _fraction, "device": _one_of(DEVICES), "precision": _one_of(PRECISIONS),
+        "gradient_sync": _one_of(GRADIENT_SYNCS),
     })
     phases = raw.get("phases")
     if phases is not None:

@@ -114,8 +114,8 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
             run_in_process(job)
     except torch.OutOfMemoryError as exc:
         raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
-                         f"{str(exc).splitlines()[0]}; lower train.batch_size (finished epochs are saved, the "
-                         f"run continues from them)") from exc
+                         f"{str(exc).splitlines()[0]}; use a smaller train.batch_size (in a new run folder: the batch "
+                         f"size is part of a run's identity)") from exc
     except TrainingFailedError as exc:
         print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint")
         return 1

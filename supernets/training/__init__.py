@@ -13,6 +13,7 @@ from .checkpoint import (
     save_supernet,
 )
 from .device import DEVICES, PRECISIONS, DeviceError, Execution
+from .distributed import GRADIENT_SYNCS
 from .evaluate import DataSource, accuracy, resize, subnet_accuracy
 from .loop import TrainJob, distillation_loss, eval_archs, read_metrics, run_job
 from .ray_runner import RaySettings, TrainingFailedError, check_placement, ensure_ray_env, run_in_process, run_on_ray
@@ -36,6 +37,7 @@ __all__ = [
     "DeviceError",
     "Execution",
     "ELASTIC_DIMENSIONS",
+    "GRADIENT_SYNCS",
     "STRATEGIES",
     "CheckpointError",
     "DataSource",

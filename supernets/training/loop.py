@@ -33,6 +33,7 @@ from .checkpoint import (
     train_state,
 )
 from .device import Execution
+from .distributed import wrap_for_ranks
 from .evaluate import DataSource, resize, subnet_accuracy
 from .schedule import Phase, Position, TrainSettings, resolutions, step_archs
 
@@ -149,7 +150,7 @@ def _append_metrics(path: str, row: dict[str, Any]) -> None:
 def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phase: Phase, position: Position,
                 data: DataSource, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int,
                 rank: int, world_size: int, execution: Execution | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> float:
+                scaler: torch.amp.GradScaler | None = None, sync: Callable[[], None] | None = None) -> float:
     """One epoch of ``phase`` on ``execution``'s device and precision; returns the mean training loss per
     subnet."""
     from tqdm import tqdm
@@ -186,6 +187,8 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
             count += 1
+        if sync is not None:
+            sync()  # one all-reduce of the step's summed gradients
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -288,10 +291,8 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
         log(f"training on {execution.describe()}, {world_size} worker{'s' if world_size > 1 else ''}, "
             f"{steps} steps of {settings.batch_size} images per worker per epoch")
 
-    model: nn.Module = supernet  # channel sorting permutes in place, so one DDP wrapper serves all phases
-    if world_size > 1:
-        ids = [execution.device.index] if execution.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(supernet, device_ids=ids, find_unused_parameters=True)
+    # Channel sorting permutes in place, so one wrapper serves all phases.
+    model, sync = wrap_for_ranks(supernet, world_size, settings.gradient_sync, execution.device)
     while position.phase < len(job.phases):
         p, phase = position.phase, job.phases[position.phase]
         if position.epoch == 0 and phase.sort_channels:
@@ -315,7 +316,7 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss = train_epoch(job, model, teacher, phase, position, data, optimizer, scheduler, steps,
-                               rank, world_size, phase_execution, scaler)
+                               rank, world_size, phase_execution, scaler, sync)
             execution.synchronize()
             train_time = time.perf_counter() - started
             g = position.global_epoch(job.phases)

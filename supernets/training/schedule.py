@@ -100,8 +100,11 @@ class TrainSettings:
     channels_last: bool | None = None
     # ``torch.compile`` the static networks of a run (the frozen teacher); the elastic supernet runs eager.
     compile: bool = False
+    # Across ranks: ``step`` (one all-reduce of the summed gradients per step) or ``ddp``
+    # (DistributedDataParallel with find_unused_parameters); see ``supernets.training.distributed``.
+    gradient_sync: str = "step"
 
-    EXECUTION_FIELDS = ("threads_per_worker", "device", "precision", "channels_last", "compile")
+    EXECUTION_FIELDS = ("threads_per_worker", "device", "precision", "channels_last", "compile", "gradient_sync")
     """Fields that say where and how fast training runs, not what it learns: a run may resume under other
     values (they are left out of the config hash)."""
 
