@@ -156,14 +156,15 @@ def _batch(execution: Execution, batch: int, resolution: int, classes: int) -> t
     return x, torch.randint(0, classes, (batch,), generator=g).to(execution.device)
 
 
-def time_steps(steps_fns: list[Callable[[], None]], execution: Execution, warmup: int, repeats: int) -> float:
+def time_steps(steps_fns: list[Callable[[], None]], execution: Execution, warmup: int, repeats: int,
+               rounds_count: int = 3) -> float:
     """Median over rounds of the mean seconds per call of ``steps_fns`` (called in turn)."""
     for fn in steps_fns:
         for _ in range(warmup):
             fn()
     execution.synchronize()
     rounds = []
-    for _ in range(3):
+    for _ in range(rounds_count):
         started = time.perf_counter()
         for _ in range(repeats):
             for fn in steps_fns:
@@ -182,13 +183,13 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     times: dict[str, float] = {}
 
     def measure(name: str, what: str, precision: str, channels_last: bool, compiled: bool,
-                make: Callable[[Execution], list[Callable[[], None]]]) -> float | None:
+                make: Callable[[Execution], list[Callable[[], None]]], fresh: bool = False) -> float | None:
         row: dict[str, Any] = {"name": name, "network": what, "precision": precision,
                                "channels_last": channels_last, "compile": compiled}
         try:
             execution = Execution.resolve(device, precision, channels_last)
             fns = make(execution)
-            seconds = time_steps(fns, execution, warmup, repeats)
+            seconds = time_steps(fns, execution, 0, 1, 1) if fresh else time_steps(fns, execution, warmup, repeats)
             row.update(step_ms=round(1000 * seconds, 3), images_per_s=round(batch / seconds, 1))
             print(f"  {name:<34} {batch / seconds:>9.0f} img/s  ({1000 * seconds:.2f} ms/step)", flush=True)
             times[name] = seconds
@@ -247,12 +248,17 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     tag = f"{fast[0]}{'+cl' if gpu else ''}"
     measure(f"static random x{n_random} {tag}", "static", fast[0], gpu, False, static_steps(list(randoms), False))
     measure(f"supernet random x{n_random} {tag}", "supernet", fast[0], gpu, False, super_steps(list(randoms), False))
+    # What the elastic phases meet: subnets never run before, in the default memory format (channels-last
+    # plans its kernels per new shape: seconds per subnet, measured on an H200).
+    fresh = list(sample(space, 4 * n_random, seed=11))
+    measure(f"supernet new subnets {fast[0]}", "supernet", fast[0], False, False, super_steps(fresh, False),
+            fresh=True)
     measure(f"supernet smallest {tag}", "supernet", fast[0], gpu, False, super_steps([small], False))
     measure(f"static smallest {tag}", "static", fast[0], gpu, False, static_steps([small], False))
     measure(f"static medium {tag}", "static", fast[0], gpu, False, static_steps([mid], False))
     measure(f"teacher forward {tag}", "static", fast[0], gpu, False, teacher_forward)
     return {
-        "super_largest": times.get(f"supernet largest {tag}"), "super_random": times.get(f"supernet random x{n_random} {tag}"),
+        "super_largest": times.get(f"supernet largest {tag}"), "super_random": times.get(f"supernet new subnets {fast[0]}"),
         "super_smallest": times.get(f"supernet smallest {tag}"), "teacher": times.get(f"teacher forward {tag}"),
         "static_small": times.get(f"static smallest {tag}"), "static_medium": times.get(f"static medium {tag}"),
         "static_large": times.get(f"static largest {tag}"),
@@ -374,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-time budget of the whole check")
     parser.add_argument("--epochs", type=int, help="epochs of every training run (default: sized to the budget)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile (about 40 s of compiling; gained nothing on an H200)")
     parser.add_argument("--skip", choices=("throughput", "accuracy"), action="append", default=[])
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -393,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float | None] = {}
     if "throughput" not in args.skip:
         print(f"throughput, batch {batch}, {results['device_name']}:", flush=True)
-        times = throughput(args.device, batch, warmup=1 if args.tiny else 5, repeats=1 if args.tiny else 10,
-                           n_random=2 if args.tiny else 6, with_compile=not args.no_compile and not args.tiny,
+        times = throughput(args.device, batch, warmup=1 if args.tiny else 3, repeats=1 if args.tiny else 6,
+                           n_random=2 if args.tiny else 6, with_compile=args.compile and not args.tiny,
                            record=lambda row: (results["throughput"].append(row), save()))
         by_name = {r["name"]: r for r in results["throughput"] if "step_ms" in r}
         tag = "bf16+cl" if gpu else "bf16"
