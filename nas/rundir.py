@@ -80,6 +80,16 @@ class RunDir:
     def ray_storage(self) -> Path:
         return self.root / "ray"
 
+    @property
+    def train_lock(self) -> Path:
+        """Held by a running ``nas train`` (one per run)."""
+        return self.root / "train.lock"
+
+    @property
+    def writer_lock(self) -> Path:
+        """Held by the process writing the checkpoints while it trains (``supernets.training.lock``)."""
+        return self.checkpoints / "writer.lock"
+
     # Later stages.
     @property
     def search(self) -> Path:

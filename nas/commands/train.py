@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,17 +58,13 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
     from supernets.training import (
         CheckpointError,
         DeviceError,
-        TrainingFailedError,
+        FileLock,
+        LockBusyError,
         TrainJob,
         check_placement,
         load_train_state,
-        read_metrics,
         read_supernet_file,
-        run_in_process,
-        run_on_ray,
     )
-    import torch
-
     from supernets.training.checkpoint import check_identity
 
     space = config.get_space().with_num_classes(num_classes(config.dataset))
@@ -95,13 +92,35 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
         supernet_path=str(run.supernet_checkpoint), metrics_path=str(run.metrics),
         make_data=functools.partial(load_dataset, dataset, max(space.resolutions), config.seed),
         fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=os.environ.get(FAIL_MARKER_ENV),
-        progress=progress,
+        progress=progress, writer_lock_path=str(run.writer_lock),
     )
     check_dataset(config.dataset)
     try:
         check_placement(job, config.ray)
     except DeviceError as exc:
         raise UsageError(str(exc)) from exc
+    if run.teacher_checkpoint.is_file():  # a damaged teacher would fail every worker at the next phase
+        try:
+            check_identity(read_supernet_file(run.teacher_checkpoint), run.teacher_checkpoint, space.name,
+                           config.config_hash)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from exc
+    try:
+        lock = FileLock(run.train_lock, f"run {run.root}").acquire()
+    except LockBusyError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return _train_locked(config, run, job, space, phases, total, position)
+    finally:
+        lock.release()
+
+
+def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, phases: Any, total: int,
+                  position: str) -> int:
+    import torch
+
+    from supernets.training import LockBusyError, TrainingFailedError, read_metrics, run_in_process, run_on_ray
+
     run.create()
     run.write_config(config)
     print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
@@ -116,8 +135,13 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
         raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
                          f"{str(exc).splitlines()[0]}; use a smaller train.batch_size (in a new run folder: the batch "
                          f"size is part of a run's identity)") from exc
+    except LockBusyError as exc:
+        raise UsageError(str(exc)) from exc
     except TrainingFailedError as exc:
-        print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint")
+        if exc.user_error:
+            raise UsageError(str(exc)) from exc
+        print(f"nas: error: {exc}; run the same command again to continue from the last checkpoint",
+              file=sys.stderr)
         return 1
     if not run.supernet_checkpoint.is_file():
         print("nas: error: training ended without writing the supernet; see the Ray log above")

@@ -15,6 +15,7 @@ from .checkpoint import (
 from .device import DEVICES, PRECISIONS, DeviceError, Execution
 from .distributed import GRADIENT_SYNCS
 from .evaluate import DataSource, accuracy, resize, subnet_accuracy
+from .lock import FileLock, LockBusyError
 from .loop import TrainJob, distillation_loss, eval_archs, read_metrics, run_job
 from .ray_runner import RaySettings, TrainingFailedError, check_placement, ensure_ray_env, run_in_process, run_on_ray
 from .schedule import (
@@ -36,6 +37,8 @@ __all__ = [
     "PRECISIONS",
     "DeviceError",
     "Execution",
+    "FileLock",
+    "LockBusyError",
     "ELASTIC_DIMENSIONS",
     "GRADIENT_SYNCS",
     "STRATEGIES",

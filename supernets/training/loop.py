@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .device import Execution
 from .distributed import wrap_for_ranks
+from .lock import FileLock
 from .evaluate import DataSource, resize, subnet_accuracy
 from .schedule import Phase, Position, TrainSettings, resolutions, step_archs
 
@@ -64,6 +65,8 @@ class TrainJob:
     fail_at_epoch: int | None = None
     fail_marker: str | None = None
     progress: bool = True
+    # Lock file held by rank 0 while it trains (None: no lock); see ``supernets.training.lock``.
+    writer_lock_path: str | None = None
 
     @property
     def total_epochs(self) -> int:
@@ -249,6 +252,10 @@ def _summary_line(row: dict[str, Any], total_epochs: int) -> str:
             f"random {pct('val_acc_random_mean')} ({row.get('eval_time_s', 0):.1f} s)")
 
 
+WRITER_WAIT_S = 120.0
+"""How long rank 0 waits for the writer lock of a run (an orphaned worker of a killed run stops in seconds)."""
+
+
 def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporter | None = None,
             ray_checkpoint_file: str | None = None, device_index: int | None = None,
             threads: int | None = None, log: Callable[[str], None] | None = print) -> None:
@@ -258,7 +265,24 @@ def run_job(job: TrainJob, rank: int = 0, world_size: int = 1, reporter: Reporte
         device_index: the CUDA device of this rank (``None``: the current one).
         threads: torch CPU threads when ``train.threads_per_worker`` is unset (default: this process's CPUs).
         log: receives rank 0's one-line summary of every epoch (``None``: silent).
+
+    Raises:
+        LockBusyError: another process kept writing this run's checkpoints for ``WRITER_WAIT_S``.
     """
+    lock = None
+    if rank == 0 and job.writer_lock_path:
+        lock = FileLock(job.writer_lock_path, "the run's checkpoints").acquire(
+            WRITER_WAIT_S, waiting="waiting for {holder}, which still writes this run's checkpoints, to stop")
+    try:
+        _run_job(job, rank, world_size, reporter, ray_checkpoint_file, device_index, threads, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | None,
+             ray_checkpoint_file: str | None, device_index: int | None, threads: int | None,
+             log: Callable[[str], None] | None) -> None:
     from supernets import build_supernet, sort_channels
 
     settings = job.settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -44,7 +45,32 @@ class RaySettings:
 
 
 class TrainingFailedError(RuntimeError):
-    """Training failed more often than ``max_failures`` allows; the message holds the first error line."""
+    """Training failed more often than ``max_failures`` allows; the message holds the cause's line.
+
+    ``user_error`` is true when the cause was bad input (a ``UsageError`` or a busy lock raised in a
+    worker): running again will not help until the input is fixed.
+    """
+
+    def __init__(self, message: str, user_error: bool = False) -> None:
+        super().__init__(message)
+        self.user_error = user_error
+
+
+_CAUSE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt)):\s*(.+)$")
+
+
+def failure_cause(text: str) -> tuple[str, str]:
+    """``(exception type, message)`` of the innermost cause in Ray's failure text (its last
+    ``SomethingError: message`` line, not a header like ``[Rank 0 Error Snippet]:``)."""
+    found = ("", "")
+    for line in text.splitlines():
+        match = _CAUSE.match(line)
+        if match and "Error Snippet" not in line:
+            found = (match.group(1), match.group(2).strip())
+    if not found[0]:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return "", lines[-1] if lines else text
+    return found
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -170,9 +196,11 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        first = next((line for line in str(exc).splitlines() if "Error" in line and line.strip()), str(exc))
-        raise TrainingFailedError(f"training failed after {settings.max_failures} restarts: {first.strip()}") \
-            from exc
+        kind, message = failure_cause(str(exc))
+        if kind in ("UsageError", "LockBusyError"):
+            raise TrainingFailedError(message, user_error=True) from exc
+        raise TrainingFailedError(f"training failed after {settings.max_failures} restarts: "
+                                  f"{kind + ': ' if kind else ''}{message}") from exc
     finally:
         if started:
             ray.shutdown()
