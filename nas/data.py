@@ -271,8 +271,10 @@ def check_cifar10_files(path: Path) -> None:
         if not file.is_file():
             raise UsageError(f"CIFAR-10 shard {file} is missing")
         if file.suffix != ".npz":
-            if file.stat().st_size < 30_000_000:  # 10,000 images of 3,072 bytes, plus the pickle
-                raise UsageError(f"CIFAR-10 shard {file} is truncated ({file.stat().st_size} bytes)")
+            with open(file, "rb") as handle:  # a whole pickle ends with its STOP opcode
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() == 0 or (handle.seek(-1, os.SEEK_END) and handle.read(1) != b"."):
+                    raise UsageError(f"CIFAR-10 shard {file} is truncated (it does not end as a pickle does)")
             continue
         try:
             with zipfile.ZipFile(file) as archive:

@@ -16,16 +16,23 @@ smallest subnets, which anchor both ends of every front.
 The study lives in an Optuna storage (a journal file in the run folder by default); the sampler works on an
 in-memory copy and each finished batch of trials is appended to the storage (one write per trial). Running
 the search again continues it: ``n_trials`` counts finished trials in total, and the storage only ever holds
-finished trials, each once, so a kill loses at most the batch being evaluated. (Several processes sharing
-one storage each see the others' trials when they start, not while they run.)
+finished trials, each once, so a kill loses at most the batch being evaluated. The sampler's random state
+is not stored, so a continued search seeds its sampler from ``(seed, finished trials)``: it proposes new
+subnets instead of replaying its first ones.
+
+One search per run at a time: ``search_lock`` (an ``fcntl.flock`` on ``search/search.lock``, released by the
+OS when its holder dies) makes a second ``nas search`` on the same run refuse at once, naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,7 +41,7 @@ import optuna
 
 from search_spaces import Arch, BlockArch, SearchSpace, StageArch, arch_to_string, get_space, validate
 
-from .errors import UsageError
+from .errors import BusyError, UsageError
 from .fronts import FrontMember, ReferencePoint, get_front_store
 from .pareto import pareto_indices
 from .search_config import SearchConfig
@@ -49,6 +56,7 @@ __all__ = [
     "open_study",
     "run_search",
     "search_params",
+    "search_lock",
     "search_paths",
     "study_trials",
     "TrialTable",
@@ -71,6 +79,7 @@ class SearchPaths(NamedTuple):
     fronts: Path  # RUN/fronts/fronts.sqlite: the front store
     hil: Path  # RUN/fronts/hil.json: predicted against measured latency of front members
     plot: Path  # RUN/plots/fronts.png
+    lock: Path  # RUN/search/search.lock: held by the process searching this run (``search_lock``)
 
 
 def run_path(run_dir: Any) -> Path:
@@ -90,7 +99,44 @@ def search_paths(run_dir: Any) -> SearchPaths:
     return SearchPaths(journal=root / "search" / JOURNAL_NAME, accuracy_cache=root / "search" / "accuracy.jsonl",
                        accuracy_predictor=root / "search" / "accuracy_predictor.json",
                        fronts=root / "fronts" / FRONTS_NAME, hil=root / "fronts" / "hil.json",
-                       plot=root / "plots" / "fronts.png")
+                       plot=root / "plots" / "fronts.png", lock=root / "search" / "search.lock")
+
+
+_held_lock = threading.Lock()
+_held: dict[Path, list[Any]] = {}  # lock path -> [FileLock, depth], locks this process holds
+
+
+@contextlib.contextmanager
+def search_lock(run_dir: Any) -> Iterator[None]:
+    """Hold the run's search lock: one process searches (or rewrites the fronts of) a run at a time.
+
+    Re-entrant within a process (the command takes it before fitting the accuracy predictor, ``run_search``
+    inside). The lock is an ``fcntl.flock`` (``supernets.training.FileLock``), so a killed holder never
+    blocks the next search.
+
+    Raises:
+        BusyError: another process holds it; the message names it (pid and host).
+    """
+    from supernets.training import FileLock, LockBusyError
+
+    path = search_paths(run_dir).lock.absolute()
+    with _held_lock:
+        entry = _held.get(path)
+        if entry is None:
+            try:
+                lock = FileLock(path, f"the search of run {str(run_path(run_dir))!r}").acquire()
+            except LockBusyError as exc:
+                raise BusyError(str(exc)) from None
+            entry = _held[path] = [lock, 0]
+        entry[1] += 1
+    try:
+        yield
+    finally:
+        with _held_lock:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[path]
+                entry[0].release()
 
 
 # --- parameters --------------------------------------------------------------------------------------
@@ -201,22 +247,48 @@ def as_batch_fn(objective: Any, method: str = "predict") -> ArchBatchFn:
 # --- study -------------------------------------------------------------------------------------------
 
 
-def create_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+def sampler_seed(seed: int, finished: int) -> int:
+    """The sampler's seed for a study with ``finished`` trials: ``seed`` for a new one, else one drawn from
+    ``(seed, finished)``. A sampler's random state is not stored with the study, so a continued search
+    seeded with ``seed`` again would propose its first subnets again; this keeps a continued search
+    reproducible and new."""
+    if finished == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
+
+
+def create_sampler(config: SearchConfig, finished: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler for a study with ``finished`` trials (see ``sampler_seed``)."""
+    seed = sampler_seed(config.seed, finished)
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=config.population_size, seed=config.seed)
+        return optuna.samplers.NSGAIISampler(population_size=config.population_size, seed=seed)
     if config.sampler == "tpe":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     raise UsageError(f"unknown sampler {config.sampler!r}")
 
 
-def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStorage | str:
-    """The configured storage URL, or a journal file in the run folder."""
+STORAGE_ALLOWED = ("a SQLAlchemy database URL Optuna can open and write, e.g. sqlite:///PATH/study.db or "
+                   "postgresql://USER@HOST/DB, or no search.storage for a journal file in the run folder")
+
+
+def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStorage:
+    """The configured storage (opened), or a journal file in the run folder.
+
+    Raises:
+        UsageError: ``search.storage`` cannot be opened (an unknown scheme, a missing driver, a database
+            file that cannot be created or written); the message names the value and what is allowed.
+    """
     if config.storage:
-        return config.storage
+        try:
+            return optuna.storages.get_storage(config.storage)
+        except Exception as exc:  # SQLAlchemy's errors, a missing driver (ImportError), a bad URL (ValueError)
+            reason = " ".join(str(exc).split("(Background on this error")[0].split())
+            raise UsageError(f"search.storage {config.storage!r} cannot be opened ({type(exc).__name__}: "
+                             f"{reason}); allowed: {STORAGE_ALLOWED}") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = search_paths(run_dir).journal
@@ -285,13 +357,17 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
              sampler: optuna.samplers.BaseSampler | None = None) -> int:
     """Run trials with ask/tell in batches until ``config.n_trials`` trials are finished in total.
 
+    The sampler (``create_sampler``, unless one is given) is seeded from the finished trials' count, so a
+    continued study gets new proposals. Callers hold ``search_lock`` (``run_search`` does).
+
     The sampler works on an in-memory copy of the study; each finished batch is then appended to the
     persistent ``study`` with one write per trial (``add_trials``), so a journal file is not written
     (and fsynced) once per suggested parameter. A kill loses at most the unfinished batch; every trial
     in the storage is finished and stored once. Returns the number of trials finished by this call.
     """
     _recover_stale(study)
-    memory = working_copy(study, sampler or create_sampler(config))
+    done_before = _n_complete(study)
+    memory = working_copy(study, sampler or create_sampler(config, done_before))
     if not memory.get_trials(deepcopy=False):
         # The largest and smallest subnets anchor both ends of every device's front from the start.
         from search_spaces import largest, smallest
@@ -299,7 +375,6 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
         for arch in (largest(space), smallest(space)):
             memory.enqueue_trial(params_of(space, arch))
     budgets = config.budgets
-    done_before = _n_complete(study)
     done = done_before
     while done < config.n_trials:
         size = min(config.batch_size, config.n_trials - done)
@@ -386,6 +461,10 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         progress: called with (finished, total) after each batch.
         meta: JSON values kept in the front store (``dataset``: the config's dataset section and
             ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
+
+    Raises:
+        BusyError: another process is searching this run (``search_lock``).
+        UsageError: a device's latency budget is met by no subnet found (the fronts stored before are kept).
     """
     space = get_space(space)
     missing = [d for d in config.devices if d not in latency_predictors]
@@ -394,10 +473,11 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
                          f"{', '.join(latency_predictors) or 'none'}")
     acc_fn = as_batch_fn(accuracy, "evaluate")
     lat_fns = {d: as_batch_fn(latency_predictors[d]) for d in config.devices}
-    study = open_study(config, run_dir, space)
-    optimize(study, space, config, acc_fn, lat_fns, progress)
-    return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
-                        counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn, meta=meta)
+    with search_lock(run_dir):
+        study = open_study(config, run_dir, space)
+        optimize(study, space, config, acc_fn, lat_fns, progress)
+        return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
+                            counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn, meta=meta)
 
 
 def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, run_dir: Any,
@@ -405,7 +485,13 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
                  counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
                  search_accuracy: ArchBatchFn | None = None,
                  meta: Mapping[str, Any] | None = None) -> dict[str, list[FrontMember]]:
-    """Per-device fronts of the study's finished trials, stored (with the reference subnets) in the run."""
+    """Per-device fronts of the study's finished trials, stored (with the reference subnets) in the run.
+
+    All devices' fronts replace the stored ones in one transaction, and only when every one is complete:
+    a device whose budget no subnet meets is a ``UsageError`` naming the fastest subnet found, and the
+    store is left as it was. Members keep the latency measured on their device by hardware in the loop
+    (the store's measurements, by arch id and device).
+    """
     from search_spaces import largest, smallest
 
     if counts_fn is None:
@@ -414,6 +500,9 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     archs, acc, lats = table.archs, table.accuracy, table.latency_ms
     budgets = config.budgets
     chosen = {d: front_members(archs, acc, lats[:, k], budgets.get(d)) for k, d in enumerate(config.devices)}
+    for k, device in enumerate(config.devices):
+        if not chosen[device]:
+            raise UsageError(_empty_front_message(space, device, budgets.get(device), archs, lats[:, k]))
     member_idx = sorted({i for idx in chosen.values() for i in idx})
     val = {i: float(acc[i]) for i in member_idx}
     test: dict[int, float | None] = dict.fromkeys(member_idx)
@@ -433,7 +522,7 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
             FrontMember(
                 device=device, arch=archs[i], arch_string=arch_to_string(space, archs[i]),
                 arch_id=archs[i].arch_id, val_accuracy=val[i], test_accuracy=test[i],
-                predicted_latency_ms=float(lats[i, k]), measured_latency_ms=None,
+                predicted_latency_ms=float(lats[i, k]), measured_latency_ms=None,  # set from the store below
                 macs=int(counts[i].macs), params=int(counts[i].params), checkpoint=checkpoint,
                 trial_number=table.numbers[i],
             )
@@ -448,7 +537,9 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     store = get_front_store(search_paths(run_dir).fronts)
     with store.transaction():
         for device in config.devices:
-            store.write_front(device, fronts[device])
+            measured = _measured_ms(store, device)
+            store.write_front(device, [replace(m, measured_latency_ms=measured.get(m.arch_id))
+                                       for m in fronts[device]])
             store.write_references(device, references[device])
         store.set_meta("space", space.name)
         store.set_meta("budgets_ms", budgets)
@@ -456,6 +547,25 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
         for key, value in (meta or {}).items():
             store.set_meta(key, value)
     return {d: store.front(d) for d in config.devices}
+
+
+def _measured_ms(store: Any, device: str) -> dict[str, float]:
+    """Arch id to the latency measured on ``device`` (hardware in the loop), from the store."""
+    measured = {m.arch_id: m.measured_latency_ms for m in store.front(device) if m.measured_latency_ms is not None}
+    measured.update({m.arch_id: m.measured_latency_ms for m in store.measurements(device)})
+    return {arch_id: float(ms) for arch_id, ms in measured.items()}
+
+
+def _empty_front_message(space: SearchSpace, device: str, budget_ms: float | None, archs: Sequence[Arch],
+                         latency_ms: np.ndarray) -> str:
+    if budget_ms is None or not archs or not np.isfinite(latency_ms).any():
+        return (f"the search has no finished subnet with a latency on device {device!r} ({len(archs)} trials); "
+                f"the stored fronts are kept; run `nas search` again")
+    fastest = int(np.nanargmin(latency_ms))
+    return (f"no subnet meets the latency budget of {budget_ms:g} ms on device {device!r}: the fastest of "
+            f"{len(archs)} subnets found takes {latency_ms[fastest]:.4g} ms "
+            f"({arch_to_string(space, archs[fastest])}); set devices[{device}].max_latency_ms (or "
+            f"search.latency_budgets_ms) to at least that; the stored fronts are kept")
 
 
 # --- hardware in the loop ------------------------------------------------------------------------------
@@ -487,8 +597,14 @@ def hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], *, store: Any
         store: a front store to use instead of the run's file.
 
     The predicted and measured latencies are kept in the store's ``measurements`` table and the report is
-    also written to ``fronts/hil.json`` in the run folder.
+    also written to ``fronts/hil.json`` in the run folder. Holds the run's ``search_lock``, so a search
+    never rewrites the fronts in between.
     """
+    with search_lock(run_dir):
+        return _hardware_in_the_loop(run_dir, measure, store)
+
+
+def _hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], store: Any) -> dict[str, HilReport]:
     from scipy.stats import spearmanr
 
     from .fronts import Measurement, with_measured

@@ -17,6 +17,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -25,6 +26,10 @@ from .errors import UsageError
 
 SAMPLERS = ("nsga2", "tpe", "random")
 ACCURACY_OBJECTIVES = ("direct", "predictor")
+# Smallest allowed value of each integer setting.
+INT_MINIMUMS = {"n_trials": 1, "batch_size": 1, "population_size": 2, "predictor_samples": 1, "eval_workers": 1}
+# Samplers seed numpy, which takes seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +83,21 @@ class SearchConfig:
 
     @classmethod
     def parse(cls, search: Mapping[str, Any] | None,
-              devices: Sequence[Any] | Mapping[str, Any] | None = ()) -> SearchConfig:
+              devices: Sequence[Any] | Mapping[str, Any] | None = (), *,
+              n_trials: int | None = None) -> SearchConfig:
         """Parse the raw ``search`` mapping and ``devices`` section of an experiment config: a list of
         device ids or ``{id, max_latency_ms}`` mappings, or a mapping of device id to
-        ``{max_latency_ms}`` (or null)."""
+        ``{max_latency_ms}`` (or null).
+
+        Every number is checked finite and in range here, before any work starts: a bad one is a one-line
+        ``UsageError`` naming the key and the allowed range. ``n_trials`` is the ``--n-trials`` flag
+        (overrides ``search.n_trials``; checked the same way).
+        """
+        if search is not None and not isinstance(search, Mapping):
+            raise UsageError(f"search must be a mapping of settings; got {search!r}")
+        if devices is not None and not isinstance(devices, (Mapping, list, tuple)):
+            raise UsageError(f"devices must be a list of device ids or {{id, max_latency_ms}} mappings; "
+                             f"got {devices!r}")
         search = dict(search or {})
         allowed = {f.name for f in fields(cls)} - {"devices"}
         unknown = sorted(set(search) - allowed)
@@ -116,17 +132,18 @@ class SearchConfig:
             values["sampler"] = _choice("search.sampler", search["sampler"], SAMPLERS)
         if "accuracy" in search:
             values["accuracy"] = _choice("search.accuracy", search["accuracy"], ACCURACY_OBJECTIVES)
-        for name in ("n_trials", "batch_size", "population_size", "predictor_samples", "eval_workers"):
+        for name, low in INT_MINIMUMS.items():
             if name in search:
-                values[name] = _positive_int(f"search.{name}", search[name])
+                values[name] = _int_in_range(f"search.{name}", search[name], low)
+        if n_trials is not None:
+            values["n_trials"] = _int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"])
         if "seed" in search:
-            if not isinstance(search["seed"], int) or isinstance(search["seed"], bool):
-                raise UsageError(f"search.seed must be an integer; got {search['seed']!r}")
-            values["seed"] = search["seed"]
+            values["seed"] = _int_in_range("search.seed", search["seed"], 0, MAX_SEED)
         if "predictor_holdout" in search:
             holdout = search["predictor_holdout"]
-            if not isinstance(holdout, (int, float)) or not 0.0 < float(holdout) < 0.9:
-                raise UsageError(f"search.predictor_holdout must be in (0, 0.9); got {holdout!r}")
+            if (isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not math.isfinite(holdout)
+                    or not 0.0 < float(holdout) < 0.9):
+                raise UsageError(f"search.predictor_holdout must be a number in (0, 0.9); got {holdout!r}")
             values["predictor_holdout"] = float(holdout)
         for name in ("storage", "study_name"):
             if name in search and search[name] is not None:
@@ -135,11 +152,10 @@ class SearchConfig:
                 values[name] = search[name]
         if "resolutions" in search:
             raw = search["resolutions"]
-            if not isinstance(raw, (list, tuple)) or not all(isinstance(r, int) and r > 0 for r in raw):
+            if not isinstance(raw, (list, tuple)) or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                             and r > 0 for r in raw):
                 raise UsageError(f"search.resolutions must be a list of positive integers; got {raw!r}")
             values["resolutions"] = tuple(raw)
-        if values.get("population_size", 50) < 2:
-            raise UsageError("search.population_size must be at least 2")
         return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)
 
 
@@ -149,13 +165,14 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"{name} must be a positive integer; got {value!r}")
+def _int_in_range(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise UsageError(f"{name} must be {allowed}; got {value!r}")
     return value
 
 
 def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UsageError(f"{name} must be a positive number of milliseconds; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{name} must be a finite number of milliseconds > 0; got {value!r}")
     return float(value)

@@ -62,26 +62,37 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
         run: its ``RunDir`` (the trained supernet must be there).
         n_trials: overrides ``search.n_trials``.
         latency_predictors: device id to predictor; default: loaded from the device store.
-    """
-    import dataclasses
 
-    from ..accuracy import AccuracyCache, AccuracyPredictor, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
-    from ..data import load_dataset
-    from ..io import atomic_write_json
+    Everything that can be checked is checked before any work starts: the config's numbers (and
+    ``n_trials``), the trained supernet, the study's storage, and that no other process searches this run
+    (the run's ``search_lock``, held until the fronts are written).
+    """
     from ..rundir import RunDir
-    from ..search import run_search, search_paths
+    from ..search import search_lock, storage_for
     from ..search_config import SearchConfig
 
     run = run if isinstance(run, RunDir) else RunDir(run)
-    search = SearchConfig.parse(config.search, config.devices)
-    if n_trials is not None:
-        search = dataclasses.replace(search, n_trials=n_trials)
+    search = SearchConfig.parse(config.search, config.devices, n_trials=n_trials)
     if not search.devices:
         raise UsageError("config: no devices to search for; add e.g. `devices: [local-cpu-1t-ort]`")
     if not run.supernet_checkpoint.is_file():
         raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint}); "
                          f"run `nas train CONFIG` first")
     space = search.restrict(config.get_space())
+    with search_lock(run):
+        storage_for(search, run)  # a storage that cannot be opened fails here, before any work
+        return _search_locked(config, run, search, space, latency_predictors, progress)
+
+
+def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
+                   progress: bool) -> dict[str, list]:
+    import dataclasses
+
+    from ..accuracy import AccuracyCache, AccuracyPredictor, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
+    from ..data import load_dataset
+    from ..io import atomic_write_json
+    from ..search import run_search, search_paths
+
     predictors = dict(latency_predictors) if latency_predictors is not None else \
         load_latency_predictors(space, search.devices)
     paths = search_paths(run)
@@ -134,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True))
         return 0
     for device, members in fronts.items():
+        if not members:  # run_search refuses to store an empty front; kept so printing never fails
+            print(f"{device}: no subnets on the front")
+            continue
         lo, hi = members[0], members[-1]
         print(f"{device}: {len(members)} subnets on the front, {lo.latency_ms:.3f} ms ({100 * lo.val_accuracy:.2f}%)"
               f" to {hi.latency_ms:.3f} ms ({100 * hi.val_accuracy:.2f}%)")

@@ -137,13 +137,13 @@ def test_in_process_run_resumes_after_sigkill(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "nas", "train", str(config), "--run-dir", str(run),
                                 "--no-progress"], cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"))
     latest = run / "checkpoints" / "latest.pt"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     try:
         while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert latest.exists(), "no checkpoint appeared"
+        assert latest.exists(), f"no checkpoint appeared: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
