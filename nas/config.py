@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -153,6 +154,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UsageError(f"{key}: {value!r} is not allowed; expected a finite number")
             return float(value)
         if kind is str and isinstance(value, str):
             return value

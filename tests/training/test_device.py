@@ -193,3 +193,15 @@ def test_in_memory_data_moves_to_a_device_and_batches_stay_seeded(tmp_path) -> N
         xb, _ = next(b.train_batches(8, seed=3))
         xa, _ = next(a.train_batches(8, seed=3))
         assert xb.device.type == "cuda" and torch.allclose(xa, xb.cpu(), atol=1e-6)
+
+
+@pytest.mark.parametrize("key, value", [("lr", float("inf")), ("lr", float("nan")), ("weight_decay", float("inf"))])
+def test_non_finite_numbers_are_refused_at_load(tmp_path, capsys, key, value) -> None:
+    config = tiny_config(tmp_path / "bad.yaml")
+    raw = yaml.safe_load(config.read_text())
+    raw["train"][key] = value
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"train.{key}" in err and "finite" in err
+    assert not (tmp_path / "run").exists()
