@@ -4,7 +4,9 @@ A device is an id plus how it runs a model. Ids of devices this machine can meas
 
     local-<hardware>-<N>t-<backend>[-b<B>]
 
-- ``<hardware>``: a free word (``cpu``; letters and digits), for the reader;
+- ``<hardware>``: a word naming the CPU (``cpu``, or e.g. ``xeon``; letters and digits). The local backends
+  time models on this machine's CPU, so an accelerator's name (``gpu``, ``cuda``, ``npu``, ``tpu``, ``mps``,
+  ...) is refused: its measurements would be CPU timings saved under a GPU's name;
 - ``<N>t``: intra-op threads, e.g. ``1t``, ``4t``;
 - ``<backend>``: ``ort`` (ONNX Runtime), ``torch`` (PyTorch eager) or ``compile`` (``torch.compile``);
 - ``-b<B>``: batch size, default 1.
@@ -38,10 +40,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from search_spaces import reading
+
 BACKEND_TOKENS = {"ort": "onnxruntime", "torch": "torch", "compile": "torch_compile"}
 _LOCAL_ID = re.compile(r"^local-(?P<hw>[a-z0-9]+)-(?P<threads>[1-9][0-9]*)t-(?P<backend>[a-z]+)"
                        r"(?:-b(?P<batch>[1-9][0-9]*))?$")
 _ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Hardware words of local ids that name an accelerator, which no local backend measures on.
+_ACCELERATOR = re.compile(r"^(gpu|cuda|rocm|hip|xpu|mps|npu|tpu|dsp|nnapi|vulkan|metal|trt|tensorrt)[0-9]*$")
 DEVICE_FILE_VERSION = 1
 
 
@@ -100,6 +106,11 @@ def parse_device_id(device_id: str) -> Device | None:
     if token not in BACKEND_TOKENS:
         raise UnknownDeviceError(f"device {device_id!r}: unknown backend {token!r}; allowed: "
                                  f"{', '.join(BACKEND_TOKENS)} (e.g. local-cpu-1t-ort)")
+    if _ACCELERATOR.match(match["hw"]):
+        cpu_id = device_id.replace(f"local-{match['hw']}-", "local-cpu-", 1)
+        raise UnknownDeviceError(f"device {device_id!r} names hardware {match['hw']!r}, but local backends "
+                                 f"({', '.join(BACKEND_TOKENS)}) measure on this machine's CPU only; use "
+                                 f"{cpu_id!r} (the CPU is what gets timed)")
     return Device(id=device_id, backend=BACKEND_TOKENS[token], threads=int(match["threads"]),
                   batch_size=int(match["batch"] or 1))
 
@@ -160,13 +171,22 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
-def read_versioned_json(path: str | os.PathLike[str], fmt: str, version: int, what: str) -> dict[str, Any]:
-    """Read a JSON file of ours, checking its ``format`` name and that its ``version`` is not newer."""
+def read_versioned_json(path: str | os.PathLike[str], fmt: str, version: int, what: str,
+                        remedy: str = "move it away and make it again") -> dict[str, Any]:
+    """Read a JSON file of ours, checking its ``format`` name and that its ``version`` is not newer.
+
+    A file that is truncated, not JSON, not a JSON object or unreadable is a ``DamagedFileError`` naming it
+    and ``remedy``; callers parse its fields inside ``reading(path, what, remedy)`` as well.
+    """
     path = Path(path)
-    data = json.loads(path.read_text())
+    with reading(path, f"latency {what}", remedy):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        file_version = int(data.get("version", 0))
     if data.get("format") != fmt:
         raise LatencyError(f"{path} is not a hwnas latency {what}")
-    if int(data.get("version", 0)) > version:
+    if file_version > version:
         raise LatencyError(f"{path} has {what} format version {data['version']}; this hwnas reads up to {version}")
     return data
 
@@ -213,7 +233,11 @@ class DeviceStore:
             raise UnknownDeviceError(
                 f"unknown device {device_id!r}; known devices: {known} (local devices are named like "
                 f"local-cpu-1t-ort / local-cpu-1t-torch; imported ones come from 'nas latency import-ofa')")
-        return Device.from_dict(json.loads(path.read_text()))
+        remedy = ("move it away; measuring on the device again ('nas latency build') or importing its tables "
+                  "('nas latency import-ofa') records it anew, keeping its tables")
+        data = read_versioned_json(path, "hwnas-device", DEVICE_FILE_VERSION, "device record", remedy)
+        with reading(path, "latency device record", remedy):
+            return Device.from_dict(data)
 
     def resolve(self, device_id: str, *, create_local: bool = True) -> Device:
         """The stored device, else (when ``create_local``) the parsed local device, saved with fresh
@@ -232,8 +256,12 @@ class DeviceStore:
         return device
 
     def refresh_metadata(self, device: Device) -> Device:
-        """Record this machine's current facts on a local device (called when measuring)."""
-        return self.save(device.with_metadata(capture_metadata())) if device.is_local else device
+        """Record this machine's current facts on a local device (called when measuring); a stored local id
+        naming hardware that is not measured here (``local-gpu-1t-ort``) is refused."""
+        if not device.is_local:
+            return device
+        parse_device_id(device.id)
+        return self.save(device.with_metadata(capture_metadata()))
 
     def tables(self, device_id: str) -> list[str]:
         folder = self.device_dir(device_id) / "tables"

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace
+from search_spaces import Arch, SearchSpace, reading
 
 from .devices import LatencyError, atomic_write_json, read_versioned_json
 from .layers import arch_features, network_macs
@@ -299,13 +299,16 @@ def load_predictor(path: str | os.PathLike[str], space: SearchSpace,
                    table: LookupTable | None = None) -> Predictor:
     """Read a predictor written by ``Predictor.save`` (plain JSON; nothing is executed)."""
     path = Path(path)
-    data = read_versioned_json(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor")
-    if data["space"] != space.name:
-        raise LatencyError(f"{path} predicts space {data['space']!r}, not {space.name!r}")
-    cls = PREDICTOR_KINDS.get(data["kind"])
+    remedy = "move it away and run 'nas latency fit' again to refit it"
+    data = read_versioned_json(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor", remedy)
+    with reading(path, "latency predictor", remedy):
+        file_space, kind, params = data["space"], data["kind"], dict(data["params"])
+    if file_space != space.name:
+        raise LatencyError(f"{path} predicts space {file_space!r}, not {space.name!r}")
+    cls = PREDICTOR_KINDS.get(kind)
     if cls is None:
-        raise LatencyError(f"{path}: unknown predictor kind {data['kind']!r}")
-    params = data["params"]
+        raise LatencyError(f"{path}: unknown predictor kind {kind!r}")
     predictor = cls(space, table if (cls.needs_table or params.get("use_table")) else None)
-    predictor.set_params(params)
+    with reading(path, "latency predictor", remedy):
+        predictor.set_params(params)
     return predictor

@@ -19,6 +19,7 @@ atomic (temporary file, then rename); ``build_table`` saves as it goes and resum
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Arch, SearchSpace, plan
+from search_spaces import Arch, SearchSpace, plan, reading
 
 from .devices import Device, LatencyError, atomic_write_json, read_versioned_json
 from .layers import LayerBuilder, LayerSpec, enumerate_layers, network_layers
@@ -98,11 +99,17 @@ class LookupTable:
         path = Path(path)
         if not path.is_file():
             raise LatencyError(f"no lookup table at {path}; build one with 'nas latency build'")
-        data = read_versioned_json(path, TABLE_FORMAT, TABLE_VERSION, "table")
-        return cls(space=data["space"], device=Device.from_dict(data["device"]),
-                   resolutions=tuple(data["resolutions"]), entries=dict(data["entries"]),
-                   protocol=data.get("protocol"), source=data.get("source", "measured"),
-                   complete=bool(data.get("complete", False)))
+        remedy = "move it away and run 'nas latency build' (or 'nas latency import-ofa') again to make a new one"
+        data = read_versioned_json(path, TABLE_FORMAT, TABLE_VERSION, "table", remedy)
+        with reading(path, "latency table", remedy):
+            entries = {str(k): dict(v) for k, v in dict(data["entries"]).items()}
+            for key, entry in entries.items():
+                if not math.isfinite(float(entry["ms"])):
+                    raise ValueError(f"entry {key!r} has latency {entry['ms']!r}")
+            return cls(space=str(data["space"]), device=Device.from_dict(data["device"]),
+                       resolutions=tuple(int(r) for r in data["resolutions"]), entries=entries,
+                       protocol=data.get("protocol"), source=data.get("source", "measured"),
+                       complete=bool(data.get("complete", False)))
 
 
 MeasureFn = Callable[[LayerSpec], Measurement]

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Arch, SearchSpace
+from search_spaces import Arch, SearchSpace, reading
 
 from .devices import Device, LatencyError, atomic_write_json
 from .layers import LayerBuilder
@@ -185,11 +185,15 @@ class MeasurementLog:
         # scaled by it, so all of them share one scale.
         self.reference_base_ms: float | None = None
         if self.path.is_file():
-            data = json.loads(self.path.read_text())
+            with reading(self.path, "latency measurement log", "move it away and measure again"):
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+                records, base = dict(data["records"]), data.get("reference_base_ms")
             if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != space:
                 raise LatencyError(f"{self.path} is not a measurement log of space {space!r}")
-            self.records = data["records"]
-            self.reference_base_ms = data.get("reference_base_ms")
+            self.records = records
+            self.reference_base_ms = base
 
     def runs(self, arch: Arch) -> list[dict[str, Any]]:
         return self.records.get(arch.arch_id, {}).get("runs", [])

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, as_generator, random_arch
+from search_spaces import Arch, SearchSpace, as_generator, random_arch, reading
 
 from .devices import Device, DeviceStore, LatencyError, atomic_write_json
 from .layers import LayerBuilder, network_macs
@@ -124,7 +124,8 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
     fit_ids = {a.arch_id for a in sample_archs(space, fit_n, fit_seed, resolutions)} if fit_n else set()
     fit_set = _fit_set_path(store, device, space)
     if fit_set.is_file():  # never evaluate on a subnet the predictors were fitted on
-        fit_ids |= set(json.loads(fit_set.read_text())["arch_ids"])
+        with reading(fit_set, "latency fit record", "move it away and run 'nas latency fit' again"):
+            fit_ids |= {str(i) for i in json.loads(fit_set.read_text(encoding="utf-8"))["arch_ids"]}
     archs = [a for a in sample_archs(space, n + len(fit_ids), seed, resolutions) if a.arch_id not in fit_ids][:n]
     if builder is not None:
         log.ensure(space, archs, 2, builder, device, config, lock_path=store.lock_path(device.id),
@@ -162,4 +163,8 @@ def format_report(report: EvalReport) -> str:
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    with reading(path, "latency evaluation report", "move it away and run 'nas latency eval' again"):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        return data

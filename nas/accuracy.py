@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, encode_many, get_space, largest, sample, smallest
+from search_spaces import Arch, SearchSpace, encode_many, get_space, largest, reading, sample, smallest
+
+from .errors import UsageError
 
 __all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SupernetAccuracy",
            "fit_accuracy_predictor"]
@@ -115,6 +117,10 @@ class DirectEvaluator:
         self.evaluations = 0
 
     def _start(self) -> None:
+        if not (self._actors or self._local):
+            check = getattr(self.factory, "check", None)
+            if callable(check):  # a damaged input is named here, in one line, not inside each actor
+                check()
         if self.workers <= 0:
             if self._local is None:
                 self._local = _Actor(self.factory, 0)
@@ -185,13 +191,25 @@ class SupernetAccuracy:
     # in the default memory format, so a cached accuracy does not depend on where it was computed.
     device: str = "auto"
 
+    def check(self) -> None:
+        """Read the checkpoint in this process: ``UsageError`` naming it when it is damaged or foreign."""
+        from supernets.training.checkpoint import CheckpointError, read_supernet_file
+
+        try:
+            read_supernet_file(self.checkpoint)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from exc
+
     def __call__(self) -> ArchAccuracyFn:
-        from supernets.training.checkpoint import load_supernet_file
+        from supernets.training.checkpoint import CheckpointError, load_supernet_file
         from supernets.training.device import Execution
         from supernets.training.evaluate import subnet_accuracy
 
         execution = Execution.resolve(self.device, "fp32", channels_last=False)
-        _, supernet = load_supernet_file(self.checkpoint)
+        try:
+            _, supernet = load_supernet_file(self.checkpoint)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from exc
         execution.module(supernet)
         data = self.data_factory()
         if hasattr(data, "to"):
@@ -275,13 +293,15 @@ class AccuracyPredictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AccuracyPredictor:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != "hwnas-accuracy-mlp-1":
-            raise ValueError(f"{path}: not an accuracy predictor file")
-        pred = cls(data["space"], tuple(data["hidden"]), int(data["seed"]))
-        pred.y_mean, pred.y_std = float(data["y_mean"]), float(data["y_std"])
-        pred.weights = [np.asarray(w, dtype=np.float64) for w in data["weights"]]
-        pred.biases = [np.asarray(b, dtype=np.float64) for b in data["biases"]]
+        remedy = "move it away and run `nas search CONFIG` again to refit it"
+        with reading(path, "accuracy predictor", remedy):
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("format") != "hwnas-accuracy-mlp-1":
+                raise ValueError("not an accuracy predictor file")
+            pred = cls(data["space"], tuple(data["hidden"]), int(data["seed"]))
+            pred.y_mean, pred.y_std = float(data["y_mean"]), float(data["y_std"])
+            pred.weights = [np.asarray(w, dtype=np.float64) for w in data["weights"]]
+            pred.biases = [np.asarray(b, dtype=np.float64) for b in data["biases"]]
         return pred
 
 

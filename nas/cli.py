@@ -2,7 +2,8 @@
 
 Each sub-command lives in ``nas/commands/<name>.py`` with ``register(subparsers)``; the handler it sets
 returns an exit status. Bad input (``UsageError``, an invalid arch, an unknown space) ends with one line
-on stderr and exit status 2, never a traceback.
+on stderr and exit status 2, never a traceback; so does a damaged file of ours (``DamagedFileError``) or a
+path that cannot be written (``nas.io`` raises ``UsageError`` naming it).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ COMMAND_MODULES = ("spaces", "arch", "train", "latency", "devices", "search", "r
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from latency_predictors import LatencyError
-    from search_spaces import ArchError, UnknownSpaceError
+    from search_spaces import ArchError, DamagedFileError, UnknownSpaceError
 
-    return (UsageError, ArchError, UnknownSpaceError, LatencyError)
+    # ``DamagedFileError``: every reader of a file the project wrote (tables, predictors, device records,
+    # front stores) raises it with the file's path and what to do.
+    return (UsageError, ArchError, UnknownSpaceError, LatencyError, DamagedFileError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,23 +12,62 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
+
+def _cannot_write(target: Path, exc: OSError | ValueError) -> UsageError:
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    try:
+        if target.is_dir():
+            reason = "it is a folder"
+    except (OSError, ValueError):
+        pass
+    return UsageError(f"cannot write {str(target)!r} ({reason}); give a file path in a folder you can write to")
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail fast, before expensive work, when ``path`` cannot be written: ``UsageError`` naming it."""
+    target = Path(path)
+    try:
+        if "\0" in str(target):
+            raise ValueError("a NUL character in the name")
+        if target.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        folder = target.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"{folder} is not a writable folder")
+    except (OSError, ValueError) as exc:  # also a name too long to look up, or a NUL in it
+        raise _cannot_write(target, exc) from exc
+    return target
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path."""
+    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path.
+
+    A path that cannot be written (no permission, a folder in the way, a name too long, a full disk) is a
+    ``UsageError`` naming it.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise _cannot_write(target, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _cannot_write(target, exc) from exc
         raise
     return target
 

@@ -143,9 +143,11 @@ class Pipeline:
                   f"predicted vs measured MAPE {100 * report.mape:.1f}%, Spearman {report.spearman:.3f}; "
                   f"{report.members_after} members on the measured front", file=sys.stderr)
 
-    def _plot_done(self) -> bool:
-        plot = self.paths.plot
-        return plot.is_file() and plot.stat().st_mtime >= self.paths.fronts.stat().st_mtime
+    def _made_from_fronts(self, path: Path) -> bool:
+        """``path`` exists and was written after the fronts last changed (a grown search, a new
+        hardware-in-the-loop pass make it stale): how the stages after the search know what they were made from."""
+        fronts = self.paths.fronts
+        return path.is_file() and fronts.is_file() and path.stat().st_mtime >= fronts.stat().st_mtime
 
     def _plot(self) -> None:
         from .plots import plot_run
@@ -170,9 +172,9 @@ class Pipeline:
             Stage("train", self.run.is_trained, self._train),
             Stage("latency", lambda: not self._latency_missing(), self._latency),
             Stage("search", lambda: search_is_complete(self.config, self.run), self._search),
-            Stage("hardware-in-the-loop", self.paths.hil.is_file, self._hil),
-            Stage("plot", self._plot_done, self._plot),
-            Stage("export", self.export_path.is_file, self._export),
+            Stage("hardware-in-the-loop", lambda: self._made_from_fronts(self.paths.hil), self._hil),
+            Stage("plot", lambda: self._made_from_fronts(self.paths.plot), self._plot),
+            Stage("export", lambda: self._made_from_fronts(self.export_path), self._export),
         ]
 
     def run_all(self) -> PipelineResult:

@@ -2,38 +2,115 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
+import sqlite3
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search_spaces import READ_ERRORS, reading
+
 from .errors import UsageError
-from .fronts import FrontMember, FrontStore, get_front_store
+from .fronts import FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
 from .search import run_path, search_paths
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["EXPORT_SUFFIXES", "export_member", "export_subnet", "open_fronts", "query_front", "subnet_of"]
+__all__ = ["EXPORT_SUFFIXES", "check_min_accuracy", "export_member", "export_subnet", "open_fronts", "query_front",
+           "subnet_of"]
 
 EXPORT_SUFFIXES = (".onnx", ".pt")
 ONNX_TOLERANCE = 1e-4
 
 
+_FRONTS_REMEDY = "move it away and run `nas search CONFIG` again to rewrite the fronts from the run's study"
+# What SQLite and the rows it returns raise for a damaged store: not a database, a malformed image, a
+# row whose arch or numbers do not parse.
+_FRONT_READ_ERRORS = (*READ_ERRORS, sqlite3.DatabaseError)
+
+
+class _CheckedFrontStore(FrontStore):
+    """A run's front store whose reads raise ``DamagedFileError`` naming the file when it is damaged
+    (truncated, not a database, a bad row). (Until ``SQLiteFrontStore`` raises it itself.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._reading():
+            self._store = get_front_store(path, create=False)
+
+    def _reading(self):
+        return reading(self.path, "front store", _FRONTS_REMEDY, _FRONT_READ_ERRORS)
+
+    def _read(self, method: Callable[..., Any], *args: Any) -> Any:
+        with self._reading():
+            return method(*args)
+
+    def front(self, device: str) -> list[FrontMember]:
+        with self._reading():
+            members = self._store.front(device)
+            for m in members:  # a bad row: numbers that are not numbers
+                if not (0.0 <= float(m.val_accuracy) <= 1.0 and float(m.latency_ms) > 0):
+                    raise ValueError(f"member {m.arch_id} of {device!r} has accuracy {m.val_accuracy!r} and "
+                                     f"latency {m.latency_ms!r} ms")
+            return members
+
+    def devices(self) -> list[str]:
+        return self._read(self._store.devices)
+
+    def references(self, device: str) -> list[ReferencePoint]:
+        return self._read(self._store.references, device)
+
+    def measurements(self, device: str) -> list[Measurement]:
+        return self._read(self._store.measurements, device)
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self._read(self._store.get_meta, key, default)
+
+    # Writes pass through: their failures (a locked database) are not damage.
+    def write_front(self, device: str, members: Sequence[FrontMember]) -> None:
+        self._store.write_front(device, members)
+
+    def write_references(self, device: str, points: Sequence[ReferencePoint]) -> None:
+        self._store.write_references(device, points)
+
+    def write_measurements(self, measurements: Sequence[Measurement]) -> None:
+        self._store.write_measurements(measurements)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._store.set_meta(key, value)
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self._store.transaction()
+
+
 def open_fronts(run_dir: Any) -> FrontStore:
-    """The run's front store; a run without one is a ``UsageError``."""
+    """The run's front store; a run without one is a ``UsageError``, a damaged one (truncated, not a
+    database, a bad row) a ``DamagedFileError`` naming it, when it is opened or read."""
     path = search_paths(run_dir).fronts
     if not path.exists():
         if not run_path(run_dir).exists():
             raise UsageError(f"no run folder {str(run_path(run_dir))!r}")
         raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts (fronts/fronts.sqlite); "
                          f"run `nas search` first")
-    return get_front_store(path, create=False)
+    return _CheckedFrontStore(path)
+
+
+def check_min_accuracy(min_accuracy: float | None) -> None:
+    """``UsageError`` unless ``min_accuracy`` is None or a finite fraction in [0, 1]."""
+    if min_accuracy is None or (math.isfinite(min_accuracy) and 0.0 <= min_accuracy <= 1.0):
+        return
+    hint = (f"; {min_accuracy:g} looks like a percentage: use {min_accuracy / 100:g}"
+            if math.isfinite(min_accuracy) and 1.0 < min_accuracy <= 100.0 else "")
+    raise UsageError(f"--min-accuracy must be a validation accuracy as a fraction in [0, 1] (e.g. 0.9); got "
+                     f"{min_accuracy:g}{hint}")
 
 
 def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: float | None = None, *,
@@ -45,6 +122,7 @@ def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: 
     below the fastest member, naming the devices for an unknown device, and naming the best reachable
     accuracy when ``min_accuracy`` cannot be met within the budget.
     """
+    check_min_accuracy(min_accuracy)
     store = store or open_fronts(run_dir)
     devices = store.devices()
     if device not in devices:
@@ -149,10 +227,10 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
     Without it the supernet's stored BN statistics are kept. Recalibration runs on ``device`` (``auto``:
     CUDA when available, in fp32); the subnet is returned on the CPU, ready to export.
     """
-    from supernets.training.device import DeviceError, Execution
-
     from supernets import extract
     from supernets.training.bn import recalibrate_bn
+    from supernets.training.checkpoint import CheckpointError
+    from supernets.training.device import DeviceError, Execution
     from supernets.training.evaluate import resize
 
     if not member.checkpoint:
@@ -165,7 +243,10 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
         execution = Execution.resolve(device, "fp32", channels_last=False)
     except DeviceError as exc:
         raise UsageError(str(exc)) from exc
-    _, supernet = supernet_loader(member.checkpoint)
+    try:
+        _, supernet = supernet_loader(member.checkpoint)
+    except CheckpointError as exc:  # a damaged or foreign supernet.pt: its message names it and what to do
+        raise UsageError(str(exc)) from exc
     net = extract(execution.module(supernet), member.arch)
     if calibration is not None:
         recalibrate_bn(net, (resize(execution.batch(x), member.arch.resolution) for x in calibration))

@@ -29,11 +29,51 @@ if TYPE_CHECKING:
     from .config import ExperimentConfig
 
 
+# Longest file name and path where the file system does not say (Linux's limits).
+_NAME_MAX, _PATH_MAX = 255, 4096
+# Room left for the deepest file a run writes below its folder (``checkpoints/.supernet.pt.XXXX.tmp``).
+_DEEPEST_INSIDE = 64
+
+
+def _checked_root(root: str | os.PathLike[str]) -> Path:
+    """The absolute run folder; ``UsageError`` when no file system could hold it (a NUL, a name too long)."""
+    text = os.fspath(root)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if "\0" in text:
+        raise UsageError(f"run folder {text!r} contains a NUL character; name the run (the config's name or "
+                         f"--run-dir) with letters, digits, - and _")
+    path = Path(os.path.abspath(Path(text).expanduser()))
+    existing = path
+    while existing != existing.parent:
+        try:
+            if existing.exists():
+                break
+        except OSError:  # a name too long to look up
+            pass
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = _NAME_MAX, _PATH_MAX
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise UsageError(f"run folder name {part[:40]!r}... is {size} bytes, over this file system's "
+                             f"{name_max} per name; give the run (the config's name or --run-dir) a shorter name")
+    size = len(os.fsencode(str(path)))
+    if size + _DEEPEST_INSIDE > path_max:
+        raise UsageError(f"run folder path {str(path)[:40]!r}... is {size} bytes; with the files a run writes "
+                         f"inside it that is over this file system's {path_max}; choose a shorter --run-dir")
+    return path.resolve()
+
+
 class RunDir:
     """The paths of one run folder (absolute); creating folders is explicit (``create``)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.root = _checked_root(root)
 
     @classmethod
     def for_config(cls, config: ExperimentConfig, override: str | os.PathLike[str] | None = None) -> RunDir:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import _mnasnet, _ofa  # noqa: F401  (registers the built-in spaces)
 from ._arch import Arch, ArchError, BlockArch, StageArch, validate
 from ._encoding import decode, encode, encode_many, encoding_length, encoding_names
+from ._files import READ_ERRORS, DamagedFileError, reading
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
@@ -19,10 +20,12 @@ from ._strings import arch_from_string, arch_to_string
 __all__ = [
     "ACTIVATIONS",
     "OP_TYPES",
+    "READ_ERRORS",
     "Arch",
     "ArchError",
     "BlockArch",
     "BlockPlan",
+    "DamagedFileError",
     "NetworkPlan",
     "SearchSpace",
     "Seed",
@@ -48,6 +51,7 @@ __all__ = [
     "mutate",
     "plan",
     "random_arch",
+    "reading",
     "register_space",
     "sample",
     "smallest",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,6 +85,27 @@ def _max_depth(space: SearchSpace) -> int:
     return max(s.max_depth for s in space.stages)
 
 
+def _number(value: Any, key: str, *, integral: bool, allowed: Sequence[Any] = ()) -> float:
+    """``value`` as a finite number (a whole one when ``integral``); ``ArchError`` naming ``key`` otherwise."""
+    kind = "a whole number" if integral else "a number"
+    where = f"; allowed: {', '.join(map(str, allowed))}" if allowed else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArchError(f"OFA config {key!r} must be {kind}, got {value!r}{where}")
+    number = float(value)
+    if not math.isfinite(number) or (integral and not number.is_integer()):
+        raise ArchError(f"OFA config {key!r} must be {kind}, got {value!r}{where}")
+    return number
+
+
+def _numbers(values: Any, key: str, count: int, space: SearchSpace, *, integral: bool) -> list[float]:
+    """The list ``values`` of ``count`` finite numbers; ``ArchError`` naming ``key`` otherwise."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Sequence):
+        raise ArchError(f"OFA config {key!r} must be a list of {count} numbers for {space.name!r}, got {values!r}")
+    if len(values) != count:
+        raise ArchError(f"OFA config {key!r} has {len(values)} entries; {space.name!r} needs {count}")
+    return [_number(v, f"{key}[{i}]", integral=integral) for i, v in enumerate(values)]
+
+
 def from_ofa_config(space: SearchSpace, config: Mapping[str, Any], resolution: int | None = None) -> Arch:
     """Convert OFA's ``{"ks": [...], "e": [...], "d": [...], "r": ...}`` into an ``Arch`` of ``space``.
 
@@ -97,23 +120,19 @@ def from_ofa_config(space: SearchSpace, config: Mapping[str, Any], resolution: i
     missing = [k for k in ("ks", "e", "d") if k not in config]
     if missing:
         raise ArchError(f"OFA config lacks {', '.join(missing)}; it needs ks, e, d (and optionally r)")
-    ks, es, ds = list(config["ks"]), list(config["e"]), list(config["d"])
-    if len(ds) != n_stages:
-        raise ArchError(f"OFA config 'd' has {len(ds)} entries; {space.name!r} needs {n_stages}")
-    for key, values in (("ks", ks), ("e", es)):
-        if len(values) != n_stages * slots:
-            raise ArchError(f"OFA config {key!r} has {len(values)} entries; {space.name!r} needs "
-                            f"{n_stages * slots}")
+    ds = _numbers(config["d"], "d", n_stages, space, integral=True)
+    ks = _numbers(config["ks"], "ks", n_stages * slots, space, integral=True)
+    es = _numbers(config["e"], "e", n_stages * slots, space, integral=False)
     r = config.get("r", resolution)
     if isinstance(r, (list, tuple)):
         if len(r) != 1:
             raise ArchError(f"OFA config 'r' must hold one resolution, got {r}")
         r = r[0]
-    r = space.resolutions[-1] if r is None else int(r)
+    r = space.resolutions[-1] if r is None else int(_number(r, "r", integral=True, allowed=space.resolutions))
     stages = []
     for s, (spec, depth) in enumerate(zip(space.stages, ds)):
         if depth not in spec.depths:
-            raise ArchError(f"OFA config d[{s}]={depth} is not allowed; allowed: {spec.depths}")
+            raise ArchError(f"OFA config d[{s}]={depth:g} is not allowed; allowed: {spec.depths}")
         blocks = tuple(
             BlockArch(kernel_size=int(ks[s * slots + b]), expand_ratio=float(es[s * slots + b]),
                       op_type="mbconv", se_ratio=spec.se_ratios[0], skip=True)

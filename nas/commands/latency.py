@@ -121,11 +121,14 @@ def import_ofa_cmd(args: argparse.Namespace) -> int:
     space = _space(args.space)
     store = _store(args)
     try:
-        device = store.get(args.device)
+        device, known = store.get(args.device), True
     except UnknownDeviceError:
-        device = store.save(Device(id=args.device, backend=None).with_metadata(
-            {"source": "Once-for-All lookup tables", "imported_from": str(args.directory)}))
+        store.device_dir(args.device)  # checks the id
+        device, known = Device(id=args.device, backend=None).with_metadata(
+            {"source": "Once-for-All lookup tables", "imported_from": str(args.directory)}), False
     table = import_ofa_tables(args.directory, space, device)
+    if not known:  # registered only once its tables were read
+        store.save(device)
     path = store.table_path(device.id, space.name)
     table.save(path)
     note = "" if table.complete else " (incomplete: some layers have no OFA entry)"

@@ -6,8 +6,11 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..plots import plot_run
 
+    if args.out is not None:
+        check_writable(args.out)
     path = plot_run(args.run, args.out)
     print(f"wrote {path}")
     return 0

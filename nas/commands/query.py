@@ -23,10 +23,14 @@ def calibration_for_run(store, resolution: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..query import EXPORT_SUFFIXES, export_member, open_fronts, query_front
+    from ..io import check_writable
+    from ..query import EXPORT_SUFFIXES, check_min_accuracy, export_member, open_fronts, query_front
 
-    if args.export is not None and Path(args.export).suffix not in EXPORT_SUFFIXES:
-        raise UsageError(f"--export {args.export!r}: the file name must end in {' or '.join(EXPORT_SUFFIXES)}")
+    check_min_accuracy(args.min_accuracy)
+    if args.export is not None:
+        if Path(args.export).suffix not in EXPORT_SUFFIXES:
+            raise UsageError(f"--export {args.export!r}: the file name must end in {' or '.join(EXPORT_SUFFIXES)}")
+        check_writable(args.export)
     store = open_fronts(args.run)
     member = query_front(args.run, args.device, args.max_latency_ms, args.min_accuracy, store=store)
     result = member.to_dict()
@@ -59,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="the run folder")
     p.add_argument("--device", required=True, help="device id of the front to query")
     p.add_argument("--max-latency-ms", type=float, required=True, help="latency budget in milliseconds")
-    p.add_argument("--min-accuracy", type=float, default=None, help="required validation accuracy (0..1)")
+    p.add_argument("--min-accuracy", type=float, default=None,
+                   help="required validation accuracy, a fraction in [0, 1] (0.9, not 90)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--export", metavar="FILE", default=None, help="write the subnet to FILE.onnx or FILE.pt")
     p.set_defaults(handler=run)

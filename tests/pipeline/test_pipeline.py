@@ -65,6 +65,13 @@ def test_run_produces_every_artifact_then_skips_every_stage(workdir, capsys):
     assert front and all(m["measured_latency_ms"] is not None for m in front)
     assert err.count("already done, skipped") == 6
 
+    # The search grows: every stage made from its fronts runs again, the others stay skipped.
+    (workdir / "tiny.yaml").write_text(TINY.replace("n_trials: 12", "n_trials: 18"))
+    assert main(["run", "tiny.yaml", "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ran"] == ["search", "hardware-in-the-loop", "plot", "export"]
+    assert result["skipped"] == ["train", "latency"]
+
 
 @pytest.mark.parametrize("change, message", [
     (("devices: [local-cpu-1t-ort]", "devices: []"), "no devices"),

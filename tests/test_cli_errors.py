@@ -1,0 +1,169 @@
+"""Damaged files, unwritable paths and out-of-range input end in one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from nas.cli import main
+from nas.search import run_search
+from nas.search_config import SearchConfig
+from search_spaces import get_space, largest, to_ofa_config
+
+from .search.conftest import SPACE_NAME, ToyObjectives, stub_counts
+
+
+def _fails_in_one_line(capsys, argv, *needles):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("nas: error:") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A searched run whose members take their weights from ``checkpoints/supernet.pt`` (a placeholder)."""
+    path = tmp_path_factory.mktemp("run")
+    checkpoint = path / "checkpoints" / "supernet.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"placeholder")
+    toy = ToyObjectives()
+    config = SearchConfig.parse({"n_trials": 8, "batch_size": 8, "population_size": 8}, ["dev"])
+    run_search(config, path, toy.accuracy, {"dev": toy.latency()}, space=SPACE_NAME, counts_fn=stub_counts,
+               checkpoint=str(checkpoint))
+    return path
+
+
+@pytest.fixture
+def run(toy_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(toy_run, copy)
+    return copy
+
+
+def _query(run, *extra):
+    return ["query", run, "--device", "dev", "--max-latency-ms", "1e9", *extra]
+
+
+def _bad_row(fronts):
+    with sqlite3.connect(fronts) as conn:
+        conn.execute("UPDATE members SET arch_json = '{\"space\": trunc'")
+
+
+@pytest.mark.parametrize("damage", ["supernet", "fronts-truncated", "fronts-random", "fronts-bad-row", "table",
+                                    "predictor", "device"])
+def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
+    """Issue 11, item 7: every reader of a file the project wrote names it when it is damaged."""
+    home = tmp_path / "home"
+    fronts = run / "fronts" / "fronts.sqlite"
+    if damage == "supernet":  # a truncated supernet.pt, on the export path and on the search's
+        checkpoint = run / "checkpoints" / "supernet.pt"
+        checkpoint.write_bytes(b"PK\x03\x04 truncated")
+        # (The store keeps the path of the original run's checkpoint, also a placeholder.)
+        _fails_in_one_line(capsys, _query(run, "--export", tmp_path / "net.pt"), "checkpoints/supernet.pt",
+                           "corrupted or unreadable")
+        from nas.accuracy import DirectEvaluator, SupernetAccuracy
+        from nas.errors import UsageError
+
+        evaluator = DirectEvaluator(SupernetAccuracy(str(checkpoint), dict), workers=2)
+        with pytest.raises(UsageError, match="corrupted or unreadable"):  # named before any Ray actor starts
+            evaluator.evaluate([largest(get_space(SPACE_NAME))])
+        return
+    if damage.startswith("fronts"):
+        if damage == "fronts-truncated":
+            fronts.write_bytes(fronts.read_bytes()[: fronts.stat().st_size // 2])
+        elif damage == "fronts-random":
+            fronts.write_bytes(bytes(range(256)) * 20)
+        else:
+            _bad_row(fronts)
+        for argv in (_query(run), ["plot", run, "--out", tmp_path / "fronts.png"]):
+            _fails_in_one_line(capsys, argv, str(fronts), "damaged", "nas search")
+        return
+    from latency_predictors import Device, DeviceStore
+
+    store = DeviceStore(home)
+    device = store.save(Device(id="local-cpu-1t-torch", backend="torch"))
+    if damage == "table":
+        path = store.table_path(device.id, SPACE_NAME)
+        path.parent.mkdir(parents=True)
+        path.write_text('{"format": "hwnas-latency-table", "version": 1, "entries": {"stem-')
+        argv = ["latency", "build", "--space", SPACE_NAME, "--device", device.id, "--quiet", "--home", home]
+    elif damage == "predictor":
+        path = store.predictor_dir(device.id, SPACE_NAME) / "ridge.json"
+        path.parent.mkdir(parents=True)
+        path.write_text('{"format": "hwnas-latency-predictor", "version": 1, "kind": "ridge", "params": {"me')
+        argv = ["latency", "eval", "--space", SPACE_NAME, "--device", device.id, "--home", home]
+    else:
+        path = store.device_dir(device.id) / "device.json"
+        path.write_text('{"format": "hwnas-dev')
+        argv = ["devices", "--home", home]
+    _fails_in_one_line(capsys, argv, str(path), "damaged")
+    if damage != "device":  # the search loads the same files
+        from nas.commands.search import load_latency_predictors
+        from search_spaces import DamagedFileError
+
+        with pytest.raises(DamagedFileError, match="damaged"):
+            load_latency_predictors(get_space(SPACE_NAME), [device.id], home=home)
+
+
+def test_unwritable_outputs_and_impossible_run_names(run, tmp_path, capsys, monkeypatch):
+    """Issue 11, item 8: OS errors on the paths a user gives are one line naming the path."""
+    folder = tmp_path / "folder.pt"
+    folder.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    _fails_in_one_line(capsys, _query(run, "--export", folder), str(folder), "folder")
+    _fails_in_one_line(capsys, _query(run, "--export", a_file / "net.onnx"), str(a_file / "net.onnx"))
+    _fails_in_one_line(capsys, ["plot", run, "--out", a_file / "fronts.png"], str(a_file / "fronts.png"))
+    _fails_in_one_line(capsys, ["plot", run, "--out", folder], str(folder))
+    from nas.errors import UsageError
+    from nas.io import atomic_write_bytes
+
+    with pytest.raises(UsageError, match="cannot write"):  # the writer itself, after the work is done
+        atomic_write_bytes(folder, b"x")
+    monkeypatch.chdir(tmp_path)
+    for name, needle in (('"a\\0b"', "NUL"), ("x" * 300, "bytes")):
+        config = tmp_path / "bad.yaml"
+        config.write_text(f"name: {name}\nspace: {SPACE_NAME}\ndevices: [dev]\n")
+        _fails_in_one_line(capsys, ["search", config], needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("change", [
+    {"ks": "x", "e": 1, "d": None},
+    {"r": float("nan")},
+    {"r": 32.5},
+    {"r": "x"},
+    {"ks": ["x"] * 20},
+    {"d": [2.5, 2, 2, 2, 2]},
+])
+def test_malformed_ofa_config(change, capsys):
+    """Issue 11, item 9: a malformed ``--ofa-config`` names the bad field."""
+    space = get_space(SPACE_NAME)
+    config = {**to_ofa_config(space, largest(space)), **change}
+    _fails_in_one_line(capsys, ["arch", "info", SPACE_NAME, "--ofa-config", json.dumps(config)], "OFA config")
+
+
+def test_devices_this_machine_cannot_measure_and_failed_imports_leave_nothing(tmp_path, capsys):
+    """Issue 11, item 13: a GPU id is refused (the backends time the CPU); a failed import registers nothing."""
+    home = tmp_path / "home"
+    for device in ("local-gpu-1t-ort", "local-cuda0-1t-torch"):
+        _fails_in_one_line(capsys, ["latency", "build", "--space", SPACE_NAME, "--device", device, "--quiet",
+                                    "--home", home], device, "CPU only")
+    _fails_in_one_line(capsys, ["latency", "import-ofa", tmp_path / "missing", "--device", "note10",
+                                "--home", home], "does not exist")
+    assert main(["devices", "--json", "--home", str(home)]) == 0
+    assert json.loads(capsys.readouterr().out)["devices"] == []
+
+
+@pytest.mark.parametrize("value", ["95", "-5", "nan", "inf"])
+def test_min_accuracy_is_a_fraction(value, run, capsys):
+    """Issue 11, item 16: ``--min-accuracy`` must be finite and in [0, 1]."""
+    err = _fails_in_one_line(capsys, _query(run, "--min-accuracy", value), "--min-accuracy", "[0, 1]")
+    assert ("percentage" in err) == (value == "95")
