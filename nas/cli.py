@@ -9,6 +9,7 @@ path that cannot be written (``nas.io`` raises ``UsageError`` naming it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -23,10 +24,12 @@ COMMAND_MODULES = ("spaces", "arch", "train", "latency", "devices", "search", "r
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from latency_predictors import LatencyError
     from search_spaces import ArchError, DamagedFileError, UnknownSpaceError
+    from supernets.training import CheckpointError, DeviceError
 
     # ``DamagedFileError``: every reader of a file the project wrote (tables, predictors, device records,
-    # front stores) raises it with the file's path and what to do.
-    return (UsageError, ArchError, UnknownSpaceError, LatencyError, DamagedFileError)
+    # front stores) raises it with the file's path and what to do; ``CheckpointError`` the same for
+    # checkpoints (damaged, or of another run).
+    return (UsageError, ArchError, UnknownSpaceError, LatencyError, DamagedFileError, CheckpointError, DeviceError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    # ``args.stdout`` is where a command prints its result. With ``--json`` it is the only thing on stdout:
+    # everything else printed meanwhile (training lines, Ray's forwarded logs) goes to stderr.
+    args.stdout = sys.stdout
     try:
+        if getattr(args, "json", False):
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.handler(args) or 0)
         return int(args.handler(args) or 0)
     except _user_error_types() as exc:
         print(f"nas: error: {exc}", file=sys.stderr)

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     archs = select_archs(space, args)
     infos = [arch_summary(space, a) for a in archs]
     if args.json:
-        print(json.dumps({"space": space.name, "archs": infos}, indent=2))
+        print(json.dumps({"space": space.name, "archs": infos}, indent=2), file=args.stdout)
         return 0
     for i, info in enumerate(infos):
         if i:

@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
     store = DeviceStore(args.home or default_root())
     rows = store.describe()
     if args.json:
-        print(json.dumps({"root": str(store.root), "devices": rows}, indent=2))
+        print(json.dumps({"root": str(store.root), "devices": rows}, indent=2), file=args.stdout)
         return 0
     if not rows:
         print(f"no devices under {store.root} yet; measure one with 'nas latency build --space S "

@@ -171,7 +171,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                                  progress=not args.quiet)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
     return 0
 
 

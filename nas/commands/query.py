@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         result["export"] = export_member(member, args.export,
                                          calibration=calibration_for_run(store, member.arch.resolution))
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(result, indent=2, sort_keys=True), file=args.stdout)
         return 0
     measured = "measured" if member.measured_latency_ms is not None else "predicted"
     test = "n/a" if member.test_accuracy is None else f"{100 * member.test_accuracy:.2f}%"

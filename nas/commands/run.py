@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "ran": list(result.ran), "skipped": list(result.skipped),
                           "fronts_file": str(result.fronts), "plot": str(result.plot),
-                          "export": str(result.export), "fronts": fronts}, indent=2, sort_keys=True))
+                          "export": str(result.export), "fronts": fronts}, indent=2, sort_keys=True),
+              file=args.stdout)
         return 0
     print(f"run folder   {result.run_dir}")
     for device, members in fronts.items():

@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDir.for_config(config, args.run_dir)
     fronts = search_stage(config, run_dir, n_trials=args.n_trials)
     if args.json:
-        print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True))
+        print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True),
+              file=args.stdout)
         return 0
     for device, members in fronts.items():
         if not members:  # run_search refuses to store an empty front; kept so printing never fails

@@ -27,7 +27,7 @@ def space_summary(name: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     rows = [space_summary(n) for n in list_spaces()]
     if args.json:
-        print(json.dumps({"spaces": rows}, indent=2))
+        print(json.dumps({"spaces": rows}, indent=2), file=args.stdout)
         return 0
     print(f"{'space':<16} {'family':<9} {'stages':>6} {'blocks':>6} {'resolutions':<14} {'archs':>8}  description")
     for r in rows:

@@ -45,8 +45,10 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_run_produces_every_artifact_then_skips_every_stage(workdir, capsys):
-    assert main(["run", "tiny.yaml", "--no-progress"]) == 0
-    capsys.readouterr()
+    assert main(["run", "tiny.yaml", "--no-progress", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ran"] == ["train", "latency", "search", "hardware-in-the-loop", "plot", "export"]
+    assert "epoch 1/" in err  # training's lines went to stderr: stdout holds the JSON alone
     run = workdir / "runs" / "tiny"
     for artifact in ("checkpoints/supernet.pt", "metrics.jsonl", "search/study.journal", "fronts/fronts.sqlite",
                      "fronts/hil.json", "plots/fronts.png", "exports/local-cpu-1t-ort-knee.onnx"):
