@@ -176,24 +176,25 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     resolutions = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
     layers = enumerate_layers(space, resolutions)
     path = Path(path)
-    table = LookupTable(space=space.name, device=device, resolutions=resolutions,
-                        protocol=asdict(protocol) if protocol else None)
-    if path.is_file():
-        old = LookupTable.load(path)
-        if old.space != space.name or old.device.id != device.id:
-            raise LatencyError(f"{path} holds a table of {old.space!r} on {old.device.id!r}, not "
-                               f"{space.name!r} on {device.id!r}")
-        table.entries = old.entries
-        table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
-        table.protocol = table.protocol or old.protocol
-        if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
-            measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
-    todo = [layer for key, layer in layers.items() if key not in table.entries]
-    lock = device_lock(lock_path) if lock_path else _null_context()
-    bar = _progress(len(layers), len(layers) - len(todo), f"{space.name} on {device.id}", progress)
-    last_save = time.monotonic()
-    try:
-        with lock:
+    # Read and plan inside the lock: a second build on the device waits, then finds the first's entries
+    # and measures only what is still missing (nothing, when the first finished).
+    with device_lock(lock_path) if lock_path else _null_context():
+        table = LookupTable(space=space.name, device=device, resolutions=resolutions,
+                            protocol=asdict(protocol) if protocol else None)
+        if path.is_file():
+            old = LookupTable.load(path)
+            if old.space != space.name or old.device.id != device.id:
+                raise LatencyError(f"{path} holds a table of {old.space!r} on {old.device.id!r}, not "
+                                   f"{space.name!r} on {device.id!r}")
+            table.entries = old.entries
+            table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
+            table.protocol = table.protocol or old.protocol
+            if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
+                measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
+        todo = [layer for key, layer in layers.items() if key not in table.entries]
+        bar = _progress(len(layers), len(layers) - len(todo), f"{space.name} on {device.id}", progress)
+        last_save = time.monotonic()
+        try:
             for layer in todo:
                 m = measure(layer)
                 table.entries[layer.key] = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind,
@@ -205,10 +206,10 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                 if time.monotonic() - last_save > save_every_s:
                     table.save(path)
                     last_save = time.monotonic()
-        table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
-    finally:
-        bar.close()
-        table.save(path)
+            table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
+        finally:
+            bar.close()
+            table.save(path)
     return table
 
 

@@ -117,3 +117,29 @@ def test_load_referenced_table_keeps_its_scale_on_resume(tmp_path, device, build
     second = layer_measurer(builder, get_backend("torch", 1), config, space=SPACE)
     table = build_table(SPACE, device, path, second, resolutions=[24], protocol=config, progress=False)
     assert second.reference_base_ms == base and table.complete
+
+
+def test_two_builds_on_one_device_measure_each_layer_once(tmp_path, device):
+    """Two builds at once (threads here, the same flock as two processes) plan inside the lock: the second
+    waits for the first and then finds everything measured."""
+    import threading
+    import time as clock
+
+    class SlowMeasure(CountingMeasure):
+        def __call__(self, layer):
+            clock.sleep(0.002)  # both builds are surely running at once
+            return super().__call__(layer)
+
+    path, lock = tmp_path / "t.json", tmp_path / "device.lock"
+    measures = [SlowMeasure(), SlowMeasure()]
+    threads = [threading.Thread(target=build_table, args=(SPACE, device, path, m),
+                                kwargs={"resolutions": [24], "progress": False, "lock_path": lock})
+               for m in measures]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table = LookupTable.load(path)
+    assert table.complete
+    measured = [key for m in measures for key, n in m.calls.items() for _ in range(n)]
+    assert sorted(measured) == sorted(table.entries)  # every layer once, by one of the two
