@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -41,8 +42,9 @@ class _CheckedFrontStore(FrontStore):
     """A run's front store whose reads raise ``DamagedFileError`` naming the file when it is damaged
     (truncated, not a database, a bad row). (Until ``SQLiteFrontStore`` raises it itself.)"""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run_root: Path) -> None:
         self.path = path
+        self.run_root = run_root
         with self._reading():
             self._store = get_front_store(path, create=False)
 
@@ -60,7 +62,9 @@ class _CheckedFrontStore(FrontStore):
                 if not (0.0 <= float(m.val_accuracy) <= 1.0 and float(m.latency_ms) > 0):
                     raise ValueError(f"member {m.arch_id} of {device!r} has accuracy {m.val_accuracy!r} and "
                                      f"latency {m.latency_ms!r} ms")
-            return members
+        # Checkpoints are stored relative to the run folder (older stores: absolute): resolve them here.
+        return [dataclasses.replace(m, checkpoint=str(self.run_root / m.checkpoint))
+                if m.checkpoint and not Path(m.checkpoint).is_absolute() else m for m in members]
 
     def devices(self) -> list[str]:
         return self._read(self._store.devices)
@@ -100,7 +104,7 @@ def open_fronts(run_dir: Any) -> FrontStore:
             raise UsageError(f"no run folder {str(run_path(run_dir))!r}")
         raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts (fronts/fronts.sqlite); "
                          f"run `nas search` first")
-    return _CheckedFrontStore(path)
+    return _CheckedFrontStore(path, run_path(run_dir))
 
 
 def check_min_accuracy(min_accuracy: float | None) -> None:

@@ -457,7 +457,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
             their validation accuracy from it (``split="val"``) and their test accuracy (``split="test"``).
         counts_fn: ``(space, arch) -> Counts`` with ``params`` and ``macs`` (default
             ``supernets.arch_counts``).
-        checkpoint: the supernet checkpoint the members' weights come from, stored with each member.
+        checkpoint: the supernet checkpoint the members' weights come from, stored with each member
+            (relative to the run folder when it lies inside it, so a copied or moved run keeps working).
         progress: called with (finished, total) after each batch.
         meta: JSON values kept in the front store (``dataset``: the config's dataset section and
             ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
@@ -477,7 +478,18 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         study = open_study(config, run_dir, space)
         optimize(study, space, config, acc_fn, lat_fns, progress)
         return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
-                            counts_fn=counts_fn, checkpoint=checkpoint, search_accuracy=acc_fn, meta=meta)
+                            counts_fn=counts_fn, checkpoint=_run_relative(checkpoint, run_dir),
+                            search_accuracy=acc_fn, meta=meta)
+
+
+def _run_relative(path: str | None, run_dir: Any) -> str | None:
+    """``path`` relative to the run folder when it lies inside it (``nas.query.open_fronts`` resolves it)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(run_path(run_dir).resolve()))
+    except ValueError:
+        return path
 
 
 def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, run_dir: Any,

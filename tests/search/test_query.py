@@ -112,3 +112,20 @@ def test_cli_query_and_plot_exit_codes(run, tmp_path, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "fronts.png")]) == 0
     assert (tmp_path / "fronts.png").stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_a_copied_run_takes_weights_from_its_own_checkpoint(tmp_path):
+    import shutil
+
+    original = tmp_path / "original"
+    (original / "checkpoints").mkdir(parents=True)
+    (original / "checkpoints" / "supernet.pt").write_bytes(b"placeholder")
+    toy = ToyObjectives()
+    config = SearchConfig.parse({"n_trials": 12, "batch_size": 6, "population_size": 6}, ["dev"])
+    run_search(config, original, toy.accuracy, {"dev": toy.latency()}, space="ofa_mbv3_cifar",
+               counts_fn=stub_counts, checkpoint=str(original / "checkpoints" / "supernet.pt"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    member = query_front(copy, "dev", 1e9)
+    assert member.checkpoint == str(copy / "checkpoints" / "supernet.pt")
