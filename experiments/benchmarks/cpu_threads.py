@@ -54,7 +54,7 @@ def main() -> None:
         for threads in times:
             torch.set_num_threads(threads)
             started = time.perf_counter()
-            for p, phase_index in enumerate((0, 3)):
+            for phase_index in (0, 3):
                 phase = phases[phase_index]
                 optimizer = make_optimizer(supernet, phase, config.train)
                 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -258,7 +257,8 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     measure(f"static medium {tag}", "static", fast[0], gpu, False, static_steps([mid], False))
     measure(f"teacher forward {tag}", "static", fast[0], gpu, False, teacher_forward)
     return {
-        "super_largest": times.get(f"supernet largest {tag}"), "super_random": times.get(f"supernet new subnets {fast[0]}"),
+        "super_largest": times.get(f"supernet largest {tag}"),
+        "super_random": times.get(f"supernet new subnets {fast[0]}"),
         "super_smallest": times.get(f"supernet smallest {tag}"), "teacher": times.get(f"teacher forward {tag}"),
         "static_small": times.get(f"static smallest {tag}"), "static_medium": times.get(f"static medium {tag}"),
         "static_large": times.get(f"static largest {tag}"),
@@ -345,7 +345,8 @@ def write_report(out: Path, results: dict) -> None:
              f"{results.get('elapsed_s', 0):.0f} s", "",
              "| variant | img/s | ms/step |", "| --- | --- | --- |"]
     for row in results["throughput"]:
-        value = f"{row['images_per_s']:.0f} | {row['step_ms']:.2f}" if "images_per_s" in row else f"failed: {row['error']} |"
+        value = (f"{row['images_per_s']:.0f} | {row['step_ms']:.2f}" if "images_per_s" in row
+                 else f"failed: {row['error']} |")
         lines.append(f"| {row['name']} | {value} |")
     for name, ratio in results.get("ratios", {}).items():
         lines.append(f"\n{name}: {ratio}")
@@ -353,7 +354,8 @@ def write_report(out: Path, results: dict) -> None:
     if acc.get("table"):
         lines += ["", f"Accuracy ({acc.get('epochs')} epochs each, {acc.get('train_images')} training images, "
                       f"{acc.get('test_images')} test images):", "",
-                  "| subnet | res | PS inherited % | sandwich inherited % | from scratch % | PS - scratch | sandwich - scratch |",
+                  "| subnet | res | PS inherited % | sandwich inherited % | from scratch % | PS - scratch "
+                  "| sandwich - scratch |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in acc["table"]:
             def pct(v: Any) -> str:
@@ -361,7 +363,8 @@ def write_report(out: Path, results: dict) -> None:
 
             def diff(a: Any, b: Any) -> str:
                 return f"{100 * (a - b):+.2f}" if isinstance(a, float) and isinstance(b, float) else "-"
-            lines.append(f"| {row['subnet']} | {row['resolution']} | {pct(row.get('ps'))} | {pct(row.get('sandwich'))} | "
+            lines.append(f"| {row['subnet']} | {row['resolution']} | {pct(row.get('ps'))} | "
+                         f"{pct(row.get('sandwich'))} | "
                          f"{pct(row.get('scratch'))} | {diff(row.get('ps'), row.get('scratch'))} | "
                          f"{diff(row.get('sandwich'), row.get('scratch'))} |")
     for key in ("errors",):

@@ -3,8 +3,8 @@
 ``device``: ``auto`` (CUDA when this process sees a GPU, else CPU), ``cpu`` or ``cuda``. ``precision``:
 ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds a gradient scaler), or ``auto`` (bf16 on CUDA, fp32 on
 CPU; measured on an H200 by ``experiments/benchmarks/gpu_check.py``). Channels-last memory format is used
-on CUDA for networks of fixed shapes unless turned off (see ``Execution``). The checks raise ``DeviceError`` (a ``ValueError``), which the command line
-reports as one line.
+on CUDA for networks of fixed shapes unless turned off (see ``Execution``). The checks raise
+``DeviceError`` (a ``ValueError``), which the command line reports as one line.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from .checkpoint import (
 )
 from .device import Execution
 from .distributed import wrap_for_ranks
-from .lock import FileLock
 from .evaluate import DataSource, resize, subnet_accuracy
+from .lock import FileLock
 from .schedule import Phase, Position, TrainSettings, resolutions, step_archs
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]

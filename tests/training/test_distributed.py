@@ -3,7 +3,6 @@ real gloo ranks in spawned processes, the same subnets, their own data, the same
 
 from __future__ import annotations
 
-import os
 import socket
 
 import numpy as np
