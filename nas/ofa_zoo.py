@@ -1,0 +1,431 @@
+"""Once-for-All's model zoo in hwnas: its ImageNet supernets as ready runs, its accuracy predictor.
+
+A zoo supernet (``ofa_mbv3_d234_e346_k357_w1.0`` / ``_w1.2``, read with ``torch.load(weights_only=True)``)
+has 475 tensors named after Once-for-All's modules. Each is renamed onto hwnas's supernet of the same space
+by structure (``blocks.k`` is the first block or ``stages[s][b]`` in order of the space's stages and their
+deepest depth; ``depth_conv.conv.7to5_matrix`` is ``depthwise.conv.transform_7to5``), and every name and
+shape is checked before anything is written: a file of another width or of another kind fails on the first
+tensor that does not fit, in one line. Both networks compute the same function (same channel order, same
+kernel transforms, same squeeze-excite widths), so extracted subnets equal Once-for-All's own
+``get_active_subnet`` outputs.
+
+The run written is an ordinary hwnas run: ``RUN/checkpoints/supernet.pt`` in hwnas's format, with the
+source file and its sha256 in the checkpoint's summary and in ``RUN/import.json``.
+
+The tutorial accuracy predictor (an MLP on a 128-D one-hot: kernel sizes and expand ratios per block slot,
+then ``(r - 112) // 16`` of the resolution) is exactly an MLP on hwnas's own encoding: each hwnas feature
+is one of Once-for-All's or none (``encoding_matrix``), so that matrix folds into the first layer and the
+predictor is saved as an ordinary ``hwnas-accuracy-mlp-1`` file at ``RUN/search/accuracy_predictor.json``
+(JSON, never pickle), with the resolutions it covers and its provenance as extra keys.
+``OFAAccuracyPredictor`` reads it back and refuses archs at resolutions it was not trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .io import atomic_write_json
+from .rundir import RunDir
+
+__all__ = ["IMPORT_RECORD_NAME", "OFA_PREDICTOR_RESOLUTIONS", "OFA_SUPERNET_SPACES", "ImportedPredictor",
+           "ImportedSupernet", "OFAAccuracyPredictor", "build_imported_supernet", "encoding_matrix",
+           "import_ofa_accuracy_predictor", "import_ofa_supernet", "load_ofa_predictor_layers",
+           "load_ofa_state_dict", "map_ofa_state_dict", "ofa_predictor_features", "ofa_to_hwnas_name",
+           "sha256_file"]
+
+IMPORT_RECORD_NAME = "import.json"
+OFA_SUPERNET_SPACES = ("ofa_mbv3_w1.0", "ofa_mbv3_w1.2")
+
+# Once-for-All's name inside one MBConv block -> hwnas's (``blocks.k.conv.`` stripped first).
+_BLOCK_RULES = (
+    (r"inverted_bottleneck\.conv\.conv\.(weight)", r"expand.conv.\1"),
+    (r"inverted_bottleneck\.bn\.bn\.(\w+)", r"expand.bn.\1"),
+    (r"depth_conv\.conv\.conv\.(weight)", r"depthwise.conv.\1"),
+    (r"depth_conv\.conv\.(\d+)to(\d+)_matrix", r"depthwise.conv.transform_\1to\2"),
+    (r"depth_conv\.bn\.bn\.(\w+)", r"depthwise.bn.\1"),
+    (r"depth_conv\.se\.fc\.(reduce|expand)\.(weight|bias)", r"se.\1.\2"),
+    (r"point_linear\.conv\.conv\.(weight)", r"project.conv.\1"),
+    (r"point_linear\.bn\.bn\.(\w+)", r"project.bn.\1"),
+)
+# The fixed first block (plain layers: conv ``0``, batch norm ``1``).
+_FIRST_BLOCK_RULES = (
+    (r"depth_conv\.conv\.(weight)", r"depthwise.0.\1"),
+    (r"depth_conv\.bn\.(\w+)", r"depthwise.1.\1"),
+    (r"point_linear\.conv\.(weight)", r"project.0.\1"),
+    (r"point_linear\.bn\.(\w+)", r"project.1.\1"),
+)
+_OUTER_RULES = (
+    (r"first_conv\.conv\.(weight)", r"stem.0.\1"),
+    (r"first_conv\.bn\.(\w+)", r"stem.1.\1"),
+    (r"final_expand_layer\.conv\.(weight)", r"head.final_expand.conv.\1"),
+    (r"final_expand_layer\.bn\.(\w+)", r"head.final_expand.bn.\1"),
+    (r"feature_mix_layer\.conv\.(weight)", r"head.feature.0.\1"),
+    (r"classifier\.linear\.(weight|bias)", r"head.classifier.\1"),
+)
+
+
+def _apply(rules: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for pattern, replacement in rules:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def _block_slots(space) -> list[tuple[int, int]]:
+    """``(stage, block)`` of Once-for-All's ``blocks.1``, ``blocks.2``, ... (each stage at its deepest)."""
+    return [(s, b) for s, spec in enumerate(space.stages) for b in range(max(spec.depths))]
+
+
+def ofa_to_hwnas_name(space, name: str) -> str | None:
+    """hwnas's state-dict key for Once-for-All's tensor ``name``, or ``None`` if it has no counterpart."""
+    outer = _apply(_OUTER_RULES, name)
+    if outer is not None:
+        return outer
+    match = re.fullmatch(r"blocks\.(\d+)\.conv\.(.+)", name)
+    if match is None:
+        return None
+    index, rest = int(match.group(1)), match.group(2)
+    if index == 0:
+        inner = _apply(_FIRST_BLOCK_RULES, rest)
+        return None if inner is None else f"first_block.{inner}"
+    slots = _block_slots(space)
+    if index > len(slots):
+        return None
+    inner = _apply(_BLOCK_RULES, rest)
+    stage, block = slots[index - 1]
+    return None if inner is None else f"stages.{stage}.{block}.{inner}"
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape)
+
+
+def map_ofa_state_dict(ofa_state: Mapping[str, Any], target_state: Mapping[str, Any], space,
+                       source: str = "the file") -> dict[str, Any]:
+    """Once-for-All's tensors renamed onto ``target_state``'s keys, every name and shape checked.
+
+    Raises ``UsageError`` naming the first tensor (in the file's order) without a counterpart or with
+    another shape, else the first of hwnas's tensors the file lacks.
+    """
+    import torch
+
+    mapped: dict[str, Any] = {}
+    for name, value in ofa_state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"{source}: entry {name!r} is not a tensor; expected a Once-for-All "
+                             f"MobileNetV3 supernet state dict")
+        target = ofa_to_hwnas_name(space, name)
+        if target is None or target not in target_state:
+            raise UsageError(f"{source}: tensor {name!r} has no counterpart in space {space.name!r}; "
+                             f"expected a Once-for-All ofa_mbv3_d234_e346_k357 supernet")
+        expected = _shape(target_state[target])
+        if _shape(value) != expected:
+            raise UsageError(f"{source}: tensor {name!r} has shape {list(_shape(value))}, space "
+                             f"{space.name!r} expects {list(expected)} ({target}); is the file of another "
+                             f"width? spaces: {', '.join(OFA_SUPERNET_SPACES)}")
+        mapped[target] = value
+    missing = [key for key in target_state if key not in mapped]
+    if missing:
+        raise UsageError(f"{source}: lacks {len(missing)} of space {space.name!r}'s {len(target_state)} "
+                         f"tensors, first {missing[0]!r}; expected a whole Once-for-All supernet")
+    return mapped
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_torch_file(path: Path, what: str) -> Any:
+    import torch
+
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means it is not such a file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} is not a readable {what} (torch.load with weights_only failed: "
+                         f"{reason[:120]})") from None
+
+
+def load_ofa_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The state dict of a zoo checkpoint (``{"state_dict": ...}``, or a bare state dict), read safely."""
+    path = Path(path)
+    data = _read_torch_file(path, "Once-for-All checkpoint")
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping) or not data:
+        raise UsageError(f"{path} holds no state dict; expected a Once-for-All checkpoint "
+                         f"({{'state_dict': ...}})")
+    return dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedSupernet:
+    """What ``import_ofa_supernet`` wrote."""
+
+    run_dir: Path          # the run folder
+    checkpoint: Path       # RUN/checkpoints/supernet.pt (hwnas's format)
+    record: Path           # RUN/import.json
+    space: str             # the space's name
+    source: str            # the zoo file, absolute
+    sha256: str            # of the zoo file
+    tensors: int           # tensors mapped
+    config_hash: str       # "ofa-import-<sha256[:16]>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "record": str(self.record),
+                "space": self.space, "source": self.source, "sha256": self.sha256, "tensors": self.tensors,
+                "config_hash": self.config_hash}
+
+
+def build_imported_supernet(path: str | os.PathLike[str], space_name: str):
+    """``(space, supernet, sha256)``: the zoo file's weights loaded into hwnas's supernet of ``space_name``."""
+    from search_spaces import get_space
+    from supernets import build_supernet
+
+    if space_name not in OFA_SUPERNET_SPACES:
+        raise UsageError(f"space {space_name!r} has no Once-for-All zoo supernet; allowed: "
+                         f"{', '.join(OFA_SUPERNET_SPACES)}")
+    path = Path(path).expanduser().resolve()
+    ofa_state = load_ofa_state_dict(path)
+    space = get_space(space_name)
+    supernet = build_supernet(space)
+    mapped = map_ofa_state_dict(ofa_state, supernet.state_dict(), space, source=str(path))
+    supernet.load_state_dict(mapped, strict=True)
+    return space, supernet.eval(), sha256_file(path)
+
+
+def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
+                        run_dir: str | os.PathLike[str] | RunDir) -> ImportedSupernet:
+    """Write a run folder whose supernet is the zoo checkpoint ``path`` mapped onto ``space_name``.
+
+    Everything is checked before anything is written; an existing supernet in ``run_dir`` is replaced
+    only when it came from an import (a trained run is refused).
+    """
+    from supernets.training.checkpoint import read_supernet_file, save_supernet
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if run.supernet_checkpoint.is_file():
+        existing = read_supernet_file(run.supernet_checkpoint)
+        if not str(existing.get("config_hash", "")).startswith("ofa-import-"):
+            raise UsageError(f"run {run.root} already holds a trained supernet; import into another --run-dir")
+    space, supernet, digest = build_imported_supernet(path, space_name)
+    source = str(Path(path).expanduser().resolve())
+    config_hash = f"ofa-import-{digest[:16]}"
+    provenance = {"source": "once-for-all", "kind": "supernet", "file": source, "sha256": digest,
+                  "space": space.name, "tensors": len(supernet.state_dict())}
+    run.create()
+    checkpoint = save_supernet(run.supernet_checkpoint, supernet, space, config_hash,
+                               summary={"imported": provenance})
+    record = atomic_write_json(run.root / IMPORT_RECORD_NAME, {**provenance, "config_hash": config_hash})
+    return ImportedSupernet(run_dir=run.root, checkpoint=checkpoint, record=record, space=space.name,
+                            source=source, sha256=digest, tensors=provenance["tensors"], config_hash=config_hash)
+
+
+# --- Once-for-All's tutorial accuracy predictor -------------------------------------------------------------
+
+OFA_PREDICTOR_LAYERS = ("0", "2", "4", "6")  # Linear 128->400, 400->400, 400->400, 400->1 (ReLU between)
+OFA_PREDICTOR_RESOLUTIONS = (160, 176, 192, 208, 224)  # what the tutorial's predictor was trained on
+_OFA_KERNELS, _OFA_EXPANDS = (3, 5, 7), (3.0, 4.0, 6.0)
+_OFA_SLOTS, _OFA_RESOLUTION_SLOTS = 20, 8
+OFA_PREDICTOR_FEATURES = 3 * _OFA_SLOTS * 2 + _OFA_RESOLUTION_SLOTS  # 128
+
+
+def ofa_resolution_slot(resolution: int) -> int:
+    """Once-for-All's resolution one-hot index, ``(r - 112) // 16``."""
+    return (int(resolution) - 112) // 16
+
+
+def ofa_predictor_features(config: Mapping[str, Any]) -> np.ndarray:
+    """The tutorial's 128-D one-hot of an OFA config (``ks``, ``e`` per slot, ``d`` per stage, ``r``).
+
+    Kernel sizes then expand ratios, 3 per block slot, zero for slots beyond a stage's depth; then 8
+    resolution slots at ``(r - 112) // 16``. (The reference encoding; hwnas archs use ``encoding_matrix``.)
+    """
+    r = config["r"][0] if isinstance(config["r"], (list, tuple)) else config["r"]
+    x = np.zeros(OFA_PREDICTOR_FEATURES, dtype=np.float64)
+    slots = _OFA_SLOTS // len(config["d"])
+    for s, depth in enumerate(config["d"]):
+        for b in range(int(depth)):
+            i = s * slots + b
+            x[3 * i + _OFA_KERNELS.index(int(config["ks"][i]))] = 1.0
+            x[60 + 3 * i + _OFA_EXPANDS.index(float(config["e"][i]))] = 1.0
+    x[120 + ofa_resolution_slot(r)] = 1.0
+    return x
+
+
+def encoding_matrix(space, resolutions: tuple[int, ...] = OFA_PREDICTOR_RESOLUTIONS) -> np.ndarray:
+    """``M`` (hwnas features x 128) with ``encode(space, a) @ M`` = the tutorial's one-hot of ``a``.
+
+    Each hwnas feature maps onto at most one of Once-for-All's (depth features onto none; resolutions
+    outside ``resolutions`` onto none, which is why the predictor refuses them). Built from
+    ``encoding_names`` so it follows hwnas's encoding order whatever it is.
+    """
+    from search_spaces import encoding_names
+
+    slots = _block_slots(space)
+    if space.family != "ofa_mbv3" or len(slots) != _OFA_SLOTS:
+        raise UsageError(f"Once-for-All's accuracy predictor scores ofa_mbv3 spaces with {_OFA_SLOTS} block "
+                         f"slots, not {space.name!r}; allowed: {', '.join(OFA_SUPERNET_SPACES)}")
+    slot_of = {sb: i for i, sb in enumerate(slots)}
+    names = encoding_names(space)
+    matrix = np.zeros((len(names), OFA_PREDICTOR_FEATURES), dtype=np.float64)
+    for row, name in enumerate(names):
+        if match := re.fullmatch(r"resolution=(\d+)", name):
+            r = int(match.group(1))
+            if r in resolutions:
+                matrix[row, 120 + ofa_resolution_slot(r)] = 1.0
+        elif match := re.fullmatch(r"s(\d+)\.b(\d+)\.(kernel_size|expand_ratio)=([\d.]+)", name):
+            i = slot_of[(int(match.group(1)), int(match.group(2)))]
+            value = float(match.group(4))
+            choices, offset = (_OFA_KERNELS, 0) if match.group(3) == "kernel_size" else (_OFA_EXPANDS, 60)
+            if value not in choices:
+                raise UsageError(f"space {space.name!r} allows {match.group(3)} {value:g}, which Once-for-All's "
+                                 f"predictor does not encode (allowed: {', '.join(f'{c:g}' for c in choices)})")
+            matrix[row, offset + 3 * i + choices.index(value)] = 1.0
+        elif not re.fullmatch(r"s\d+\.depth=\d+", name):
+            raise UsageError(f"space {space.name!r} has feature {name!r}, which Once-for-All's predictor does "
+                             f"not encode; allowed spaces: {', '.join(OFA_SUPERNET_SPACES)}")
+    return matrix
+
+
+def load_ofa_predictor_layers(path: str | os.PathLike[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(weight (out, in), bias (out,)), ...]`` of the tutorial predictor's four Linear layers, checked."""
+    import torch
+
+    path = Path(path)
+    state = _read_torch_file(path, "Once-for-All accuracy predictor")
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise UsageError(f"{path} holds no state dict; expected the tutorial accuracy predictor's "
+                         f"(keys 0.weight ... 6.bias)")
+    expected_keys = [f"{layer}.{kind}" for layer in OFA_PREDICTOR_LAYERS for kind in ("weight", "bias")]
+    sizes = (OFA_PREDICTOR_FEATURES, 400, 400, 400, 1)
+    expected_shapes = [shape for n_in, n_out in zip(sizes, sizes[1:]) for shape in ((n_out, n_in), (n_out,))]
+    if list(state) != expected_keys:
+        extra = [k for k in state if k not in expected_keys]
+        missing = [k for k in expected_keys if k not in state]
+        what = f"unexpected tensor {extra[0]!r}" if extra else f"lacks {missing[0]!r}" if missing else \
+            f"keys in another order ({', '.join(state)})"
+        raise UsageError(f"{path}: {what}; expected the tutorial accuracy predictor "
+                         f"(keys {', '.join(expected_keys)})")
+    for key, shape in zip(expected_keys, expected_shapes):
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UsageError(f"{path}: tensor {key!r} has shape {got}, the tutorial predictor's is {list(shape)}")
+    return [(state[f"{layer}.weight"].double().numpy(), state[f"{layer}.bias"].double().numpy())
+            for layer in OFA_PREDICTOR_LAYERS]
+
+
+class OFAAccuracyPredictor:
+    """Once-for-All's tutorial predictor on hwnas archs, refusing resolutions it was not trained on.
+
+    Holds an ``nas.accuracy.AccuracyPredictor`` whose first layer folds ``encoding_matrix`` in (so the
+    saved file is an ordinary ``hwnas-accuracy-mlp-1`` predictor), plus the covered resolutions.
+    """
+
+    def __init__(self, mlp, resolutions: tuple[int, ...]) -> None:
+        self.mlp = mlp
+        self.space = mlp.space
+        self.resolutions = tuple(resolutions)
+
+    @classmethod
+    def from_layers(cls, space, layers: list[tuple[np.ndarray, np.ndarray]],
+                    resolutions: tuple[int, ...] = OFA_PREDICTOR_RESOLUTIONS) -> OFAAccuracyPredictor:
+        from .accuracy import AccuracyPredictor
+
+        mlp = AccuracyPredictor(space, hidden=tuple(w.shape[0] for w, _ in layers[:-1]))
+        first = encoding_matrix(space, resolutions) @ layers[0][0].T  # rows: copies of OFA's columns
+        mlp.weights = [first] + [w.T.copy() for w, _ in layers[1:]]
+        mlp.biases = [b.copy() for _, b in layers]
+        mlp.y_mean, mlp.y_std = 0.0, 1.0
+        return cls(mlp, tuple(r for r in resolutions if r in space.resolutions))
+
+    def check(self, archs) -> None:
+        for arch in archs:
+            if arch.resolution not in self.resolutions:
+                raise UsageError(f"Once-for-All's accuracy predictor does not cover resolution {arch.resolution} "
+                                 f"(arch {arch.arch_id}); covered: {', '.join(map(str, self.resolutions))}")
+
+    def predict(self, archs) -> np.ndarray:
+        archs = list(archs)
+        self.check(archs)
+        return self.mlp.predict(archs)
+
+    __call__ = predict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.mlp.to_dict(), "resolutions": list(self.resolutions)}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, self.to_dict(), indent=None)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> OFAAccuracyPredictor:
+        """Read a saved predictor (``AccuracyPredictor.load`` reads the same file, without the check)."""
+        from .accuracy import AccuracyPredictor
+
+        mlp = AccuracyPredictor.load(path)
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(mlp, tuple(int(r) for r in data.get("resolutions", mlp.space.resolutions)))
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedPredictor:
+    """What ``import_ofa_accuracy_predictor`` wrote."""
+
+    path: Path                      # RUN/search/accuracy_predictor.json
+    space: str
+    resolutions: tuple[int, ...]    # the space's resolutions the predictor covers
+    source: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "space": self.space, "resolutions": list(self.resolutions),
+                "source": self.source, "sha256": self.sha256}
+
+
+def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | os.PathLike[str] | RunDir,
+                                  space_name: str | None = None) -> ImportedPredictor:
+    """Write Once-for-All's tutorial predictor into ``RUN/search/accuracy_predictor.json`` (JSON, no pickle).
+
+    The space is ``space_name``, else that of the run's imported supernet, else ``ofa_mbv3_w1.2``.
+    """
+    from search_spaces import get_space
+
+    from .accuracy import PREDICTOR_NAME
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if space_name is None:
+        record = run.root / IMPORT_RECORD_NAME
+        space_name = json.loads(record.read_text())["space"] if record.is_file() else "ofa_mbv3_w1.2"
+    if space_name not in OFA_SUPERNET_SPACES:
+        raise UsageError(f"space {space_name!r} is not one Once-for-All's predictor scores; allowed: "
+                         f"{', '.join(OFA_SUPERNET_SPACES)}")
+    space = get_space(space_name)
+    layers = load_ofa_predictor_layers(path)
+    predictor = OFAAccuracyPredictor.from_layers(space, layers)
+    source = str(Path(path).expanduser().resolve())
+    digest = sha256_file(source)
+    data = {**predictor.to_dict(), "imported": {"source": "once-for-all", "kind": "accuracy-predictor",
+                                                "file": source, "sha256": digest}}
+    target = atomic_write_json(run.search / PREDICTOR_NAME, data, indent=None)
+    return ImportedPredictor(path=target, space=space.name, resolutions=predictor.resolutions, source=source,
+                             sha256=digest)
