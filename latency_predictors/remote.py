@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Arch, SearchSpace, reading
+from search_spaces import Arch, SearchSpace, connect_ray, reading
 
 from .devices import Device, LatencyError, atomic_write_json
 from .layers import LayerBuilder
@@ -111,15 +111,13 @@ def init_ray(device: Device, num_cpus: int | None = None) -> None:
     some node offers it."""
     import ray
 
-    if ray.is_initialized():
-        if device_resource(device.id) not in ray.cluster_resources():
-            raise LatencyError(f"no Ray node offers resource {device_resource(device.id)!r}; start a Ray "
-                               f"worker on the device with --resources '{{\"{device_resource(device.id)}\": 1}}'")
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # inherited by the raylet; see normal_priority()
-    ray.init(num_cpus=num_cpus or max(1, device.threads), resources={device_resource(device.id): 1},
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Starts a local instance offering the resource, or attaches to a running cluster (RAY_ADDRESS, `ray
+    # start`), whose nodes must offer it: a board joins with `ray start --address HEAD --resources ...`.
+    connect_ray(num_cpus=num_cpus or max(1, device.threads), resources={device_resource(device.id): 1},
+                log_to_driver=False, configure_logging=False)
+    if device_resource(device.id) not in ray.cluster_resources():
+        raise LatencyError(f"no Ray node offers resource {device_resource(device.id)!r}; start a Ray "
+                           f"worker on the device with --resources '{{\"{device_resource(device.id)}\": 1}}'")
 
 
 def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuilder, device: Device,

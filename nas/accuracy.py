@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, encode_many, get_space, largest, reading, sample, smallest
+from search_spaces import (
+    Arch,
+    SearchSpace,
+    connect_ray,
+    encode_many,
+    get_space,
+    largest,
+    reading,
+    sample,
+    smallest,
+)
 
 from .errors import UsageError
 
@@ -129,11 +139,7 @@ class DirectEvaluator:
             return
         import ray
 
-        from supernets.training import ensure_ray_env
-
-        if not ray.is_initialized():
-            ensure_ray_env()
-            ray.init(num_cpus=max(self.workers, 1), include_dashboard=False, log_to_driver=False)
+        connect_ray(num_cpus=max(self.workers, 1), log_to_driver=False)
         actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
 

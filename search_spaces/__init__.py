@@ -11,6 +11,7 @@ from ._encoding import decode, encode, encode_many, encoding_length, encoding_na
 from ._files import READ_ERRORS, DamagedFileError, reading
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
+from ._ray import connect_ray, set_ray_environment
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
 from ._size import block_choices, space_size
@@ -18,6 +19,8 @@ from ._space import ACTIVATIONS, OP_TYPES, SearchSpace, StageSpec, make_divisibl
 from ._strings import arch_from_string, arch_to_string
 
 __all__ = [
+    "connect_ray",
+    "set_ray_environment",
     "ACTIVATIONS",
     "OP_TYPES",
     "READ_ERRORS",

@@ -9,7 +9,6 @@ resumes from ``ray.train.get_checkpoint()`` (or the run folder's own copy, which
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from search_spaces import connect_ray, set_ray_environment
 
 from .device import DeviceError, cuda_available
 from .loop import TrainJob, job_execution, run_job
@@ -137,14 +138,8 @@ def run_in_process(job: TrainJob, log: Callable[[str], None] | None = print) -> 
 
 
 def ensure_ray_env() -> None:
-    """The environment knobs of ``ENVIRONMENT.md``: no auth token locally, fast report barriers.
-
-    Also normal CPU priority for Ray's worker processes: Ray starts them at nice 15 by default, so on a
-    shared machine a training (or measurement) worker yields its core to every ordinary process.
-    """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    os.environ.setdefault("RAY_worker_niceness", "0")
+    """Ray's environment knobs (``search_spaces.set_ray_environment``), for code that starts Ray itself."""
+    set_ray_environment()
 
 
 def _quiet_placement_group_cleaner() -> None:
@@ -164,17 +159,11 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    started = False
-    if not ray.is_initialized():
-        if settings.address:
-            ray.init(address=settings.address)
-        else:
-            cpus = settings.num_cpus or max(2, settings.num_workers * settings.cpus_per_worker)
-            # Without the dashboard, Ray Train's placement-group cleaner cannot reach the State API and
-            # warns once a second for the whole run; the hook silences that logger in every worker.
-            ray.init(num_cpus=cpus, include_dashboard=False,
-                     runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
-        started = True
+    # Without the dashboard, Ray Train's placement-group cleaner cannot reach the State API and warns once
+    # a second for the whole run; the hook silences that logger in every worker.
+    started = connect_ray(settings.address,
+                          num_cpus=settings.num_cpus or max(2, settings.num_workers * settings.cpus_per_worker),
+                          runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker > 0:
         resources["GPU"] = settings.gpus_per_worker
