@@ -26,7 +26,7 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = N
     predictor is a ``UsageError`` naming the command that makes one.
     """
     from latency_predictors import DeviceStore, default_root
-    from latency_predictors.workflow import load_predictors
+    from latency_predictors.workflow import load_predictors, read_report
 
     store = DeviceStore(home if home is not None else default_root())
     chosen: dict[str, Any] = {}
@@ -40,7 +40,7 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = N
         kind = None
         report = store.eval_dir(device_id) / f"{space.name}.json"
         if report.is_file():
-            rows = json.loads(report.read_text()).get("predictors", {})
+            rows = read_report(report).get("predictors", {})
             ranked = sorted((k for k in rows if k in predictors and k != "flops"),
                             key=lambda k: (rows[k].get("within_10pct", 0), rows[k].get("spearman", 0)), reverse=True)
             kind = ranked[0] if ranked else None
@@ -105,6 +105,7 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
                          device=train.device),
         AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
         gpus_per_worker=config.ray.gpus_per_worker)
+    evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
     objective: Any = evaluator
     try:
         if search.accuracy == "predictor":
