@@ -477,9 +477,12 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     with search_lock(run_dir):
         study = open_study(config, run_dir, space)
         optimize(study, space, config, acc_fn, lat_fns, progress)
-        return write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
-                            counts_fn=counts_fn, checkpoint=_run_relative(checkpoint, run_dir),
-                            search_accuracy=acc_fn, meta=meta)
+        fronts = write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
+                              counts_fn=counts_fn, checkpoint=_run_relative(checkpoint, run_dir),
+                              search_accuracy=acc_fn, meta=meta)
+    # Stored relative to the run folder; returned as the caller named it.
+    return {device: [replace(m, checkpoint=checkpoint) for m in members]
+            for device, members in fronts.items()}
 
 
 def _run_relative(path: str | None, run_dir: Any) -> str | None:
