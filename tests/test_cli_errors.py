@@ -12,18 +12,9 @@ from nas.cli import main
 from nas.search import run_search
 from nas.search_config import SearchConfig
 from search_spaces import get_space, largest, to_ofa_config
+from tests.cli_helpers import fails_in_one_line
 
 from .search.conftest import SPACE_NAME, ToyObjectives, stub_counts
-
-
-def _fails_in_one_line(capsys, argv, *needles):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("nas: error:") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
         checkpoint = run / "checkpoints" / "supernet.pt"
         checkpoint.write_bytes(b"PK\x03\x04 truncated")
         # (The store keeps the path of the original run's checkpoint, also a placeholder.)
-        _fails_in_one_line(capsys, _query(run, "--export", tmp_path / "net.pt"), "checkpoints/supernet.pt",
+        fails_in_one_line(capsys, _query(run, "--export", tmp_path / "net.pt"), "checkpoints/supernet.pt",
                            "corrupted or unreadable")
         from nas.accuracy import DirectEvaluator, SupernetAccuracy
         from nas.errors import UsageError
@@ -83,7 +74,7 @@ def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
         else:
             _bad_row(fronts)
         for argv in (_query(run), ["plot", run, "--out", tmp_path / "fronts.png"]):
-            _fails_in_one_line(capsys, argv, str(fronts), "damaged", "nas search")
+            fails_in_one_line(capsys, argv, str(fronts), "damaged", "nas search")
         return
     from latency_predictors import Device, DeviceStore
 
@@ -103,7 +94,7 @@ def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
         path = store.device_dir(device.id) / "device.json"
         path.write_text('{"format": "hwnas-dev')
         argv = ["devices", "--home", home]
-    _fails_in_one_line(capsys, argv, str(path), "damaged")
+    fails_in_one_line(capsys, argv, str(path), "damaged")
     if damage != "device":  # the search loads the same files
         from nas.commands.search import load_latency_predictors
         from search_spaces import DamagedFileError
@@ -118,10 +109,10 @@ def test_unwritable_outputs_and_impossible_run_names(run, tmp_path, capsys, monk
     folder.mkdir()
     a_file = tmp_path / "file"
     a_file.write_text("not a folder")
-    _fails_in_one_line(capsys, _query(run, "--export", folder), str(folder), "folder")
-    _fails_in_one_line(capsys, _query(run, "--export", a_file / "net.onnx"), str(a_file / "net.onnx"))
-    _fails_in_one_line(capsys, ["plot", run, "--out", a_file / "fronts.png"], str(a_file / "fronts.png"))
-    _fails_in_one_line(capsys, ["plot", run, "--out", folder], str(folder))
+    fails_in_one_line(capsys, _query(run, "--export", folder), str(folder), "folder")
+    fails_in_one_line(capsys, _query(run, "--export", a_file / "net.onnx"), str(a_file / "net.onnx"))
+    fails_in_one_line(capsys, ["plot", run, "--out", a_file / "fronts.png"], str(a_file / "fronts.png"))
+    fails_in_one_line(capsys, ["plot", run, "--out", folder], str(folder))
     from nas.errors import UsageError
     from nas.io import atomic_write_bytes
 
@@ -131,7 +122,7 @@ def test_unwritable_outputs_and_impossible_run_names(run, tmp_path, capsys, monk
     for name, needle in (('"a\\0b"', "NUL"), ("x" * 300, "bytes")):
         config = tmp_path / "bad.yaml"
         config.write_text(f"name: {name}\nspace: {SPACE_NAME}\ndevices: [dev]\n")
-        _fails_in_one_line(capsys, ["search", config], needle)
+        fails_in_one_line(capsys, ["search", config], needle)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -147,16 +138,16 @@ def test_malformed_ofa_config(change, capsys):
     """Issue 11, item 9: a malformed ``--ofa-config`` names the bad field."""
     space = get_space(SPACE_NAME)
     config = {**to_ofa_config(space, largest(space)), **change}
-    _fails_in_one_line(capsys, ["arch", "info", SPACE_NAME, "--ofa-config", json.dumps(config)], "OFA config")
+    fails_in_one_line(capsys, ["arch", "info", SPACE_NAME, "--ofa-config", json.dumps(config)], "OFA config")
 
 
 def test_devices_this_machine_cannot_measure_and_failed_imports_leave_nothing(tmp_path, capsys):
     """Issue 11, item 13: a GPU id is refused (the backends time the CPU); a failed import registers nothing."""
     home = tmp_path / "home"
     for device in ("local-gpu-1t-ort", "local-cuda0-1t-torch"):
-        _fails_in_one_line(capsys, ["latency", "build", "--space", SPACE_NAME, "--device", device, "--quiet",
+        fails_in_one_line(capsys, ["latency", "build", "--space", SPACE_NAME, "--device", device, "--quiet",
                                     "--home", home], device, "CPU only")
-    _fails_in_one_line(capsys, ["latency", "import-ofa", tmp_path / "missing", "--device", "note10",
+    fails_in_one_line(capsys, ["latency", "import-ofa", tmp_path / "missing", "--device", "note10",
                                 "--home", home], "does not exist")
     assert main(["devices", "--json", "--home", str(home)]) == 0
     assert json.loads(capsys.readouterr().out)["devices"] == []
@@ -165,5 +156,5 @@ def test_devices_this_machine_cannot_measure_and_failed_imports_leave_nothing(tm
 @pytest.mark.parametrize("value", ["95", "-5", "nan", "inf"])
 def test_min_accuracy_is_a_fraction(value, run, capsys):
     """Issue 11, item 16: ``--min-accuracy`` must be finite and in [0, 1]."""
-    err = _fails_in_one_line(capsys, _query(run, "--min-accuracy", value), "--min-accuracy", "[0, 1]")
+    err = fails_in_one_line(capsys, _query(run, "--min-accuracy", value), "--min-accuracy", "[0, 1]")
     assert ("percentage" in err) == (value == "95")

@@ -28,6 +28,7 @@ from nas.rundir import RunDir
 from search_spaces import encode, from_ofa_config, get_space, largest
 from supernets import extract
 from supernets.training.checkpoint import load_supernet_file, read_supernet_file
+from tests.cli_helpers import fails_in_one_line
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = Path(os.environ.get("HWNAS_OFA_ZOO_DIR", REPO.parent / "shared" / "data" / "ofa_zoo_format"))
@@ -49,14 +50,6 @@ def imported():
     return build_imported_supernet(SUPERNET_FILE, "ofa_mbv3_w1.0")
 
 
-def _fails_in_one_line(capsys, argv, *needles) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("nas: error:") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_all_475_tensors_map_and_the_file_is_hashed(imported):
@@ -109,7 +102,7 @@ def test_import_writes_an_hwnas_run_with_provenance(tmp_path, capsys):
 
 
 def test_wrong_width_names_the_first_mismatch(tmp_path, capsys):
-    err = _fails_in_one_line(capsys, ["import", "ofa-supernet", SUPERNET_FILE, "--space", "ofa_mbv3_w1.2",
+    err = fails_in_one_line(capsys, ["import", "ofa-supernet", SUPERNET_FILE, "--space", "ofa_mbv3_w1.2",
                                       "--run-dir", tmp_path / "run"],
                              "first_conv.conv.weight", "[16, 3, 3, 3]", "ofa_mbv3_w1.2")
     assert "expects" in err
@@ -119,9 +112,9 @@ def test_wrong_width_names_the_first_mismatch(tmp_path, capsys):
 def test_not_a_checkpoint_is_one_line(tmp_path, capsys):
     junk = tmp_path / "notes.pth"
     junk.write_text("this is not a checkpoint\n")
-    _fails_in_one_line(capsys, ["import", "ofa-supernet", junk, "--space", "ofa_mbv3_w1.0",
+    fails_in_one_line(capsys, ["import", "ofa-supernet", junk, "--space", "ofa_mbv3_w1.0",
                                 "--run-dir", tmp_path / "run"], str(junk), "not a readable")
-    _fails_in_one_line(capsys, ["import", "ofa-supernet", tmp_path / "missing.pth", "--space", "ofa_mbv3_w1.0",
+    fails_in_one_line(capsys, ["import", "ofa-supernet", tmp_path / "missing.pth", "--space", "ofa_mbv3_w1.0",
                                 "--run-dir", tmp_path / "run"], "does not exist")
     assert not (tmp_path / "run").exists()
 
@@ -189,16 +182,16 @@ def test_predictor_refuses_resolutions_it_does_not_cover():
 
 
 def test_wrong_predictor_files_are_one_line(tmp_path, capsys):
-    _fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", SUPERNET_FILE, "--run-dir", tmp_path / "run"],
+    fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", SUPERNET_FILE, "--run-dir", tmp_path / "run"],
                        "unexpected tensor 'first_conv.conv.weight'", "0.weight")
     state = torch.load(PREDICTOR_FILE, map_location="cpu", weights_only=True)
     state["0.weight"] = state["0.weight"][:, :100]
     narrow = tmp_path / "narrow.pth"
     torch.save(state, narrow)
-    _fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", narrow, "--run-dir", tmp_path / "run"],
+    fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", narrow, "--run-dir", tmp_path / "run"],
                        "'0.weight' has shape [400, 100]", "[400, 128]")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00not torch")
-    _fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", junk, "--run-dir", tmp_path / "run"],
+    fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", junk, "--run-dir", tmp_path / "run"],
                        "not a readable Once-for-All accuracy predictor")
     assert not (tmp_path / "run").exists()
