@@ -43,6 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from cifar_pack import is_packed, unpack_folder  # noqa: E402
+from ofa_claim import medium  # noqa: E402
+from ofa_claim import subnets as claim_subnets  # noqa: E402  - small, medium, large
 from torch import nn  # noqa: E402
 
 from nas.data import DatasetConfig, ImageData, load_dataset  # noqa: E402
@@ -67,23 +69,6 @@ SEED = 0
 
 # ---------------------------------------------------------------------------------------------------------
 # Subnets and settings.
-
-
-def medium(space: SearchSpace) -> Arch:
-    """The middle option of depth, kernel and expand ratio in every stage, the middle resolution."""
-    def mid(values: tuple) -> Any:
-        return values[len(values) // 2]
-
-    lo = smallest(space)
-    stages = tuple(dataclasses.replace(
-        stage, blocks=(dataclasses.replace(stage.blocks[0], kernel_size=mid(spec.kernel_sizes),
-                                           expand_ratio=mid(spec.expand_ratios)),) * mid(spec.depths))
-        for stage, spec in zip(lo.stages, space.stages))
-    return dataclasses.replace(lo, resolution=mid(space.resolutions), stages=stages)
-
-
-def claim_subnets(space: SearchSpace) -> list[tuple[str, Arch]]:
-    return [("small", smallest(space)), ("medium", medium(space)), ("large", largest(space))]
 
 
 @dataclasses.dataclass(frozen=True)
