@@ -70,6 +70,7 @@ def worker(rank: int, world: int, args: argparse.Namespace, out: str) -> None:
             final[mode] = params
     if rank == 0:
         torch.save({"times": times, "diff": float((final["ddp"] - final["step"]).abs().max())}, out)
+    dist.barrier()  # both ranks done before either tears gloo down (else: "terminate called", SIGABRT)
     dist.destroy_process_group()
 
 

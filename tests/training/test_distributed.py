@@ -51,6 +51,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.all_gather(gathered, longer)
     if rank == 0:
         torch.save({"ddp": ddp, "step": step, "longer": longer, "other_rank": gathered[1]}, out)
+    dist.barrier()  # both ranks done before either tears gloo down (else: "terminate called", SIGABRT)
     dist.destroy_process_group()
 
 
