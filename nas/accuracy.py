@@ -283,7 +283,8 @@ class AccuracyPredictor:
         return h.ravel() * self.y_std + self.y_mean
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
-        return self.predict_encoded(encode_many(self.space, archs))
+        """Predicted accuracies, clipped to [0, 1] (an MLP fitted on fractions may step just outside)."""
+        return np.clip(self.predict_encoded(encode_many(self.space, archs)), 0.0, 1.0)
 
     __call__ = predict
 

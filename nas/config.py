@@ -15,9 +15,15 @@ Format (every key optional except ``name`` and ``space``)::
         - {name: full, epochs: 2, lr: 0.1, elastic: {resolutions: [24, 32]}}
         - {name: kernel, epochs: 2, lr: 0.03, elastic: {kernel_sizes: [3, 5, 7]}, distill_weight: 1.0}
     ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings
+    supernet: {import: ofa, path: ..., accuracy_predictor: ...}   # optional: import, do not train (SupernetImport)
     devices: ...   # a list of device ids / {id, max_latency_ms}, or a mapping; parsed by nas.search_config
     latency: ...
     search: ...
+
+With a ``supernet`` section the experiment imports a published supernet (Once-for-All's model zoo) instead
+of training one: the ``train`` stage of ``nas run`` becomes an import, and ``dataset`` may be left out, in
+which case there is no data (``config.dataset is None``): accuracy comes from the imported predictor only
+(``search.accuracy: predictor`` is then required) and exports keep the supernet's batch-norm statistics.
 
 Unknown keys and bad values raise ``UsageError`` naming the key and what is allowed. Relative paths
 (``run_dir``, ``dataset.path``) resolve against the current directory. To add a typed section later, write
@@ -30,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -58,6 +65,25 @@ from .errors import UsageError
 
 RAW_SECTIONS = ("devices", "latency", "search")
 """Sections kept as plain (read-only) mappings until their stage parses them."""
+SUPERNET_IMPORTS = ("ofa",)
+"""Kinds of published supernets a config can import (``supernet: {import: ofa, ...}``)."""
+
+
+@dataclass(frozen=True)
+class SupernetImport:
+    """The ``supernet`` section: a published supernet (and accuracy predictor) imported instead of trained."""
+
+    # Whose files: ``ofa`` (Once-for-All's model zoo; ``nas.ofa_zoo``).
+    kind: str
+    # The supernet checkpoint, absolute (``~`` and ``$VARS`` expanded, relative paths against the current
+    # directory when the config is read).
+    path: str
+    # The zoo's accuracy predictor (``acc_predictor.pth``), absolute; None: none imported.
+    accuracy_predictor: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as written in a config (``import`` is the YAML key of ``kind``)."""
+        return {"import": self.kind, "path": self.path, "accuracy_predictor": self.accuracy_predictor}
 
 
 @dataclass(frozen=True)
@@ -68,12 +94,15 @@ class ExperimentConfig:
     space: str
     seed: int = 0
     run_dir: str | None = None
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # None only in an import config without a ``dataset`` section: no data at all.
+    dataset: DatasetConfig | None = field(default_factory=DatasetConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     devices: Mapping[str, Any] | tuple[Any, ...] | None = None
     latency: Mapping[str, Any] | None = None
     search: Mapping[str, Any] | None = None
+    # A published supernet to import instead of training (None: train).
+    supernet: SupernetImport | None = None
     # The file it was read from (None when built in code).
     source: str | None = field(default=None, compare=False)
 
@@ -99,6 +128,7 @@ class ExperimentConfig:
         """Plain, YAML-ready form with every default filled in (the run folder's config copy)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "source"}
         out["train"]["phases"] = [_phase_dict(p) for p in self.train.phases]
+        out["supernet"] = self.supernet.to_dict() if self.supernet is not None else None
         return out
 
 
@@ -258,11 +288,55 @@ SECTION_PARSERS: dict[str, Callable[[Any, SearchSpace], Any]] = {
 """Typed sections: each parser gets the raw section and the experiment's space."""
 
 
+def _import_path(value: Any, key: str) -> str:
+    """A file path of the ``supernet`` section: ``~`` and ``$VARS`` expanded, made absolute."""
+    text = _coerce(value, str, key)
+    expanded = os.path.expandvars(os.path.expanduser(text))
+    if "$" in expanded:
+        raise UsageError(f"{key}: {text!r} names an environment variable that is not set")
+    return str(Path(expanded).resolve())
+
+
+def parse_supernet(raw: Any, space: SearchSpace) -> SupernetImport:
+    """The ``supernet`` section; only spaces whose published weights exist may import them."""
+    from .ofa_zoo import OFA_SUPERNET_SPACES
+
+    raw = _mapping(raw, "supernet")
+    _check_keys(raw, "supernet", ("import", "path", "accuracy_predictor"))
+    for required in ("import", "path"):
+        if required not in raw:
+            raise UsageError(f"supernet.{required} is required (e.g. supernet: {{import: ofa, path: "
+                             f"ofa_mbv3_d234_e346_k357_w1.2.pth}})")
+    kind = _coerce(raw["import"], str, "supernet.import")
+    if kind not in SUPERNET_IMPORTS:
+        raise UsageError(f"supernet.import: {kind!r} is not allowed; allowed: {_fmt_allowed(SUPERNET_IMPORTS)}")
+    if space.name not in OFA_SUPERNET_SPACES:
+        raise UsageError(f"supernet: space {space.name!r} has no Once-for-All zoo supernet to import; spaces "
+                         f"that do: {_fmt_allowed(OFA_SUPERNET_SPACES)}")
+    predictor = raw.get("accuracy_predictor")
+    return SupernetImport(kind=kind, path=_import_path(raw["path"], "supernet.path"),
+                          accuracy_predictor=None if predictor is None else
+                          _import_path(predictor, "supernet.accuracy_predictor"))
+
+
+def _check_data_for_import(config: ExperimentConfig) -> None:
+    """Without data, accuracy can only come from an imported predictor: say so before any work."""
+    if config.dataset is not None:
+        return
+    if config.supernet is None or config.supernet.accuracy_predictor is None:
+        raise UsageError("config: no dataset, so accuracy must come from an imported predictor: set "
+                         "supernet.accuracy_predictor (or add a dataset section)")
+    accuracy = (config.search or {}).get("accuracy", "direct")
+    if accuracy != "predictor":
+        raise UsageError(f"search.accuracy: {accuracy!r} needs data to evaluate subnets, and the config has no "
+                         f"dataset; set search.accuracy: predictor (or add a dataset section)")
+
+
 def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
     """An ``ExperimentConfig`` from the mapping a YAML file holds."""
     raw = _mapping(raw, "config")
     top = ("name", "space", "seed", "run_dir")
-    _check_keys(raw, "config", (*top, *SECTION_PARSERS, *RAW_SECTIONS))
+    _check_keys(raw, "config", (*top, *SECTION_PARSERS, "supernet", *RAW_SECTIONS))
     for required in ("name", "space"):
         if required not in raw:
             raise UsageError(f"config: {required} is required")
@@ -277,11 +351,17 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
     config = ExperimentConfig(**kwargs)
     space = config.get_space()
     typed = {key: parser(raw.get(key), space) for key, parser in SECTION_PARSERS.items()}
+    if raw.get("supernet") is not None:
+        typed["supernet"] = parse_supernet(raw["supernet"], space)
+        if raw.get("dataset") is None:
+            typed["dataset"] = None
     untyped: dict[str, Any] = {key: types.MappingProxyType(_mapping(raw[key], key)) for key in RAW_SECTIONS
                                if raw.get(key) is not None and not (key == "devices" and isinstance(raw[key], list))}
     if isinstance(raw.get("devices"), list):  # a list of device ids (or {id, max_latency_ms} mappings)
         untyped["devices"] = tuple(raw["devices"])
-    return dataclasses.replace(config, **typed, **untyped)
+    config = dataclasses.replace(config, **typed, **untyped)
+    _check_data_for_import(config)
+    return config
 
 
 def load_config(path: str | Path, *, epochs_scale: float | None = None) -> ExperimentConfig:

@@ -38,10 +38,11 @@ from .io import atomic_write_json
 from .rundir import RunDir
 
 __all__ = ["IMPORT_RECORD_NAME", "OFA_PREDICTOR_RESOLUTIONS", "OFA_SUPERNET_SPACES", "ImportedPredictor",
-           "ImportedSupernet", "OFAAccuracyPredictor", "build_imported_supernet", "encoding_matrix",
-           "import_ofa_accuracy_predictor", "import_ofa_supernet", "load_ofa_predictor_layers",
-           "load_ofa_state_dict", "map_ofa_state_dict", "ofa_predictor_features", "ofa_to_hwnas_name",
-           "sha256_file"]
+           "ImportedSupernet", "OFAAccuracyPredictor", "build_imported_supernet", "covers_resolutions",
+           "encoding_matrix",
+           "hwnas_to_ofa_name", "import_ofa_accuracy_predictor", "import_ofa_supernet",
+           "load_ofa_predictor_layers", "load_ofa_state_dict", "map_ofa_state_dict", "ofa_predictor_features",
+           "ofa_to_hwnas_name", "sha256_file", "to_ofa_state_dict"]
 
 IMPORT_RECORD_NAME = "import.json"
 OFA_SUPERNET_SPACES = ("ofa_mbv3_w1.0", "ofa_mbv3_w1.2")
@@ -104,6 +105,51 @@ def ofa_to_hwnas_name(space, name: str) -> str | None:
     inner = _apply(_BLOCK_RULES, rest)
     stage, block = slots[index - 1]
     return None if inner is None else f"stages.{stage}.{block}.{inner}"
+
+
+def _inverse(rules: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``rules`` run backwards: each rule's groups swap places with its back-references."""
+    out = []
+    for pattern, replacement in rules:
+        groups = re.findall(r"\((?:[^()]|\([^()]*\))*\)", pattern)
+        backward, forward = re.escape(replacement), pattern
+        for number, group in enumerate(groups, start=1):
+            backward = backward.replace(re.escape(f"\\{number}"), group, 1)
+            forward = forward.replace(group, f"\\{number}", 1)
+        out.append((backward, forward.replace("\\.", ".")))
+    return tuple(out)
+
+
+def hwnas_to_ofa_name(space, name: str) -> str | None:
+    """Once-for-All's name for hwnas's state-dict key ``name`` (the inverse of ``ofa_to_hwnas_name``)."""
+    outer = _apply(_inverse(_OUTER_RULES), name)
+    if outer is not None:
+        return outer
+    if name.startswith("first_block."):
+        inner = _apply(_inverse(_FIRST_BLOCK_RULES), name[len("first_block."):])
+        return None if inner is None else f"blocks.0.conv.{inner}"
+    match = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(.+)", name)
+    if match is None:
+        return None
+    slot = (int(match.group(1)), int(match.group(2)))
+    slots = _block_slots(space)
+    inner = _apply(_inverse(_BLOCK_RULES), match.group(3))
+    return None if inner is None or slot not in slots else f"blocks.{slots.index(slot) + 1}.conv.{inner}"
+
+
+def to_ofa_state_dict(space, state: Mapping[str, Any]) -> dict[str, Any]:
+    """hwnas's supernet state dict under Once-for-All's names: what a zoo checkpoint's ``state_dict`` holds.
+
+    Used to write checkpoints in the zoo's format (``experiments/ofa_zoo/make_standin.py``) and to check
+    the mapping both ways.
+    """
+    out = {}
+    for name, value in state.items():
+        ofa = hwnas_to_ofa_name(space, name)
+        if ofa is None:
+            raise UsageError(f"tensor {name!r} of space {space.name!r} has no Once-for-All counterpart")
+        out[ofa] = value
+    return out
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -365,9 +411,13 @@ class OFAAccuracyPredictor:
                                  f"(arch {arch.arch_id}); covered: {', '.join(map(str, self.resolutions))}")
 
     def predict(self, archs) -> np.ndarray:
+        """Once-for-All's outputs exactly (not clipped: a value outside [0, 1] means a wrong file, and the
+        search says so)."""
+        from search_spaces import encode_many
+
         archs = list(archs)
         self.check(archs)
-        return self.mlp.predict(archs)
+        return self.mlp.predict_encoded(encode_many(self.space, archs))
 
     __call__ = predict
 
@@ -385,6 +435,14 @@ class OFAAccuracyPredictor:
         mlp = AccuracyPredictor.load(path)
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(mlp, tuple(int(r) for r in data.get("resolutions", mlp.space.resolutions)))
+
+
+def covers_resolutions(path: str | os.PathLike[str]) -> bool:
+    """True when the saved accuracy predictor at ``path`` names the resolutions it covers (an import)."""
+    try:
+        return "resolutions" in json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # AccuracyPredictor.load reports what is wrong with the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,3 +487,67 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
     target = atomic_write_json(run.search / PREDICTOR_NAME, data, indent=None)
     return ImportedPredictor(path=target, space=space.name, resolutions=predictor.resolutions, source=source,
                              sha256=digest)
+
+
+# --- an experiment config's ``supernet: {import: ofa, ...}`` --------------------------------------------------
+
+
+def _imported_sha(path: Path) -> str | None:
+    """The zoo file's sha256 recorded in an imported supernet checkpoint or predictor file (None: not imported)."""
+    if not path.is_file():
+        return None
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return (data.get("imported") or {}).get("sha256")
+    from supernets.training.checkpoint import CheckpointError, read_supernet_file
+
+    try:
+        summary = read_supernet_file(path).get("summary") or {}
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    return (summary.get("imported") or {}).get("sha256")
+
+
+def _import_plan(source: Any, space_name: str, run: RunDir) -> list[tuple[str, Path, str]]:
+    """``(what, zoo file, sha256)`` still to import for the config's ``supernet`` section ``source``.
+
+    What the run holds already from the same files counts as done; anything else there (a trained supernet, a
+    fitted predictor, another zoo file's import) is refused, so nothing is replaced behind the user's back.
+    """
+    from .accuracy import PREDICTOR_NAME
+
+    wanted = [("supernet", Path(source.path), run.supernet_checkpoint)]
+    if source.accuracy_predictor is not None:
+        wanted.append(("accuracy predictor", Path(source.accuracy_predictor), run.search / PREDICTOR_NAME))
+    todo = []
+    for what, zoo_file, target in wanted:
+        if not zoo_file.is_file():
+            raise UsageError(f"supernet: the {what} file {zoo_file} does not exist")
+        digest = sha256_file(zoo_file)
+        held = _imported_sha(target)
+        if held == digest:
+            continue
+        if target.is_file():
+            origin = (f"imported from another file (sha256 {held[:16]}...)" if held
+                      else "not imported (trained or fitted)")
+            raise UsageError(f"run {run.root} already holds a {what} {origin}; the config imports {zoo_file}: "
+                             f"use another run_dir")
+        todo.append((what, zoo_file, digest))
+    return todo
+
+
+def is_imported(source: Any, space_name: str, run: RunDir) -> bool:
+    """True when the run holds exactly what the config's ``supernet`` section imports."""
+    return not _import_plan(source, space_name, run)
+
+
+def import_for_config(source: Any, space_name: str, run: RunDir) -> list[Any]:
+    """Import what the config's ``supernet`` section names into ``run`` (what is there already is kept);
+    returns the ``ImportedSupernet`` / ``ImportedPredictor`` records written."""
+    done: list[Any] = []
+    for what, zoo_file, _digest in _import_plan(source, space_name, run):
+        if what == "supernet":
+            done.append(import_ofa_supernet(zoo_file, space_name, run))
+        else:
+            done.append(import_ofa_accuracy_predictor(zoo_file, run, space_name=space_name))
+    return done

@@ -1,6 +1,6 @@
 """``nas run``: the whole pipeline, each stage skipped when its result is already there.
 
-train -> latency (table / predictors per device) -> search -> hardware in the loop -> plot -> export.
+train (or import) -> latency (table / predictors per device) -> search -> hardware in the loop -> plot -> export.
 Every stage resumes by itself (training from its checkpoint, the table from its saved entries, the study
 from its journal), so an interrupted ``nas run`` continues where it stopped.
 """
@@ -130,7 +130,7 @@ class Pipeline:
     def _search(self) -> None:
         from .commands.search import search_stage
 
-        search_stage(self.config, self.run, progress=self.progress)
+        search_stage(self.config, self.run, progress=self.progress, home=self.store.root)
 
     def _hil(self) -> None:
         from .commands.search import device_measurers
@@ -168,8 +168,14 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         from .commands.search import search_is_complete
 
+        if self.config.supernet is not None:
+            from .ofa_zoo import is_imported
+
+            first = Stage("import", lambda: is_imported(self.config.supernet, self.space.name, self.run), self._train)
+        else:
+            first = Stage("train", self.run.is_trained, self._train)
         return [
-            Stage("train", self.run.is_trained, self._train),
+            first,
             Stage("latency", lambda: not self._latency_missing(), self._latency),
             Stage("search", lambda: search_is_complete(self.config, self.run), self._search),
             Stage("hardware-in-the-loop", lambda: self._made_from_fronts(self.paths.hil), self._hil),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import threading
 import warnings
@@ -352,6 +353,23 @@ def working_copy(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> o
     return memory
 
 
+def check_objectives(archs: Sequence[Arch], accuracy: Sequence[float], latency_ms: Mapping[str, Sequence[float]]
+                     ) -> None:
+    """``UsageError`` naming the first subnet whose accuracy is not a fraction in [0, 1] or whose latency is
+    not a positive number: such a value would reach the study and the fronts (a predictor's extrapolation,
+    a table with a bad entry)."""
+    for i, arch in enumerate(archs):
+        value = float(accuracy[i])
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"the accuracy objective gave {value:.6g} for subnet {arch.arch_id}; accuracies are "
+                             f"fractions in [0, 1] (is the accuracy predictor one for this space?)")
+        for device, values in latency_ms.items():
+            ms = float(values[i])
+            if not (math.isfinite(ms) and ms > 0):
+                raise UsageError(f"the latency predictor of device {device!r} gave {ms:.6g} ms for subnet "
+                                 f"{arch.arch_id}; latencies are positive numbers (rebuild or refit it)")
+
+
 def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: ArchBatchFn,
              latency: Mapping[str, ArchBatchFn], progress: Callable[[int, int], None] | None = None,
              sampler: optuna.samplers.BaseSampler | None = None) -> int:
@@ -384,6 +402,7 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
             archs = [suggest_arch(t, space) for t in trials]
             acc = accuracy(archs)
             lats = [latency[d](archs) for d in config.devices]
+            check_objectives(archs, acc, dict(zip(config.devices, lats)))
             for i, trial in enumerate(trials):
                 for d, device in enumerate(config.devices):
                     if device in budgets:
@@ -452,7 +471,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         accuracy: the accuracy objective, batched (callable or ``.predict``/``.evaluate``): validation
             accuracy from direct evaluation or from a predictor.
         latency_predictors: device id to a latency predictor (``.predict(archs) -> ms``) or callable.
-        space: the searched space (or its name).
+        space: the searched space (or its name), limited to ``config.resolutions`` when those are set.
         final_evaluator: optional ``.evaluate(archs, split)`` giving direct accuracy; front members get
             their validation accuracy from it (``split="val"``) and their test accuracy (``split="test"``).
         counts_fn: ``(space, arch) -> Counts`` with ``params`` and ``macs`` (default
@@ -467,7 +486,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         BusyError: another process is searching this run (``search_lock``).
         UsageError: a device's latency budget is met by no subnet found (the fronts stored before are kept).
     """
-    space = get_space(space)
+    space = config.restrict(get_space(space))
     missing = [d for d in config.devices if d not in latency_predictors]
     if missing:
         raise UsageError(f"no latency predictor for device(s) {', '.join(missing)}; have: "

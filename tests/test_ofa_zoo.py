@@ -25,7 +25,7 @@ from nas.ofa_zoo import (
     ofa_predictor_features,
 )
 from nas.rundir import RunDir
-from search_spaces import encode, from_ofa_config, get_space, largest
+from search_spaces import encode, encode_many, from_ofa_config, get_space, largest
 from supernets import extract
 from supernets.training.checkpoint import load_supernet_file, read_supernet_file
 from tests.cli_helpers import fails_in_one_line
@@ -161,11 +161,14 @@ def test_imported_predictor_equals_once_for_all(tmp_path, capsys, space_name):
     assert data["resolutions"] == list(OFA_PREDICTOR_RESOLUTIONS)
     space = get_space(space_name)
     archs = [from_ofa_config(space, config) for config in expected["configs"]]
-    # The file is an ordinary hwnas predictor (what `search.accuracy: predictor` loads) ...
+    # The file is an ordinary hwnas predictor (whose predict clips to [0, 1]; these random weights give
+    # outputs around 0) ...
     plain = AccuracyPredictor.load(path)
     assert plain.space.name == space_name
-    np.testing.assert_allclose(plain.predict(archs), expected["predictions"], atol=1e-6, rtol=0)
-    # ... and the checking wrapper predicts the same.
+    raw = plain.predict_encoded(encode_many(space, archs))
+    np.testing.assert_allclose(raw, expected["predictions"], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(plain.predict(archs), np.clip(raw, 0, 1))
+    # ... and the checking wrapper, which the search uses, gives Once-for-All's outputs unclipped.
     checked = OFAAccuracyPredictor.load(path)
     np.testing.assert_allclose(checked(archs), expected["predictions"], atol=1e-6, rtol=0)
 

@@ -54,14 +54,15 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = N
 
 
 def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_predictors: Mapping[str, Any]
-                 | None = None, progress: bool = True) -> dict[str, list]:
+                 | None = None, progress: bool = True, home: Any = None) -> dict[str, list]:
     """Run (or continue) the search of an experiment and write its fronts; returns them per device.
 
     Args:
         config: the ``ExperimentConfig`` (its raw ``search`` and ``devices`` sections are parsed here).
         run: its ``RunDir`` (the trained supernet must be there).
         n_trials: overrides ``search.n_trials``.
-        latency_predictors: device id to predictor; default: loaded from the device store.
+        latency_predictors: device id to predictor; default: loaded from the device store at ``home``
+            (default ``$HWNAS_HOME`` or ``~/.hwnas``).
 
     Everything that can be checked is checked before any work starts: the config's numbers (and
     ``n_trials``), the trained supernet, the study's storage, and that no other process searches this run
@@ -81,57 +82,92 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
     space = search.restrict(config.get_space())
     with search_lock(run):
         storage_for(search, run)  # a storage that cannot be opened fails here, before any work
-        return _search_locked(config, run, search, space, latency_predictors, progress)
+        return _search_locked(config, run, search, space, latency_predictors, progress, home)
+
+
+def load_search_accuracy_predictor(path: Any, search: Any, space: Any) -> tuple[Any, Any]:
+    """``(predictor, space)``: the run's saved accuracy predictor, and ``space`` limited to the resolutions it
+    covers when it says which (Once-for-All's imported predictor); ``search.resolutions`` it does not cover
+    are a ``UsageError``."""
+    import dataclasses
+
+    from ..accuracy import AccuracyPredictor
+    from ..ofa_zoo import OFAAccuracyPredictor, covers_resolutions
+
+    if not covers_resolutions(path):
+        return AccuracyPredictor.load(path), space
+    predictor = OFAAccuracyPredictor.load(path)
+    outside = [r for r in search.resolutions if r not in predictor.resolutions]
+    if outside:
+        raise UsageError(f"search.resolutions {outside} are not covered by the imported accuracy predictor; "
+                         f"allowed: {', '.join(map(str, predictor.resolutions))}")
+    covered = tuple(r for r in space.resolutions if r in predictor.resolutions)
+    if not covered:
+        raise UsageError(f"the imported accuracy predictor covers resolutions "
+                         f"{', '.join(map(str, predictor.resolutions))}, none of which the search may pick "
+                         f"({', '.join(map(str, space.resolutions))})")
+    return predictor, dataclasses.replace(space, resolutions=covered)
 
 
 def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
-                   progress: bool) -> dict[str, list]:
+                   progress: bool, home: Any) -> dict[str, list]:
     import dataclasses
 
-    from ..accuracy import AccuracyCache, AccuracyPredictor, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
+    from ..accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
     from ..data import load_dataset
     from ..io import atomic_write_json
     from ..search import run_search, search_paths
 
-    predictors = dict(latency_predictors) if latency_predictors is not None else \
-        load_latency_predictors(space, search.devices)
     paths = search_paths(run)
+    objective: Any = None
+    if config.dataset is None and not (search.accuracy == "predictor" and paths.accuracy_predictor.is_file()):
+        raise UsageError(f"the config has no dataset, so subnets cannot be evaluated: search.accuracy must be "
+                         f"predictor, with a predictor in {paths.accuracy_predictor} (supernet.accuracy_predictor "
+                         f"imports one)")
+    if search.accuracy == "predictor" and paths.accuracy_predictor.is_file():
+        objective, space = load_search_accuracy_predictor(paths.accuracy_predictor, search, space)
+    predictors = dict(latency_predictors) if latency_predictors is not None else \
+        load_latency_predictors(space, search.devices, home)
     train = config.train
-    data_factory = functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed)
-    evaluator = DirectEvaluator(
-        SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
-                         bn_images=int(getattr(train, "bn_recal_images", 2000) or 2000),
-                         max_images=getattr(train, "max_val_images", None), seed=config.seed,
-                         device=train.device),
-        AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
-        gpus_per_worker=config.ray.gpus_per_worker)
-    evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
-    objective: Any = evaluator
+    evaluator = None
+    if config.dataset is not None:
+        data_factory = functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed)
+        evaluator = DirectEvaluator(
+            SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
+                             bn_images=int(getattr(train, "bn_recal_images", 2000) or 2000),
+                             max_images=getattr(train, "max_val_images", None), seed=config.seed,
+                             device=train.device),
+            AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
+            gpus_per_worker=config.ray.gpus_per_worker)
+        evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
+    else:  # no data: the checkpoint is still read now, so a damaged one is one line before the search
+        SupernetAccuracy(str(run.supernet_checkpoint), lambda: None).check()
     try:
-        if search.accuracy == "predictor":
-            if paths.accuracy_predictor.is_file():
-                objective = AccuracyPredictor.load(paths.accuracy_predictor)
-            else:
-                objective, report = fit_accuracy_predictor(space, evaluator.evaluate, search.predictor_samples,
-                                                           search.predictor_holdout, search.seed)
-                objective.save(paths.accuracy_predictor)
-                atomic_write_json(paths.accuracy_predictor.with_name("accuracy_predictor_report.json"),
-                                  report.to_dict())
-                print(f"accuracy predictor: RMSE {report.rmse:.4f}, Spearman {report.spearman:.3f}, Kendall "
-                      f"{report.kendall:.3f} on {report.n_test} held-out subnets", file=sys.stderr)
+        if search.accuracy == "direct":
+            objective = evaluator
+        elif objective is None:  # no predictor saved yet: fit one on directly evaluated subnets
+            objective, report = fit_accuracy_predictor(space, evaluator.evaluate, search.predictor_samples,
+                                                       search.predictor_holdout, search.seed)
+            objective.save(paths.accuracy_predictor)
+            atomic_write_json(paths.accuracy_predictor.with_name("accuracy_predictor_report.json"),
+                              report.to_dict())
+            print(f"accuracy predictor: RMSE {report.rmse:.4f}, Spearman {report.spearman:.3f}, Kendall "
+                  f"{report.kendall:.3f} on {report.n_test} held-out subnets", file=sys.stderr)
 
         def show(done: int, total: int) -> None:
             if progress:
                 print(f"\rsearch: {done}/{total} trials", end="" if done < total else "\n", file=sys.stderr,
                       flush=True)
 
-        dataset_meta = {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)}
+        meta: dict[str, Any] = {"dataset": None}  # no dataset: exports keep the supernet's batch norms
+        if config.dataset is not None:
+            meta = {"dataset": {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)},
+                    "data_seed": config.seed, "bn_images": int(getattr(train, "bn_recal_images", 2000) or 2000)}
         return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
-                          checkpoint=str(run.supernet_checkpoint), progress=show,
-                          meta={"dataset": dataset_meta, "data_seed": config.seed,
-                                "bn_images": int(getattr(train, "bn_recal_images", 2000) or 2000)})
+                          checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta)
     finally:
-        evaluator.close()
+        if evaluator is not None:
+            evaluator.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,8 +53,28 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, float) else "-"
 
 
+def import_supernet(config: ExperimentConfig, run: RunDir) -> int:
+    """The ``train`` stage of a config that imports its supernet (``supernet: {import: ofa, ...}``)."""
+    from ..ofa_zoo import import_for_config
+
+    done = import_for_config(config.supernet, config.space, run)
+    run.create()
+    run.write_config(config)
+    for record in done:
+        print(f"imported {record.source} (sha256 {record.sha256[:16]}...) into {run.root}")
+    if not done:
+        also = " and predictor" if config.supernet.accuracy_predictor else ""
+        print(f"run {run.root} already holds the imported supernet{also}")
+    return 0
+
+
 def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> int:
-    """Train (or finish training) the supernet of ``config`` into ``run``; returns an exit status."""
+    """Train (or finish training) the supernet of ``config`` into ``run``; returns an exit status.
+
+    A config with a ``supernet`` section imports it instead (nothing is trained).
+    """
+    if config.supernet is not None:
+        return import_supernet(config, run)
     from supernets.training import (
         CheckpointError,
         DeviceError,
