@@ -13,6 +13,8 @@ Saved as JSON (weights as lists), never pickled.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,8 +38,8 @@ from search_spaces import (
 
 from .errors import UsageError
 
-__all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SupernetAccuracy",
-           "fit_accuracy_predictor"]
+__all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SubnetEvaluation",
+           "SupernetAccuracy", "evaluate_subnets", "fit_accuracy_predictor"]
 
 CACHE_NAME = "accuracy.jsonl"
 PREDICTOR_NAME = "accuracy_predictor.json"
@@ -207,17 +209,23 @@ class SupernetAccuracy:
             raise UsageError(str(exc)) from exc
 
     def __call__(self) -> ArchAccuracyFn:
+        return self.with_data(self.data_factory())
+
+    def with_data(self, data: Any) -> ArchAccuracyFn:
+        """``(arch, split) -> accuracy`` on ``data`` (what ``data_factory`` returns), moved to the device."""
         from supernets.training.checkpoint import CheckpointError, load_supernet_file
-        from supernets.training.device import Execution
+        from supernets.training.device import DeviceError, Execution
         from supernets.training.evaluate import subnet_accuracy
 
-        execution = Execution.resolve(self.device, "fp32", channels_last=False)
+        try:
+            execution = Execution.resolve(self.device, "fp32", channels_last=False)
+        except DeviceError as exc:
+            raise UsageError(str(exc)) from exc
         try:
             _, supernet = load_supernet_file(self.checkpoint)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from exc
         execution.module(supernet)
-        data = self.data_factory()
         if hasattr(data, "to"):
             data.to(execution.device)
 
@@ -335,3 +343,67 @@ def fit_accuracy_predictor(space: SearchSpace | str, evaluate: Callable[[Sequenc
     y_train, y_test = y_all[:len(train)], y_all[len(train):]
     predictor = AccuracyPredictor(space, hidden, seed).fit(train, y_train)
     return predictor, evaluate_predictor(predictor.predict, test, y_test, n_train=len(train))
+
+
+# --- one-off evaluation (``nas eval``) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubnetEvaluation:
+    """Top-1 of one subnet inherited from a run's supernet."""
+
+    arch_string: str
+    arch_id: str
+    split: str
+    accuracy: float
+    images: int          # evaluated
+    bn_images: int       # training images its batch norms were recalibrated on (0: the supernet's statistics)
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def evaluate_subnets(config: Any, run: Any, archs: Sequence[Arch], split: str = "test",
+                     max_images: int | None = None) -> list[SubnetEvaluation]:
+    """Each arch extracted from the run's supernet (trained or imported), batch norms recalibrated on
+    ``train.bn_recal_images`` training images as Once-for-All does before evaluating a subnet, top-1 on
+    ``split`` (``test``: the dataset's test or ``val/`` tree; ``val``: the held-out training images) on
+    ``train.device``, in this process. With a streaming ``folder`` dataset (ImageNet) images are decoded
+    batch by batch: resized so the shorter side is ``image_size / 0.875``, centre-cropped, normalised with
+    ImageNet's mean and std, then resized to the subnet's resolution.
+    """
+    import time
+
+    from search_spaces import arch_to_string
+
+    from .data import check_dataset, load_dataset
+
+    if config.dataset is None:
+        raise UsageError("the config has no dataset to evaluate on; add a dataset section (e.g. {kind: folder, "
+                         "path: /data/imagenet, stream: true})")
+    if split not in ("val", "test"):
+        raise UsageError(f"split {split!r} is not allowed; allowed: val, test")
+    if max_images is not None and max_images < 1:
+        raise UsageError(f"max images: {max_images} is not allowed; must be >= 1")
+    if not run.supernet_checkpoint.is_file():
+        raise UsageError(f"run {run.root} has no supernet ({run.supernet_checkpoint}); run `nas train CONFIG` "
+                         f"first (it imports the supernet when the config names one)")
+    check_dataset(config.dataset)
+    space = config.get_space()
+    factory = SupernetAccuracy(str(run.supernet_checkpoint),
+                               functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
+                               bn_images=config.train.bn_recal_images, max_images=max_images, seed=config.seed,
+                               device=config.train.device)
+    factory.check()
+    data = factory.data_factory()
+    images = data.size(split) if max_images is None else min(data.size(split), max_images)
+    fn = factory.with_data(data)
+    results = []
+    for arch in archs:
+        started = time.perf_counter()
+        value = fn(arch, split)
+        results.append(SubnetEvaluation(arch_string=arch_to_string(space, arch), arch_id=arch.arch_id, split=split,
+                                        accuracy=float(value), images=images, bn_images=config.train.bn_recal_images,
+                                        seconds=time.perf_counter() - started))
+    return results

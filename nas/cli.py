@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from .errors import UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
-COMMAND_MODULES = ("spaces", "arch", "train", "latency", "devices", "search", "run", "query", "plot",
+COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "plot",
                    "import_ofa")
 
 

@@ -178,7 +178,8 @@ class Pipeline:
             first,
             Stage("latency", lambda: not self._latency_missing(), self._latency),
             Stage("search", lambda: search_is_complete(self.config, self.run), self._search),
-            Stage("hardware-in-the-loop", lambda: self._made_from_fronts(self.paths.hil), self._hil),
+            Stage("hardware-in-the-loop",  # devices not measured here (imported tables) have nothing to re-measure
+                  lambda: not self._local_devices() or self._made_from_fronts(self.paths.hil), self._hil),
             Stage("plot", lambda: self._made_from_fronts(self.paths.plot), self._plot),
             Stage("export", lambda: self._made_from_fronts(self.export_path), self._export),
         ]

@@ -259,12 +259,15 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
 
 def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn.Module | None = None,
                   calibration: Iterable[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Export a front member: its extracted, BN-recalibrated subnet (or ``model`` when given)."""
+    """Export a front member: its extracted subnet (or ``model`` when given), batch norms recalibrated on
+    ``calibration`` when there is one (else the supernet's statistics: a run without data)."""
     model = model if model is not None else subnet_of(member, calibration)
+    batch_norm = "recalibrated" if calibration is not None else "supernet statistics"
     metadata = {"space": member.arch.space, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
                 "arch_id": member.arch_id, "num_classes": _num_classes(model), "resolution": member.arch.resolution,
-                "val_accuracy": member.val_accuracy, "latency_ms": member.latency_ms, "device": member.device}
-    return export_subnet(model, member.arch.resolution, out, metadata=metadata)
+                "val_accuracy": member.val_accuracy, "latency_ms": member.latency_ms, "device": member.device,
+                "batch_norm": batch_norm}
+    return {**export_subnet(model, member.arch.resolution, out, metadata=metadata), "batch_norm": batch_norm}
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         extra = f" (ONNX vs PyTorch max abs diff {result['export']['max_abs_diff']:.2e})" \
             if "max_abs_diff" in result["export"] else ""
         print(f"exported     {result['export']['path']}{extra}")
+        if result["export"]["batch_norm"] != "recalibrated":
+            print("batch norms  the supernet's statistics (the run has no dataset to recalibrate them on)")
     return 0
 
 

@@ -110,6 +110,21 @@ def test_infeasible_budget_keeps_the_stored_front_and_names_the_fastest_subnet(t
     assert [m.to_dict() for m in get_front_store(path).front("dev")] == before
 
 
+def test_accuracies_outside_0_1_and_bad_latencies_stop_the_search_before_anything_is_stored(tmp_path, toy):
+    search(tmp_path, toy, {"n_trials": 16})
+    path = tmp_path / "fronts" / "fronts.sqlite"
+    before = [m.to_dict() for m in get_front_store(path).front("dev")]
+    config = SearchConfig.parse({"n_trials": 24, "batch_size": 8, "population_size": 10}, ["dev"])
+    wrong = [(lambda archs: toy.accuracy(archs) - 2.0, toy.latency(), "the accuracy objective gave", "[0, 1]"),
+             (toy.accuracy, lambda archs: [math.nan] * len(archs), "device 'dev' gave nan ms", "positive")]
+    for accuracy, latency, *needles in wrong:
+        with pytest.raises(UsageError) as info:
+            run_search(config, tmp_path, accuracy, {"dev": latency}, space=SPACE, counts_fn=stub_counts)
+        assert all(n in str(info.value) for n in needles) and "\n" not in str(info.value), info.value
+    assert len(complete(load_study(tmp_path))) == 16  # the failed batches were not stored
+    assert [m.to_dict() for m in get_front_store(path).front("dev")] == before
+
+
 # --- 2. one search per run at a time; a killed one never blocks the next --------------------------------------
 
 
