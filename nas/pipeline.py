@@ -8,6 +8,7 @@ from its journal), so an interrupted ``nas run`` continues where it stopped.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,10 +194,12 @@ class Pipeline:
                 skipped.append(stage.name)
                 continue
             print(f"[{stage.name}] running", file=sys.stderr)
+            started = time.perf_counter()
             try:
                 stage.run()
             finally:
                 _disconnect_ray()  # each stage starts Ray with the resources it needs (e.g. device:<id>)
+            print(f"[{stage.name}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
             ran.append(stage.name)
         return PipelineResult(run_dir=self.run.root, ran=tuple(ran), skipped=tuple(skipped),
                               fronts=self.paths.fronts, plot=self.paths.plot, export=self.export_path)
