@@ -120,6 +120,77 @@ def init_ray(device: Device, num_cpus: int | None = None) -> None:
                            f"worker on the device with --resources '{{\"{device_resource(device.id)}\": 1}}'")
 
 
+def cluster_is_named_or_running() -> bool:
+    """True when ``RAY_ADDRESS`` names a cluster or one was started on this machine (``ray start``): then a
+    lookup table is measured on the cluster's node offering the device (``table_measurer``)."""
+    from search_spaces import ray_cluster_named_or_running
+
+    return ray_cluster_named_or_running()
+
+
+class _LayerActor:
+    """Holds a ``LayerMeasurer`` on the node offering the device (state: the load reference's base)."""
+
+    def __init__(self, builder: LayerBuilder, device: Device, config: MeasureConfig, space: SearchSpace) -> None:
+        from .lut import LayerMeasurer
+
+        normal_priority()
+        configure_allocator()
+        self.measure = LayerMeasurer(builder, get_backend(device.backend or "", device.threads), config,
+                                     device.batch_size, space)
+
+    def run(self, layer: Any, reference_base_ms: float | None) -> tuple[dict[str, Any], float | None, str]:
+        import ray
+
+        self.measure.reference_base_ms = reference_base_ms
+        m = self.measure(layer)
+        return m.to_dict(), self.measure.reference_base_ms, ray.get_runtime_context().get_node_id()
+
+
+class RemoteLayerMeasurer:
+    """``measure(layer) -> Measurement`` timed by an actor on the Ray node offering ``device:<id>``: how a
+    board that joined the cluster (``ray start --address HEAD --resources '{"device:<id>": 1}'``) gets its
+    lookup table. The table itself is read, planned and saved here (``build_table``). ``node_id`` is the
+    node that measured; ``close`` ends the actor."""
+
+    def __init__(self, space: SearchSpace, builder: LayerBuilder, device: Device, config: MeasureConfig) -> None:
+        import ray
+
+        if not device.is_local:
+            raise LatencyError(f"device {device.id!r} has no backend to measure with (imported data)")
+        init_ray(device)
+        actor = ray.remote(_LayerActor).options(resources={device_resource(device.id): 1},
+                                                num_cpus=max(1, device.threads))
+        self._actor = actor.remote(builder, device, config, space)
+        self.reference_base_ms: float | None = None
+        self.node_id: str | None = None
+
+    def __call__(self, layer: Any) -> Measurement:
+        import ray
+
+        data, self.reference_base_ms, self.node_id = ray.get(self._actor.run.remote(layer, self.reference_base_ms))
+        return Measurement(**data)
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self._actor)
+
+
+def table_measurer(space: SearchSpace, builder: LayerBuilder, device: Device, config: MeasureConfig,
+                   use_ray: bool | None = None) -> Any:
+    """The measure function of ``build_table`` for ``device``: on the Ray node offering ``device:<id>`` when
+    ``use_ray`` (default: when a cluster is named or running), else in this process."""
+    from .lut import layer_measurer
+
+    if use_ray is None:
+        use_ray = cluster_is_named_or_running()
+    if use_ray:
+        return RemoteLayerMeasurer(space, builder, device, config)
+    return layer_measurer(builder, get_backend(device.backend or "", device.threads), config, device.batch_size,
+                          space)
+
+
 def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuilder, device: Device,
                   config: MeasureConfig, *, lock_path: str | os.PathLike[str] | None = None,
                   use_ray: bool = True, chunk: int = 8,

@@ -11,7 +11,7 @@ from ._encoding import decode, encode, encode_many, encoding_length, encoding_na
 from ._files import READ_ERRORS, DamagedFileError, reading
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
-from ._ray import connect_ray, set_ray_environment
+from ._ray import connect_ray, ray_cluster_named_or_running, set_ray_environment
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
 from ._size import block_choices, space_size
@@ -20,6 +20,7 @@ from ._strings import arch_from_string, arch_to_string
 
 __all__ = [
     "connect_ray",
+    "ray_cluster_named_or_running",
     "set_ray_environment",
     "ACTIVATIONS",
     "OP_TYPES",

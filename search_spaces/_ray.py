@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["connect_ray", "set_ray_environment"]
+__all__ = ["connect_ray", "ray_cluster_named_or_running", "set_ray_environment"]
 
 
 def set_ray_environment() -> None:
@@ -56,6 +56,17 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
             pass  # a stale record of a cluster that is gone
     ray.init(num_cpus=num_cpus, resources=resources or None, include_dashboard=False, **init_kwargs)
     return True
+
+
+def ray_cluster_named_or_running(address: str | None = None) -> bool:
+    """True when ``connect_ray`` would attach rather than start: a cluster is named (``address`` or
+    ``RAY_ADDRESS``), this process is connected already, or ``ray start`` left this machine's record."""
+    import sys
+
+    if address or os.environ.get("RAY_ADDRESS") or _local_cluster_file().is_file():
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def _local_cluster_file() -> Path:

@@ -95,7 +95,8 @@ def _config(args: argparse.Namespace):
 
 @_user_errors
 def build_cmd(args: argparse.Namespace) -> int:
-    from latency_predictors import build_table, configure_allocator, get_backend, layer_measurer
+    from latency_predictors import build_table, configure_allocator
+    from latency_predictors.remote import RemoteLayerMeasurer, table_measurer
 
     from ..latency_builders import static_builder
 
@@ -104,13 +105,18 @@ def build_cmd(args: argparse.Namespace) -> int:
     store = _store(args)
     device = _measured_device(args, store, args.backend)
     config = _config(args)
-    backend = get_backend(device.backend or "", device.threads)
-    table = build_table(space, device, store.table_path(device.id, space.name),
-                        layer_measurer(static_builder(), backend, config, device.batch_size, space),
-                        resolutions=_resolutions(space, args.resolutions), protocol=config,
-                        lock_path=store.lock_path(device.id), progress=not args.quiet)
+    resolutions = _resolutions(space, args.resolutions)
+    measure = table_measurer(space, static_builder(), device, config, use_ray=False if args.no_ray else None)
+    try:
+        table = build_table(space, device, store.table_path(device.id, space.name), measure,
+                            resolutions=resolutions, protocol=config, lock_path=store.lock_path(device.id),
+                            progress=not args.quiet)
+    finally:
+        if isinstance(measure, RemoteLayerMeasurer):
+            measure.close()
+    where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
     print(f"table of {space.name} on {device.id}: {len(table.entries)} layers, resolutions "
-          f"{', '.join(map(str, table.resolutions))} -> {store.table_path(device.id, space.name)}")
+          f"{', '.join(map(str, table.resolutions))} -> {store.table_path(device.id, space.name)}{where}")
     return 0
 
 
@@ -204,8 +210,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "latency predictors. Data goes to $HWNAS_HOME (default ~/.hwnas).")
     sub = p.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
 
-    b = sub.add_parser("build", help="measure a lookup table on this machine")
+    b = sub.add_parser("build", help="measure a lookup table (here, or on the Ray node offering the device)",
+                       description="Measure every layer the space can produce on the device. When a Ray cluster is "
+                                   "named (RAY_ADDRESS) or running (`ray start`), the layers are timed on its node "
+                                   "offering the resource device:<id> (a board joins with `ray start --address HEAD "
+                                   "--resources '{\"device:<id>\": 1}'`); otherwise in this process. The table is "
+                                   "saved here as it grows; running the command again resumes it.")
     _common(b)
+    b.add_argument("--no-ray", action="store_true", help="measure in this process even when a Ray cluster runs")
     b.add_argument("--backend", default=None,
                    help="backend of a device whose id does not name one (torch, onnxruntime, torch_compile); "
                         "local-... ids carry their own")
