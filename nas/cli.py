@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import UsageError
+from .errors import RetryableError, UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
 COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "plot",
@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_error_types() as exc:
         print(f"nas: error: {exc}", file=sys.stderr)
         return 2
+    except RetryableError as exc:
+        print(f"nas: error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into a reader that stopped early (`nas spaces --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -16,16 +16,19 @@ Format (every key optional except ``name`` and ``space``)::
         - {name: kernel, epochs: 2, lr: 0.03, elastic: {kernel_sizes: [3, 5, 7]}, distill_weight: 1.0}
     ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings
     supernet: {import: ofa, path: ..., accuracy_predictor: ...}   # optional: import, do not train (SupernetImport)
-    devices: ...   # a list of device ids / {id, max_latency_ms}, or a mapping; parsed by nas.search_config
-    latency: ...
-    search: ...
+    devices: [local-cpu-1t-ort, {id: note10, max_latency_ms: 20}]   # or a mapping; nas.search_config
+    latency: {table: true, fit_samples: 0, ...}                     # nas.latency_config.LatencySettings
+    search: {sampler: nsga2, n_trials: 500, ...}                    # nas.search_config.SearchConfig
 
 With a ``supernet`` section the experiment imports a published supernet (Once-for-All's model zoo) instead
 of training one: the ``train`` stage of ``nas run`` becomes an import, and ``dataset`` may be left out, in
 which case there is no data (``config.dataset is None``): accuracy comes from the imported predictor only
 (``search.accuracy: predictor`` is then required) and exports keep the supernet's batch-norm statistics.
 
-Unknown keys and bad values raise ``UsageError`` naming the key and what is allowed. Relative paths
+Every section is parsed and checked when the file is read, so a mistake in any of them (an unknown key, a
+number out of range or not finite, a resolution the space lacks) stops ``nas train``, ``nas search`` and
+``nas run`` before any work. Unknown keys and bad values raise ``UsageError`` naming the key and what is
+allowed. Relative paths
 (``run_dir``, ``dataset.path``) resolve against the current directory. To add a typed section later, write
 its frozen dataclass, add a parser to ``SECTION_PARSERS`` and change the field's type below.
 """
@@ -62,9 +65,9 @@ from supernets.training import (
 
 from .data import DATASET_KINDS, DatasetConfig
 from .errors import UsageError
+from .latency_config import LatencySettings
+from .search_config import SearchConfig
 
-RAW_SECTIONS = ("devices", "latency", "search")
-"""Sections kept as plain (read-only) mappings until their stage parses them."""
 SUPERNET_IMPORTS = ("ofa",)
 """Kinds of published supernets a config can import (``supernet: {import: ofa, ...}``)."""
 
@@ -88,7 +91,8 @@ class SupernetImport:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: what is trained, on which data, where, and the raw later-stage sections."""
+    """One experiment: what is trained (or imported), on which data, where, how latency is measured and how
+    the search runs (its ``search`` holds the ``devices`` section too)."""
 
     name: str
     space: str
@@ -98,9 +102,8 @@ class ExperimentConfig:
     dataset: DatasetConfig | None = field(default_factory=DatasetConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     ray: RaySettings = field(default_factory=RaySettings)
-    devices: Mapping[str, Any] | tuple[Any, ...] | None = None
-    latency: Mapping[str, Any] | None = None
-    search: Mapping[str, Any] | None = None
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    search: SearchConfig = field(default_factory=SearchConfig)
     # A published supernet to import instead of training (None: train).
     supernet: SupernetImport | None = None
     # The file it was read from (None when built in code).
@@ -126,9 +129,12 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready form with every default filled in (the run folder's config copy)."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "source"}
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+               if f.name not in ("source", "search", "latency")}
         out["train"]["phases"] = [_phase_dict(p) for p in self.train.phases]
         out["supernet"] = self.supernet.to_dict() if self.supernet is not None else None
+        out["latency"] = self.latency.to_dict()
+        out.update(self.search.to_dict())  # devices and search
         return out
 
 
@@ -326,7 +332,7 @@ def _check_data_for_import(config: ExperimentConfig) -> None:
     if config.supernet is None or config.supernet.accuracy_predictor is None:
         raise UsageError("config: no dataset, so accuracy must come from an imported predictor: set "
                          "supernet.accuracy_predictor (or add a dataset section)")
-    accuracy = (config.search or {}).get("accuracy", "direct")
+    accuracy = config.search.accuracy
     if accuracy != "predictor":
         raise UsageError(f"search.accuracy: {accuracy!r} needs data to evaluate subnets, and the config has no "
                          f"dataset; set search.accuracy: predictor (or add a dataset section)")
@@ -336,7 +342,7 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
     """An ``ExperimentConfig`` from the mapping a YAML file holds."""
     raw = _mapping(raw, "config")
     top = ("name", "space", "seed", "run_dir")
-    _check_keys(raw, "config", (*top, *SECTION_PARSERS, "supernet", *RAW_SECTIONS))
+    _check_keys(raw, "config", (*top, *SECTION_PARSERS, "supernet", "devices", "latency", "search"))
     for required in ("name", "space"):
         if required not in raw:
             raise UsageError(f"config: {required} is required")
@@ -355,13 +361,27 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
         typed["supernet"] = parse_supernet(raw["supernet"], space)
         if raw.get("dataset") is None:
             typed["dataset"] = None
-    untyped: dict[str, Any] = {key: types.MappingProxyType(_mapping(raw[key], key)) for key in RAW_SECTIONS
-                               if raw.get(key) is not None and not (key == "devices" and isinstance(raw[key], list))}
-    if isinstance(raw.get("devices"), list):  # a list of device ids (or {id, max_latency_ms} mappings)
-        untyped["devices"] = tuple(raw["devices"])
-    config = dataclasses.replace(config, **typed, **untyped)
+    typed["search"] = SearchConfig.parse(raw.get("search"), raw.get("devices"))
+    typed["latency"] = LatencySettings.parse(raw.get("latency"))
+    config = dataclasses.replace(config, **typed)
+    _check_resolutions(config, space)
     _check_data_for_import(config)
     return config
+
+
+def _check_resolutions(config: ExperimentConfig, space: SearchSpace) -> None:
+    """The resolutions the search may pick exist in the space and in the lookup table ``nas run`` builds."""
+    config.search.restrict(space)  # search.resolutions outside the space: one line naming them
+    bad = [r for r in config.latency.resolutions if r not in space.resolutions]
+    if bad:
+        raise UsageError(f"latency.resolutions {bad} are not in space {space.name!r}; allowed: "
+                         f"{', '.join(map(str, space.resolutions))}")
+    searched = set(config.search.resolutions or space.resolutions)
+    table = set(config.latency.resolutions)
+    if config.latency.table and table and not searched <= table:
+        raise UsageError(f"search may pick resolutions {sorted(searched - table)} that latency.resolutions "
+                         f"{sorted(table)} leaves out of the table; set search.resolutions to a subset of "
+                         f"latency.resolutions")
 
 
 def load_config(path: str | Path, *, epochs_scale: float | None = None) -> ExperimentConfig:

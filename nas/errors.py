@@ -1,4 +1,4 @@
-"""Errors the command line turns into a one-line message and exit status 2."""
+"""Errors the command line turns into a one-line message: exit status 2 for bad input, 1 for a retryable stop."""
 
 from __future__ import annotations
 
@@ -9,3 +9,8 @@ class UsageError(Exception):
 
 class BusyError(UsageError):
     """Another process holds what this one needs (a run's search): the message names it (pid, host)."""
+
+
+class RetryableError(Exception):
+    """Work stopped for a reason that may pass (a training worker died); what is done is saved and running the
+    same command again continues. The command line prints the message in one line, exit status 1."""

@@ -6,21 +6,25 @@ Example (YAML)::
       table: true             # measure a lookup table of the space on every local device
       resolutions: [32]       # restrict the table (default: all of the space's resolutions)
       fit_samples: 0          # also measure N random subnets end to end and fit learned predictors
-      warmup: 3
-      repeats: 10
+      warmup: 5               # defaults: latency_predictors.MeasureConfig's (the CLI's too)
+      repeats: 30
       quantile: 0.5           # quantile of the timed runs reported (0.5 = median)
       clock: wall             # wall | thread_cpu (one-thread devices on a busy machine)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from latency_predictors import MeasureConfig
+
 from .errors import UsageError
 
 CLOCKS = ("wall", "thread_cpu")
+_PROTOCOL = MeasureConfig()  # the one place the measurement defaults live
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,11 @@ class LatencySettings:
     resolutions: tuple[int, ...] = ()
     # Subnets measured end to end to fit learned predictors (0: the table alone).
     fit_samples: int = 0
-    # Measurement protocol.
-    warmup: int = 3
-    repeats: int = 10
-    quantile: float = 0.5
-    clock: str = "wall"
+    # Measurement protocol (defaults: ``MeasureConfig``'s, as ``nas latency build``).
+    warmup: int = _PROTOCOL.warmup
+    repeats: int = _PROTOCOL.repeats
+    quantile: float = _PROTOCOL.quantile
+    clock: str = _PROTOCOL.clock
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> LatencySettings:
@@ -48,36 +52,37 @@ class LatencySettings:
             raise UsageError(f"latency: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         values: dict[str, Any] = {}
         for key, value in raw.items():
-            try:
-                if key == "table":
-                    if not isinstance(value, bool):
-                        raise ValueError
-                    values[key] = value
-                elif key == "resolutions":
-                    values[key] = tuple(int(r) for r in (value or ()))
-                elif key in ("fit_samples", "warmup", "repeats"):
-                    values[key] = int(value)
-                    if values[key] < (1 if key == "repeats" else 0):
-                        raise ValueError
-                elif key == "quantile":
-                    values[key] = float(value)
-                    if not 0 < values[key] <= 0.5:
-                        raise ValueError
-                elif key == "clock":
-                    if value not in CLOCKS:
-                        raise ValueError
-                    values[key] = value
-            except (TypeError, ValueError):
+            ok = True
+            if key == "table":
+                ok = isinstance(value, bool)
+            elif key == "resolutions":
+                ok = isinstance(value, (list, tuple)) and all(_is_int(r) and r > 0 for r in value)
+                value = tuple(value) if ok else value
+            elif key in ("fit_samples", "warmup", "repeats"):
+                ok = _is_int(value) and value >= (1 if key == "repeats" else 0)
+            elif key == "quantile":
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                      and 0 < value <= 0.5)
+                value = float(value) if ok else value
+            elif key == "clock":
+                ok = value in CLOCKS
+            if not ok:
                 hint = {"table": "true or false", "resolutions": "a list of the space's resolutions",
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
                         "repeats": "an integer >= 1"}.get(key, "an integer >= 0")
-                raise UsageError(f"latency.{key}: {value!r} is not allowed; {hint}") from None
+                raise UsageError(f"latency.{key}: {value!r} is not allowed; {hint}")
+            values[key] = value
         settings = cls(**values)
         if not settings.table and settings.fit_samples < 3:
             raise UsageError("latency: with table: false, fit_samples must be >= 3 (a device needs a predictor)")
         return settings
 
-    def measure_config(self) -> Any:
-        from latency_predictors import MeasureConfig
-
+    def measure_config(self) -> MeasureConfig:
         return MeasureConfig(warmup=self.warmup, repeats=self.repeats, quantile=self.quantile, clock=self.clock)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -16,9 +16,7 @@ from typing import Any
 
 from .config import ExperimentConfig
 from .errors import UsageError
-from .latency_config import LatencySettings
 from .rundir import RunDir
-from .search_config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -60,30 +58,19 @@ class Pipeline:
         self.run = run
         self.progress = progress
         self.space = config.get_space()
-        self.search = SearchConfig.parse(config.search, config.devices)
+        self.search = config.search  # parsed and cross-checked when the config was read
         if not self.search.devices:
             raise UsageError("config: no devices; add e.g. `devices: [local-cpu-1t-ort]`")
-        self.latency = LatencySettings.parse(config.latency)
-        bad = [r for r in self.latency.resolutions if r not in self.space.resolutions]
-        if bad:
-            raise UsageError(f"latency.resolutions {bad} are not in space {self.space.name!r}; allowed: "
-                             f"{', '.join(map(str, self.space.resolutions))}")
-        searched = set(self.search.resolutions or self.space.resolutions)
-        if self.latency.table and self.latency.resolutions and not searched <= set(self.latency.resolutions):
-            raise UsageError(f"search may pick resolutions {sorted(searched - set(self.latency.resolutions))} that "
-                             f"latency.resolutions {list(self.latency.resolutions)} leaves out of the table; set "
-                             f"search.resolutions to a subset of latency.resolutions")
+        self.latency = config.latency
         self.store = DeviceStore(home if home is not None else default_root())
         self.paths = search_paths(run)
         self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
 
     # -- stage bodies ---------------------------------------------------------------------------------
     def _train(self) -> None:
-        from .commands.train import train
+        from .training import train
 
-        status = train(self.config, self.run, progress=self.progress)
-        if status != 0 or not self.run.is_trained():
-            raise UsageError(f"training did not finish (status {status}); run `nas run` again to continue")
+        train(self.config, self.run, progress=self.progress)
 
     def _local_devices(self) -> list[Any]:
         return [d for d in (self.store.resolve(i) for i in self.search.devices) if d.is_local]
@@ -133,13 +120,13 @@ class Pipeline:
                                resolutions=self.latency.resolutions or None, progress=self.progress)
 
     def _search(self) -> None:
-        from .commands.search import search_stage
+        from .search_stage import search_stage
 
         search_stage(self.config, self.run, progress=self.progress, home=self.store.root)
 
     def _hil(self) -> None:
-        from .commands.search import device_measurers
         from .search import hardware_in_the_loop
+        from .search_stage import device_measurers
 
         measurers = device_measurers(self.space, [d.id for d in self._local_devices()], home=self.store.root,
                                      progress=self.progress, measure_config=self.latency.measure_config())
@@ -171,7 +158,7 @@ class Pipeline:
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
-        from .commands.search import search_is_complete
+        from .search_stage import search_is_complete
 
         if self.config.supernet is not None:
             from .ofa_zoo import is_imported

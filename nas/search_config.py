@@ -1,7 +1,7 @@
 """The search section of an experiment config, parsed once into a frozen value.
 
-The experiment config keeps the raw ``search`` mapping and the raw ``devices`` list; ``SearchConfig.parse``
-turns them into this value, with a one-line ``UsageError`` naming any bad key or value.
+``nas.config.parse_config`` turns the config's ``search`` mapping and ``devices`` list into this value when the
+file is read (``SearchConfig.parse``), with a one-line ``UsageError`` naming any bad key or value.
 
 Example (YAML)::
 
@@ -81,6 +81,23 @@ class SearchConfig:
     def budgets(self) -> dict[str, float]:
         return dict(self.latency_budgets_ms)
 
+    def with_n_trials(self, n_trials: int | None) -> SearchConfig:
+        """This config with ``--n-trials`` applied (checked as ``search.n_trials``); None: unchanged."""
+        if n_trials is None:
+            return self
+        import dataclasses
+
+        return dataclasses.replace(self, n_trials=_int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"devices": [...], "search": {...}}``: the config sections this value parses back from."""
+        budgets = self.budgets
+        devices = [{"id": d, "max_latency_ms": budgets[d]} if d in budgets else d for d in self.devices]
+        search = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("devices", "latency_budgets_ms")}
+        search["resolutions"] = list(self.resolutions)
+        return {"devices": devices, "search": search}
+
     @classmethod
     def parse(cls, search: Mapping[str, Any] | None,
               devices: Sequence[Any] | Mapping[str, Any] | None = (), *,
@@ -111,6 +128,10 @@ class SearchConfig:
             if isinstance(entry, str):
                 device_ids.append(entry)
             elif isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                extra = sorted(set(entry) - {"id", "max_latency_ms"})
+                if extra:
+                    raise UsageError(f"devices[{entry['id']}]: unknown key(s) {', '.join(map(str, extra))}; "
+                                     f"allowed: id, max_latency_ms")
                 device_ids.append(entry["id"])
                 if entry.get("max_latency_ms") is not None:
                     budgets[entry["id"]] = _positive_float(f"devices[{entry['id']}].max_latency_ms",

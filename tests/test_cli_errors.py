@@ -96,7 +96,7 @@ def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
         argv = ["devices", "--home", home]
     fails_in_one_line(capsys, argv, str(path), "damaged")
     if damage != "device":  # the search loads the same files
-        from nas.commands.search import load_latency_predictors
+        from nas.search_stage import load_latency_predictors
         from search_spaces import DamagedFileError
 
         with pytest.raises(DamagedFileError, match="damaged"):
@@ -158,3 +158,21 @@ def test_min_accuracy_is_a_fraction(value, run, capsys):
     """Issue 11, item 16: ``--min-accuracy`` must be finite and in [0, 1]."""
     err = fails_in_one_line(capsys, _query(run, "--min-accuracy", value), "--min-accuracy", "[0, 1]")
     assert ("percentage" in err) == (value == "95")
+
+
+def test_a_retryable_stop_is_one_line_with_exit_status_1(tmp_path, capsys, monkeypatch):
+    """A training that stopped (a worker died beyond its retries) is not bad input: one line, status 1."""
+    import yaml
+
+    import nas.training
+    from nas.errors import RetryableError
+
+    def stopped(config, run, progress=True):
+        raise RetryableError("the training worker died (SIGKILL); run the same command again to continue")
+
+    monkeypatch.setattr(nas.training, "train", stopped)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "t", "space": "ofa_mbv3_cifar", "run_dir": str(tmp_path / "run")}))
+    assert main(["train", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nas: error: the training worker died") and "again" in err

@@ -57,6 +57,17 @@ def base(**overrides) -> dict:
     (base(train={"phases": [{"name": "p", "epochs": 1, "lr": 0.1, "elastic": {"width": [1]}}]}),
      ["train.phases[0].elastic", "width", "allowed", "kernel_sizes"]),
     (base(train={"phases": [{"name": "p", "lr": 0.1}]}), ["train.phases[0]", "epochs", "required"]),
+    # Later sections are checked at load too (issue 12): a typo costs a second, not an hour of training.
+    (base(search={"sampler": "cma", "n_trails": 5}), ["search", "n_trails", "allowed", "n_trials"]),
+    (base(search={"sampler": "cma"}), ["search.sampler", "cma", "nsga2"]),
+    (base(latency={"repeats": 0}), ["latency.repeats", "0", ">= 1"]),
+    (base(latency={"warmup": 2.5}), ["latency.warmup", "2.5"]),
+    (base(latency={"quantile": float("nan")}), ["latency.quantile", "nan"]),
+    (base(devices=[{"id": "d", "max_latency_ms": -1}]), ["devices[d].max_latency_ms", "> 0"]),
+    (base(devices=[{"id": "d", "kind": "onnx"}]), ["devices[d]", "kind", "allowed: id, max_latency_ms"]),
+    (base(latency={"resolutions": [30]}), ["latency.resolutions", "30", "24, 28, 32"]),
+    (base(search={"resolutions": [30]}), ["search.resolutions", "30", "24, 28, 32"]),
+    (base(latency={"resolutions": [32]}), ["search may pick resolutions [24, 28]", "latency.resolutions"]),
 ])
 def test_bad_configs_name_the_key_and_allowed_values(raw: dict, words: list[str]) -> None:
     with pytest.raises(UsageError) as info:
@@ -67,11 +78,16 @@ def test_bad_configs_name_the_key_and_allowed_values(raw: dict, words: list[str]
         assert word in message, (word, message)
 
 
-def test_raw_later_sections_are_kept_and_hash_ignores_them() -> None:
+def test_later_sections_are_typed_at_load_and_hash_ignores_them() -> None:
     plain = parse_config(base())
-    later = parse_config(base(devices={"phone": {"kind": "onnx"}}, search={"trials": 10}, latency=None))
-    assert later.devices["phone"]["kind"] == "onnx" and later.search["trials"] == 10 and later.latency is None
+    later = parse_config(base(devices={"phone": {"max_latency_ms": 5}}, search={"n_trials": 10},
+                              latency={"repeats": 3}))
+    assert later.search.devices == ("phone",) and later.search.budgets == {"phone": 5.0}
+    assert later.search.n_trials == 10 and later.latency.repeats == 3
     assert later.config_hash == plain.config_hash
+    # What the run folder keeps parses back to the same config.
+    again = parse_config(later.to_dict())
+    assert again.search == later.search and again.latency == later.latency and again.train == later.train
     assert parse_config(base(seed=1)).config_hash != plain.config_hash
     assert parse_config(base(ray={"num_workers": 2})).config_hash == plain.config_hash
 
@@ -111,3 +127,17 @@ def test_load_supernet_of_an_untrained_run_is_a_usage_error(tmp_path: Path) -> N
     (tmp_path / "bad" / "checkpoints" / "supernet.pt").write_bytes(b"junk")
     with pytest.raises(UsageError, match="corrupted"):
         load_supernet(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("command", ["train", "search", "run"])
+@pytest.mark.parametrize("section", [{"search": {"n_trails": 5}}, {"latency": {"repeats": 0}},
+                                     {"devices": [{"id": "d", "max_latency_ms": float("inf")}]}])
+def test_every_command_refuses_a_bad_section_before_any_work(tmp_path: Path, capsys, command, section) -> None:
+    import ray
+
+    from tests.cli_helpers import fails_in_one_line
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(base(run_dir=str(tmp_path / "run"), **section)))
+    fails_in_one_line(capsys, [command, config], next(iter(section)))
+    assert not (tmp_path / "run").exists() and not ray.is_initialized()

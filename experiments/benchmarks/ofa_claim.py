@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from nas.commands.train import train  # noqa: E402
 from nas.config import ExperimentConfig, load_config  # noqa: E402
 from nas.data import ImageData, load_dataset  # noqa: E402
 from nas.io import atomic_write_json  # noqa: E402
 from nas.rundir import RunDir, load_supernet  # noqa: E402
+from nas.training import train  # noqa: E402
 from search_spaces import Arch, BlockArch, SearchSpace, StageArch, get_space, largest, smallest  # noqa: E402
 from supernets import build  # noqa: E402
 from supernets.training import accuracy, resize, subnet_accuracy  # noqa: E402
@@ -57,8 +57,7 @@ def medium(space: SearchSpace) -> Arch:
 def ensure_trained(config: ExperimentConfig, run: RunDir) -> float:
     """Train the supernet unless the run is finished; returns the wall time spent here (s)."""
     started = time.perf_counter()
-    if train(config, run, progress=False) != 0:
-        raise SystemExit(f"training of {run.root} failed")
+    train(config, run, progress=False)  # raises when it stops (RetryableError: run again to continue)
     return time.perf_counter() - started
 
 

@@ -188,11 +188,16 @@ def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
     if measuring:
         p.add_argument("--resolutions", type=int, nargs="+", default=None,
                        help="restrict to these input resolutions (default: all of the space)")
-        p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
-        p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-        p.add_argument("--noise-threshold", type=float, default=0.05,
-                       help="re-measure above this spread, IQR/median (default 0.05)")
-        p.add_argument("--quantile", type=float, default=0.5,
+        from latency_predictors import MeasureConfig
+
+        protocol = MeasureConfig()  # the defaults live there (a config's latency section shares them)
+        p.add_argument("--repeats", type=int, default=protocol.repeats,
+                       help=f"timed runs per measurement (default {protocol.repeats})")
+        p.add_argument("--warmup", type=int, default=protocol.warmup,
+                       help=f"untimed runs first (default {protocol.warmup})")
+        p.add_argument("--noise-threshold", type=float, default=protocol.noise_threshold,
+                       help=f"re-measure above this spread, IQR/median (default {protocol.noise_threshold})")
+        p.add_argument("--quantile", type=float, default=protocol.quantile,
                        help="quantile of the timed runs reported as latency (default 0.5, the median; "
                             "0.1-0.25 is more repeatable on a shared machine)")
         p.add_argument("--load-reference", action="store_true",

@@ -1,179 +1,19 @@
 """``nas search CONFIG``: Optuna search of the trained supernet against each device's latency predictor.
 
-The stage function ``search_stage(config, run)`` is what ``nas run`` calls; it returns the fronts.
+A thin adapter over ``nas.search_stage.search_stage`` (what ``nas run`` calls too).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from ..errors import UsageError
-
-# Latency predictor kinds, most preferred first, when the device has no evaluation report to choose by.
-PREDICTOR_PREFERENCE = ("table_linear", "table", "mlp", "ridge")
-
-
-def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = None) -> dict[str, Any]:
-    """Device id to its best latency predictor for ``space`` from the device store (``$HWNAS_HOME``).
-
-    "Best" is the predictor with the most subnets within +-10% in the device's ``nas latency eval`` report
-    when there is one, else the first of ``PREDICTOR_PREFERENCE`` that exists. A device without a table or
-    predictor is a ``UsageError`` naming the command that makes one.
-    """
-    from latency_predictors import DeviceStore, default_root
-    from latency_predictors.workflow import load_predictors, read_report
-
-    store = DeviceStore(home if home is not None else default_root())
-    chosen: dict[str, Any] = {}
-    for device_id in device_ids:
-        device = store.resolve(device_id)
-        predictors = load_predictors(store, device, space)
-        if not predictors:
-            raise UsageError(f"no latency table or predictor for space {space.name!r} on device {device_id!r}; "
-                             f"run `nas latency build --space {space.name} --device {device_id}` (or "
-                             f"`nas latency fit`) first")
-        kind = None
-        report = store.eval_dir(device_id) / f"{space.name}.json"
-        if report.is_file():
-            rows = read_report(report).get("predictors", {})
-            ranked = sorted((k for k in rows if k in predictors and k != "flops"),
-                            key=lambda k: (rows[k].get("within_10pct", 0), rows[k].get("spearman", 0)), reverse=True)
-            kind = ranked[0] if ranked else None
-        if kind is None:
-            kind = next((k for k in PREDICTOR_PREFERENCE if k in predictors), None)
-        if kind is None:
-            raise UsageError(f"device {device_id!r} has only a FLOPs predictor for {space.name!r}; latency must "
-                             f"be measured: run `nas latency build` or `nas latency fit`")
-        chosen[device_id] = predictors[kind]
-    return chosen
-
-
-def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_predictors: Mapping[str, Any]
-                 | None = None, progress: bool = True, home: Any = None) -> dict[str, list]:
-    """Run (or continue) the search of an experiment and write its fronts; returns them per device.
-
-    Args:
-        config: the ``ExperimentConfig`` (its raw ``search`` and ``devices`` sections are parsed here).
-        run: its ``RunDir`` (the trained supernet must be there).
-        n_trials: overrides ``search.n_trials``.
-        latency_predictors: device id to predictor; default: loaded from the device store at ``home``
-            (default ``$HWNAS_HOME`` or ``~/.hwnas``).
-
-    Everything that can be checked is checked before any work starts: the config's numbers (and
-    ``n_trials``), the trained supernet, the study's storage, and that no other process searches this run
-    (the run's ``search_lock``, held until the fronts are written).
-    """
-    from ..rundir import RunDir
-    from ..search import search_lock, storage_for
-    from ..search_config import SearchConfig
-
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    search = SearchConfig.parse(config.search, config.devices, n_trials=n_trials)
-    if not search.devices:
-        raise UsageError("config: no devices to search for; add e.g. `devices: [local-cpu-1t-ort]`")
-    if not run.supernet_checkpoint.is_file():
-        raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint}); "
-                         f"run `nas train CONFIG` first")
-    space = search.restrict(config.get_space())
-    with search_lock(run):
-        storage_for(search, run)  # a storage that cannot be opened fails here, before any work
-        return _search_locked(config, run, search, space, latency_predictors, progress, home)
-
-
-def load_search_accuracy_predictor(path: Any, search: Any, space: Any) -> tuple[Any, Any]:
-    """``(predictor, space)``: the run's saved accuracy predictor, and ``space`` limited to the resolutions it
-    covers when it says which (Once-for-All's imported predictor); ``search.resolutions`` it does not cover
-    are a ``UsageError``."""
-    import dataclasses
-
-    from ..accuracy import AccuracyPredictor
-    from ..ofa_zoo import OFAAccuracyPredictor, covers_resolutions
-
-    if not covers_resolutions(path):
-        return AccuracyPredictor.load(path), space
-    predictor = OFAAccuracyPredictor.load(path)
-    outside = [r for r in search.resolutions if r not in predictor.resolutions]
-    if outside:
-        raise UsageError(f"search.resolutions {outside} are not covered by the imported accuracy predictor; "
-                         f"allowed: {', '.join(map(str, predictor.resolutions))}")
-    covered = tuple(r for r in space.resolutions if r in predictor.resolutions)
-    if not covered:
-        raise UsageError(f"the imported accuracy predictor covers resolutions "
-                         f"{', '.join(map(str, predictor.resolutions))}, none of which the search may pick "
-                         f"({', '.join(map(str, space.resolutions))})")
-    return predictor, dataclasses.replace(space, resolutions=covered)
-
-
-def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
-                   progress: bool, home: Any) -> dict[str, list]:
-    import dataclasses
-
-    from ..accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
-    from ..data import load_dataset
-    from ..io import atomic_write_json
-    from ..search import run_search, search_paths
-
-    paths = search_paths(run)
-    objective: Any = None
-    if config.dataset is None and not (search.accuracy == "predictor" and paths.accuracy_predictor.is_file()):
-        raise UsageError(f"the config has no dataset, so subnets cannot be evaluated: search.accuracy must be "
-                         f"predictor, with a predictor in {paths.accuracy_predictor} (supernet.accuracy_predictor "
-                         f"imports one)")
-    if search.accuracy == "predictor" and paths.accuracy_predictor.is_file():
-        objective, space = load_search_accuracy_predictor(paths.accuracy_predictor, search, space)
-    predictors = dict(latency_predictors) if latency_predictors is not None else \
-        load_latency_predictors(space, search.devices, home)
-    train = config.train
-    evaluator = None
-    if config.dataset is not None:
-        data_factory = functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed)
-        evaluator = DirectEvaluator(
-            SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
-                             bn_images=int(getattr(train, "bn_recal_images", 2000) or 2000),
-                             max_images=getattr(train, "max_val_images", None), seed=config.seed,
-                             device=train.device),
-            AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
-            gpus_per_worker=config.ray.gpus_per_worker)
-        evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
-    else:  # no data: the checkpoint is still read now, so a damaged one is one line before the search
-        SupernetAccuracy(str(run.supernet_checkpoint), lambda: None).check()
-    try:
-        if search.accuracy == "direct":
-            objective = evaluator
-        elif objective is None:  # no predictor saved yet: fit one on directly evaluated subnets
-            objective, report = fit_accuracy_predictor(space, evaluator.evaluate, search.predictor_samples,
-                                                       search.predictor_holdout, search.seed)
-            objective.save(paths.accuracy_predictor)
-            atomic_write_json(paths.accuracy_predictor.with_name("accuracy_predictor_report.json"),
-                              report.to_dict())
-            print(f"accuracy predictor: RMSE {report.rmse:.4f}, Spearman {report.spearman:.3f}, Kendall "
-                  f"{report.kendall:.3f} on {report.n_test} held-out subnets", file=sys.stderr)
-
-        def show(done: int, total: int) -> None:
-            if progress:
-                print(f"\rsearch: {done}/{total} trials", end="" if done < total else "\n", file=sys.stderr,
-                      flush=True)
-
-        meta: dict[str, Any] = {"dataset": None}  # no dataset: exports keep the supernet's batch norms
-        if config.dataset is not None:
-            meta = {"dataset": {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)},
-                    "data_seed": config.seed, "bn_images": int(getattr(train, "bn_recal_images", 2000) or 2000)}
-        return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
-                          checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta)
-    finally:
-        if evaluator is not None:
-            evaluator.close()
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..rundir import RunDir
     from ..search import search_paths
+    from ..search_stage import search_stage
 
     config = load_config(args.config)
     run_dir = RunDir.for_config(config, args.run_dir)
@@ -203,48 +43,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, default=None, help="override search.n_trials (finished trials in total)")
     p.add_argument("--json", action="store_true", help="print the fronts as JSON")
     p.set_defaults(handler=run)
-
-
-def search_is_complete(config: Any, run: Any) -> bool:
-    """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored (what
-    ``nas run`` checks to skip the stage)."""
-    from ..fronts import get_front_store
-    from ..search import load_study, search_paths
-    from ..search_config import SearchConfig
-
-    search = SearchConfig.parse(config.search, config.devices)
-    paths = search_paths(run)
-    if not paths.fronts.is_file():
-        return False
-    try:
-        study = load_study(run, search)
-    except (UsageError, KeyError):
-        return False
-    import optuna
-
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return done >= search.n_trials and set(search.devices) <= set(get_front_store(paths.fronts).devices())
-
-
-def device_measurers(space: Any, device_ids: Sequence[str], home: Any = None, use_ray: bool = True,
-                     progress: bool = False, measure_config: Any = None) -> dict[str, Any]:
-    """Device id to ``(archs) -> measured ms``: end-to-end measurement of the deployed static subnets with
-    ``latency_predictors``' protocol, on the device's node (Ray resource ``device:<id>``), for
-    ``nas.search.hardware_in_the_loop``."""
-    from latency_predictors import DeviceStore, MeasureConfig, default_root
-    from latency_predictors.remote import measure_archs
-
-    from ..latency_builders import static_builder
-
-    store = DeviceStore(home if home is not None else default_root())
-    measurers = {}
-    for device_id in device_ids:
-        device = store.resolve(device_id)
-
-        def measure(archs: Sequence[Any], device: Any = device) -> list[float]:
-            results = measure_archs(space, list(archs), static_builder(), device, measure_config or MeasureConfig(),
-                                    lock_path=store.lock_path(device.id), use_ray=use_ray, progress=progress)
-            return [float(m.latency_ms) for m in results]
-
-        measurers[device_id] = measure
-    return measurers

@@ -64,7 +64,7 @@ def measure_torch(archs):
 
 @pytest.mark.slow
 def test_search_stage_on_a_real_supernet_resumes_measures_queries_exports(run, tmp_path):
-    from nas.commands.search import search_stage
+    from nas.search_stage import search_stage
 
     path, config, run_dir = run
     toy = ToyObjectives()

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from nas.cli import main
-from nas.commands.train import FAIL_AT_EPOCH_ENV, FAIL_MARKER_ENV
 from nas.rundir import RunDir, load_supernet
+from nas.training import FAIL_AT_EPOCH_ENV, FAIL_MARKER_ENV
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
