@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from .errors import RetryableError, UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
-COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "plot",
+COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "fronts", "plot",
                    "import_ofa")
 
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="hwnas: hardware-aware neural architecture search (once-for-all supernets, "
                     "per-device latency, Optuna Pareto fronts).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_global_flags(parser, False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -48,7 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(subparsers)
+    for leaf in _leaf_parsers(parser):
+        _add_global_flags(leaf, argparse.SUPPRESS)  # also after the command: `nas train CONFIG -v`
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hwnas")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress bars or progress lines: results and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show Ray's own output on the console (default: in the run folder's logs/ray.log)")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser that ends a command line (``nas train``, ``nas latency build``...)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    if not subs:
+        return [parser]
+    seen: dict[int, argparse.ArgumentParser] = {}
+    for action in subs:
+        for child in action.choices.values():
+            for leaf in _leaf_parsers(child):
+                seen[id(leaf)] = leaf
+    return list(seen.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ``args.stdout`` is where a command prints its result. With ``--json`` it is the only thing on stdout:
     # everything else printed meanwhile (training lines, Ray's forwarded logs) goes to stderr.
     args.stdout = sys.stdout
+    # ``args.progress``: whether a command shows progress (bars, per-batch lines); -q and --no-progress turn it off.
+    args.progress = not (args.quiet or getattr(args, "no_progress", False))
     try:
         if getattr(args, "json", False):
             with contextlib.redirect_stdout(sys.stderr):

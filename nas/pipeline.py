@@ -49,7 +49,7 @@ class Pipeline:
     """The stages of one experiment over one run folder and one device store."""
 
     def __init__(self, config: ExperimentConfig, run: RunDir, home: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, verbose: bool = False, quiet: bool = False) -> None:
         from latency_predictors import DeviceStore, default_root
 
         from .search import search_paths
@@ -57,6 +57,8 @@ class Pipeline:
         self.config = config
         self.run = run
         self.progress = progress
+        self.verbose = verbose
+        self.quiet = quiet
         self.space = config.get_space()
         self.search = config.search  # parsed and cross-checked when the config was read
         if not self.search.devices:
@@ -70,7 +72,7 @@ class Pipeline:
     def _train(self) -> None:
         from .training import train
 
-        train(self.config, self.run, progress=self.progress)
+        train(self.config, self.run, progress=self.progress, verbose=self.verbose, quiet=self.quiet)
 
     def _local_devices(self) -> list[Any]:
         return [d for d in (self.store.resolve(i) for i in self.search.devices) if d.is_local]

@@ -117,6 +117,11 @@ class RunDir:
         return self.checkpoints / "supernet.pt"
 
     @property
+    def logs(self) -> Path:
+        """Ray's and Ray Train's own output (``logs/ray.log``) unless the command ran with ``-v``."""
+        return self.root / "logs"
+
+    @property
     def ray_storage(self) -> Path:
         return self.root / "ray"
 

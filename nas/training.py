@@ -26,6 +26,10 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, float) else "-"
 
 
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
 def import_supernet(config: ExperimentConfig, run: RunDir) -> None:
     """The ``train`` stage of a config that imports its supernet (``supernet: {import: ofa, ...}``)."""
     from ..ofa_zoo import import_for_config
@@ -40,8 +44,12 @@ def import_supernet(config: ExperimentConfig, run: RunDir) -> None:
         print(f"run {run.root} already holds the imported supernet{also}")
 
 
-def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> None:
+def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose: bool = False,
+          quiet: bool = False) -> None:
     """Train (or finish training) the supernet of ``config`` into ``run``.
+
+    On Ray, Ray's own output goes to ``RUN/logs/ray.log`` and one line per epoch is printed here;
+    ``verbose`` shows Ray's output instead; ``quiet`` prints no epoch lines.
 
     A config with a ``supernet`` section imports it instead (nothing is trained).
 
@@ -108,27 +116,29 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True) -> None:
     except LockBusyError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        _train_locked(config, run, job, space, phases, total, position)
+        _train_locked(config, run, job, space, phases, total, position, verbose, quiet)
     finally:
         lock.release()
 
 
 def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, phases: Any, total: int,
-                  position: str) -> None:
+                  position: str, verbose: bool, quiet: bool) -> None:
     import torch
 
     from supernets.training import LockBusyError, TrainingFailedError, read_metrics, run_in_process, run_on_ray
 
     run.create()
     run.write_config(config)
+    where = "" if verbose or not config.ray.enabled else f"; Ray's own output: {run.logs / 'ray.log'} (-v shows it)"
     print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
-          f"{total} epochs) in {run.root}, {position}")
+          f"{total} epochs) in {run.root}, {position}{where}", flush=True)
     started = time.perf_counter()
     try:
         if config.ray.enabled:
-            run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train")
+            run_on_ray(job, config.ray, storage_path=str(run.ray_storage), name="train",
+                       ray_log=str(run.logs / "ray.log"), verbose=verbose, log=None if quiet else _print_flushed)
         else:
-            run_in_process(job)
+            run_in_process(job, log=None if quiet else _print_flushed)
     except torch.OutOfMemoryError as exc:
         raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
                          f"{str(exc).splitlines()[0]}; use a smaller train.batch_size (in a new run folder: the batch "

@@ -110,7 +110,7 @@ def build_cmd(args: argparse.Namespace) -> int:
     try:
         table = build_table(space, device, store.table_path(device.id, space.name), measure,
                             resolutions=resolutions, protocol=config, lock_path=store.lock_path(device.id),
-                            progress=not args.quiet)
+                            progress=args.progress)
     finally:
         if isinstance(measure, RemoteLayerMeasurer):
             measure.close()
@@ -161,7 +161,7 @@ def fit_cmd(args: argparse.Namespace) -> int:
     space, store, device = _sampling_setup(args)
     fitted = fit_predictors(store, device, space, static_builder(), args.samples, _config(args),
                             resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
-                            progress=not args.quiet)
+                            progress=args.progress)
     print(f"fitted {', '.join(fitted)} for {space.name} on {device.id} from {args.samples} measured subnets "
           f"-> {store.predictor_dir(device.id, space.name)}")
     return 0
@@ -176,7 +176,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
     space, store, device = _sampling_setup(args)
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
-                                 progress=not args.quiet)
+                                 progress=args.progress)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
     return 0
 
@@ -206,7 +206,6 @@ def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
         p.add_argument("--clock", choices=("wall", "thread_cpu"), default="wall",
                        help="wall: elapsed time (default); thread_cpu: CPU time of the inference thread, "
                             "for one-thread devices on a machine shared with other work")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, epochs_scale=args.epochs_scale)
     run_dir = RunDir.for_config(config, args.run_dir)
-    pipeline = Pipeline(config, run_dir, home=args.home, progress=not args.no_progress)
+    pipeline = Pipeline(config, run_dir, home=args.home, progress=args.progress, verbose=args.verbose,
+                        quiet=args.quiet)
     result = pipeline.run_all()
     store = open_fronts(run_dir)
     fronts = {d: [m.to_dict() for m in store.front(d)] for d in store.devices()}

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = RunDir.for_config(config, args.run_dir)
-    fronts = search_stage(config, run_dir, n_trials=args.n_trials)
+    fronts = search_stage(config, run_dir, n_trials=args.n_trials, progress=args.progress, home=args.home)
     if args.json:
         print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True),
               file=args.stdout)
@@ -41,5 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML)")
     p.add_argument("--run-dir", default=None, help="run folder (default: the config's, or runs/<name>)")
     p.add_argument("--n-trials", type=int, default=None, help="override search.n_trials (finished trials in total)")
+    p.add_argument("--home", default=None, help="device data folder (default: $HWNAS_HOME or ~/.hwnas)")
     p.add_argument("--json", action="store_true", help="print the fronts as JSON")
     p.set_defaults(handler=run)

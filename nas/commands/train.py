@@ -37,7 +37,8 @@ def _handle(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, ray=dataclasses.replace(config.ray, enabled=False))
     if args.device:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=args.device))
-    train(config, RunDir.for_config(config, args.run_dir), progress=not args.no_progress)
+    train(config, RunDir.for_config(config, args.run_dir), progress=args.progress, verbose=args.verbose,
+          quiet=args.quiet)
     return 0
 
 

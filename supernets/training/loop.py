@@ -241,7 +241,7 @@ def job_execution(job: TrainJob, device_index: int | None = None) -> Execution:
     return Execution.resolve(s.device, s.precision, s.channels_last, device_index)
 
 
-def _summary_line(row: dict[str, Any], total_epochs: int) -> str:
+def epoch_summary_line(row: dict[str, Any], total_epochs: int) -> str:
     def pct(key: str) -> str:
         value = row.get(key)
         return f"{100 * value:.1f}%" if isinstance(value, float) else "-"
@@ -371,7 +371,7 @@ def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | Non
                     rng=torch.get_rng_state(), completed_epochs=g + 1), job.latest_path)
                 checkpoint_file = job.latest_path
                 if log is not None:
-                    log(_summary_line(row, job.total_epochs))
+                    log(epoch_summary_line(row, job.total_epochs))
             if reporter is not None:
                 reporter(row, checkpoint_file)
             if job.fail_at_epoch == g and job.fail_marker and not Path(job.fail_marker).exists():

@@ -4,14 +4,23 @@ checkpoints, restarts; and the same loop in process, without Ray.
 Every epoch each rank calls ``ray.train.report`` (a barrier); rank 0 attaches the checkpoint it has just
 written atomically to the run folder. ``FailureConfig(max_failures)`` restarts the worker group, which
 resumes from ``ray.train.get_checkpoint()`` (or the run folder's own copy, whichever is further along).
+
+The console: by default Ray's and Ray Train's own output (driver log records, the workers' and the
+controller's stdout and stderr) goes to a log file (``ray_log``, the run folder's ``logs/ray.log``), and this
+process prints one line of its own per epoch, read from the metrics file rank 0 appends to. ``verbose``
+shows Ray's output as Ray prints it (the workers print the epoch lines then).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +29,7 @@ from typing import Any
 from search_spaces import connect_ray, set_ray_environment
 
 from .device import DeviceError, cuda_available
-from .loop import TrainJob, job_execution, run_job
+from .loop import TrainJob, epoch_summary_line, job_execution, run_job
 
 CHECKPOINT_FILE = "train_state.pt"
 
@@ -142,14 +151,31 @@ def ensure_ray_env() -> None:
     set_ray_environment()
 
 
-def _quiet_placement_group_cleaner() -> None:
-    import logging
-
+def _worker_setup() -> None:
+    """Runs in every Ray worker of a training job: quiet the placement-group cleaner and, when the job names a
+    log file whose folder exists on this node, send this process's stdout and stderr there."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    target = os.environ.get(RAY_LOG_ENV)
+    if target and Path(target).parent.is_dir():
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
-def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: str = "train") -> None:
+RAY_LOG_ENV = "HWNAS_RAY_LOG"
+"""Set for Ray's workers: the file their stdout and stderr go to (when its folder exists on their node)."""
+
+
+def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: str = "train", *,
+               ray_log: str | None = None, verbose: bool = False,
+               log: Callable[[str], None] | None = print) -> None:
     """Run ``job`` under Ray Train; starts (and afterwards stops) a local Ray unless one is running.
+
+    Args:
+        ray_log: where Ray's own output goes (None: Ray's session folder); unused with ``verbose``.
+        verbose: show Ray's output on the console, as Ray prints it.
+        log: receives this process's one-line summary of each epoch (``None``: silent).
 
     Raises:
         TrainingFailedError: when the workers failed more than ``settings.max_failures`` times.
@@ -160,14 +186,42 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
     from ray.train.torch import TorchTrainer
 
     # Without the dashboard, Ray Train's placement-group cleaner cannot reach the State API and warns once
-    # a second for the whole run; the hook silences that logger in every worker.
-    started = connect_ray(settings.address,
-                          num_cpus=settings.num_cpus or max(2, settings.num_workers * settings.cpus_per_worker),
-                          runtime_env={"worker_process_setup_hook": _quiet_placement_group_cleaner})
+    # a second for the whole run; the hook silences that logger in every worker (and sends the worker's
+    # output to ``ray_log``).
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": _worker_setup}
+    quiet: dict[str, Any] = {}
+    handler = None
+    ray_logger = logging.getLogger("ray")
+    saved = (ray_logger.handlers[:], ray_logger.propagate, ray_logger.level)
+    if not verbose:
+        quiet = {"log_to_driver": False}
+        if ray_log:
+            Path(ray_log).parent.mkdir(parents=True, exist_ok=True)
+            runtime_env["env_vars"] = {RAY_LOG_ENV: str(Path(ray_log).resolve())}
+            handler = logging.FileHandler(ray_log)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            ray_logger.handlers, ray_logger.propagate = [handler], False
+            ray_logger.setLevel(logging.INFO)
+            quiet["configure_logging"] = False
+    follower = _MetricsFollower(job.metrics_path, job.total_epochs, log) if (log and not verbose) else None
+    try:
+        started = connect_ray(settings.address,
+                              num_cpus=settings.num_cpus or max(2, settings.num_workers * settings.cpus_per_worker),
+                              runtime_env=runtime_env, **quiet)
+        _fit(ray, TorchTrainer, job, settings, storage_path, name, started, follower)
+    finally:
+        if handler is not None:
+            ray_logger.handlers, ray_logger.propagate, _ = saved
+            ray_logger.setLevel(saved[2])
+            handler.close()
+
+
+def _fit(ray: Any, trainer_cls: Any, job: TrainJob, settings: RaySettings, storage_path: str, name: str,
+         started: bool, follower: _MetricsFollower | None) -> None:
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker > 0:
         resources["GPU"] = settings.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = trainer_cls(
         _worker,
         train_loop_config={"job": job, "gpus_per_worker": settings.gpus_per_worker,
                            "cpus_per_worker": settings.cpus_per_worker},
@@ -182,6 +236,8 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
+    if follower is not None:
+        follower.start()
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -191,5 +247,47 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
         raise TrainingFailedError(f"training failed after {settings.max_failures} restarts: "
                                   f"{kind + ': ' if kind else ''}{message}") from exc
     finally:
+        if follower is not None:
+            follower.stop()
         if started:
             ray.shutdown()
+
+
+class _MetricsFollower(threading.Thread):
+    """Prints the summary line of each epoch rank 0 appends to the metrics file while Ray trains."""
+
+    def __init__(self, path: str, total_epochs: int, log: Callable[[str], None], interval_s: float = 0.5) -> None:
+        super().__init__(name="hwnas-metrics", daemon=True)
+        self.path, self.total, self.log, self.interval = Path(path), total_epochs, log, interval_s
+        self.offset = self.path.stat().st_size if self.path.is_file() else 0  # earlier epochs were shown before
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self._drain()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size < self.offset:  # rewritten (a resumed run trims rows past its checkpoint)
+            self.offset = size
+        if size == self.offset:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                row = json.loads(line)
+                self.log(epoch_summary_line(row, self.total))
+            except (ValueError, KeyError, TypeError):
+                continue  # not an epoch row

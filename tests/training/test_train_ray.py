@@ -6,6 +6,8 @@ One local Ray instance is shared by the module; each run trains a few steps on 6
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -64,8 +66,22 @@ def ray_cluster():
 def finished_run(ray_cluster, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("finished")
     config = tiny_config(folder / "tiny.yaml")
-    assert main(["train", str(config), "--run-dir", str(folder / "run"), "--no-progress"]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", str(config), "--run-dir", str(folder / "run"), "--no-progress"]) == 0
+    (folder / "console.txt").write_text(out.getvalue())
     return config, folder / "run"
+
+
+def test_the_console_has_one_line_per_epoch_and_no_ray_output(finished_run) -> None:
+    """Issue 12: hwnas's own line per epoch on stdout (read from the metrics), Ray's output in the run's log."""
+    _, run = finished_run
+    console = (run.parent / "console.txt").read_text()
+    lines = [line for line in console.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3 full", "epoch 2/3 kernel", "epoch 3/3 kernel"]
+    assert all("img/s" in line and "val largest" in line for line in lines)
+    assert "RayTrainWorker" not in console and "TrainingReport" not in console
+    assert "logs/ray.log" in console and (run / "logs" / "ray.log").is_file()
 
 
 def test_two_phase_schedule_finishes_with_complete_metrics(finished_run, capsys) -> None:
