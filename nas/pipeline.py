@@ -124,13 +124,13 @@ class Pipeline:
     def _search(self) -> None:
         from .search_stage import search_stage
 
-        search_stage(self.config, self.run, progress=self.progress, home=self.store.root)
+        search_stage(self.config, self.run, progress=self.progress, store=self.store)
 
     def _hil(self) -> None:
         from .search import hardware_in_the_loop
         from .search_stage import device_measurers
 
-        measurers = device_measurers(self.space, [d.id for d in self._local_devices()], home=self.store.root,
+        measurers = device_measurers(self.space, [d.id for d in self._local_devices()], store=self.store,
                                      progress=self.progress, measure_config=self.latency.measure_config())
         for device, report in hardware_in_the_loop(self.run, measurers).items():
             print(f"hardware in the loop, {device}: {len(report.arch_ids)} front members re-measured, "

@@ -18,17 +18,25 @@ from .errors import UsageError
 PREDICTOR_PREFERENCE = ("table_linear", "table", "mlp", "ridge")
 
 
-def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = None) -> dict[str, Any]:
+def device_store(store: Any = None) -> Any:
+    """``store`` when given (a ``DeviceStore`` or its folder), else the one at ``$HWNAS_HOME`` / ``~/.hwnas``."""
+    from latency_predictors import DeviceStore, default_root
+
+    if isinstance(store, DeviceStore):
+        return store
+    return DeviceStore(store if store is not None else default_root())
+
+
+def load_latency_predictors(space: Any, device_ids: Sequence[str], store: Any = None) -> dict[str, Any]:
     """Device id to its best latency predictor for ``space`` from the device store (``$HWNAS_HOME``).
 
     "Best" is the predictor with the most subnets within +-10% in the device's ``nas latency eval`` report
     when there is one, else the first of ``PREDICTOR_PREFERENCE`` that exists. A device without a table or
     predictor is a ``UsageError`` naming the command that makes one.
     """
-    from latency_predictors import DeviceStore, default_root
     from latency_predictors.workflow import load_predictors, read_report
 
-    store = DeviceStore(home if home is not None else default_root())
+    store = device_store(store)
     chosen: dict[str, Any] = {}
     for device_id in device_ids:
         device = store.resolve(device_id)
@@ -54,15 +62,15 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], home: Any = N
 
 
 def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_predictors: Mapping[str, Any]
-                 | None = None, progress: bool = True, home: Any = None) -> dict[str, list]:
+                 | None = None, progress: bool = True, store: Any = None) -> dict[str, list]:
     """Run (or continue) the search of an experiment and write its fronts; returns them per device.
 
     Args:
         config: the ``ExperimentConfig`` (its ``search`` section, devices included, parsed at load).
         run: its ``RunDir`` (the trained supernet must be there).
         n_trials: overrides ``search.n_trials``.
-        latency_predictors: device id to predictor; default: loaded from the device store at ``home``
-            (default ``$HWNAS_HOME`` or ``~/.hwnas``).
+        latency_predictors: device id to predictor; default: loaded from ``store`` (a ``DeviceStore`` or its
+            folder; default ``$HWNAS_HOME`` or ``~/.hwnas``).
 
     Everything that can be checked is checked before any work starts: the config's numbers (and
     ``n_trials``), the trained supernet, the study's storage, and that no other process searches this run
@@ -81,7 +89,7 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
     space = search.restrict(config.get_space())
     with search_lock(run):
         storage_for(search, run)  # a storage that cannot be opened fails here, before any work
-        return _search_locked(config, run, search, space, latency_predictors, progress, home)
+        return _search_locked(config, run, search, space, latency_predictors, progress, store)
 
 
 def load_search_accuracy_predictor(path: Any, search: Any, space: Any) -> tuple[Any, Any]:
@@ -109,7 +117,7 @@ def load_search_accuracy_predictor(path: Any, search: Any, space: Any) -> tuple[
 
 
 def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
-                   progress: bool, home: Any) -> dict[str, list]:
+                   progress: bool, store: Any) -> dict[str, list]:
     import dataclasses
 
     from .accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
@@ -126,7 +134,7 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
     if search.accuracy == "predictor" and paths.accuracy_predictor.is_file():
         objective, space = load_search_accuracy_predictor(paths.accuracy_predictor, search, space)
     predictors = dict(latency_predictors) if latency_predictors is not None else \
-        load_latency_predictors(space, search.devices, home)
+        load_latency_predictors(space, search.devices, store)
     train = config.train
     evaluator = None
     if config.dataset is not None:
@@ -189,17 +197,17 @@ def search_is_complete(config: Any, run: Any) -> bool:
     return done >= search.n_trials and set(search.devices) <= set(get_front_store(paths.fronts).devices())
 
 
-def device_measurers(space: Any, device_ids: Sequence[str], home: Any = None, use_ray: bool = True,
+def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, use_ray: bool = True,
                      progress: bool = False, measure_config: Any = None) -> dict[str, Any]:
     """Device id to ``(archs) -> measured ms``: end-to-end measurement of the deployed static subnets with
     ``latency_predictors``' protocol, on the device's node (Ray resource ``device:<id>``), for
     ``nas.search.hardware_in_the_loop``."""
-    from latency_predictors import DeviceStore, MeasureConfig, default_root
+    from latency_predictors import MeasureConfig
     from latency_predictors.remote import measure_archs
 
     from .latency_builders import static_builder
 
-    store = DeviceStore(home if home is not None else default_root())
+    store = device_store(store)
     measurers = {}
     for device_id in device_ids:
         device = store.resolve(device_id)

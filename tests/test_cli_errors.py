@@ -100,7 +100,7 @@ def test_damaged_files_name_the_file(damage, run, tmp_path, capsys):
         from search_spaces import DamagedFileError
 
         with pytest.raises(DamagedFileError, match="damaged"):
-            load_latency_predictors(get_space(SPACE_NAME), [device.id], home=home)
+            load_latency_predictors(get_space(SPACE_NAME), [device.id], home)
 
 
 def test_unwritable_outputs_and_impossible_run_names(run, tmp_path, capsys, monkeypatch):
@@ -167,7 +167,7 @@ def test_a_retryable_stop_is_one_line_with_exit_status_1(tmp_path, capsys, monke
     import nas.training
     from nas.errors import RetryableError
 
-    def stopped(config, run, progress=True):
+    def stopped(config, run, **_options):
         raise RetryableError("the training worker died (SIGKILL); run the same command again to continue")
 
     monkeypatch.setattr(nas.training, "train", stopped)

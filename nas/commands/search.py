@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = RunDir.for_config(config, args.run_dir)
-    fronts = search_stage(config, run_dir, n_trials=args.n_trials, progress=args.progress, home=args.home)
+    fronts = search_stage(config, run_dir, n_trials=args.n_trials, progress=args.progress, store=args.home)
     if args.json:
         print(json.dumps({d: [m.to_dict() for m in ms] for d, ms in fronts.items()}, indent=2, sort_keys=True),
               file=args.stdout)
