@@ -22,9 +22,12 @@ from search_spaces import (
     SearchSpace,
     StageArch,
     StageSpec,
+    block_macs,
     encode_many,
+    head_macs,
     plan,
     smallest,
+    stem_macs,
 )
 
 if TYPE_CHECKING:
@@ -116,36 +119,7 @@ def enumerate_layers(space: SearchSpace, resolutions: tuple[int, ...] | list[int
     return layers
 
 
-# --- analytic counts (conv and linear multiply-accumulates, as torch's flop counter counts them) ----
-
-
-def block_macs(b: BlockPlan) -> int:
-    out_hw = b.output_size ** 2
-    in_hw = b.input_size ** 2
-    if b.op_type == "mbconv":
-        expand = b.in_channels * b.mid_channels * in_hw if (b.mid_channels != b.in_channels
-                                                            or b.expand_ratio != 1) else 0
-        body = b.mid_channels * b.kernel_size ** 2 * out_hw + b.mid_channels * b.out_channels * out_hw
-        se = 2 * b.mid_channels * b.se_channels
-        return expand + body + se
-    if b.op_type == "sepconv":
-        return (b.in_channels * b.kernel_size ** 2 * out_hw + b.in_channels * b.out_channels * out_hw
-                + 2 * b.in_channels * b.se_channels)
-    return b.in_channels * b.out_channels * b.kernel_size ** 2 * out_hw + 2 * b.out_channels * b.se_channels
-
-
-def stem_macs(p: NetworkPlan) -> int:
-    return 3 * p.stem_channels * 9 * p.stem_output_size ** 2
-
-
-def head_macs(p: NetworkPlan) -> int:
-    hw = p.head_input_size ** 2
-    c = p.last_block_channels
-    if p.final_expand_channels:
-        body = c * p.final_expand_channels * hw + p.final_expand_channels * p.feature_channels
-    else:
-        body = c * p.feature_channels * hw
-    return body + p.feature_channels * p.num_classes
+# --- analytic counts (``search_spaces``: conv and linear MACs, as torch's flop counter counts them) -------
 
 
 def network_macs(space: SearchSpace, arch: Arch) -> int:

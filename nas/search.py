@@ -475,7 +475,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         final_evaluator: optional ``.evaluate(archs, split)`` giving direct accuracy; front members get
             their validation accuracy from it (``split="val"``) and their test accuracy (``split="test"``).
         counts_fn: ``(space, arch) -> Counts`` with ``params`` and ``macs`` (default
-            ``supernets.arch_counts``).
+            ``search_spaces.arch_counts``, from the plan).
         checkpoint: the supernet checkpoint the members' weights come from, stored with each member
             (relative to the run folder when it lies inside it, so a copied or moved run keeps working).
         progress: called with (finished, total) after each batch.
@@ -529,7 +529,7 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     from search_spaces import largest, smallest
 
     if counts_fn is None:
-        from supernets import arch_counts as counts_fn  # noqa: N813
+        from search_spaces import arch_counts as counts_fn  # noqa: N813
     table = study_trials(study, space)
     archs, acc, lats = table.archs, table.accuracy, table.latency_ms
     budgets = config.budgets

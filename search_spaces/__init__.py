@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _mnasnet, _ofa  # noqa: F401  (registers the built-in spaces)
 from ._arch import Arch, ArchError, BlockArch, StageArch, validate
+from ._counts import Counts, arch_counts, block_macs, head_macs, stem_macs
 from ._encoding import decode, encode, encode_many, encoding_length, encoding_names
 from ._files import READ_ERRORS, DamagedFileError, reading
 from ._ofa import from_ofa_config, to_ofa_config
@@ -19,6 +20,11 @@ from ._space import ACTIVATIONS, OP_TYPES, SearchSpace, StageSpec, make_divisibl
 from ._strings import arch_from_string, arch_to_string
 
 __all__ = [
+    "Counts",
+    "arch_counts",
+    "block_macs",
+    "head_macs",
+    "stem_macs",
     "connect_ray",
     "ray_cluster_named_or_running",
     "set_ray_environment",

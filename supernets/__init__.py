@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .channel_sort import sort_channels, sort_mbconv_channels
-from .counting import Counts, arch_counts, count_macs, count_params
+from .counting import built_counts, count_macs, count_params
 from .elastic import (
     SUPERNET_CLASSES,
     ElasticHead,
@@ -19,7 +19,6 @@ from .static import StaticNet, build
 
 __all__ = [
     "SUPERNET_CLASSES",
-    "Counts",
     "ElasticBatchNorm2d",
     "ElasticChoiceBlock",
     "ElasticConv2d",
@@ -33,7 +32,7 @@ __all__ = [
     "MnasNetSupernet",
     "OFAMobileNetV3Supernet",
     "StaticNet",
-    "arch_counts",
+    "built_counts",
     "build",
     "build_supernet",
     "count_macs",

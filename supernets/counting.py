@@ -1,28 +1,13 @@
-"""Parameter and multiply-accumulate counts of a subnet (reported, never used as latency)."""
+"""Parameter and multiply-accumulate counts of a built module: the reference the plan's counts are tested
+against. The project counts subnets from their plans (``search_spaces.arch_counts``: no module is built)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from search_spaces import Arch, SearchSpace
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    params: int
-    macs: int
-
-    @property
-    def params_m(self) -> float:
-        return self.params / 1e6
-
-    @property
-    def macs_m(self) -> float:
-        return self.macs / 1e6
+from search_spaces import Arch, Counts, SearchSpace
 
 
 def count_params(module: nn.Module) -> int:
@@ -41,8 +26,9 @@ def count_macs(module: nn.Module, resolution: int) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def arch_counts(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> Counts:
-    """Parameters and MACs of ``arch`` at its own resolution."""
+def built_counts(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> Counts:
+    """Parameters and MACs of ``arch`` at its own resolution, measured on the built static network (slow: the
+    reference for ``search_spaces.arch_counts``)."""
     from .static import build
 
     net = build(space, arch, num_classes)

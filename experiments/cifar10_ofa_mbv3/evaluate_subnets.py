@@ -19,8 +19,13 @@ import torch  # noqa: E402
 from nas.config import load_config  # noqa: E402
 from nas.data import load_dataset  # noqa: E402
 from nas.rundir import load_supernet  # noqa: E402
-from search_spaces import arch_to_string, largest, sample, smallest  # noqa: E402
-from supernets import arch_counts  # noqa: E402
+from search_spaces import (  # noqa: E402
+    arch_counts,  # noqa: E402
+    arch_to_string,
+    largest,
+    sample,
+    smallest,
+)
 from supernets.training import subnet_accuracy  # noqa: E402
 
 

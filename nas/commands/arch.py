@@ -23,7 +23,7 @@ from ..errors import UsageError
 
 def arch_summary(space: SearchSpace, arch: Arch) -> dict:
     """A stable, JSON-ready description of ``arch``."""
-    from supernets import arch_counts
+    from search_spaces import arch_counts
 
     counts = arch_counts(space, arch)
     net = plan(space, arch)
