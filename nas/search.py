@@ -40,7 +40,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import optuna
 
-from search_spaces import Arch, BlockArch, SearchSpace, StageArch, arch_to_string, get_space, validate
+from search_spaces import (
+    Arch,
+    BlockArch,
+    SearchSpace,
+    StageArch,
+    arch_counts,
+    arch_to_string,
+    get_space,
+    validate,
+)
 
 from .errors import BusyError, UsageError
 from .fronts import FrontMember, ReferencePoint, get_front_store
@@ -297,6 +306,11 @@ def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStora
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def metric_names(devices: Sequence[str]) -> list[str]:
+    """The study's objective names: ``accuracy``, then ``latency_<device>`` (milliseconds) per device."""
+    return ["accuracy"] + [f"latency_{d}" for d in devices]
+
+
 def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Create the study or load it (same name) when it exists; refuse a study of another space/devices."""
@@ -316,6 +330,9 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
         for key, value in expected.items():
             study.set_user_attr(key, value)
         study.set_user_attr("objectives", ["accuracy"] + [f"latency_ms:{d}" for d in config.devices])
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(config.devices))
     elif attrs.get("space") != space.name or list(attrs.get("devices", [])) != list(config.devices):
         raise UsageError(f"study {config.study_name!r} in this run searched space {attrs.get('space')!r} on "
                          f"devices {attrs.get('devices')}; this config has {space.name!r} on "
@@ -404,6 +421,10 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
             lats = [latency[d](archs) for d in config.devices]
             check_objectives(archs, acc, dict(zip(config.devices, lats)))
             for i, trial in enumerate(trials):
+                counts = arch_counts(space, archs[i])  # what the dashboard and trials_dataframe() show beside it
+                trial.set_user_attr("arch", arch_to_string(space, archs[i]))
+                trial.set_user_attr("params", counts.params)
+                trial.set_user_attr("macs", counts.macs)
                 for d, device in enumerate(config.devices):
                     if device in budgets:
                         trial.set_constraint(f"latency:{device}", float(lats[d][i] - budgets[device]))

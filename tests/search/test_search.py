@@ -22,7 +22,7 @@ from nas.search import (
     suggest_arch,
 )
 from nas.search_config import SearchConfig
-from search_spaces import get_space, largest, list_spaces, sample, smallest
+from search_spaces import arch_counts, arch_to_string, get_space, largest, list_spaces, sample, smallest
 
 from .conftest import stub_counts
 
@@ -62,6 +62,14 @@ def test_two_devices_one_study_fronts_and_budgets(tmp_path, toy):
         expected = {table.archs[i].arch_id for i in np.flatnonzero(ok)[mask]}
         assert {m.arch_id for m in front} == expected
     assert max(m.latency_ms for m in fronts["slow"]) <= 14.0
+    # As Optuna's users read a study: named objectives, each trial's subnet and size beside its values.
+    assert study.metric_names == ["accuracy", "latency_fast", "latency_slow"]
+    frame = study.trials_dataframe()
+    assert {"values_accuracy", "values_latency_fast", "user_attrs_arch", "user_attrs_macs"} <= set(frame.columns)
+    first = complete(study)[0]
+    space = get_space("ofa_mbv3_cifar")
+    assert first.user_attrs["arch"] == arch_to_string(space, table.archs[0])
+    assert first.user_attrs["macs"] == arch_counts(space, table.archs[0]).macs
     store = get_front_store(tmp_path / "fronts" / "fronts.sqlite")
     assert store.devices() == ["fast", "slow"]
     assert {r.name for r in store.references("fast")} == {"largest", "smallest"}
