@@ -1,10 +1,13 @@
 """Once-for-All's own search, as a baseline: evolution under one latency budget.
 
-As ``ofa/nas/search_algorithm/evolution.py``: a population of 100 random subnets within the budget; each
-generation keeps the most accurate 25% as parents and fills the population with mutations (half of the
-children, each choice resampled with probability 0.1) and crossovers of random parents. Candidates over the
-budget are rejected and drawn again (here in batches, so that the latency predictor is called on many
-candidates at once). One run finds one subnet for one budget; a front needs one run per budget.
+As Once-for-All's evolution finder (``ofa/nas/search_algorithm/evolution.py``), with its defaults: a population
+of 100 random subnets within the budget; each generation keeps the most accurate 25% of the population as
+parents and makes ``round(0.5 x 100)`` = 50 mutations (each choice of a random parent resampled with
+probability 0.1) and 100 - 50 = 50 crossovers (of two random parents), then ranks parents and children
+together (125) for the next generation's parents. A candidate over the budget is drawn again from the same
+parent (or pair of parents), as Once-for-All does; here the retries of all children of a generation go to the
+latency predictor in one batch per round. 500 generations evaluate 100 + 500 x 100 = 50,100 accuracies. One
+run finds one subnet for one budget; a front needs one run per budget.
 """
 
 from __future__ import annotations
@@ -42,16 +45,16 @@ class EvolutionResult:
         return len(self.archs)
 
 
-def _feasible(make: Callable[[], Arch], n: int, latency: BatchFn, max_latency_ms: float,
-              counter: list[int], max_rounds: int = 1000) -> tuple[list[Arch], list[float]]:
-    """``n`` candidates from ``make`` whose latency is within the budget (rejection, batched)."""
+def _initial(space: SearchSpace, n: int, rng: np.random.Generator, latency: BatchFn, max_latency_ms: float,
+             counter: list[int], max_rounds: int = 1000) -> tuple[list[Arch], list[float]]:
+    """``n`` random subnets within the budget (rejection, batched)."""
     archs: list[Arch] = []
     lats: list[float] = []
     for _ in range(max_rounds):
         need = n - len(archs)
         if need <= 0:
             break
-        batch = [make() for _ in range(max(need, 8))]
+        batch = [random_arch(space, rng) for _ in range(max(need, 8))]
         values = np.asarray(latency(batch), dtype=np.float64)
         counter[0] += len(batch)
         for arch, lat in zip(batch, values):
@@ -64,21 +67,50 @@ def _feasible(make: Callable[[], Arch], n: int, latency: BatchFn, max_latency_ms
     return archs, lats
 
 
+def _children(makers: list[Callable[[], Arch]], latency: BatchFn, max_latency_ms: float, counter: list[int],
+              max_rounds: int = 1000) -> tuple[list[Arch], list[float]]:
+    """One feasible child per maker, each redrawn from its own maker (its parent or parents) until it is within
+    the budget; one latency batch per round over every child still missing."""
+    archs: list[Arch | None] = [None] * len(makers)
+    lats = [0.0] * len(makers)
+    todo = list(range(len(makers)))
+    for _ in range(max_rounds):
+        if not todo:
+            break
+        batch = [makers[i]() for i in todo]
+        values = np.asarray(latency(batch), dtype=np.float64)
+        counter[0] += len(batch)
+        missing = []
+        for i, arch, lat in zip(todo, batch, values):
+            if lat <= max_latency_ms:
+                archs[i], lats[i] = arch, float(lat)
+            else:
+                missing.append(i)
+        todo = missing
+    if todo:
+        raise ValueError(f"evolution: {len(todo)} children stayed over {max_latency_ms:g} ms after {max_rounds} "
+                         f"draws from their parents; the budget is too tight")
+    return [a for a in archs if a is not None], lats
+
+
 def evolution_search(space: SearchSpace | str, accuracy: BatchFn, latency: BatchFn, max_latency_ms: float, *,
                      population_size: int = 100, parent_ratio: float = 0.25, mutation_prob: float = 0.1,
                      mutation_ratio: float = 0.5, generations: int = 500, seed: int = 0,
                      max_evaluations: int | None = None) -> EvolutionResult:
-    """Run the evolution; stops after ``generations`` or once ``max_evaluations`` accuracies were computed."""
+    """Run the evolution; stops after ``generations`` or once ``max_evaluations`` accuracies were computed.
+
+    The defaults are Once-for-All's (``population_size`` 100, ``parent_ratio`` 0.25, ``mutation_prob`` 0.1,
+    ``mutation_ratio`` 0.5, 500 generations): ``population_size`` children per generation.
+    """
     space = get_space(space)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     counter = [0]
     n_parents = max(1, int(round(population_size * parent_ratio)))
     n_mutations = int(round(population_size * mutation_ratio))
-    n_crossovers = population_size - n_parents - n_mutations
+    n_crossovers = population_size - n_mutations
 
-    population, pop_lat = _feasible(lambda: random_arch(space, rng), population_size, latency, max_latency_ms,
-                                    counter)
+    population, pop_lat = _initial(space, population_size, rng, latency, max_latency_ms, counter)
     pop_acc = list(np.asarray(accuracy(population), dtype=np.float64))
     all_archs, all_acc, all_lat = list(population), list(pop_acc), list(pop_lat)
     best_per_gen = [max(pop_acc)]
@@ -87,26 +119,25 @@ def evolution_search(space: SearchSpace | str, accuracy: BatchFn, latency: Batch
             break
         order = np.argsort(-np.asarray(pop_acc), kind="stable")[:n_parents]
         parents = [population[i] for i in order]
-        parent_acc = [pop_acc[i] for i in order]
-        parent_lat = [pop_lat[i] for i in order]
 
-        def mutant(parents: list[Arch] = parents) -> Arch:
-            return mutate(space, parents[int(rng.integers(len(parents)))], mutation_prob, rng)
+        def mutant(parent: Arch) -> Callable[[], Arch]:
+            return lambda: mutate(space, parent, mutation_prob, rng)
 
-        def child(parents: list[Arch] = parents) -> Arch:
-            a, b = rng.integers(len(parents), size=2)
-            return crossover(space, parents[int(a)], parents[int(b)], rng)
+        def cross(a: Arch, b: Arch) -> Callable[[], Arch]:
+            return lambda: crossover(space, a, b, rng)
 
-        mutants, mut_lat = _feasible(mutant, n_mutations, latency, max_latency_ms, counter)
-        children, child_lat = _feasible(child, n_crossovers, latency, max_latency_ms, counter)
-        new = mutants + children
+        makers = [mutant(parents[int(rng.integers(len(parents)))]) for _ in range(n_mutations)]
+        makers += [cross(*(parents[int(i)] for i in rng.integers(len(parents), size=2))) for _ in range(n_crossovers)]
+        if max_evaluations is not None:  # the last generation is cut to end at exactly max_evaluations
+            makers = makers[: max_evaluations - len(all_archs)]
+        new, new_lat = _children(makers, latency, max_latency_ms, counter)
         new_acc = list(np.asarray(accuracy(new), dtype=np.float64))
         population = parents + new
-        pop_acc = parent_acc + new_acc
-        pop_lat = parent_lat + mut_lat + child_lat
+        pop_acc = [pop_acc[i] for i in order] + new_acc
+        pop_lat = [pop_lat[i] for i in order] + new_lat
         all_archs += new
         all_acc += new_acc
-        all_lat += mut_lat + child_lat
+        all_lat += new_lat
         best_per_gen.append(max(pop_acc))
     best = int(np.argmax(all_acc))
     return EvolutionResult(
