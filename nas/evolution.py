@@ -96,11 +96,16 @@ def _children(makers: list[Callable[[], Arch]], latency: BatchFn, max_latency_ms
 def evolution_search(space: SearchSpace | str, accuracy: BatchFn, latency: BatchFn, max_latency_ms: float, *,
                      population_size: int = 100, parent_ratio: float = 0.25, mutation_prob: float = 0.1,
                      mutation_ratio: float = 0.5, generations: int = 500, seed: int = 0,
-                     max_evaluations: int | None = None) -> EvolutionResult:
+                     max_evaluations: int | None = None, initial: Sequence[Arch] = (),
+                     patience: int | None = None) -> EvolutionResult:
     """Run the evolution; stops after ``generations`` or once ``max_evaluations`` accuracies were computed.
 
     The defaults are Once-for-All's (``population_size`` 100, ``parent_ratio`` 0.25, ``mutation_prob`` 0.1,
     ``mutation_ratio`` 0.5, 500 generations): ``population_size`` children per generation.
+
+    ``initial``: subnets within the budget to start from (the rest of the first population is random), e.g.
+    the best of a front under this budget (``nas.refine``). ``patience``: stop after that many generations
+    without a better subnet.
     """
     space = get_space(space)
     rng = np.random.default_rng(seed)
@@ -110,7 +115,16 @@ def evolution_search(space: SearchSpace | str, accuracy: BatchFn, latency: Batch
     n_mutations = int(round(population_size * mutation_ratio))
     n_crossovers = population_size - n_mutations
 
-    population, pop_lat = _initial(space, population_size, rng, latency, max_latency_ms, counter)
+    seeds = list(initial)[:population_size]
+    seed_lat = [float(v) for v in np.asarray(latency(seeds), dtype=np.float64)] if seeds else []
+    counter[0] += len(seeds)
+    over = [a.arch_id for a, v in zip(seeds, seed_lat) if v > max_latency_ms]
+    if over:
+        raise ValueError(f"evolution: initial subnet {over[0]} is over the budget of {max_latency_ms:g} ms")
+    population, pop_lat = list(seeds), list(seed_lat)
+    if len(population) < population_size:
+        more, more_lat = _initial(space, population_size - len(population), rng, latency, max_latency_ms, counter)
+        population, pop_lat = population + more, pop_lat + more_lat
     pop_acc = list(np.asarray(accuracy(population), dtype=np.float64))
     all_archs, all_acc, all_lat = list(population), list(pop_acc), list(pop_lat)
     best_per_gen = [max(pop_acc)]
@@ -139,6 +153,9 @@ def evolution_search(space: SearchSpace | str, accuracy: BatchFn, latency: Batch
         all_acc += new_acc
         all_lat += new_lat
         best_per_gen.append(max(pop_acc))
+        if patience is not None and len(best_per_gen) > patience and \
+                best_per_gen[-1] <= best_per_gen[-1 - patience]:
+            break
     best = int(np.argmax(all_acc))
     return EvolutionResult(
         best_arch=all_archs[best], best_accuracy=float(all_acc[best]), best_latency_ms=float(all_lat[best]),

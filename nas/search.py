@@ -54,6 +54,7 @@ from search_spaces import (
 from .errors import BusyError, UsageError
 from .fronts import FrontMember, ReferencePoint, get_front_store
 from .pareto import pareto_indices
+from .refine import refine_budgets
 from .search_config import SearchConfig
 
 __all__ = [
@@ -483,7 +484,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
                space: SearchSpace | str, final_evaluator: Any = None,
                counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
                progress: Callable[[int, int], None] | None = None,
-               meta: Mapping[str, Any] | None = None) -> dict[str, list[FrontMember]]:
+               meta: Mapping[str, Any] | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, list[FrontMember]]:
     """Search, then write one front per device to the run's front store; returns the fronts.
 
     Args:
@@ -502,6 +504,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         progress: called with (finished, total) after each batch.
         meta: JSON values kept in the front store (``dataset``: the config's dataset section and
             ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
+        log: receives a line per refined budget (``nas.refine``: ``search.budgets_ms`` and each device's
+            ``max_latency_ms``, refined after the trials when the accuracy objective is cheap).
 
     Raises:
         BusyError: another process is searching this run (``search_lock``).
@@ -517,6 +521,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     with search_lock(run_dir):
         study = open_study(config, run_dir, space)
         optimize(study, space, config, acc_fn, lat_fns, progress)
+        refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
         fronts = write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
                               counts_fn=counts_fn, checkpoint=_run_relative(checkpoint, run_dir),
                               search_accuracy=acc_fn, meta=meta)

@@ -13,6 +13,7 @@ Example (YAML)::
       seed: 0
       accuracy: predictor       # direct | predictor
       latency_budgets_ms: {local-cpu-1t-ort: 8.0}
+      budgets_ms: [15, 20, 25, 30, 40]   # budgets users will query: each refined after the front (nas.refine)
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class SearchConfig:
     eval_workers: int = 2
     # Input resolutions the search may choose (empty: all of the space's); e.g. those a lookup table covers.
     resolutions: tuple[int, ...] = ()
+    # Latency budgets (ms) users will ask for, on every device: after the front is found, each budget (and each
+    # device's max_latency_ms) gets a refinement that looks for the most accurate subnet within it (nas.refine).
+    budgets_ms: tuple[float, ...] = ()
+    # Accuracy evaluations per refined budget; None: 5,000 with the predictor, 0 (no refinement) with direct
+    # accuracy, whose evaluations cost seconds each.
+    refine_evaluations: int | None = None
 
     def restrict(self, space: Any) -> Any:
         """``space`` limited to ``resolutions`` (same name, so its archs stay archs of the full space)."""
@@ -81,6 +88,22 @@ class SearchConfig:
     def budgets(self) -> dict[str, float]:
         return dict(self.latency_budgets_ms)
 
+    @property
+    def evaluations_per_refinement(self) -> int:
+        if self.refine_evaluations is not None:
+            return self.refine_evaluations
+        return 5000 if self.accuracy == "predictor" else 0
+
+    def refinement_targets(self) -> list[tuple[str, float]]:
+        """``(device, budget ms)`` pairs to refine: each device's ``max_latency_ms`` and every ``budgets_ms`` up to
+        it (a device's front holds nothing slower than its own budget)."""
+        budgets = self.budgets
+        targets = []
+        for d in self.devices:
+            cap = budgets.get(d, math.inf)
+            targets += [(d, b) for b in sorted({*(b for b in self.budgets_ms if b <= cap)} | ({cap} - {math.inf}))]
+        return targets
+
     def with_n_trials(self, n_trials: int | None) -> SearchConfig:
         """This config with ``--n-trials`` applied (checked as ``search.n_trials``); None: unchanged."""
         if n_trials is None:
@@ -96,6 +119,9 @@ class SearchConfig:
         search = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name not in ("devices", "latency_budgets_ms")}
         search["resolutions"] = list(self.resolutions)
+        search["budgets_ms"] = list(self.budgets_ms) or None
+        if search["budgets_ms"] is None:
+            del search["budgets_ms"]
         return {"devices": devices, "search": search}
 
     @classmethod
@@ -177,6 +203,13 @@ class SearchConfig:
                                                              and r > 0 for r in raw):
                 raise UsageError(f"search.resolutions must be a list of positive integers; got {raw!r}")
             values["resolutions"] = tuple(raw)
+        if "budgets_ms" in search:
+            raw = search["budgets_ms"]
+            if not isinstance(raw, (list, tuple)) or not raw:
+                raise UsageError(f"search.budgets_ms must be a non-empty list of milliseconds; got {raw!r}")
+            values["budgets_ms"] = tuple(sorted({_positive_float("search.budgets_ms", v) for v in raw}))
+        if search.get("refine_evaluations") is not None:
+            values["refine_evaluations"] = _int_in_range("search.refine_evaluations", search["refine_evaluations"], 0)
         return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)
 
 

@@ -171,7 +171,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
             meta = {"dataset": {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)},
                     "data_seed": config.seed, "bn_images": train.bn_recal_images}
         return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
-                          checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta)
+                          checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta,
+                          log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
     finally:
         if evaluator is not None:
             evaluator.close()

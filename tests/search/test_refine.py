@@ -1,0 +1,59 @@
+"""Per-budget refinement (issue 13): after the front, each budget users will ask for gets Once-for-All's
+evolution started from the study's best subnets within it; winners are trials of the study."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nas.refine import REFINED_ATTR
+from nas.search import load_study, run_search, study_trials
+from nas.search_config import SearchConfig
+
+from .conftest import stub_counts
+
+
+def _best_within(table, k, budget):
+    ok = table.latency_ms[:, k] <= budget
+    return float(table.accuracy[ok].max())
+
+
+def test_each_budget_gets_a_winner_at_least_as_good_as_the_front(tmp_path, toy):
+    lat = {"fast": toy.latency(0.5), "slow": toy.latency(1.0)}
+    plain = SearchConfig.parse({"n_trials": 60, "batch_size": 30, "population_size": 20, "refine_evaluations": 0},
+                               [{"id": "fast", "max_latency_ms": 9.0}, "slow"])
+    run_search(plain, tmp_path / "plain", toy.accuracy, lat, space="ofa_mbv3_cifar", counts_fn=stub_counts)
+    before = study_trials(load_study(tmp_path / "plain"), toy.space)
+
+    config = SearchConfig.parse({"n_trials": 60, "batch_size": 30, "population_size": 20, "budgets_ms": [10, 18],
+                                 "refine_evaluations": 400}, [{"id": "fast", "max_latency_ms": 9.0}, "slow"])
+    # Budgets above a device's own max_latency_ms are not refined on it (its front stops there).
+    assert config.refinement_targets() == [("fast", 9.0), ("slow", 10.0), ("slow", 18.0)]
+    lines = []
+    fronts = run_search(config, tmp_path / "run", toy.accuracy, lat, space="ofa_mbv3_cifar", counts_fn=stub_counts,
+                        log=lines.append)
+    study = load_study(tmp_path / "run")
+    refined = {t.user_attrs[REFINED_ATTR]: t for t in study.get_trials() if REFINED_ATTR in t.user_attrs}
+    # slow <= 10 ms: no subnet of the study is that fast on "slow" (13.6 ms at best), so nothing to refine.
+    assert set(refined) == {"fast <= 9 ms", "slow <= 18 ms"}
+    assert len(lines) == 2 and all("refined" in line for line in lines)
+    for key, trial in refined.items():
+        device, budget = key.split(" <= ")[0], float(key.split(" <= ")[1].split()[0])
+        k = ["fast", "slow"].index(device)
+        assert trial.values[1 + k] <= budget  # within its budget, latencies of every device recorded
+        assert len(trial.values) == 3 and trial.user_attrs["refine_evaluations"] <= 400
+        # At least as good as the same search's front without refinement (same seed, same trials before it).
+        assert trial.values[0] >= _best_within(before, k, budget) - 1e-12
+    # The device's own budget winner is on its front.
+    assert refined["fast <= 9 ms"].user_attrs["arch"] in {m.arch_string for m in fronts["fast"]}
+    best_fast = max(m.val_accuracy for m in fronts["fast"])
+    assert np.isclose(best_fast, refined["fast <= 9 ms"].values[0])
+    # Continuing the search does not refine again.
+    n = len(study.get_trials())
+    run_search(config, tmp_path / "run", toy.accuracy, lat, space="ofa_mbv3_cifar", counts_fn=stub_counts)
+    assert len(load_study(tmp_path / "run").get_trials()) == n
+
+
+def test_direct_accuracy_is_not_refined_by_default():
+    config = SearchConfig.parse({"budgets_ms": [5]}, ["d"])
+    assert config.evaluations_per_refinement == 0
+    assert SearchConfig.parse({"accuracy": "predictor"}, ["d"]).evaluations_per_refinement == 5000
