@@ -32,7 +32,7 @@ def _print_flushed(line: str) -> None:
 
 def import_supernet(config: ExperimentConfig, run: RunDir) -> None:
     """The ``train`` stage of a config that imports its supernet (``supernet: {import: ofa, ...}``)."""
-    from ..ofa_zoo import import_for_config
+    from .ofa_zoo import import_for_config
 
     done = import_for_config(config.supernet, config.space, run)
     run.create()
