@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from .errors import RetryableError, UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
-COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "fronts", "plot",
-                   "import_ofa")
+COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "fronts",
+                   "plot", "import_ofa")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

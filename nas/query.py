@@ -1,15 +1,18 @@
-"""Querying a run's fronts, and exporting a chosen subnet (ONNX checked against PyTorch, or a state dict)."""
+"""Querying a run's fronts, and exporting a chosen subnet: ONNX or ``torch.export`` with the input normalisation
+inside and metadata, both checked against PyTorch before they are written, or a state dict."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
+import json
 import math
 import os
 import sqlite3
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +28,21 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["EXPORT_SUFFIXES", "check_min_accuracy", "export_member", "export_subnet", "open_fronts", "query_front",
-           "subnet_of"]
+__all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy",
+           "export_member", "export_subnet", "hwnas_version", "ofa_config_of", "open_fronts", "query_front",
+           "run_calibration", "subnet_of", "suffixes_text"]
 
-EXPORT_SUFFIXES = (".onnx", ".pt")
+EXPORT_SUFFIXES = (".onnx", ".pt2", ".pt")
 ONNX_TOLERANCE = 1e-4
+# Format tags of the exported files (``hwnas_format`` in their metadata; ``format`` in a ``.pt``).
+ONNX_FORMAT = "hwnas-subnet-onnx-1"
+PT2_FORMAT = "hwnas-subnet-pt2-1"
+PT_FORMAT = "hwnas-subnet-1"
+# The ONNX input's name, and the extra file of a ``.pt2`` archive holding its metadata (JSON).
+ONNX_INPUT = "image"
+PT2_METADATA_FILE = "hwnas.json"
+# Images an export is checked on (real ones where the run has data).
+CHECK_IMAGES = 8
 
 
 _FRONTS_REMEDY = "move it away and run `nas search CONFIG` again to rewrite the fronts from the run's study"
@@ -151,75 +164,372 @@ def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: 
     return best
 
 
-def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+# --- exports -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Normalization:
+    """The per-channel input normalisation a subnet was trained with: ``(x - mean) / std`` on RGB pixels
+    in [0, 1] (uint8 divided by 255)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Where the numbers come from, recorded in exports ("training images of the run's dataset", "ImageNet").
+    source: str
+
+    def __post_init__(self) -> None:
+        values = (*self.mean, *self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in values) \
+                or min(self.std) <= 0:
+            raise ValueError(f"a normalisation needs 3 finite means and 3 positive stds; got mean {self.mean}, "
+                             f"std {self.std}")
+
+    @classmethod
+    def imagenet(cls) -> Normalization:
+        """ImageNet's mean and std: what streamed image folders and Once-for-All's supernets use."""
+        from .streaming import IMAGENET_MEAN, IMAGENET_STD
+
+        return cls(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), "ImageNet")
+
+    @classmethod
+    def of(cls, data: Any) -> Normalization:
+        """The normalisation of a dataset of ``nas.data`` (its ``mean``/``std``, computed on its training
+        images) or ``nas.streaming`` (ImageNet's)."""
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        if mean is None or std is None:
+            return cls.imagenet()
+        return cls(tuple(float(v) for v in mean.flatten().tolist()), tuple(float(v) for v in std.flatten().tolist()),
+                   "training images of the run's dataset")
+
+
+@functools.cache
+def _normalized_subnet_class() -> type:
+    # Built on first use, so that importing this module does not import torch.
+    import torch
+    from torch import nn
+
+    class NormalizedSubnet(nn.Module):
+        """``model`` after ``(image - mean) / std``: takes float32 NCHW RGB images in [0, 1].
+
+        For export only: it holds the mean and std as buffers (shape (1, 3, 1, 1)), so ONNX and
+        ``torch.export`` graphs carry the normalisation and deploy without hwnas.
+        """
+
+        def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor([float(v) for v in mean], dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([float(v) for v in std], dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.model((image - self.mean) / self.std)
+
+    NormalizedSubnet.__module__, NormalizedSubnet.__qualname__ = __name__, "NormalizedSubnet"
+    return NormalizedSubnet
+
+
+def __getattr__(name: str) -> Any:  # ``from nas.query import NormalizedSubnet`` (imports torch then)
+    if name == "NormalizedSubnet":
+        return _normalized_subnet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def hwnas_version() -> str:
+    """The installed hwnas version, else the one in the source tree's ``pyproject.toml``, else ``unknown``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("hwnas")
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def ofa_config_of(arch: Any) -> dict[str, Any] | None:
+    """Once-for-All's config (``{"ks", "e", "d", "r"}``) of ``arch``, or None for spaces it cannot describe."""
+    from search_spaces import ArchError, get_space, to_ofa_config
+
+    try:
+        return to_ofa_config(get_space(arch.space), arch)
+    except ArchError:  # not an ofa_mbv3 space (mnasnet)
+        return None
+
+
+def _input_sentence(resolution: int, batch: str) -> str:
+    return (f"float32 NCHW RGB in [0, 1] (uint8 / 255), shape {batch}x3x{resolution}x{resolution}; "
+            f"normalisation (x - mean) / std is inside the graph")
+
+
+def _resized(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
+    images = images.detach().cpu()
+    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if images.shape[-2:] != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return images.clamp(0.0, 1.0).contiguous()
+
+
+def _check_images(images: torch.Tensor | None, resolution: int, seed: int, source: str
+                  ) -> tuple[torch.Tensor, str]:
+    """At least two float [0, 1] images at ``resolution`` (dynamic shapes need a batch above 1), and what
+    they are."""
+    import torch
+
+    if images is None or len(images) == 0:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(CHECK_IMAGES, 3, resolution, resolution, generator=gen), \
+            f"{CHECK_IMAGES} seeded random images"
+    images = _resized(images, resolution)
+    described = f"{len(images)} {source}"
+    if len(images) < 2:
+        images = torch.cat([images, images.flip(-1)])
+    return images, described
+
+
+def _agreement(net: nn.Module, images: torch.Tensor, got: np.ndarray, what: str, tolerance: float) -> dict[str, float]:
+    """How far ``got`` (an exported file's outputs on ``images``) is from ``net``'s; ``RuntimeError`` when
+    beyond the tolerance.
+
+    Outputs of order 1 are held to ``tolerance`` absolutely. Larger logits (an untrained or barely
+    calibrated net) are held to ``tolerance`` relative to their magnitude, or, when that is tighter than
+    float32 arithmetic itself, to a few times PyTorch's own float32 error against float64.
+    """
+    import copy
+
+    import torch
+
+    with torch.no_grad():
+        expected = net(images).numpy()
+    diff = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    allowed = tolerance * scale
+    fp32_error = 0.0
+    if diff > allowed and scale > 1.0:
+        with torch.no_grad():
+            exact = copy.deepcopy(net).double()(images.double()).numpy()
+        fp32_error = float(np.max(np.abs(expected - exact)))
+        allowed = max(allowed, 4.0 * fp32_error)
+    if not diff <= allowed:
+        raise RuntimeError(f"{what} of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
+                           f"{tolerance:g} x output scale {scale:.3g}); nothing written")
+    return {"max_abs_diff": diff, "output_scale": scale, "torch_fp32_error": fp32_error}
+
+
+def _metadata_strings(metadata: dict[str, Any]) -> dict[str, str]:
+    """ONNX metadata is string to string: strings stay, everything else is JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+
+
+def _onnx_bytes(net: nn.Module, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
+    import onnx
     import torch
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        torch.onnx.export(net, (example,), buffer, dynamo=False, input_names=[ONNX_INPUT],
+                          output_names=["logits"], dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17)
-    return buffer.getvalue()
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(model, _metadata_strings(metadata))
+    arch = metadata.get("arch_string")
+    model.doc_string = f"hwnas subnet{' ' + arch if arch else ''}: {metadata['input']}"
+    return model.SerializeToString()
+
+
+def _export_onnx(net: nn.Module, images: torch.Tensor, metadata: dict[str, Any], tolerance: float
+                 ) -> tuple[bytes, dict[str, Any]]:
+    import onnxruntime as ort
+
+    data = _onnx_bytes(net, images[:1], metadata)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    stored = session.get_modelmeta().custom_metadata_map
+    if stored.get("hwnas_format") != ONNX_FORMAT:
+        raise RuntimeError("the ONNX model lost its hwnas metadata on the way; nothing written")
+    got = session.run(None, {ONNX_INPUT: images.numpy()})[0]
+    return data, _agreement(net, images, got, "ONNX export", tolerance)
+
+
+def _export_pt2(net: nn.Module, images: torch.Tensor, metadata: dict[str, Any], tolerance: float
+                ) -> tuple[bytes, dict[str, Any]]:
+    """A ``torch.export`` program with a dynamic batch dimension (batch 1 when torch cannot make it
+    symbolic: the metadata's ``batch`` says which), checked by loading the very bytes to be written."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.export.export(net, (images,), dynamic_shapes={"image": {0: batch}})
+            metadata = {**metadata, "batch": "dynamic"}
+        except Exception as exc:  # whatever torch.export raises for a batch dimension it cannot trace
+            program = torch.export.export(net, (images[:1],))
+            metadata = {**metadata, "batch": f"1 (a dynamic batch failed to export: {type(exc).__name__})",
+                        "input": metadata["input"].replace("Nx3x", "1x3x")}
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={PT2_METADATA_FILE: json.dumps(metadata, sort_keys=True)})
+        data = buffer.getvalue()
+        extra = {PT2_METADATA_FILE: ""}
+        loaded = torch.export.load(io.BytesIO(data), extra_files=extra).module()
+    if json.loads(extra[PT2_METADATA_FILE] or "null") != json.loads(json.dumps(metadata)):
+        raise RuntimeError(f"the torch.export file lost its {PT2_METADATA_FILE} on the way; nothing written")
+    with torch.no_grad():
+        if metadata["batch"] == "dynamic":
+            got = loaded(images)
+        else:
+            got = torch.cat([loaded(images[i:i + 1]) for i in range(len(images))])
+    summary = _agreement(net, images, got.numpy(), "torch.export program", tolerance)
+    return data, {**summary, "batch": metadata["batch"]}
 
 
 def export_subnet(model: nn.Module, resolution: int, out: str | os.PathLike[str], *,
-                  metadata: dict[str, Any] | None = None, seed: int = 0,
+                  normalization: Normalization | None = None, images: torch.Tensor | None = None,
+                  images_source: str = "real images", metadata: dict[str, Any] | None = None, seed: int = 0,
                   tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
-    """Write ``model`` (eval mode) to ``out`` atomically: ``.onnx`` or ``.pt``.
+    """Write ``model`` (eval mode) to ``out`` atomically: ``.onnx``, ``.pt2`` or ``.pt``.
 
-    ``.onnx``: exported with a dynamic batch axis, then run by ONNX Runtime on random inputs and compared
-    with PyTorch; the file is written only when the largest absolute difference is at most ``tolerance``
-    (times the largest output magnitude when that is above 1, or four times PyTorch's own float32 error
-    against float64 when that is larger still).
-    ``.pt``: ``{"state_dict", **metadata}`` (loadable with ``torch.load(weights_only=True)``; rebuild with
-    ``supernets.build(space, Arch.from_dict(arch))`` and ``load_state_dict``).
+    ``.onnx`` and ``.pt2`` hold ``NormalizedSubnet(model, mean, std)`` and deploy without hwnas: the input
+    (named ``image``) is a float32 NCHW RGB batch with pixel values in [0, 1] (uint8 divided by 255) at
+    ``resolution``; ``(x - mean) / std`` is inside the graph; the output is ``logits``.
 
-    Returns a summary (path, format, and for ONNX the measured max abs difference).
+    - ``.onnx``: a dynamic batch axis; ``metadata`` and what the file needs to be used (``hwnas_format``,
+      ``input``, ``mean``, ``std``, ``resolution``, ``hwnas_version``) in the model's ``metadata_props``
+      (strings; values that are not strings are JSON). ONNX Runtime runs it on ``images`` and the file is
+      written only when it agrees with PyTorch: the largest absolute difference at most ``tolerance`` (times
+      the largest output magnitude when that is above 1, or four times PyTorch's own float32 error against
+      float64 when that is larger still).
+    - ``.pt2``: ``torch.export.save`` of the same module with a dynamic batch dimension (or batch 1 where
+      torch cannot trace one: metadata ``batch`` says which); the metadata as JSON in the archive's extra
+      file ``hwnas.json``. Load with ``torch.export.load(path, extra_files={"hwnas.json": ""}).module()``;
+      written only when the loaded program agrees with PyTorch as above.
+    - ``.pt``: ``{"format": "hwnas-subnet-1", **metadata, "state_dict"}`` of ``model`` itself, without
+      normalisation (loadable with ``torch.load(weights_only=True)``; rebuild with
+      ``supernets.build(space, Arch.from_dict(arch))`` and ``load_state_dict``; normalise inputs with the
+      stored ``mean`` and ``std``).
+
+    Args:
+        model: the subnet, taking normalised images.
+        resolution: the side of its input images.
+        out: the file to write; its suffix picks the format.
+        normalization: the mean and std ``model`` expects (default: ImageNet's).
+        images: real images to check the export on, NCHW float in [0, 1] or uint8, any size (resized to
+            ``resolution``); default: seeded random images.
+        images_source: what ``images`` are, for the summary's ``checked_on``.
+        metadata: what to record about the subnet (JSON-able values).
+        seed: seed of the random check images.
+        tolerance: see above.
+
+    Returns:
+        A summary: path, format, and for ``.onnx``/``.pt2`` the measured max abs difference and what it was
+        measured on.
     """
-    import torch
-
     from .io import atomic_write_bytes
 
-    path = Path(out)
-    if path.suffix not in EXPORT_SUFFIXES:
-        raise UsageError(f"cannot export to {str(path)!r}: the file name must end in {' or '.join(EXPORT_SUFFIXES)}")
+    path = _export_path(out)
+    normalization = normalization or Normalization.imagenet()
     model = model.eval()
+    common = {**(metadata or {}), "resolution": int(resolution), "mean": list(normalization.mean),
+              "std": list(normalization.std), "normalization": normalization.source, "hwnas_version": hwnas_version()}
     if path.suffix == ".pt":
+        import torch
+
         buffer = io.BytesIO()
-        torch.save({"format": "hwnas-subnet-1", **(metadata or {}),
+        torch.save({"format": PT_FORMAT, **common,
+                    "input": f"the state dict of the subnet without normalisation: it takes (x - mean) / std of "
+                             f"float32 NCHW RGB x in [0, 1], shape Nx3x{resolution}x{resolution}",
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
         return {"path": str(path), "format": "pt"}
-    import onnxruntime as ort
-
-    gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(2, 3, resolution, resolution, generator=gen)
-    data = _onnx_bytes(model, example[:1])
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(example).numpy()
-    got = session.run(None, {"input": example.numpy()})[0]
-    diff = float(np.max(np.abs(got - expected)))
-    # Outputs of order 1 are held to ``tolerance`` absolutely. Larger logits (an untrained or barely
-    # calibrated net) are held to ``tolerance`` relative to their magnitude, or, when that is tighter than
-    # float32 arithmetic itself, to a few times PyTorch's own float32 error against float64.
-    scale = max(1.0, float(np.max(np.abs(expected))))
-    allowed = tolerance * scale
-    fp32_error = 0.0
-    if diff > allowed and scale > 1.0:
-        import copy
-
-        with torch.no_grad():
-            exact = copy.deepcopy(model).double()(example.double()).numpy()
-        fp32_error = float(np.max(np.abs(expected - exact)))
-        allowed = max(allowed, 4.0 * fp32_error)
-    if not diff <= allowed:
-        raise RuntimeError(f"ONNX export of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
-                           f"{tolerance:g} x output scale {scale:.3g}); nothing written")
+    net = _normalized_subnet_class()(model, normalization.mean, normalization.std).eval()
+    checks, checked_on = _check_images(images, resolution, seed, images_source)
+    if path.suffix == ".onnx":
+        data, summary = _export_onnx(net, checks, {"hwnas_format": ONNX_FORMAT, **common,
+                                                   "input": _input_sentence(resolution, "N")}, tolerance)
+    else:
+        data, summary = _export_pt2(net, checks, {"hwnas_format": PT2_FORMAT, **common,
+                                                  "input": _input_sentence(resolution, "N")}, tolerance)
     atomic_write_bytes(path, data)
-    return {"path": str(path), "format": "onnx", "max_abs_diff": diff, "output_scale": scale,
-            "torch_fp32_error": fp32_error}
+    return {"path": str(path), "format": path.suffix[1:], **summary, "checked_on": checked_on,
+            "mean": list(normalization.mean), "std": list(normalization.std)}
+
+
+def suffixes_text() -> str:
+    """The allowed export suffixes, as error messages list them (``.onnx, .pt2 or .pt``)."""
+    return f"{', '.join(EXPORT_SUFFIXES[:-1])} or {EXPORT_SUFFIXES[-1]}"
+
+
+def _export_path(out: str | os.PathLike[str]) -> Path:
+    path = Path(out)
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise UsageError(f"cannot export to {str(path)!r}: the file name must end in {suffixes_text()}")
+    return path
+
+
+class RunCalibration:
+    """A run's dataset as an export needs it.
+
+    Iterating yields the BN-recalibration batches (normalised training images, augmented as in training:
+    what ``subnet_of`` takes; each iteration draws the same seeded batches). ``normalization`` is the mean
+    and std those batches were normalised with; ``check_images`` gives a few real test images in [0, 1] to
+    check an export on.
+    """
+
+    def __init__(self, data: Any, num_images: int, batch_size: int = 200, seed: int = 0) -> None:
+        self.data = data
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.seed = seed
+        self.normalization = Normalization.of(data)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self.data.calibration_batches(self.num_images, self.batch_size, self.seed))
+
+    def check_images(self, n: int = 8) -> torch.Tensor | None:
+        """The first ``n`` images of the test split (else validation, else training) as float NCHW in
+        [0, 1] at the size the dataset keeps them; None when it has no images."""
+        import torch
+
+        splits = getattr(self.data, "splits", None)
+        if splits is not None:  # nas.data.ImageData: uint8 splits in memory
+            x = next((splits[s][0] for s in ("test", "val", "train") if len(splits[s][0])), None)
+            return None if x is None else x[:n].cpu().float() / 255
+        for split in ("test", "val", "train"):  # nas.streaming: normalised batches, undone here
+            if self.data.size(split):
+                x, _ = next(iter(self.data.eval_batches(split, n, n)))
+                mean = torch.tensor(self.normalization.mean).view(1, 3, 1, 1)
+                std = torch.tensor(self.normalization.std).view(1, 3, 1, 1)
+                return (x.cpu().float() * std + mean).clamp(0.0, 1.0)
+        return None
+
+
+def run_calibration(store: FrontStore, resolution: int) -> RunCalibration | None:
+    """BN-recalibration batches (with their normalisation and real images to check exports on) from the
+    run's dataset, as recorded in its front store by the search; None when the run recorded no dataset
+    (an imported Once-for-All supernet: ImageNet's normalisation, the supernet's batch norms)."""
+    dataset = store.get_meta("dataset")
+    if not dataset:
+        return None
+    from .data import DatasetConfig, load_dataset
+
+    data = load_dataset(DatasetConfig(**dataset), resolution, seed=int(store.get_meta("data_seed", 0) or 0))
+    images = store.get_meta("bn_images")
+    if images is None:  # a store written before the count was recorded: training's default
+        from supernets.training import TrainSettings
+
+        images = TrainSettings().bn_recal_images
+    return RunCalibration(data, int(images), 200, 0)  # 0 (train.bn_recal_images: 0): the supernet's statistics
+
+
+def _recalibrates(calibration: Iterable[torch.Tensor] | None) -> bool:
+    """Whether ``calibration`` recalibrates batch norms (a ``RunCalibration`` of 0 images does not)."""
+    return calibration is not None and getattr(calibration, "num_images", 1) > 0
 
 
 def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = None,
@@ -252,22 +562,56 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
     except CheckpointError as exc:  # a damaged or foreign supernet.pt: its message names it and what to do
         raise UsageError(str(exc)) from exc
     net = extract(execution.module(supernet), member.arch)
-    if calibration is not None:
+    if _recalibrates(calibration):
         recalibrate_bn(net, (resize(execution.batch(x), member.arch.resolution) for x in calibration))
     return net.cpu().eval()
 
 
 def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn.Module | None = None,
-                  calibration: Iterable[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Export a front member: its extracted subnet (or ``model`` when given), batch norms recalibrated on
-    ``calibration`` when there is one (else the supernet's statistics: a run without data)."""
+                  calibration: Iterable[torch.Tensor] | None = None, normalization: Normalization | None = None,
+                  images: torch.Tensor | None = None, store: FrontStore | None = None) -> dict[str, Any]:
+    """Export a front member (see ``export_subnet`` for the formats and the checks).
+
+    Args:
+        member: the front member.
+        out: the file (``.onnx``, ``.pt2`` or ``.pt``).
+        model: the subnet to write (default: extracted from the member's supernet).
+        calibration: BN-recalibration batches for the extracted subnet (``run_calibration`` gives them for a
+            run with data); without, the supernet's statistics are kept (a run without data).
+        normalization: the mean and std the subnet expects; default: that of ``calibration`` when it is a
+            ``RunCalibration``, else ImageNet's (what runs without data, imported Once-for-All supernets,
+            were trained with). Plain calibration batches without a normalisation are a ``ValueError``.
+        images: real images in [0, 1] to check the export on; default: the test images of ``calibration``
+            when it is a ``RunCalibration``, else seeded random ones.
+        store: the run's front store, for the member's latency on every device whose front holds its arch
+            (default: its own device only).
+    """
+    _export_path(out)  # a wrong suffix fails before any work
+    if normalization is None:
+        normalization = getattr(calibration, "normalization", None)
+        if normalization is None and calibration is not None:
+            raise ValueError("export_member: calibration batches without their normalisation; pass normalization= "
+                             "(or calibration=run_calibration(store, resolution), which carries it)")
+    images_source = "given images"
+    if images is None and isinstance(calibration, RunCalibration):
+        images, images_source = calibration.check_images(CHECK_IMAGES), "images of the run's dataset"
     model = model if model is not None else subnet_of(member, calibration)
-    batch_norm = "recalibrated" if calibration is not None else "supernet statistics"
+    batch_norm = "recalibrated" if _recalibrates(calibration) else "supernet statistics"
+    latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
+    for device in (store.devices() if store is not None else []):
+        for other in store.front(device):
+            if other.arch_id == member.arch_id:
+                latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
     metadata = {"space": member.arch.space, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
-                "arch_id": member.arch_id, "num_classes": _num_classes(model), "resolution": member.arch.resolution,
-                "val_accuracy": member.val_accuracy, "latency_ms": member.latency_ms, "device": member.device,
-                "batch_norm": batch_norm}
-    return {**export_subnet(model, member.arch.resolution, out, metadata=metadata), "batch_norm": batch_norm}
+                "arch_id": member.arch_id, "num_classes": _num_classes(model), "val_accuracy": member.val_accuracy,
+                "test_accuracy": member.test_accuracy, "device": member.device, "latency_ms": latency_ms,
+                "latency_measured": measured, "batch_norm": batch_norm}
+    ofa_config = ofa_config_of(member.arch)
+    if ofa_config is not None:
+        metadata["ofa_config"] = ofa_config
+    summary = export_subnet(model, member.arch.resolution, out, normalization=normalization, images=images,
+                            images_source=images_source, metadata=metadata)
+    return {**summary, "batch_norm": batch_norm}
 
 
 def _num_classes(model: nn.Module) -> int:

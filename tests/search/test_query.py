@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from nas.search import hardware_in_the_loop, run_search
 from nas.search_config import SearchConfig
 from search_spaces import get_space
 from supernets import build
+from tests.cli_helpers import fails_in_one_line
 
 from .conftest import ToyObjectives, stub_counts
 
@@ -74,29 +77,36 @@ def test_hardware_in_the_loop_rebuilds_front_on_measured_latency(run, tmp_path):
 def test_exported_onnx_equals_pytorch(run, tmp_path):
     import onnxruntime as ort
 
+    from nas.query import Normalization
+
     member = query_front(run, "dev", 1e9)
     torch.manual_seed(0)
     model = build(get_space("ofa_mbv3_cifar"), member.arch).eval()
     summary = export_member(member, tmp_path / "net.onnx", model=model)
     assert summary["max_abs_diff"] <= 1e-4 and summary["output_scale"] < 10
-    x = torch.randn(3, 3, member.arch.resolution, member.arch.resolution)
+    # The file takes RGB in [0, 1] and normalises inside (a run without data: ImageNet's mean and std).
+    x = torch.rand(3, 3, member.arch.resolution, member.arch.resolution)
+    imagenet = Normalization.imagenet()
+    mean, std = torch.tensor(imagenet.mean).view(1, 3, 1, 1), torch.tensor(imagenet.std).view(1, 3, 1, 1)
     session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = model(x).numpy()
-    assert np.abs(session.run(None, {"input": x.numpy()})[0] - expected).max() <= 1e-4
+        expected = model((x - mean) / std).numpy()
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max() <= 1e-4 * max(1, np.abs(expected).max())
     export_member(member, tmp_path / "net.pt", model=model)
     data = torch.load(tmp_path / "net.pt", weights_only=True)
     rebuilt = build(get_space("ofa_mbv3_cifar"), member.arch)
     rebuilt.load_state_dict(data["state_dict"])
-    assert data["arch_id"] == member.arch_id
-    with pytest.raises(UsageError, match=".onnx or .pt"):
+    assert data["arch_id"] == member.arch_id and data["mean"] == list(imagenet.mean)
+    with pytest.raises(UsageError, match=r"\.onnx, \.pt2 or \.pt"):
         export_member(member, tmp_path / "net.tflite", model=model)
+    assert not (tmp_path / "net.tflite").exists()
 
 
 def test_cli_query_and_plot_exit_codes(run, tmp_path, capsys):
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "1000", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["device"] == "dev" and out["latency_ms"] <= 1000 and "arch_string" in out
+    assert out["ofa_config"]["d"] == list(query_front(run, "dev", 1000).arch.depths)
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "1000"]) == 0
     assert "arch id" in capsys.readouterr().out
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "0.001"]) == 2
@@ -105,6 +115,7 @@ def test_cli_query_and_plot_exit_codes(run, tmp_path, capsys):
     assert main(["query", str(run), "--device", "nope", "--max-latency-ms", "5"]) == 2
     assert main(["query", str(tmp_path / "missing"), "--device", "dev", "--max-latency-ms", "5"]) == 2
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "1000", "--export", "x.txt"]) == 2
+    assert ".onnx, .pt2 or .pt" in capsys.readouterr().err
     # The toy run has no supernet checkpoint to take weights from.
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "1000", "--export",
                  str(tmp_path / "x.onnx")]) == 2
@@ -129,3 +140,51 @@ def test_a_copied_run_takes_weights_from_its_own_checkpoint(tmp_path):
     shutil.rmtree(original)
     member = query_front(copy, "dev", 1e9)
     assert member.checkpoint == str(copy / "checkpoints" / "supernet.pt")
+
+
+def test_query_csv_is_one_row_and_refuses_json_beside_it(run, capsys):
+    from nas.tables import FRONT_COLUMNS
+
+    assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "1000", "--csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    best = query_front(run, "dev", 1000)
+    assert list(table.columns) == list(FRONT_COLUMNS) and len(table) == 1
+    assert table.loc[0, "arch_id"] == best.arch_id and table.loc[0, "latency_ms"] == pytest.approx(best.latency_ms)
+    fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "1000", "--csv", "--json"],
+                      "--csv and --json")
+
+
+def test_nas_fronts_as_table_csv_and_json(run, capsys):
+    from nas.query import open_fronts
+    from nas.tables import FRONT_COLUMNS, fronts_frame
+
+    store = open_fronts(run)
+    fronts = {d: store.front(d) for d in ("dev", "dev2")}
+    assert main(["fronts", str(run), "--csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(table.columns) == list(FRONT_COLUMNS)
+    assert len(table) == sum(len(f) for f in fronts.values())
+    assert list(table["arch_id"]) == [m.arch_id for d in ("dev", "dev2") for m in fronts[d]]
+    assert np.allclose(table["latency_ms"], [m.latency_ms for d in ("dev", "dev2") for m in fronts[d]])
+    assert table["test_accuracy"].isna().all()  # the toy search ran no test evaluation
+    assert main(["fronts", str(run), "--device", "dev2", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)  # the whole of stdout is the JSON list
+    assert [r["arch_id"] for r in records] == [m.arch_id for m in fronts["dev2"]]
+    assert all(r["device"] == "dev2" and r["measured_latency_ms"] is None for r in records)
+    assert main(["fronts", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert all(m.arch_id in text for m in fronts["dev"]) and "members" in text
+    frame = fronts_frame(store, ["dev"])
+    assert len(frame) == len(fronts["dev"]) and str(frame["trial_number"].dtype) == "Int64"
+    fails_in_one_line(capsys, ["fronts", run, "--csv", "--json"], "--csv and --json")
+    fails_in_one_line(capsys, ["fronts", run, "--device", "phone"], "phone", "devices with a front: dev, dev2")
+    fails_in_one_line(capsys, ["fronts", run.parent / "missing-run"], "no run folder")
+
+
+def test_trials_frame_has_every_finished_trial(run):
+    from nas.tables import trials_frame
+
+    frame = trials_frame(run)
+    assert len(frame) == 60 and list(frame["trial_number"]) == list(range(60))
+    assert {"arch_string", "arch_id", "accuracy", "latency_ms:dev", "latency_ms:dev2"} <= set(frame.columns)
+    assert (frame["latency_ms:dev2"] > frame["latency_ms:dev"]).all()  # dev2 is the 3x slower device
