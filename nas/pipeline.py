@@ -52,7 +52,7 @@ class Pipeline:
                  progress: bool = True, verbose: bool = False, quiet: bool = False) -> None:
         from latency_predictors import DeviceStore, default_root
 
-        from .search import search_paths
+        from .search_paths import search_paths
 
         self.config = config
         self.run = run

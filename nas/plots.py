@@ -57,7 +57,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     from search_spaces import get_space
 
     from .query import open_fronts
-    from .search import load_study, study_trials
+    from .study import load_study, study_trials
 
     store = open_fronts(run_dir)
     space_name = store.get_meta("space")
@@ -136,6 +136,6 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
 def plot_run(run_dir: Any, out: str | os.PathLike[str] | None = None, config: Any = None,
              space: Any = None) -> Path:
     """Plot a run's fronts into ``out`` (default ``plots/fronts.png`` in the run folder)."""
-    from .search import search_paths
+    from .search_paths import search_paths
 
     return draw(plot_data(run_dir, config, space), out if out is not None else search_paths(run_dir).plot)

@@ -22,7 +22,7 @@ from search_spaces import READ_ERRORS, reading
 
 from .errors import UsageError
 from .fronts import FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
-from .search import run_path, search_paths
+from .search_paths import run_path, search_paths
 
 if TYPE_CHECKING:
     import torch

@@ -40,7 +40,8 @@ def refine_budgets(study: optuna.Study, space: SearchSpace, config: Any, accurac
                    latency: Mapping[str, ArchBatchFn], *, seed: int = 0,
                    progress: Callable[[str], None] | None = None) -> list[optuna.trial.FrozenTrial]:
     """Refine every target of ``config`` not yet in ``study``; returns the trials added."""
-    from .search import params_of, search_params, study_trials
+    from .search_params import params_of, search_params
+    from .study import study_trials
 
     evaluations = config.evaluations_per_refinement
     targets = config.refinement_targets()

@@ -77,7 +77,8 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
     (the run's ``search_lock``, held until the fronts are written).
     """
     from .rundir import RunDir
-    from .search import search_lock, storage_for
+    from .search_paths import search_lock
+    from .study import storage_for
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     search = config.search.with_n_trials(n_trials)
@@ -123,7 +124,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
     from .accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
     from .data import load_dataset
     from .io import atomic_write_json
-    from .search import run_search, search_paths
+    from .search import run_search
+    from .search_paths import search_paths
 
     paths = search_paths(run)
     objective: Any = None
@@ -182,7 +184,8 @@ def search_is_complete(config: Any, run: Any) -> bool:
     """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored (what
     ``nas run`` checks to skip the stage)."""
     from .fronts import get_front_store
-    from .search import load_study, search_paths
+    from .search_paths import search_paths
+    from .study import load_study
 
     search = config.search
     paths = search_paths(run)

@@ -78,7 +78,7 @@ def trials_frame(run_dir: Any) -> pd.DataFrame:
 
     from search_spaces import arch_to_string, get_space
 
-    from .search import load_study, study_trials
+    from .study import load_study, study_trials
 
     study = load_study(run_dir)
     space_name = study.user_attrs.get("space")

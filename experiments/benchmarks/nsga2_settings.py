@@ -2,7 +2,7 @@
 
 Companion of ``search_efficiency.py`` (same objectives: the space's measured lookup table and an accuracy
 MLP on proxy labels or on the cached evaluations of a trained run). Every variant runs 2,000 trials through
-``nas.search.optimize`` for each seed; the reference front is the non-dominated set of everything evaluated
+``nas.study.optimize`` for each seed; the reference front is the non-dominated set of everything evaluated
 here plus a 6,000-trial NSGA-II run, the reference point the worst accuracy and worst latency of 2,000
 random subnets (as in ``search_efficiency.py``). Prints mean, min and max HV share at 500 and 2,000 trials,
 and where along the front the default run falls short of the reference.
@@ -35,8 +35,10 @@ from search_efficiency import Memo, lut_latency, proxy_accuracy  # noqa: E402
 
 from nas.accuracy import AccuracyCache, fit_accuracy_predictor  # noqa: E402
 from nas.pareto import hypervolume_2d, pareto_indices  # noqa: E402
-from nas.search import block_variants, decode_params, optimize, search_params, search_paths, study_trials  # noqa: E402
 from nas.search_config import SearchConfig  # noqa: E402
+from nas.search_params import block_variants, decode_params, search_params  # noqa: E402
+from nas.search_paths import search_paths  # noqa: E402
+from nas.study import optimize, study_trials  # noqa: E402
 from search_spaces import SearchSpace, get_space, sample  # noqa: E402
 
 VARIANTS = {

@@ -46,8 +46,9 @@ import optuna  # noqa: E402
 from nas.accuracy import AccuracyPredictor, fit_accuracy_predictor  # noqa: E402
 from nas.evolution import evolution_search  # noqa: E402
 from nas.pareto import hypervolume_2d, pareto_indices  # noqa: E402
-from nas.search import optimize, run_search, study_trials  # noqa: E402
+from nas.search import run_search  # noqa: E402
 from nas.search_config import SearchConfig  # noqa: E402
+from nas.study import optimize, study_trials  # noqa: E402
 from search_spaces import Arch, SearchSpace, encode_many, get_space, sample  # noqa: E402
 
 CHECKPOINTS = (100, 500, 2000)
@@ -154,7 +155,7 @@ def accuracy_objective(space: SearchSpace, args) -> tuple[AccuracyPredictor, str
         from nas.config import load_config
         from nas.data import load_dataset
         from nas.rundir import RunDir
-        from nas.search import search_paths
+        from nas.search_paths import search_paths
 
         run = RunDir(args.accuracy_run)
         config = load_config(run.config_copy)
@@ -204,7 +205,7 @@ def accuracy_objective(space: SearchSpace, args) -> tuple[AccuracyPredictor, str
 
 
 def sampler_run(space, sampler: str, n: int, acc, lat, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(accuracy, latency) of every trial in order, and the wall time, through ``nas.search.optimize``."""
+    """(accuracy, latency) of every trial in order, and the wall time, through ``nas.study.optimize``."""
     config = SearchConfig(sampler=sampler, n_trials=n, seed=seed, devices=("dev",),
                           batch_size=50 if sampler != "tpe" else 10, population_size=50)
     study = optuna.create_study(directions=["maximize", "minimize"])

@@ -12,7 +12,7 @@ import json
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..rundir import RunDir
-    from ..search import search_paths
+    from ..search_paths import search_paths
     from ..search_stage import search_stage
 
     config = load_config(args.config)

@@ -14,7 +14,9 @@ import yaml
 from nas.cli import main
 from nas.config import load_config
 from nas.rundir import RunDir
-from nas.search import hardware_in_the_loop, load_study, search_paths
+from nas.search import hardware_in_the_loop
+from nas.search_paths import search_paths
+from nas.study import load_study
 from search_spaces import get_space
 from supernets import build, build_supernet
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from nas.refine import REFINED_ATTR
-from nas.search import load_study, run_search, study_trials
+from nas.search import run_search
 from nas.search_config import SearchConfig
+from nas.study import load_study, study_trials
 
 from .conftest import stub_counts
 

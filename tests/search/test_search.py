@@ -12,16 +12,10 @@ import pytest
 from nas.errors import UsageError
 from nas.fronts import get_front_store
 from nas.pareto import non_dominated_mask
-from nas.search import (
-    decode_params,
-    load_study,
-    params_of,
-    run_search,
-    search_params,
-    study_trials,
-    suggest_arch,
-)
+from nas.search import run_search
 from nas.search_config import SearchConfig
+from nas.search_params import decode_params, params_of, search_params, suggest_arch
+from nas.study import load_study, study_trials
 from search_spaces import arch_counts, arch_to_string, get_space, largest, list_spaces, sample, smallest
 
 from .conftest import stub_counts

@@ -20,8 +20,9 @@ import yaml
 from nas.cli import main
 from nas.errors import BusyError, UsageError
 from nas.fronts import get_front_store
-from nas.search import hardware_in_the_loop, load_study, run_search
+from nas.search import hardware_in_the_loop, run_search
 from nas.search_config import SearchConfig
+from nas.study import load_study
 
 from .conftest import stub_counts
 
