@@ -63,12 +63,7 @@ def test_measurement_attaches_to_a_named_cluster_offering_the_device() -> None:
         assert result.returncode == 0, result.stderr[-2000:]
         assert "OK True True" in result.stdout
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        _stop(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -80,6 +75,7 @@ print([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("de
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """Stop a `ray start --block` process group: SIGTERM, then SIGKILL after 30 s."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
