@@ -149,14 +149,13 @@ class Pipeline:
         plot_run(self.run, config=self.search, space=self.search.restrict(self.space))
 
     def _export(self) -> None:
-        from .commands.query import calibration_for_run
         from .pareto import knee_point
-        from .query import export_member, open_fronts
+        from .query import export_member, open_fronts, run_calibration
 
         store = open_fronts(self.run)
         front = store.front(self.search.devices[0])
         knee = front[knee_point([m.val_accuracy for m in front], [m.latency_ms for m in front])]
-        export_member(knee, self.export_path, calibration=calibration_for_run(store, knee.arch.resolution))
+        export_member(knee, self.export_path, calibration=run_calibration(store, knee.arch.resolution), store=store)
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:

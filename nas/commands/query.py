@@ -11,15 +11,6 @@ from pathlib import Path
 from ..errors import UsageError
 
 
-def calibration_for_run(store, resolution: int):
-    """BN-recalibration batches from the run's dataset (recorded in its front store by the search), with
-    the normalisation they carry and real images to check an export on (``nas.query.RunCalibration``), or
-    None when the run recorded no dataset."""
-    from ..query import run_calibration
-
-    return run_calibration(store, resolution)
-
-
 def _print_member(member, result: dict, out) -> None:
     measured = "measured" if member.measured_latency_ms is not None else "predicted"
     test = "n/a" if member.test_accuracy is None else f"{100 * member.test_accuracy:.2f}%"
@@ -56,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         ofa_config_of,
         open_fronts,
         query_front,
+        run_calibration,
         suffixes_text,
     )
 
@@ -73,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         # With --csv, stdout holds the CSV alone: anything printed while exporting goes to stderr.
         with contextlib.redirect_stdout(sys.stderr) if args.csv else contextlib.nullcontext():
             result["export"] = export_member(member, args.export, store=store,
-                                             calibration=calibration_for_run(store, member.arch.resolution))
+                                             calibration=run_calibration(store, member.arch.resolution))
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True), file=args.stdout)
     elif args.csv:
