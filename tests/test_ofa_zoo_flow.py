@@ -26,7 +26,7 @@ from tests.cli_helpers import fails_in_one_line
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 ZOO = Path(os.environ.get("HWNAS_OFA_ZOO_DIR", SHARED / "ofa_zoo_format"))
-NOTE10 = Path(os.environ.get("HWNAS_OFA_NOTE10_LUT", SHARED / "ofa_note10_lut"))
+NOTE10 = Path(os.environ.get("HWNAS_OFA_LUT_DIR", SHARED / "ofa_note10_lut"))
 W10_FILE = ZOO / "ofa_mbv3_d234_e346_k357_w1.0.pth"
 PREDICTOR_FILE = ZOO / "acc_predictor_random.pth"
 RESOLUTIONS = [160, 176, 192, 208, 224]
@@ -34,7 +34,7 @@ RESOLUTIONS = [160, 176, 192, 208, 224]
 needs_zoo = pytest.mark.skipif(not (W10_FILE.is_file() and PREDICTOR_FILE.is_file()),
                                reason=f"Once-for-All zoo files not found at {ZOO} (set HWNAS_OFA_ZOO_DIR)")
 needs_note10 = pytest.mark.skipif(not (NOTE10 / "160_lookup_table.yaml").is_file(),
-                                  reason=f"Note10 tables not found at {NOTE10} (set HWNAS_OFA_NOTE10_LUT)")
+                                  reason=f"Note10 tables not found at {NOTE10} (set HWNAS_OFA_LUT_DIR)")
 
 
 def _standin_module():
