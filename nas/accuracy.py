@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -141,7 +142,7 @@ class DirectEvaluator:
             return
         import ray
 
-        connect_ray(num_cpus=max(self.workers, 1), log_to_driver=False)
+        connect_ray(num_cpus=max(self.workers, 1), log_to_driver=False, logging_level=logging.WARNING)
         actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
 
