@@ -282,9 +282,91 @@ class MLPPredictor(_FeaturePredictor):
         self.weights = [np.asarray(w, dtype=float) for w in params["weights"]]
 
 
+class ResidualPredictor(_FeaturePredictor):
+    """A prior, scaled to the device, times a learned correction that cross-validation may switch off.
+
+    The prior is the device's lookup-table sum where a table exists, else the subnet's MACs. It is first scaled
+    by the geometric mean of measured / prior (one parameter: right from a single sample). The correction is a
+    ridge regression of the log-residual, ``log(measured / scaled prior)``, on the arch features; its strength
+    is chosen by leave-one-out (few samples) or 5-fold cross-validation among ``alphas`` and *none at all*,
+    so with a handful of samples, or samples the features cannot explain, it stays the scaled prior.
+    """
+
+    kind = "residual"
+    alphas = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+    def __init__(self, space: SearchSpace, table: LookupTable | None = None, seed: int = 0) -> None:
+        super().__init__(space, table, seed)
+        self.use_table = False  # the table enters as the prior, not as a feature
+        self.prior_kind = "table" if table is not None else "macs"
+        self.scale = 1.0
+        self.coef = np.zeros(0)
+        self.intercept = 0.0
+        self.alpha: float | None = None  # None: the correction is off (prior only)
+
+    def _prior(self, archs: Sequence[Arch]) -> np.ndarray:
+        if self.prior_kind == "table":
+            if self.table is None:
+                raise LatencyError("this 'residual' predictor's prior is a lookup table; load it with the table")
+            return self._table_sums(archs)
+        return np.array([network_macs(self.space, a) / 1e9 for a in archs])
+
+    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
+        y = np.asarray(latencies_ms, dtype=float)
+        if len(y) == 0 or not np.all(y > 0):
+            raise LatencyError("the residual predictor needs at least one positive measured latency")
+        prior = self._prior(archs)
+        self.scale = float(np.exp(np.mean(np.log(y / prior))))
+        residual = np.log(y / (self.scale * prior))
+        x = self._standardized(archs, fit=True)
+        self.alpha, self.coef, self.intercept = None, np.zeros(x.shape[1]), 0.0
+        n = len(y)
+        if n < 4:
+            return self
+        folds = np.arange(n) if n <= 20 else np.random.default_rng(self.seed).permutation(n) % 5
+        best_err = self._cv(x, residual, folds, None)
+        for alpha in self.alphas:
+            err = self._cv(x, residual, folds, alpha)
+            if err < best_err:
+                best_err, self.alpha = err, alpha
+        if self.alpha is not None:
+            self.coef, self.intercept = RidgePredictor._solve(x, residual, self.alpha)
+        return self
+
+    @staticmethod
+    def _cv(x: np.ndarray, residual: np.ndarray, folds: np.ndarray, alpha: float | None) -> float:
+        """Squared log error of held-out folds; ``alpha`` None: the scaled prior alone (its log-scale refitted
+        on the training part, so both sides are judged the same way)."""
+        err = 0.0
+        for f in np.unique(folds):
+            train, test = folds != f, folds == f
+            shift = residual[train].mean()
+            if alpha is None:
+                pred = np.full(test.sum(), shift)
+            else:
+                coef, b = RidgePredictor._solve(x[train], residual[train], alpha)
+                pred = x[test] @ coef + b
+            err += float(np.sum((residual[test] - pred) ** 2))
+        return err
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        correction = self._standardized(archs) @ self.coef + self.intercept if self.alpha is not None else 0.0
+        return self.scale * self._prior(archs) * np.exp(correction)
+
+    def params(self) -> dict[str, Any]:
+        return {**self._base_params(), "prior": self.prior_kind, "scale": self.scale, "coef": self.coef.tolist(),
+                "intercept": self.intercept, "alpha": self.alpha}
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self._set_base(params)
+        self.prior_kind, self.scale = str(params["prior"]), float(params["scale"])
+        self.coef, self.intercept = np.asarray(params["coef"], dtype=float), float(params["intercept"])
+        self.alpha = None if params["alpha"] is None else float(params["alpha"])
+
+
 PREDICTOR_KINDS: dict[str, type[Predictor]] = {
     cls.kind: cls for cls in (TableSumPredictor, TableLinearPredictor, RidgePredictor, MLPPredictor,
-                              FlopsPredictor)
+                              FlopsPredictor, ResidualPredictor)
 }
 
 
@@ -308,7 +390,8 @@ def load_predictor(path: str | os.PathLike[str], space: SearchSpace,
     cls = PREDICTOR_KINDS.get(kind)
     if cls is None:
         raise LatencyError(f"{path}: unknown predictor kind {kind!r}")
-    predictor = cls(space, table if (cls.needs_table or params.get("use_table")) else None)
+    wants_table = cls.needs_table or params.get("use_table") or params.get("prior") == "table"
+    predictor = cls(space, table if wants_table else None)
     with reading(path, "latency predictor", remedy):
         predictor.set_params(params)
     return predictor

@@ -94,3 +94,66 @@ def test_rank_correlations():
     y[3] = y[4]
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
     assert kendall(x, y) == pytest.approx(stats.kendalltau(x, y)[0])
+
+
+# --- the residual predictor: a scaled prior, corrected only where cross-validation says it helps (issue 14) ---
+
+
+def _device_with_structure(archs, seed, noise=0.01):
+    """A synthetic device: MACs-proportional, 30% slower per extra block beyond the minimum depth (what MACs
+    miss), with multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0.02 * network_macs(SPACE, a) / 1e6 * (1 + 0.3 * (a.num_blocks - 10) / 10) for a in archs])
+    return base * np.exp(noise * rng.standard_normal(len(archs)))
+
+
+def _log_mse(pred, y):
+    return float(np.mean(np.log(pred / y) ** 2))
+
+
+def test_residual_with_few_samples_is_the_scaled_prior_and_learns_with_more():
+    train = [replace(a, resolution=24) for a in sample(SPACE, 100, seed=3)]
+    test = [replace(a, resolution=24) for a in sample(SPACE, 200, seed=4)]
+    y_train, y_test = _device_with_structure(train, 0), _device_with_structure(test, 1)
+    prior = make_predictor("flops", SPACE, None)
+    for n in (1, 3):
+        fitted = make_predictor("residual", SPACE, None).fit(train[:n], y_train[:n])
+        assert fitted.alpha is None  # too few samples to cross-validate a correction: the prior, scaled
+        scaled = prior.fit(train[:n], y_train[:n])
+        # Equal to the prior up to how the scale is estimated (geometric vs least-squares mean ratio).
+        assert spearman(fitted.predict(test), y_test) == pytest.approx(spearman(scaled.predict(test), y_test))
+    # From 5 samples (of ten draws of them) never worse than its scaled prior on held-out subnets.
+    for seed in range(10):
+        few = [replace(a, resolution=24) for a in sample(SPACE, 5, seed=100 + seed)]
+        y_few = _device_with_structure(few, seed)
+        fitted = make_predictor("residual", SPACE, None).fit(few, y_few)
+        fitted_prior_only = make_predictor("residual", SPACE, None).fit(few[:3], y_few[:3])
+        fitted_prior_only.scale = fitted.scale  # the same scaled prior, without the correction
+        assert _log_mse(fitted.predict(test), y_test) <= _log_mse(fitted_prior_only.predict(test), y_test) + 1e-12
+    many = make_predictor("residual", SPACE, None).fit(train, y_train)
+    assert many.alpha is not None  # the depth effect is learnable: the correction is on
+    only_prior = make_predictor("residual", SPACE, None).fit(train[:3], y_train[:3])
+    assert _log_mse(many.predict(test), y_test) < 0.5 * _log_mse(only_prior.predict(test), y_test)
+    assert spearman(many.predict(test), y_test) > spearman(only_prior.predict(test), y_test)
+
+
+def test_residual_switches_the_correction_off_when_features_explain_nothing():
+    train = [replace(a, resolution=24) for a in sample(SPACE, 60, seed=5)]
+    rng = np.random.default_rng(9)
+    # Exactly MACs-proportional up to pure noise: any correction would fit the noise.
+    y = np.array([0.02 * network_macs(SPACE, a) / 1e6 for a in train]) * np.exp(0.05 * rng.standard_normal(60))
+    fitted = make_predictor("residual", SPACE, None).fit(train, y)
+    test = [replace(a, resolution=24) for a in sample(SPACE, 100, seed=6)]
+    exact = np.array([0.02 * network_macs(SPACE, a) / 1e6 for a in test])
+    assert _log_mse(fitted.predict(test), exact) < 0.01  # within about 10% of the truth everywhere
+
+
+def test_residual_uses_the_table_as_its_prior(table, tmp_path):
+    archs, y = _data(30, 0)
+    fitted = make_predictor("residual", SPACE, table).fit(archs, y)
+    assert fitted.prior_kind == "table"
+    fitted.save(tmp_path / "r.json")
+    with pytest.raises(LatencyError, match="lookup table"):
+        load_predictor(tmp_path / "r.json", SPACE, None).predict(archs[:2])
+    np.testing.assert_allclose(load_predictor(tmp_path / "r.json", SPACE, table).predict(archs),
+                               fitted.predict(archs), rtol=1e-12)

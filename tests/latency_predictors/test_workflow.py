@@ -30,10 +30,10 @@ def test_fit_without_table_then_eval_on_fresh_subnets(tmp_path, builder):
                             progress=False)
     fitted = fit_predictors(store, device, SPACE, builder, 8, TINY, resolutions=[24], use_ray=False,
                             progress=False)
-    assert set(fitted) == {"ridge", "mlp", "flops"}  # no table: the table-free kinds only
+    assert set(fitted) == {"ridge", "mlp", "flops", "residual"}  # no table: table-free kinds (residual: MACs)
     report = evaluate_predictors(store, device, SPACE, builder, 4, TINY, resolutions=[24], use_ray=False,
                                  progress=False)
-    assert report.n == 4 and set(report.predictors) == {"ridge", "mlp", "flops"}
+    assert report.n == 4 and set(report.predictors) == {"ridge", "mlp", "flops", "residual"}
     assert 0 <= report.repeatability["within_10pct"] <= 1
     fit_ids = set(json.loads(store.measurements_path(device.id, SPACE.name).with_suffix(".fit.json")
                              .read_text())["arch_ids"])
