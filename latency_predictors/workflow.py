@@ -106,6 +106,16 @@ class EvalReport:
         return {"space": self.space, "device": self.device, "n": self.n, "predictors": self.predictors,
                 "repeatability": self.repeatability, "files": self.files}
 
+    def frame(self) -> Any:
+        """The report as a pandas DataFrame: one row per predictor kind and one for the repeat measurement
+        (``(repeat)``: the second run against the first, the bound on any predictor); the metrics as columns."""
+        import pandas as pd
+
+        rows = {**self.predictors, "(repeat)": self.repeatability}
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "predictor"
+        return frame
+
     def best(self) -> str:
         candidates = {k: v for k, v in self.predictors.items() if k != "flops"}
         return max(candidates, key=lambda k: (candidates[k]["within_10pct"], candidates[k]["spearman"]))

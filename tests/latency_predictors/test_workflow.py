@@ -42,6 +42,10 @@ def test_fit_without_table_then_eval_on_fresh_subnets(tmp_path, builder):
     assert len(rows) == 4 and not fit_ids & {r["arch_id"] for r in rows}
     assert Path(report.files["plot"]).stat().st_size > 0
     assert "repeat" in format_report(report)
+    frame = report.frame()  # for programs: a DataFrame, a row per predictor and one for the repeat measurement
+    assert set(frame.index) == {"ridge", "mlp", "flops", "residual", "(repeat)"}
+    assert frame.loc["(repeat)", "within_10pct"] == report.repeatability["within_10pct"]
+    assert {"spearman", "mape_pct"} <= set(frame.columns)
 
 
 def test_sampled_archs_are_distinct_and_at_chosen_resolutions():
