@@ -9,10 +9,11 @@ joins by running a Ray worker with that resource (``ray start --address ... --re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -177,18 +178,25 @@ class RemoteLayerMeasurer:
         ray.kill(self._actor)
 
 
+@contextlib.contextmanager
 def table_measurer(space: SearchSpace, builder: LayerBuilder, device: Device, config: MeasureConfig,
-                   use_ray: bool | None = None) -> Any:
-    """The measure function of ``build_table`` for ``device``: on the Ray node offering ``device:<id>`` when
-    ``use_ray`` (default: when a cluster is named or running), else in this process."""
+                   use_ray: bool | None = None) -> Iterator[Any]:
+    """The measure function of ``build_table`` for ``device``, for the ``with`` block: on the Ray node offering
+    ``device:<id>`` when ``use_ray`` (default: when a cluster is named or running; its actor ends with the
+    block), else in this process. A remote one tells the node that measured (``node_id``)."""
     from .lut import layer_measurer
 
     if use_ray is None:
         use_ray = cluster_is_named_or_running()
-    if use_ray:
-        return RemoteLayerMeasurer(space, builder, device, config)
-    return layer_measurer(builder, get_backend(device.backend or "", device.threads), config, device.batch_size,
-                          space)
+    if not use_ray:
+        yield layer_measurer(builder, get_backend(device.backend or "", device.threads), config, device.batch_size,
+                             space)
+        return
+    remote = RemoteLayerMeasurer(space, builder, device, config)
+    try:
+        yield remote
+    finally:
+        remote.close()
 
 
 def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuilder, device: Device,

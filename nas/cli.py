@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import hwnas_version
 from .errors import RetryableError, UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="hwnas: hardware-aware neural architecture search (once-for-all supernets, "
                     "per-device latency, Optuna Pareto fronts).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {hwnas_version()}")
     _add_global_flags(parser, False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -53,15 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     for leaf in _leaf_parsers(parser):
         _add_global_flags(leaf, argparse.SUPPRESS)  # also after the command: `nas train CONFIG -v`
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hwnas")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:

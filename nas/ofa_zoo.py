@@ -120,20 +120,24 @@ def _inverse(rules: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_OUTER_INVERSE, _FIRST_BLOCK_INVERSE, _BLOCK_INVERSE = (_inverse(r) for r in
+                                                       (_OUTER_RULES, _FIRST_BLOCK_RULES, _BLOCK_RULES))
+
+
 def hwnas_to_ofa_name(space, name: str) -> str | None:
     """Once-for-All's name for hwnas's state-dict key ``name`` (the inverse of ``ofa_to_hwnas_name``)."""
-    outer = _apply(_inverse(_OUTER_RULES), name)
+    outer = _apply(_OUTER_INVERSE, name)
     if outer is not None:
         return outer
     if name.startswith("first_block."):
-        inner = _apply(_inverse(_FIRST_BLOCK_RULES), name[len("first_block."):])
+        inner = _apply(_FIRST_BLOCK_INVERSE, name[len("first_block."):])
         return None if inner is None else f"blocks.0.conv.{inner}"
     match = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(.+)", name)
     if match is None:
         return None
     slot = (int(match.group(1)), int(match.group(2)))
     slots = _block_slots(space)
-    inner = _apply(_inverse(_BLOCK_RULES), match.group(3))
+    inner = _apply(_BLOCK_INVERSE, match.group(3))
     return None if inner is None or slot not in slots else f"blocks.{slots.index(slot) + 1}.conv.{inner}"
 
 

@@ -100,7 +100,7 @@ class Pipeline:
 
     def _latency(self) -> None:
         from latency_predictors import build_table, configure_allocator, fit_predictors
-        from latency_predictors.remote import RemoteLayerMeasurer, table_measurer
+        from latency_predictors.remote import table_measurer
 
         from .latency_builders import static_builder
 
@@ -109,14 +109,10 @@ class Pipeline:
         for device, what in self._latency_missing():
             device = self.store.refresh_metadata(device)
             if what == "table":
-                measure_layer = table_measurer(self.space, static_builder(), device, measure)
-                try:
+                with table_measurer(self.space, static_builder(), device, measure) as measure_layer:
                     build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
                                 resolutions=self.latency.resolutions or None, protocol=measure,
                                 lock_path=self.store.lock_path(device.id), progress=self.progress)
-                finally:
-                    if isinstance(measure_layer, RemoteLayerMeasurer):
-                        measure_layer.close()
             else:
                 fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,
                                resolutions=self.latency.resolutions or None, progress=self.progress)

@@ -20,6 +20,7 @@ import numpy as np
 
 from search_spaces import READ_ERRORS, reading
 
+from . import hwnas_version
 from .errors import UsageError
 from .fronts import FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
 from .search_paths import run_path, search_paths
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy",
-           "export_member", "export_subnet", "hwnas_version", "ofa_config_of", "open_fronts", "query_front",
+           "export_member", "export_subnet", "ofa_config_of", "open_fronts", "query_front",
            "run_calibration", "subnet_of", "suffixes_text"]
 
 EXPORT_SUFFIXES = (".onnx", ".pt2", ".pt")
@@ -232,22 +233,6 @@ def __getattr__(name: str) -> Any:  # ``from nas.query import NormalizedSubnet``
     if name == "NormalizedSubnet":
         return _normalized_subnet_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def hwnas_version() -> str:
-    """The installed hwnas version, else the one in the source tree's ``pyproject.toml``, else ``unknown``."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("hwnas")
-    except importlib.metadata.PackageNotFoundError:
-        import tomllib
-
-        try:
-            pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
-        except (OSError, KeyError, tomllib.TOMLDecodeError):
-            return "unknown"
 
 
 def ofa_config_of(arch: Any) -> dict[str, Any] | None:

@@ -84,7 +84,7 @@ def polish(space: SearchSpace, arch: Arch, acc: float, accuracy: ArchBatchFn, la
         feasible = lat <= budget_ms
         candidates = [(float(values[i]), archs[i], float(lat[i])) for i in np.flatnonzero(feasible)]
         gainers = [i for i in np.argsort(-values) if not feasible[i] and values[i] > acc][:pairs]
-        savers = [i for i in np.argsort(-(values - 1e3 * (lat >= current_lat))) if lat[i] < current_lat][:pairs]
+        savers = [i for i in np.argsort(-values) if lat[i] < current_lat][:pairs]
         combos, seen = [], {a.arch_id for a in archs}
         for g in gainers:
             for v in savers:

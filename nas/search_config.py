@@ -97,11 +97,11 @@ class SearchConfig:
     def refinement_targets(self) -> list[tuple[str, float]]:
         """``(device, budget ms)`` pairs to refine: each device's ``max_latency_ms`` and every ``budgets_ms`` up to
         it (a device's front holds nothing slower than its own budget)."""
-        budgets = self.budgets
         targets = []
         for d in self.devices:
-            cap = budgets.get(d, math.inf)
-            targets += [(d, b) for b in sorted({*(b for b in self.budgets_ms if b <= cap)} | ({cap} - {math.inf}))]
+            cap = self.budgets.get(d)
+            wanted = {b for b in self.budgets_ms if cap is None or b <= cap} | ({cap} if cap is not None else set())
+            targets += [(d, b) for b in sorted(wanted)]
         return targets
 
     def with_n_trials(self, n_trials: int | None) -> SearchConfig:
@@ -119,8 +119,8 @@ class SearchConfig:
         search = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name not in ("devices", "latency_budgets_ms")}
         search["resolutions"] = list(self.resolutions)
-        search["budgets_ms"] = list(self.budgets_ms) or None
-        if search["budgets_ms"] is None:
+        search["budgets_ms"] = list(self.budgets_ms)
+        if not self.budgets_ms:  # the parser takes no empty list
             del search["budgets_ms"]
         return {"devices": devices, "search": search}
 

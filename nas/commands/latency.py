@@ -96,7 +96,7 @@ def _config(args: argparse.Namespace):
 @_user_errors
 def build_cmd(args: argparse.Namespace) -> int:
     from latency_predictors import build_table, configure_allocator
-    from latency_predictors.remote import RemoteLayerMeasurer, table_measurer
+    from latency_predictors.remote import table_measurer
 
     from ..latency_builders import static_builder
 
@@ -106,14 +106,10 @@ def build_cmd(args: argparse.Namespace) -> int:
     device = _measured_device(args, store, args.backend)
     config = _config(args)
     resolutions = _resolutions(space, args.resolutions)
-    measure = table_measurer(space, static_builder(), device, config, use_ray=False if args.no_ray else None)
-    try:
+    with table_measurer(space, static_builder(), device, config, use_ray=False if args.no_ray else None) as measure:
         table = build_table(space, device, store.table_path(device.id, space.name), measure,
                             resolutions=resolutions, protocol=config, lock_path=store.lock_path(device.id),
                             progress=args.progress)
-    finally:
-        if isinstance(measure, RemoteLayerMeasurer):
-            measure.close()
     where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
     print(f"table of {space.name} on {device.id}: {len(table.entries)} layers, resolutions "
           f"{', '.join(map(str, table.resolutions))} -> {store.table_path(device.id, space.name)}{where}")

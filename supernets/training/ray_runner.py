@@ -192,7 +192,7 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
     quiet: dict[str, Any] = {}
     handler = None
     ray_logger = logging.getLogger("ray")
-    saved = (ray_logger.handlers[:], ray_logger.propagate, ray_logger.level)
+    saved_handlers, saved_propagate, saved_level = ray_logger.handlers[:], ray_logger.propagate, ray_logger.level
     if not verbose:
         quiet = {"log_to_driver": False}
         if ray_log:
@@ -211,8 +211,8 @@ def run_on_ray(job: TrainJob, settings: RaySettings, storage_path: str, name: st
         _fit(ray, TorchTrainer, job, settings, storage_path, name, started, follower)
     finally:
         if handler is not None:
-            ray_logger.handlers, ray_logger.propagate, _ = saved
-            ray_logger.setLevel(saved[2])
+            ray_logger.handlers, ray_logger.propagate = saved_handlers, saved_propagate
+            ray_logger.setLevel(saved_level)
             handler.close()
 
 
