@@ -11,7 +11,16 @@ A device is an id plus how it runs a model. Ids of devices this machine can meas
 - ``<backend>``: ``ort`` (ONNX Runtime), ``torch`` (PyTorch eager) or ``compile`` (``torch.compile``);
 - ``-b<B>``: batch size, default 1.
 
-Examples: ``local-cpu-1t-ort``, ``local-cpu-2t-torch-b8``. Any other id (letters, digits, ``.``, ``_``,
+Examples: ``local-cpu-1t-ort``, ``local-cpu-2t-torch-b8``.
+
+An NVIDIA GPU of this machine (through CUDA) is named::
+
+    local-cuda[<index>][-b<B>]-<backend>
+
+e.g. ``local-cuda-b1-torch``, ``local-cuda-b64-compile``, ``local-cuda1-b8-ort`` (GPU 1; ``ort`` needs
+ONNX Runtime's CUDA provider). Timing uses CUDA events around each run, after warm-up, synchronised. Measuring
+on such a device where this machine has no such GPU is refused; its stored tables and predictors stay usable
+anywhere. Any other id (letters, digits, ``.``, ``_``,
 ``-``) names a device whose data was imported (``note10`` from Once-for-All's tables) or measured
 elsewhere; it has no local backend.
 
@@ -45,6 +54,7 @@ from search_spaces import reading
 BACKEND_TOKENS = {"ort": "onnxruntime", "torch": "torch", "compile": "torch_compile"}
 _LOCAL_ID = re.compile(r"^local-(?P<hw>[a-z0-9]+)-(?P<threads>[1-9][0-9]*)t-(?P<backend>[a-z]+)"
                        r"(?:-b(?P<batch>[1-9][0-9]*))?$")
+_CUDA_ID = re.compile(r"^local-cuda(?P<index>[0-9]*)(?:-b(?P<batch>[1-9][0-9]*))?-(?P<backend>[a-z]+)$")
 _ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Hardware words of local ids that name an accelerator, which no local backend measures on.
 _ACCELERATOR = re.compile(r"^(gpu|cuda|rocm|hip|xpu|mps|npu|tpu|dsp|nnapi|vulkan|metal|trt|tensorrt)[0-9]*$")
@@ -73,6 +83,8 @@ class Device:
     backend: str | None
     threads: int = 1
     batch_size: int = 1
+    # Where the backend runs: "cpu", or "cuda:<index>" for an NVIDIA GPU.
+    accelerator: str = "cpu"
     # Facts captured when it was measured: cpu model, cores, library versions, host, date.
     metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
@@ -89,38 +101,72 @@ class Device:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "backend": self.backend, "threads": self.threads,
-                "batch_size": self.batch_size, "metadata": self.meta}
+                "batch_size": self.batch_size, "accelerator": self.accelerator, "metadata": self.meta}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Device:
         return cls(id=str(data["id"]), backend=data.get("backend"), threads=int(data.get("threads", 1)),
-                   batch_size=int(data.get("batch_size", 1))).with_metadata(data.get("metadata", {}))
+                   batch_size=int(data.get("batch_size", 1)),
+                   accelerator=str(data.get("accelerator", "cpu"))).with_metadata(data.get("metadata", {}))
+
+
+def _backend_of(device_id: str, token: str, example: str) -> str:
+    if token not in BACKEND_TOKENS:
+        raise UnknownDeviceError(f"device {device_id!r}: unknown backend {token!r}; allowed: "
+                                 f"{', '.join(BACKEND_TOKENS)} (e.g. {example})")
+    return BACKEND_TOKENS[token]
 
 
 def parse_device_id(device_id: str) -> Device | None:
     """The local device an id describes, or None when the id does not follow the local grammar."""
+    cuda = _CUDA_ID.match(device_id)
+    if cuda:
+        return Device(id=device_id, backend=_backend_of(device_id, cuda["backend"], "local-cuda-b1-torch"),
+                      threads=1, batch_size=int(cuda["batch"] or 1), accelerator=f"cuda:{int(cuda['index'] or 0)}")
     match = _LOCAL_ID.match(device_id)
     if not match:
         return None
-    token = match["backend"]
-    if token not in BACKEND_TOKENS:
-        raise UnknownDeviceError(f"device {device_id!r}: unknown backend {token!r}; allowed: "
-                                 f"{', '.join(BACKEND_TOKENS)} (e.g. local-cpu-1t-ort)")
+    backend = _backend_of(device_id, match["backend"], "local-cpu-1t-ort")
+    if re.fullmatch(r"cuda[0-9]*", match["hw"]):
+        batch = f"-b{match['batch']}" if match["batch"] else "-b1"
+        raise UnknownDeviceError(f"device {device_id!r}: a CUDA GPU is named without threads, as "
+                                 f"'local-{match['hw']}{batch}-{match['backend']}'")
     if _ACCELERATOR.match(match["hw"]):
         cpu_id = device_id.replace(f"local-{match['hw']}-", "local-cpu-", 1)
-        raise UnknownDeviceError(f"device {device_id!r} names hardware {match['hw']!r}, but local backends "
-                                 f"({', '.join(BACKEND_TOKENS)}) measure on this machine's CPU only; use "
-                                 f"{cpu_id!r} (the CPU is what gets timed)")
-    return Device(id=device_id, backend=BACKEND_TOKENS[token], threads=int(match["threads"]),
-                  batch_size=int(match["batch"] or 1))
+        raise UnknownDeviceError(f"device {device_id!r} names hardware {match['hw']!r}, which no local backend "
+                                 f"measures; use {cpu_id!r} for this machine's CPU, or local-cuda-b<B>-<backend> "
+                                 f"for an NVIDIA GPU")
+    return Device(id=device_id, backend=backend, threads=int(match["threads"]), batch_size=int(match["batch"] or 1))
 
 
 def local_device_id(threads: int = 1, backend: str = "onnxruntime", batch_size: int = 1,
                     hardware: str = "cpu") -> str:
-    """The id of a local device (inverse of ``parse_device_id``)."""
+    """The id of a local CPU device (inverse of ``parse_device_id``)."""
     token = {v: k for k, v in BACKEND_TOKENS.items()}[backend]
     suffix = f"-b{batch_size}" if batch_size != 1 else ""
     return f"local-{hardware}-{threads}t-{token}{suffix}"
+
+
+def check_measurable(device: Device) -> None:
+    """Refuse (``LatencyError``) to measure on a local device whose hardware this machine lacks: a CUDA GPU
+    index that is not here, or ONNX Runtime without its CUDA provider."""
+    if not device.accelerator.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.accelerator.partition(":")[2] or 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        have = f"{count} CUDA GPU(s)" if count else f"no CUDA GPU (torch {torch.__version__})"
+        raise LatencyError(f"device {device.id!r} is timed on CUDA GPU {index}, but this machine has {have}; "
+                           f"measure it where that GPU is, or use a local-cpu-... device here")
+    if device.backend == "onnxruntime":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise LatencyError(f"device {device.id!r} needs ONNX Runtime's CUDAExecutionProvider, which this "
+                               f"onnxruntime lacks (it has: {', '.join(ort.get_available_providers())}); "
+                               f"install onnxruntime-gpu, or time the GPU with local-cuda-b{device.batch_size}-torch")
 
 
 def _cpu_model() -> str:
@@ -133,8 +179,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def capture_metadata() -> dict[str, str]:
-    """Facts about this machine and its libraries, recorded with every measurement."""
+def capture_metadata(accelerator: str = "cpu") -> dict[str, str]:
+    """Facts about this machine and its libraries (and the GPU when ``accelerator`` is ``cuda:<i>``),
+    recorded with every measurement."""
     import importlib.metadata as md
 
     meta = {
@@ -150,6 +197,12 @@ def capture_metadata() -> dict[str, str]:
             meta[package] = md.version(package)
         except md.PackageNotFoundError:
             pass
+    if accelerator.startswith("cuda"):
+        import torch
+
+        index = int(accelerator.partition(":")[2] or 0)
+        meta.update(gpu_name=torch.cuda.get_device_name(index), cuda=str(torch.version.cuda),
+                    cudnn=str(torch.backends.cudnn.version()))
     return meta
 
 
@@ -248,7 +301,8 @@ class DeviceStore:
             local = parse_device_id(device_id)
             if local is None or not create_local:
                 raise
-            return self.save(local.with_metadata(capture_metadata()))
+            check_measurable(local)
+            return self.save(local.with_metadata(capture_metadata(local.accelerator)))
 
     def save(self, device: Device) -> Device:
         atomic_write_json(self.device_dir(device.id) / "device.json",
@@ -257,11 +311,13 @@ class DeviceStore:
 
     def refresh_metadata(self, device: Device) -> Device:
         """Record this machine's current facts on a local device (called when measuring); a stored local id
-        naming hardware that is not measured here (``local-gpu-1t-ort``) is refused."""
+        naming hardware that is not measured here (``local-gpu-1t-ort``, a CUDA GPU this machine lacks) is
+        refused."""
         if not device.is_local:
             return device
         parse_device_id(device.id)
-        return self.save(device.with_metadata(capture_metadata()))
+        check_measurable(device)
+        return self.save(device.with_metadata(capture_metadata(device.accelerator)))
 
     def tables(self, device_id: str) -> list[str]:
         folder = self.device_dir(device_id) / "tables"

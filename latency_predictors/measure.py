@@ -13,6 +13,12 @@ inference:
   ``InferenceSession`` with ``intra_op_num_threads=threads`` on the CPU provider;
 - ``torch_compile``: ``torch.compile`` of the eager module (slow first call; warm-up absorbs it).
 
+On a CUDA accelerator (``accelerator="cuda:<i>"``) the module and its input live on the GPU (cuDNN picks its
+fastest kernels during warm-up) and each run times itself with CUDA events recorded around it on the
+current stream, then waits for the end event: the reported time is the GPU's, from the first kernel's
+queueing to the last one's end, host launch gaps included. ONNX Runtime runs there through its CUDA
+provider with the input and output bound on the GPU (no host copies timed).
+
 Call ``configure_allocator()`` in the measuring process before any torch work (glibc otherwise maps
 and frees the large buffers on every run, which makes CPU timings noisy).
 """
@@ -29,7 +35,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -140,6 +146,25 @@ def summarize(samples_ms: np.ndarray | list[float], quantile: float = 0.5) -> Me
                        kept=int(kept.size), rejected=int((~keep).sum()))
 
 
+class SelfTimed:
+    """A run that times itself and returns its time in ms (CUDA events); the protocol uses that time
+    instead of its clock."""
+
+    def __init__(self, run: Callable[[], float]) -> None:
+        self.run = run
+
+    def __call__(self) -> float:
+        return self.run()
+
+
+def _time_once(run: Callable[[], object], clock: Callable[[], float]) -> float:
+    if isinstance(run, SelfTimed):
+        return run()
+    t0 = clock()
+    run()
+    return (clock() - t0) * 1e3
+
+
 def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measurement:
     """Apply the protocol to ``run``: warm up, timed series, outlier rejection, noise check."""
     for _ in range(config.warmup):
@@ -150,9 +175,7 @@ def time_callable(run: Callable[[], object], config: MeasureConfig) -> Measureme
         samples: list[float] = []
         start = time.perf_counter()
         while len(samples) < config.repeats or time.perf_counter() - start < config.min_series_s:
-            t0 = clock()
-            run()
-            samples.append((clock() - t0) * 1e3)
+            samples.append(_time_once(run, clock))
             if len(samples) >= 20 * config.repeats:
                 break
         result = summarize(samples, config.quantile)
@@ -185,12 +208,7 @@ def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, ro
     clock = CLOCKS[config.clock]
     for _ in range(rounds):
         for run, out in zip(timed, samples):
-            times = []
-            for _ in range(per_round):
-                t0 = clock()
-                run()
-                times.append((clock() - t0) * 1e3)
-            out.append(times)
+            out.append([_time_once(run, clock) for _ in range(per_round)])
     if reference is not None:
         ref_round = [float(np.median(r)) for r in samples[-1]]
         flat = [[t / ref_round[k] for k, times in enumerate(out) for t in times] for out in samples[:-1]]
@@ -212,33 +230,70 @@ def time_interleaved(runs: list[Callable[[], object]], config: MeasureConfig, ro
 class Backend:
     """Turns a module and an input shape into a callable that runs one inference.
 
-    Implementations set ``name`` and implement ``prepare``; ``threads`` is the number of intra-op threads.
+    Implementations set ``name`` and implement ``prepare``; ``threads`` is the number of intra-op threads,
+    ``accelerator`` where the inference runs (``cpu`` or ``cuda:<i>``).
     """
 
     name = ""
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, accelerator: str = "cpu") -> None:
         self.threads = threads
+        self.accelerator = accelerator
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.accelerator.startswith("cuda")
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
         raise NotImplementedError
+
+    def _torch_run(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        """One inference of ``module`` (already eval) under ``torch.inference_mode``; self-timed on CUDA."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if not self.on_cuda:
+            x = torch.randn(*input_shape)
+
+            def run() -> object:
+                with torch.inference_mode():
+                    return module(x)
+
+            return run
+        device = torch.device(self.accelerator)
+        torch.backends.cudnn.benchmark = True
+        x = torch.randn(*input_shape, device=device)
+
+        def forward() -> None:
+            with torch.inference_mode():
+                module(x)
+
+        return cuda_timed(forward, device)
+
+
+def cuda_timed(forward: Callable[[], object], device: Any) -> SelfTimed:
+    """``forward`` timed with CUDA events on the device's current stream (ms), synchronised after each run."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+
+    def run() -> float:
+        stream = torch.cuda.current_stream(device)
+        start.record(stream)
+        forward()
+        end.record(stream)
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    return SelfTimed(run)
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        module = module.eval()
-        x = torch.randn(*input_shape)
-
-        def run() -> object:
-            with torch.inference_mode():
-                return module(x)
-
-        return run
+        return self._torch_run(module.eval().to(self.accelerator), input_shape)
 
 
 class TorchCompileBackend(Backend):
@@ -247,15 +302,7 @@ class TorchCompileBackend(Backend):
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
         import torch
 
-        torch.set_num_threads(self.threads)
-        compiled = torch.compile(module.eval())
-        x = torch.randn(*input_shape)
-
-        def run() -> object:
-            with torch.inference_mode():
-                return compiled(x)
-
-        return run
+        return self._torch_run(torch.compile(module.eval().to(self.accelerator)), input_shape)
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
@@ -265,7 +312,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(*input_shape),), buffer, dynamo=False,
+        torch.onnx.export(module.eval().cpu(), (torch.randn(*input_shape),), buffer, dynamo=False,
                           input_names=["input"], output_names=["output"], opset_version=17)
     return buffer.getvalue()
 
@@ -282,13 +329,27 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        feed = {"input": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+        x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+        if not self.on_cuda:
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            feed = {"input": x}
 
-        def run() -> object:
-            return session.run(None, feed)
+            def run() -> object:
+                return session.run(None, feed)
 
-        return run
+            return run
+        import torch
+
+        index = torch.device(self.accelerator).index or 0
+        session = ort.InferenceSession(model, options, providers=[("CUDAExecutionProvider", {"device_id": index})])
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x, "cuda", index))
+        binding.bind_output("output", "cuda", index)
+
+        def forward() -> None:
+            session.run_with_iobinding(binding)
+
+        return cuda_timed(forward, torch.device(self.accelerator))
 
 
 _BACKEND_CLASSES: dict[str, type[Backend]] = {
@@ -298,15 +359,23 @@ _BACKEND_CLASSES: dict[str, type[Backend]] = {
 }
 
 
-def get_backend(name: str, threads: int = 1) -> Backend:
-    """The backend called ``name`` (one of ``BACKENDS``)."""
+def get_backend(name: str, threads: int = 1, accelerator: str = "cpu") -> Backend:
+    """The backend called ``name`` (one of ``BACKENDS``) on ``accelerator`` (``cpu`` or ``cuda:<i>``)."""
     if name not in _BACKEND_CLASSES:
         raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}")
-    return _BACKEND_CLASSES[name](threads)
+    return _BACKEND_CLASSES[name](threads, accelerator)
 
 
-def check_clock(config: MeasureConfig, threads: int) -> None:
-    """The thread CPU clock only measures one-thread inference."""
+def backend_for(device: Any) -> Backend:
+    """The backend that times a local ``devices.Device`` (its backend, threads and accelerator)."""
+    return get_backend(device.backend or "", device.threads, getattr(device, "accelerator", "cpu"))
+
+
+def check_clock(config: MeasureConfig, threads: int, accelerator: str = "cpu") -> None:
+    """The thread CPU clock only measures one-thread inference on the CPU."""
+    if config.clock == "thread_cpu" and accelerator != "cpu":
+        raise ValueError(f"clock 'thread_cpu' cannot time a {accelerator} device (its work is not on this "
+                         f"thread); use 'wall' (CUDA devices time themselves with CUDA events)")
     if config.clock == "thread_cpu" and threads != 1:
         raise ValueError(f"clock 'thread_cpu' needs a one-thread device, not {threads} threads; use 'wall'")
 
@@ -315,7 +384,7 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], backend: Bac
                    config: MeasureConfig | None = None) -> Measurement:
     """Latency of one inference of ``module`` on an input of ``input_shape`` under ``backend``."""
     configure_allocator()
-    check_clock(config or MeasureConfig(), backend.threads)
+    check_clock(config or MeasureConfig(), backend.threads, backend.accelerator)
     return time_callable(backend.prepare(module, input_shape), config or MeasureConfig())
 
 

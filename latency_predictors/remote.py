@@ -25,10 +25,10 @@ from .layers import LayerBuilder
 from .measure import (
     MeasureConfig,
     Measurement,
+    backend_for,
     check_clock,
     configure_allocator,
     device_lock,
-    get_backend,
     time_callable,
     time_interleaved,
 )
@@ -47,8 +47,8 @@ def measure_network(space: SearchSpace, arch: Arch, builder: LayerBuilder, devic
         raise LatencyError(f"device {device.id!r} has no local backend; it cannot be measured here")
     configure_allocator()
     module = builder.network(space, arch)
-    backend = get_backend(device.backend or "", device.threads)
-    check_clock(config, device.threads)
+    backend = backend_for(device)
+    check_clock(config, device.threads, device.accelerator)
     shape = (device.batch_size, 3, arch.resolution, arch.resolution)
     return time_callable(backend.prepare(module, shape), config)
 
@@ -80,8 +80,8 @@ def _measure_batch(space: SearchSpace, arch_dicts: list[dict[str, Any]], builder
     try:
         if not device.is_local:
             raise LatencyError(f"device {device.id!r} has no local backend; it cannot be measured here")
-        backend = get_backend(device.backend or "", device.threads)
-        check_clock(config, device.threads)
+        backend = backend_for(device)
+        check_clock(config, device.threads, device.accelerator)
 
         def prepare(arch: Arch):
             return backend.prepare(builder.network(space, arch),
@@ -97,6 +97,15 @@ def _measure_batch(space: SearchSpace, arch_dicts: list[dict[str, Any]], builder
     finally:
         if lock:
             lock.__exit__(None, None, None)
+
+
+def _ray_options(device: Device) -> dict[str, Any]:
+    """Where a measuring task or actor runs: the node offering ``device:<id>``, with the device's threads
+    (and its GPU, so that Ray leaves it visible to the task)."""
+    options: dict[str, Any] = {"resources": {device_resource(device.id): 1}, "num_cpus": max(1, device.threads)}
+    if device.accelerator.startswith("cuda"):
+        options["num_gpus"] = 1
+    return options
 
 
 def reference_arch(space: SearchSpace) -> Arch:
@@ -137,8 +146,7 @@ class _LayerActor:
 
         normal_priority()
         configure_allocator()
-        self.measure = LayerMeasurer(builder, get_backend(device.backend or "", device.threads), config,
-                                     device.batch_size, space)
+        self.measure = LayerMeasurer(builder, backend_for(device), config, device.batch_size, space)
 
     def run(self, layer: Any, reference_base_ms: float | None) -> tuple[dict[str, Any], float | None, str]:
         import ray
@@ -160,8 +168,7 @@ class RemoteLayerMeasurer:
         if not device.is_local:
             raise LatencyError(f"device {device.id!r} has no backend to measure with (imported data)")
         init_ray(device)
-        actor = ray.remote(_LayerActor).options(resources={device_resource(device.id): 1},
-                                                num_cpus=max(1, device.threads))
+        actor = ray.remote(_LayerActor).options(**_ray_options(device))
         self._actor = actor.remote(builder, device, config, space)
         self.reference_base_ms: float | None = None
         self.node_id: str | None = None
@@ -189,8 +196,8 @@ def table_measurer(space: SearchSpace, builder: LayerBuilder, device: Device, co
     if use_ray is None:
         use_ray = cluster_is_named_or_running()
     if not use_ray:
-        yield layer_measurer(builder, get_backend(device.backend or "", device.threads), config, device.batch_size,
-                             space)
+        check_clock(config, device.threads, device.accelerator)
+        yield layer_measurer(builder, backend_for(device), config, device.batch_size, space)
         return
     remote = RemoteLayerMeasurer(space, builder, device, config)
     try:
@@ -224,8 +231,7 @@ def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuild
         import ray
 
         init_ray(device)
-        task = ray.remote(_measure_batch).options(resources={device_resource(device.id): 1},
-                                                  num_cpus=max(1, device.threads), max_retries=1)
+        task = ray.remote(_measure_batch).options(**_ray_options(device), max_retries=1)
         pending = {task.remote(space, [archs[i].to_dict() for i in idx], builder, device, config, lock): idx
                    for idx in chunks}
         while pending:

@@ -142,11 +142,17 @@ def test_malformed_ofa_config(change, capsys):
 
 
 def test_devices_this_machine_cannot_measure_and_failed_imports_leave_nothing(tmp_path, capsys):
-    """Issue 11, item 13: a GPU id is refused (the backends time the CPU); a failed import registers nothing."""
+    """Issue 11, item 13 and issue 14, item 6: an accelerator no backend times, a CUDA GPU named with threads,
+    and (on a machine without one) a CUDA GPU are refused in one line; a failed import registers nothing."""
+    import torch
+
     home = tmp_path / "home"
-    for device in ("local-gpu-1t-ort", "local-cuda0-1t-torch"):
+    refused = {"local-gpu-1t-ort": "local-cpu-1t-ort", "local-cuda0-1t-torch": "local-cuda0-b1-torch"}
+    if not torch.cuda.is_available():
+        refused["local-cuda-b1-torch"] = "no CUDA GPU"
+    for device, hint in refused.items():
         fails_in_one_line(capsys, ["latency", "build", "--space", SPACE_NAME, "--device", device, "--quiet",
-                                    "--home", home], device, "CPU only")
+                                    "--home", home], device, hint)
     fails_in_one_line(capsys, ["latency", "import-ofa", tmp_path / "missing", "--device", "note10",
                                 "--home", home], "does not exist")
     assert main(["devices", "--json", "--home", str(home)]) == 0

@@ -22,6 +22,32 @@ def test_local_id_grammar_round_trips():
         parse_device_id("local-cpu-1t-tflite")
 
 
+def test_cuda_ids_name_a_gpu_and_its_batch():
+    d = parse_device_id("local-cuda-b64-torch")
+    assert (d.backend, d.batch_size, d.accelerator, d.threads) == ("torch", 64, "cuda:0", 1)
+    assert parse_device_id("local-cuda1-compile").accelerator == "cuda:1"
+    assert parse_device_id("local-cuda-b8-ort").backend == "onnxruntime"
+    assert Device.from_dict(d.to_dict()) == d
+    assert Device.from_dict({"id": "old", "backend": "torch"}).accelerator == "cpu"
+    with pytest.raises(UnknownDeviceError, match="local-cuda-b4-torch"):
+        parse_device_id("local-cuda-2t-torch-b4")
+    with pytest.raises(UnknownDeviceError, match="unknown backend 'trt'"):
+        parse_device_id("local-cuda-b1-trt")
+
+
+def test_a_stored_cuda_device_stays_usable_without_a_gpu(tmp_path):
+    """Tables measured on a GPU machine are read anywhere; only measuring needs the GPU."""
+    import torch
+
+    store = DeviceStore(tmp_path)
+    device = parse_device_id("local-cuda-b1-torch")
+    store.save(device.with_metadata({"gpu_name": "NVIDIA H200"}))
+    assert store.resolve(device.id).meta["gpu_name"] == "NVIDIA H200"
+    if not torch.cuda.is_available():
+        with pytest.raises(LatencyError, match="no CUDA GPU"):
+            store.refresh_metadata(device)
+
+
 def test_store_resolves_saves_and_describes(tmp_path):
     store = DeviceStore(tmp_path)
     assert store.list_ids() == []

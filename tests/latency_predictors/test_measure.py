@@ -15,7 +15,7 @@ from latency_predictors import (
     get_backend,
     measure_module,
 )
-from latency_predictors.measure import summarize, time_callable, time_interleaved
+from latency_predictors.measure import SelfTimed, summarize, time_callable, time_interleaved
 
 TINY = MeasureConfig(warmup=1, repeats=5, retries=0, noise_threshold=10.0)
 
@@ -60,6 +60,30 @@ def test_backends_time_a_small_module(name):
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
     m = measure_module(module, (1, 3, 8, 8), get_backend(name, 1), TINY)
     assert m.latency_ms > 0 and m.kept >= 1
+
+
+def test_self_timed_runs_report_their_own_time():
+    """A CUDA run times itself (CUDA events) and the protocol takes that time, not its clock's."""
+    times = iter([9.0, 9.0] + [2.0, 2.0, 2.1, 1.9, 2.0, 40.0] * 3)
+    m = time_callable(SelfTimed(lambda: next(times)), MeasureConfig(warmup=2, repeats=6, retries=0))
+    assert m.median_ms == pytest.approx(2.0) and m.rejected == 1
+    interleaved = time_interleaved([SelfTimed(lambda: 3.0)], MeasureConfig(warmup=1, repeats=4, retries=0), rounds=2)
+    assert interleaved[0].latency_ms == 3.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["torch", "torch_compile"])
+def test_cuda_backends_time_on_the_gpu(name):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    m = measure_module(module, (4, 3, 32, 32), get_backend(name, 1, "cuda:0"), TINY)
+    assert m.latency_ms > 0 and next(module.parameters()).is_cuda
+
+
+def test_thread_clock_refuses_a_gpu():
+    module = torch.nn.Conv2d(3, 8, 3)
+    with pytest.raises(ValueError, match="cannot time a cuda:0 device"):
+        measure_module(module, (1, 3, 8, 8), get_backend("torch", 1, "cuda:0"),
+                       MeasureConfig(clock="thread_cpu"))
 
 
 def test_unknown_backend():
