@@ -103,12 +103,12 @@ def ps_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
     return tuple(phases)
 
 
-def sandwich_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
-    """One phase, every dimension elastic, four subnets per step (their gradients add up: the caller halves
-    the learning rate; at the full rate the tiny CPU run diverged)."""
+def sandwich_phases(space: SearchSpace, epochs: int, lr: float, subnets: int = 4) -> tuple:
+    """One phase, every dimension elastic, ``subnets`` per step (largest, smallest, random ones; their gradients
+    add up: the caller halves the learning rate by default; at the full rate the tiny CPU run diverged)."""
     elastic = {"resolutions": list(space.resolutions), "kernel_sizes": [3, 5, 7], "depths": [2, 3, 4],
                "expand_ratios": [3, 4, 6]}
-    return (make_phase("sandwich", epochs, lr, elastic, subnets_per_step=4, distill_weight=1.0),)
+    return (make_phase("sandwich", epochs, lr, elastic, subnets_per_step=subnets, distill_weight=1.0),)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs of every training run (default: sized to the budget)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (about 40 s of compiling; gained nothing on an H200)")
-    parser.add_argument("--skip", choices=("throughput", "accuracy"), action="append", default=[])
+    parser.add_argument("--skip", choices=("throughput", "accuracy", "ps", "sandwich", "scratch"), action="append",
+                        default=[], help="leave a part out (repeatable)")
+    parser.add_argument("--sandwich-lr-factor", type=float, default=0.5,
+                        help="the sandwich run's learning rate relative to the recipe's (default 0.5)")
+    parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
@@ -428,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"accuracy: {epochs} epochs per run, {len(data)} training images, {steps} steps of {batch}, "
                       f"{data.size('test')} test images; {remaining:.0f} s left for training", flush=True)
                 save()
-                for strategy, phases in (("progressive_shrinking", ps_phases(space, epochs, recipe.lr)),
-                                         ("sandwich", sandwich_phases(space, epochs, recipe.lr / 2))):
+                acc["sandwich_lr_factor"], acc["sandwich_subnets"] = args.sandwich_lr_factor, args.sandwich_subnets
+                runs = [("progressive_shrinking", ps_phases(space, epochs, recipe.lr))] * ("ps" not in args.skip)
+                runs += [("sandwich", sandwich_phases(space, epochs, recipe.lr * args.sandwich_lr_factor,
+                                                      args.sandwich_subnets))] * ("sandwich" not in args.skip)
+                for strategy, phases in runs:
                     t0 = time.perf_counter()
                     path, metrics = train_supernet(strategy, phases, data_cfg, recipe, args.device,
                                                    Path(tmp) / strategy, compile_teacher=False)
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{n} {100 * rows[n][key]:.2f}%" for n in rows), flush=True)
                     save()
                 t0 = time.perf_counter()
-                for name, arch in claim_subnets(space):
+                for name, arch in claim_subnets(space) if "scratch" not in args.skip else ():
                     net = train_scratch(arch, data, epochs, recipe, execution)
                     rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution, execution)
                     print(f"  scratch {name}: {100 * rows[name]['scratch']:.2f}%", flush=True)
