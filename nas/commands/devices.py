@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(r['tables']) or '-':<32} {predictors or '-'}")
         meta = r["metadata"]
         if meta:
-            facts = ", ".join(f"{k}={meta[k]}" for k in ("cpu_model", "cpu_count", "host", "torch",
+            facts = ", ".join(f"{k}={meta[k]}" for k in ("gpu_name", "cuda", "cpu_model", "cpu_count", "host", "torch",
                                                          "onnxruntime", "date", "source") if k in meta)
             print(f"{'':<22} {facts}")
     return 0
