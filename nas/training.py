@@ -125,7 +125,14 @@ def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, p
                   position: str, verbose: bool, quiet: bool) -> None:
     import torch
 
-    from supernets.training import LockBusyError, TrainingFailedError, read_metrics, run_in_process, run_on_ray
+    from supernets.training import (
+        LockBusyError,
+        TrainingDivergedError,
+        TrainingFailedError,
+        read_metrics,
+        run_in_process,
+        run_on_ray,
+    )
 
     run.create()
     run.write_config(config)
@@ -143,7 +150,7 @@ def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, p
         raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
                          f"{str(exc).splitlines()[0]}; use a smaller train.batch_size (in a new run folder: the batch "
                          f"size is part of a run's identity)") from exc
-    except LockBusyError as exc:
+    except (LockBusyError, TrainingDivergedError) as exc:
         raise UsageError(str(exc)) from exc
     except TrainingFailedError as exc:
         if exc.user_error:

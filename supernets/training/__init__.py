@@ -16,7 +16,7 @@ from .device import DEVICES, PRECISIONS, DeviceError, Execution
 from .distributed import GRADIENT_SYNCS
 from .evaluate import DataSource, accuracy, resize, subnet_accuracy
 from .lock import FileLock, LockBusyError
-from .loop import TrainJob, distillation_loss, eval_archs, read_metrics, run_job
+from .loop import TrainingDivergedError, TrainJob, distillation_loss, eval_archs, read_metrics, run_job
 from .ray_runner import RaySettings, TrainingFailedError, check_placement, ensure_ray_env, run_in_process, run_on_ray
 from .schedule import (
     ELASTIC_DIMENSIONS,
@@ -48,6 +48,7 @@ __all__ = [
     "Position",
     "RaySettings",
     "TrainJob",
+    "TrainingDivergedError",
     "TrainSettings",
     "TrainingFailedError",
     "accuracy",

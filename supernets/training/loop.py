@@ -73,6 +73,22 @@ class TrainJob:
         return sum(p.epochs for p in self.phases)
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite: running again repeats it; the settings must change. Raised
+    before the epoch is checkpointed, so the last good checkpoint stays."""
+
+
+def _check_finite(total: torch.Tensor, count: int, phase: Phase, position: Position, step: int) -> float:
+    """The mean loss so far (a host sync); ``TrainingDivergedError`` when it is not finite."""
+    mean = float(total) / max(count, 1)
+    if not np.isfinite(mean):
+        raise TrainingDivergedError(
+            f"training diverged: the loss became {mean} in phase {phase.name!r}, epoch {position.epoch + 1}, by step "
+            f"{step + 1}; the last checkpoint is kept; lower the learning rate (this phase's: {phase.lr:g}) or the "
+            f"subnets per step, in a new run folder")
+    return mean
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of the student against the teacher's softened distribution (times T^2)."""
     target = F.softmax(teacher / temperature, dim=1)
@@ -200,9 +216,9 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
         scheduler.step()
         bar.update(1)
         if bar.n % 20 == 0 or step == steps - 1:  # a host sync: only now and then
-            bar.set_postfix(loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{_check_finite(total, count, phase, position, step):.3f}", refresh=False)
     bar.close()
-    return float(total) / max(count, 1)
+    return _check_finite(total, count, phase, position, steps - 1)
 
 
 def evaluate(job: TrainJob, supernet: nn.Module, data: DataSource,

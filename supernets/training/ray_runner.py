@@ -57,8 +57,8 @@ class RaySettings:
 class TrainingFailedError(RuntimeError):
     """Training failed more often than ``max_failures`` allows; the message holds the cause's line.
 
-    ``user_error`` is true when the cause was bad input (a ``UsageError`` or a busy lock raised in a
-    worker): running again will not help until the input is fixed.
+    ``user_error`` is true when the cause was bad input (a ``UsageError``, a busy lock or a diverged loss
+    raised in a worker): running again will not help until the input is fixed.
     """
 
     def __init__(self, message: str, user_error: bool = False) -> None:
@@ -242,7 +242,7 @@ def _fit(ray: Any, trainer_cls: Any, job: TrainJob, settings: RaySettings, stora
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
         kind, message = failure_cause(str(exc))
-        if kind in ("UsageError", "LockBusyError"):
+        if kind in ("UsageError", "LockBusyError", "TrainingDivergedError"):
             raise TrainingFailedError(message, user_error=True) from exc
         raise TrainingFailedError(f"training failed after {settings.max_failures} restarts: "
                                   f"{kind + ': ' if kind else ''}{message}") from exc

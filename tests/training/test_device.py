@@ -131,6 +131,22 @@ def test_in_process_training_writes_checkpoints_metrics_and_a_line_per_epoch(tmp
     assert "already trained" in capsys.readouterr().out
 
 
+def test_a_diverged_loss_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys) -> None:
+    """A NaN loss (here: a learning rate of 1e12) is not trained on for epochs: one line, exit 2, before the
+    epoch is checkpointed (seen on a GPU: the sandwich rule at twice its learning rate went NaN in epoch 1 and
+    ran on for 6 epochs)."""
+    from tests.cli_helpers import fails_in_one_line
+
+    config = tiny_config(tmp_path / "tiny.yaml")
+    data = yaml.safe_load(config.read_text())
+    data["train"]["phases"][1]["lr"] = 1e12
+    config.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    fails_in_one_line(capsys, ["train", config, "--run-dir", run, "--no-progress"], "training diverged",
+                      "phase 'kernel'", "lower the learning rate")
+    assert [r["phase"] for r in metrics(run)] == ["full"]  # the first phase's epoch stays, nothing after it
+
+
 def test_in_process_run_resumes_after_sigkill(tmp_path) -> None:
     config = tiny_config(tmp_path / "tiny.yaml", epochs=4)
     run = tmp_path / "run"
