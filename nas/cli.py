@@ -20,7 +20,7 @@ from .errors import RetryableError, UsageError
 
 # Sub-command modules, in the order ``nas --help`` lists them.
 COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "search", "run", "query", "fronts",
-                   "plot", "import_ofa")
+                   "plot", "import_ofa", "quantize")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -12,6 +12,15 @@ from ._encoding import decode, encode, encode_many, encoding_length, encoding_na
 from ._files import READ_ERRORS, DamagedFileError, reading
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
+from ._precision import (
+    PRECISIONS,
+    PolicyError,
+    PrecisionPolicy,
+    policy_from_string,
+    policy_to_string,
+    precision_groups,
+    validate_policy,
+)
 from ._ray import connect_ray, ray_cluster_named_or_running, set_ray_environment
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
@@ -20,6 +29,13 @@ from ._space import ACTIVATIONS, OP_TYPES, SearchSpace, StageSpec, make_divisibl
 from ._strings import arch_from_string, arch_to_string
 
 __all__ = [
+    "PRECISIONS",
+    "PolicyError",
+    "PrecisionPolicy",
+    "policy_from_string",
+    "policy_to_string",
+    "precision_groups",
+    "validate_policy",
     "Counts",
     "arch_counts",
     "block_macs",

@@ -1,0 +1,36 @@
+"""Post-training quantisation of subnets and mixed precision per layer group, through ONNX Runtime (QDQ).
+
+- ``SubnetQuantizer``: one subnet's deployed fp32 graph, calibrated once per method on training images,
+  quantised under any ``search_spaces.PrecisionPolicy`` (int8 groups get Q/DQ pairs, fp32 groups are left out).
+- ``choose_method`` / ``search_policy``: the calibration method and the fastest policy within an
+  accuracy-loss bound, chosen by measurement (sensitivity order, bisection, ONNX Runtime latency).
+- ``prepare_subnet`` / ``quantize_subnet``: the same for a subnet of a run, written as an ``.onnx`` file
+  (``nas quantize``).
+- ``fake_quant_agreement``, ``latencies_ms``, ``top1``: running the models in ONNX Runtime on the CPU.
+"""
+
+from __future__ import annotations
+
+from ._flow import QDQ_FORMAT, PreparedSubnet, QuantizeReport, prepare_subnet, quantize_subnet
+from ._groups import block_of_node, name_nodes, nodes_to_exclude
+from ._images import ImageSet, calibration_images, split_images
+from ._ptq import CALIBRATION_METHODS, SubnetQuantizer
+from ._runtime import DEFAULT_MEASURE, FAKE_QUANT_TOLERANCE, fake_quant_agreement, latencies_ms, logits, top1
+from ._search import (
+    GRANULARITIES,
+    Candidate,
+    GroupSensitivity,
+    MethodChoice,
+    PolicySearch,
+    choose_method,
+    group_units,
+    policy_of,
+    search_policy,
+    sensitivities,
+)
+
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_MEASURE", "FAKE_QUANT_TOLERANCE", "GRANULARITIES", "QDQ_FORMAT",
+           "Candidate", "GroupSensitivity", "ImageSet", "MethodChoice", "PolicySearch", "PreparedSubnet",
+           "QuantizeReport", "SubnetQuantizer", "block_of_node", "calibration_images", "choose_method",
+           "fake_quant_agreement", "group_units", "latencies_ms", "logits", "name_nodes", "nodes_to_exclude",
+           "policy_of", "prepare_subnet", "quantize_subnet", "search_policy", "sensitivities", "split_images", "top1"]

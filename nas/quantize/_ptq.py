@@ -1,0 +1,181 @@
+"""Post-training static quantisation of one subnet through ONNX Runtime (QDQ), under any precision policy.
+
+The subnet is exported as deployed (``NormalizedSubnet``: RGB in [0, 1], normalisation inside), pre-processed
+by ONNX Runtime (shape inference, constant folding, BN folded into convolutions) and its nodes named by
+layer group. Activation ranges are calibrated once per method on training images and kept (ONNX Runtime's
+calibration cache), so each policy costs only the rewrite of the graph: int8 groups get QuantizeLinear /
+DequantizeLinear pairs around their nodes (weights symmetric int8 per output channel, activations 8-bit
+asymmetric), fp32 groups are left out (``nodes_to_exclude``).
+
+Activations are unsigned 8-bit (U8S8): on x86 ONNX Runtime fuses U8S8 QDQ into ``QLinearConv`` with
+VNNI / VPMADDUBSW kernels, while S8S8 keeps half the convolutions in float between Q/DQ pairs; measured on
+this machine, S8S8 ran 2.8x (smallest ``ofa_mbv3_cifar`` subnet) to 5.7x (largest) slower than U8S8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search_spaces import NetworkPlan, PrecisionPolicy
+
+from ..errors import UsageError
+from ._groups import name_nodes, nodes_to_exclude
+from ._images import ImageSet
+
+if TYPE_CHECKING:
+    import onnx
+    from torch import nn
+
+    from ..query import Normalization
+
+__all__ = ["CALIBRATION_METHODS", "SubnetQuantizer"]
+
+# Calibration methods by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members).
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+CALIBRATION_BATCH = 32
+# Calibrator settings. Entropy (TensorRT's KL threshold): ONNX Runtime's default of 128 histogram bins for
+# 128 quantised bins leaves one candidate threshold, the full range (= MinMax); 512 bins give it 193 to
+# choose from. Percentile: ONNX Runtime's defaults (2048 bins, 99.999th percentile, symmetric ranges).
+_CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "minmax": {}, "entropy": {"num_bins": 512, "num_quantized_bins": 128}, "percentile": {}}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantisation tools log warnings through the root logger (biases of folded BNs that
+    are not initializers, pre-processing advice) and print calibration progress; nothing a user acts on."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+class _Reader:
+    """ONNX Runtime's ``CalibrationDataReader`` over an ``ImageSet``, in batches."""
+
+    def __init__(self, images: ImageSet, batch_size: int = CALIBRATION_BATCH) -> None:
+        self._batches = iter(list(images.batches(batch_size)))
+
+    def get_next(self) -> dict[str, Any] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {"image": batch}
+
+
+def _reader(images: ImageSet) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    return Reader(images)
+
+
+def check_method(method: str) -> str:
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"calibration method {method!r} is not allowed; allowed: {', '.join(CALIBRATION_METHODS)}")
+    return method
+
+
+def _prepared_fp32(net: nn.Module, resolution: int, normalization: Normalization, metadata: dict[str, Any]
+                   ) -> onnx.ModelProto:
+    """The deployed fp32 graph of ``net``, pre-processed for quantisation, every node named by its group."""
+    import onnx
+    import torch
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..query import _input_sentence, _normalized_subnet_class, _onnx_bytes
+
+    wrapped = _normalized_subnet_class()(net.eval().cpu(), normalization.mean, normalization.std).eval()
+    example = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    metadata = {"input": _input_sentence(resolution, "N"), "mean": list(normalization.mean),
+                "std": list(normalization.std), "resolution": int(resolution), **metadata}
+    raw = _onnx_bytes(wrapped, example, metadata)
+    with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "fp32_pre.onnx"
+        source.write_bytes(raw)
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        model = onnx.load(str(target))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {p.key: p.value for p in onnx.load_from_string(raw).metadata_props})
+    return name_nodes(model)
+
+
+class SubnetQuantizer:
+    """One subnet's deployed fp32 graph and its calibrated activation ranges: the QDQ model of any policy.
+
+    Args:
+        net: the subnet (BN recalibrated, eval mode), taking normalised images.
+        plan: its ``NetworkPlan`` (``search_spaces.plan(space, arch)``): maps graph nodes to layer groups.
+        resolution: the side of its input images.
+        normalization: the mean and std ``net`` expects (the graph takes RGB in [0, 1]).
+        calibration: training images in [0, 1] at ``resolution`` to calibrate activation ranges on.
+        metadata: recorded in the model's ``metadata_props`` (JSON-able values).
+    """
+
+    def __init__(self, net: nn.Module, plan: NetworkPlan, resolution: int, normalization: Normalization,
+                 calibration: ImageSet, metadata: dict[str, Any] | None = None) -> None:
+        self.plan = plan
+        self.resolution = resolution
+        self.calibration = calibration
+        self.fp32_model = _prepared_fp32(net, resolution, normalization, dict(metadata or {}))
+        self.fp32 = self.fp32_model.SerializeToString()
+        self.node_names = [n.name for n in self.fp32_model.graph.node]
+        self._ranges: dict[str, str] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+    def ranges(self, method: str) -> str:
+        """The activation ranges of ``method`` on the calibration images (ONNX Runtime's calibration cache,
+        JSON), computed on the first call: every tensor a quantised node could read or write."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+        check_method(method)
+        if method not in self._ranges:
+            with tempfile.TemporaryDirectory(prefix="hwnas-calib-") as folder, _quiet():
+                source = Path(folder) / "fp32.onnx"
+                source.write_bytes(self.fp32)
+                calibrator = create_calibrator(source, None, str(Path(folder) / "augmented.onnx"),
+                                               getattr(CalibrationMethod, _ORT_METHODS[method]),
+                                               extra_options=_CALIBRATOR_OPTIONS[method])
+                calibrator.collect_data(_reader(self.calibration))
+                save_tensors_data(calibrator.compute_data(), Path(folder) / "ranges.json")
+                self._ranges[method] = (Path(folder) / "ranges.json").read_text(encoding="utf-8")
+        return self._ranges[method]
+
+    def _quantize(self, method: str, exclude: list[str]) -> bytes:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        ranges = self.ranges(method)
+        with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
+            source, target, cache = (Path(folder) / n for n in ("fp32.onnx", "qdq.onnx", "ranges.json"))
+            source.write_bytes(self.fp32)
+            cache.write_text(ranges, encoding="utf-8")
+            quantize_static(str(source), str(target), None, quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                            calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
+                            calibration_cache_path=str(cache))
+            return target.read_bytes()
+
+    def quantize(self, policy: PrecisionPolicy, method: str = "minmax") -> bytes:
+        """The ONNX model of ``policy``: QDQ int8 for its int8 groups, fp32 elsewhere (the fp32 graph itself
+        when no group is int8). Activation ranges are calibrated on the first call per ``method``."""
+        check_method(method)
+        if "int8" not in policy.precisions:
+            return self.fp32
+        exclude = nodes_to_exclude(self.node_names, self.plan, policy)
+        key = (method, tuple(exclude))
+        if key not in self._cache:
+            self._cache[key] = self._quantize(method, exclude)
+        return self._cache[key]
