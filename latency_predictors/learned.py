@@ -9,15 +9,23 @@ round-trips through ``save(path)`` / ``load_predictor(path, space, table)``. Kin
 - ``ridge``: ridge regression on arch features (one-hot encoding, per-stage MACs, resolution), the ridge
   strength chosen by cross-validation; with a table the table sum is one more feature;
 - ``mlp``: a small numpy MLP on the same features predicting log latency;
-- ``flops``: the FLOPs-proportional baseline ``c * MACs`` (a proxy, reported to show how it misleads).
+- ``flops``: the FLOPs-proportional baseline ``c * MACs`` (a proxy, reported to show how it misleads);
+- ``residual``: a prior (the table sum, else MACs) scaled to the device, times a learned log-residual correction
+  that cross-validation may switch off;
+- ``transfer``: the same on top of *another device's* fitted predictor or table (the prior), for a new device
+  measured on a handful of subnets (HELP / nn-Meter adaptation).
 
-``ridge``, ``mlp`` and ``flops`` work from end-to-end measurements alone, without a table.
+``ridge``, ``mlp``, ``flops`` and ``residual`` work from end-to-end measurements alone, without a table.
+Fitting runs with one BLAS / OpenMP / torch thread (``fit_threads``): on small matrices more threads only
+contend (an MLP on 1,000 samples took 66 s with two OpenBLAS threads on a loaded 2-core machine, 3.5 s with one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,7 +60,17 @@ class Predictor:
         self.table = table
 
     def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
+        """Fit on measured latencies (ms); with one BLAS / OpenMP / torch thread (``fit_threads``)."""
+        with fit_threads():
+            self._fit(list(archs), np.asarray(latencies_ms, dtype=float))
         return self
+
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
+        pass
+
+    def fresh(self) -> Predictor:
+        """An unfitted predictor of the same kind, table and prior (to refit on other samples)."""
+        return type(self)(self.space, self.table)
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         raise NotImplementedError
@@ -88,14 +106,12 @@ class TableLinearPredictor(Predictor):
         super().__init__(space, table)
         self.scale, self.offset = 1.0, 0.0
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
         x = self._table_sums(archs)
-        y = np.asarray(latencies_ms, dtype=float)
         # Weighted by 1 / y so that relative errors count, as the accuracy targets do.
         w = 1.0 / np.maximum(y, 1e-9)
         a = np.stack([x, np.ones_like(x)], axis=1) * w[:, None]
         self.scale, self.offset = (float(v) for v in np.linalg.lstsq(a, y * w, rcond=None)[0])
-        return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.scale * self._table_sums(archs) + self.offset
@@ -117,10 +133,9 @@ class FlopsPredictor(Predictor):
     def _gmacs(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.array([network_macs(self.space, a) / 1e9 for a in archs])
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
-        x, y = self._gmacs(archs), np.asarray(latencies_ms, dtype=float)
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
+        x = self._gmacs(archs)
         self.ms_per_gmac = float(x @ y / (x @ x))
-        return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.ms_per_gmac * self._gmacs(archs)
@@ -184,9 +199,8 @@ class RidgePredictor(_FeaturePredictor):
         coef = np.linalg.solve(xc.T @ xc + alpha * len(y) * np.eye(x.shape[1]), xc.T @ (y - ym))
         return coef, float(ym - xm @ coef)
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
         x = self._standardized(archs, fit=True)
-        y = np.asarray(latencies_ms, dtype=float)
         folds = np.random.default_rng(self.seed).permutation(len(y)) % min(5, len(y))
         best = (np.inf, self.alphas[0])
         for alpha in self.alphas:
@@ -200,7 +214,6 @@ class RidgePredictor(_FeaturePredictor):
             best = min(best, (err, alpha))
         self.alpha = best[1]
         self.coef, self.intercept = self._solve(x, y, self.alpha)
-        return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return self._standardized(archs) @ self.coef + self.intercept
@@ -233,9 +246,9 @@ class MLPPredictor(_FeaturePredictor):
         h2 = np.tanh(h1 @ w2 + b2)
         return (h2 @ w3 + b3)[:, 0], [h1, h2]
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
+    def _fit(self, archs: list[Arch], latencies_ms: np.ndarray) -> None:
         x = self._standardized(archs, fit=True)
-        y = np.log(np.asarray(latencies_ms, dtype=float))
+        y = np.log(latencies_ms)
         self.y_mean, self.y_std = float(y.mean()), float(y.std() or 1.0)
         t = (y - self.y_mean) / self.y_std
         rng = np.random.default_rng(self.seed)
@@ -263,7 +276,6 @@ class MLPPredictor(_FeaturePredictor):
                 v_hat = v[i] / (1 - 0.999 ** step)
                 ws[i] = ws[i] - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
         self.weights = ws
-        return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         out, _ = self._forward(self._standardized(archs), self.weights)
@@ -285,24 +297,39 @@ class MLPPredictor(_FeaturePredictor):
 class ResidualPredictor(_FeaturePredictor):
     """A prior, scaled to the device, times a learned correction that cross-validation may switch off.
 
-    The prior is the device's lookup-table sum where a table exists, else the subnet's MACs. It is first scaled
-    by the geometric mean of measured / prior (one parameter: right from a single sample). The correction is a
-    ridge regression of the log-residual, ``log(measured / scaled prior)``, on the arch features; its strength
-    is chosen by leave-one-out (few samples) or 5-fold cross-validation among ``alphas`` and *none at all*,
-    so with a handful of samples, or samples the features cannot explain, it stays the scaled prior.
+    The prior is the device's lookup-table sum where a table exists, else the subnet's MACs (``transfer``:
+    another device's predictor). It is first scaled by the geometric mean of measured / prior (one parameter:
+    right from a single sample). The correction models the log-residual ``r = log(measured / scaled prior)``;
+    cross-validation (leave-one-out up to 20 samples, else 5-fold) chooses among, simplest first:
+
+    - ``scale``: no correction (the scaled prior);
+    - ``power``: ``r = b + g * log prior`` (a device whose latencies are a power of the prior's; ``1 + g`` kept
+      in [0.25, 4], so the prior's ranking is kept);
+    - ``curve``: ``r = b + g * log prior + h * log prior ** 2`` (a smooth monotone distortion of the prior,
+      e.g. a fixed overhead plus a power; only where it stays increasing over the measured range);
+    - ``ridge``: ``power`` plus a ridge regression on the arch features, its strength one of ``alphas``;
+
+    keeping the simplest whose cross-validated squared log error is within one standard error of the best (so a
+    handful of samples, or samples the features cannot explain, leave the scaled prior).
     """
 
     kind = "residual"
-    alphas = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    alphas = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)  # strongest (simplest) first
+    power_bounds = (-0.75, 3.0)
 
     def __init__(self, space: SearchSpace, table: LookupTable | None = None, seed: int = 0) -> None:
         super().__init__(space, table, seed)
         self.use_table = False  # the table enters as the prior, not as a feature
         self.prior_kind = "table" if table is not None else "macs"
         self.scale = 1.0
+        self.mode = "scale"
+        self.power = 0.0
+        self.curvature = 0.0
+        self.lp_mean, self.lp_std = 0.0, 1.0
         self.coef = np.zeros(0)
         self.intercept = 0.0
-        self.alpha: float | None = None  # None: the correction is off (prior only)
+        self.alpha: float | None = None  # the ridge strength when mode == "ridge"
+        self.cv_error: dict[str, float] = {}  # mean held-out squared log error of each candidate solved
 
     def _prior(self, archs: Sequence[Arch]) -> np.ndarray:
         if self.prior_kind == "table":
@@ -311,75 +338,225 @@ class ResidualPredictor(_FeaturePredictor):
             return self._table_sums(archs)
         return np.array([network_macs(self.space, a) / 1e9 for a in archs])
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
-        y = np.asarray(latencies_ms, dtype=float)
+    def prior(self, archs: Sequence[Arch]) -> np.ndarray:
+        """The unscaled prior of ``archs`` (table sum, GMACs or the source device's prediction)."""
+        return np.asarray(self._prior(list(archs)), dtype=float)
+
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
         if len(y) == 0 or not np.all(y > 0):
-            raise LatencyError("the residual predictor needs at least one positive measured latency")
-        prior = self._prior(archs)
-        self.scale = float(np.exp(np.mean(np.log(y / prior))))
-        residual = np.log(y / (self.scale * prior))
+            raise LatencyError(f"the {self.kind} predictor needs at least one positive measured latency")
+        prior = self.prior(archs)
+        if not np.all(prior > 0):
+            raise LatencyError(f"the {self.kind} predictor's prior is not positive for every subnet")
+        lp = np.log(prior)
+        self.scale = float(np.exp(np.mean(np.log(y) - lp)))
+        residual = np.log(y) - np.log(self.scale) - lp
+        # Centred, not scaled: ``power`` is the exponent's change itself (bounded by ``power_bounds``).
+        self.lp_mean, self.lp_std = float(lp.mean()), 1.0
+        lps = lp - self.lp_mean
         x = self._standardized(archs, fit=True)
-        self.alpha, self.coef, self.intercept = None, np.zeros(x.shape[1]), 0.0
+        self.mode, self.power, self.curvature, self.alpha = "scale", 0.0, 0.0, None
+        self.coef, self.intercept, self.cv_error = np.zeros(x.shape[1]), 0.0, {}
         n = len(y)
         if n < 4:
-            return self
+            return
         folds = np.arange(n) if n <= 20 else np.random.default_rng(self.seed).permutation(n) % 5
-        best_err = self._cv(x, residual, folds, None)
-        for alpha in self.alphas:
-            err = self._cv(x, residual, folds, alpha)
-            if err < best_err:
-                best_err, self.alpha = err, alpha
-        if self.alpha is not None:
-            self.coef, self.intercept = RidgePredictor._solve(x, residual, self.alpha)
-        return self
+        candidates: list[tuple[str, float | None]] = [("scale", None), ("power", None), ("curve", None)]
+        candidates += [("ridge", a) for a in self.alphas]
+        errors = [self._cv(x, lps, residual, folds, mode, alpha) for mode, alpha in candidates]
+        means = np.array([e.mean() for e in errors])
+        best = int(np.argmin(means))
+        bound = means[best] + errors[best].std(ddof=1) / np.sqrt(n)
+        choice = next(i for i in range(len(candidates)) if means[i] <= bound)
+        self.cv_error = {(m if a is None else f"{m}:{a:g}"): float(v) for (m, a), v in zip(candidates, means)
+                         if np.isfinite(v)}
+        self.mode, self.alpha = candidates[choice]
+        if self.mode != "scale":
+            solved = self._solve(x, lps, residual, self.mode, self.alpha)
+            assert solved is not None  # a candidate that cannot be solved has an infinite CV error
+            self.power, self.curvature, self.coef, self.intercept = solved
 
-    @staticmethod
-    def _cv(x: np.ndarray, residual: np.ndarray, folds: np.ndarray, alpha: float | None) -> float:
-        """Squared log error of held-out folds; ``alpha`` None: the scaled prior alone (its log-scale refitted
-        on the training part, so both sides are judged the same way)."""
-        err = 0.0
+    @classmethod
+    def _solve(cls, x: np.ndarray, lps: np.ndarray, r: np.ndarray, mode: str, alpha: float | None
+               ) -> tuple[float, float, np.ndarray, float] | None:
+        """``(power, curvature, coef, intercept)`` of ``r ~ b + g * lps [+ h * lps**2] [+ x @ w]`` (``w``
+        ridge-penalised by ``alpha``); None for a ``curve`` that would not stay increasing."""
+        if mode == "curve":
+            z = np.stack([lps, lps ** 2], axis=1)
+            zm, rm = z.mean(axis=0), r.mean()
+            zc = z - zm
+            g, h = np.linalg.solve(zc.T @ zc + len(r) * 1e-6 * np.eye(2), zc.T @ (r - rm))
+            slopes = 1.0 + g + 2.0 * h * np.array([lps.min(), lps.max()])
+            if slopes.min() < 1.0 + cls.power_bounds[0] or slopes.max() > 1.0 + cls.power_bounds[1]:
+                return None
+            return float(g), float(h), np.zeros(x.shape[1]), float(rm - zm @ np.array([g, h]))
+        z = lps[:, None] if mode == "power" else np.concatenate([lps[:, None], x], axis=1)
+        penalty = np.full(z.shape[1], 0.0 if alpha is None else float(alpha))
+        penalty[0] = 1e-6  # the power term is (almost) free
+        zm, rm = z.mean(axis=0), r.mean()
+        zc = z - zm
+        w = np.linalg.solve(zc.T @ zc + len(r) * np.diag(penalty), zc.T @ (r - rm))
+        lo, hi = cls.power_bounds
+        if not lo <= w[0] <= hi:  # keep the prior's ranking: refit the rest with the power at its bound
+            g = float(np.clip(w[0], lo, hi))
+            rest = r - g * lps
+            if mode == "power":
+                return g, 0.0, np.zeros(x.shape[1]), float(rest.mean())
+            solved = cls._solve(x, np.zeros_like(lps), rest, "ridge", alpha)
+            assert solved is not None
+            return g, 0.0, solved[2], solved[3]
+        coef = np.zeros(x.shape[1]) if mode == "power" else w[1:]
+        return float(w[0]), 0.0, coef, float(rm - zm @ w)
+
+    @classmethod
+    def _cv(cls, x: np.ndarray, lps: np.ndarray, residual: np.ndarray, folds: np.ndarray, mode: str,
+            alpha: float | None) -> np.ndarray:
+        """Held-out squared log error per sample; ``scale``: the prior alone (its log-scale refitted on the
+        training part, so every candidate is judged the same way)."""
+        err = np.zeros(len(residual))
         for f in np.unique(folds):
             train, test = folds != f, folds == f
-            shift = residual[train].mean()
-            if alpha is None:
-                pred = np.full(test.sum(), shift)
+            if mode == "scale":
+                pred = np.full(test.sum(), residual[train].mean())
             else:
-                coef, b = RidgePredictor._solve(x[train], residual[train], alpha)
-                pred = x[test] @ coef + b
-            err += float(np.sum((residual[test] - pred) ** 2))
+                solved = cls._solve(x[train], lps[train], residual[train], mode, alpha)
+                if solved is None:
+                    err[:] = np.inf
+                    return err
+                g, h, coef, b = solved
+                pred = g * lps[test] + h * lps[test] ** 2 + x[test] @ coef + b
+            err[test] = (residual[test] - pred) ** 2
         return err
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
-        correction = self._standardized(archs) @ self.coef + self.intercept if self.alpha is not None else 0.0
-        return self.scale * self._prior(archs) * np.exp(correction)
+        archs = list(archs)
+        prior = self.prior(archs)
+        if self.mode == "scale":
+            return self.scale * prior
+        lps = (np.log(prior) - self.lp_mean) / self.lp_std
+        correction = self.power * lps + self.curvature * lps ** 2 + self.intercept
+        if self.mode == "ridge":
+            correction = correction + self._standardized(archs) @ self.coef
+        return self.scale * prior * np.exp(correction)
 
     def params(self) -> dict[str, Any]:
-        return {**self._base_params(), "prior": self.prior_kind, "scale": self.scale, "coef": self.coef.tolist(),
-                "intercept": self.intercept, "alpha": self.alpha}
+        return {**self._base_params(), "prior": self.prior_kind, "scale": self.scale, "mode": self.mode,
+                "power": self.power, "curvature": self.curvature, "lp_mean": self.lp_mean, "lp_std": self.lp_std,
+                "coef": self.coef.tolist(),
+                "intercept": self.intercept, "alpha": self.alpha, "cv_error": self.cv_error}
 
     def set_params(self, params: dict[str, Any]) -> None:
         self._set_base(params)
         self.prior_kind, self.scale = str(params["prior"]), float(params["scale"])
         self.coef, self.intercept = np.asarray(params["coef"], dtype=float), float(params["intercept"])
         self.alpha = None if params["alpha"] is None else float(params["alpha"])
+        # Files from before the power term: a correction was on exactly when alpha was set.
+        self.mode = str(params.get("mode", "scale" if self.alpha is None else "ridge"))
+        if self.mode not in ("scale", "power", "curve", "ridge"):
+            raise ValueError(f"unknown residual mode {self.mode!r}")
+        self.power = float(params.get("power", 0.0))
+        self.curvature = float(params.get("curvature", 0.0))
+        self.lp_mean, self.lp_std = float(params.get("lp_mean", 0.0)), float(params.get("lp_std", 1.0))
+        self.cv_error = {str(k): float(v) for k, v in dict(params.get("cv_error", {})).items()}
+
+
+class TransferPredictor(ResidualPredictor):
+    """``residual`` on top of another device's predictor: its prediction is the prior, scaled to this device and
+    corrected as far as cross-validation on this device's few measurements allows (HELP, nn-Meter adaptation).
+
+    The source predictor is copied into this one's file (kind, parameters and device id): refitting the source
+    later does not change this predictor. A source that reads a lookup table reads its own device's table.
+    """
+
+    kind = "transfer"
+
+    def __init__(self, space: SearchSpace, table: LookupTable | None = None, seed: int = 0,
+                 source: Predictor | None = None, source_device: str = "") -> None:
+        if source is None:
+            raise LatencyError("a 'transfer' predictor starts from another device's predictor or table: "
+                               "name it with --from DEVICE")
+        if source.space.name != space.name:
+            raise LatencyError(f"the source predictor is of space {source.space.name!r}, not {space.name!r}")
+        super().__init__(space, None, seed)
+        self.source, self.source_device = source, source_device
+        self.prior_kind = "device"
+
+    def _prior(self, archs: Sequence[Arch]) -> np.ndarray:
+        return self.source.predict(archs)
+
+    def fresh(self) -> Predictor:
+        return TransferPredictor(self.space, None, self.seed, self.source, self.source_device)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "source": {"device": self.source_device, "kind": self.source.kind,
+                                               "params": self.source.params()}}
 
 
 PREDICTOR_KINDS: dict[str, type[Predictor]] = {
     cls.kind: cls for cls in (TableSumPredictor, TableLinearPredictor, RidgePredictor, MLPPredictor,
-                              FlopsPredictor, ResidualPredictor)
+                              FlopsPredictor, ResidualPredictor, TransferPredictor)
 }
 
 
-def make_predictor(kind: str, space: SearchSpace, table: LookupTable | None = None) -> Predictor:
-    """A new predictor of ``kind`` (one of ``PREDICTOR_KINDS``)."""
+@contextlib.contextmanager
+def fit_threads(n: int = 1) -> Iterator[None]:
+    """Run the block with ``n`` BLAS / OpenMP threads (threadpoolctl) and, when torch is loaded, ``n`` torch
+    threads; the previous limits come back afterwards. Every ``Predictor.fit`` runs inside it."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None and before != n:
+            torch.set_num_threads(n)
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        if torch is not None and before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def make_predictor(kind: str, space: SearchSpace, table: LookupTable | None = None, *,
+                   source: Predictor | None = None, source_device: str = "") -> Predictor:
+    """A new predictor of ``kind`` (one of ``PREDICTOR_KINDS``); ``transfer`` takes the ``source`` predictor of
+    device ``source_device``."""
     if kind not in PREDICTOR_KINDS:
         raise LatencyError(f"unknown predictor kind {kind!r}; allowed: {', '.join(PREDICTOR_KINDS)}")
+    if kind == "transfer":
+        return TransferPredictor(space, None, source=source, source_device=source_device)
     return PREDICTOR_KINDS[kind](space, table)
 
 
-def load_predictor(path: str | os.PathLike[str], space: SearchSpace,
-                   table: LookupTable | None = None) -> Predictor:
-    """Read a predictor written by ``Predictor.save`` (plain JSON; nothing is executed)."""
+TableOf = Callable[[str], "LookupTable | None"]
+
+
+def _from_record(space: SearchSpace, kind: Any, params: Mapping[str, Any], table: LookupTable | None,
+                 tables_of: TableOf | None, where: str, device: str = "") -> Predictor:
+    cls = PREDICTOR_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise LatencyError(f"{where}: unknown predictor kind {kind!r}")
+    params = dict(params)
+    if cls is TransferPredictor:
+        source = dict(params["source"])
+        source_device = str(source["device"])
+        source_table = tables_of(source_device) if tables_of is not None else None
+        inner = _from_record(space, source["kind"], source["params"], source_table, tables_of,
+                             f"{where} (source device {source_device!r})", source_device)
+        predictor: Predictor = TransferPredictor(space, None, source=inner, source_device=source_device)
+    else:
+        wants_table = cls.needs_table or params.get("use_table") or params.get("prior") == "table"
+        if wants_table and table is None and device:
+            raise LatencyError(f"{where}: the source predictor reads device {device!r}'s lookup table of "
+                               f"{space.name!r}, which is not there")
+        predictor = cls(space, table if wants_table else None)
+    predictor.set_params(params)
+    return predictor
+
+
+def load_predictor(path: str | os.PathLike[str], space: SearchSpace, table: LookupTable | None = None,
+                   tables_of: TableOf | None = None) -> Predictor:
+    """Read a predictor written by ``Predictor.save`` (plain JSON; nothing is executed). ``tables_of(device)``
+    gives another device's table, for a ``transfer`` predictor whose source reads one."""
     path = Path(path)
     remedy = "move it away and run 'nas latency fit' again to refit it"
     data = read_versioned_json(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor", remedy)
@@ -387,11 +564,7 @@ def load_predictor(path: str | os.PathLike[str], space: SearchSpace,
         file_space, kind, params = data["space"], data["kind"], dict(data["params"])
     if file_space != space.name:
         raise LatencyError(f"{path} predicts space {file_space!r}, not {space.name!r}")
-    cls = PREDICTOR_KINDS.get(kind)
-    if cls is None:
+    if kind not in PREDICTOR_KINDS:
         raise LatencyError(f"{path}: unknown predictor kind {kind!r}")
-    wants_table = cls.needs_table or params.get("use_table") or params.get("prior") == "table"
-    predictor = cls(space, table if wants_table else None)
     with reading(path, "latency predictor", remedy):
-        predictor.set_params(params)
-    return predictor
+        return _from_record(space, kind, params, table, tables_of, str(path))

@@ -1,33 +1,42 @@
 """The stages behind ``nas latency fit`` and ``nas latency eval``, as library functions.
 
-Fitting measures ``n`` random subnets (seed ``FIT_SEED``) end to end and fits every predictor kind the
-data allows; evaluation measures fresh subnets (seed ``EVAL_SEED``, disjoint from the fitting set) twice,
-and reports each saved predictor's accuracy, the FLOPs-proportional baseline and the measurement's own
-repeatability (second run against the first).
+Fitting chooses ``n`` subnets (``choose_archs``: spread over the prior's latency range and over the choices,
+seeded), measures them end to end and fits every predictor kind the data allows; with a source device
+(``--from``) it also fits a ``transfer`` predictor on top of that device's predictor or table. It reports the
+cross-validated learning curve of the few-sample predictor and the predicted gain of measuring more.
+
+Evaluation measures fresh subnets (seed ``EVAL_SEED``, disjoint from the fitting set) twice and reports each
+saved predictor's accuracy on them, the accuracy against the number of training samples (cross-validated on
+everything measured) and the measurement's own repeatability floor.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, as_generator, random_arch, reading
+from search_spaces import Arch, SearchSpace, as_generator, encode_many, random_arch, reading
 
 from .devices import Device, DeviceStore, LatencyError, atomic_write_json
 from .layers import LayerBuilder, network_macs
 from .learned import PREDICTOR_KINDS, Predictor, load_predictor, make_predictor
 from .lut import LookupTable
 from .measure import MeasureConfig
-from .metrics import accuracy, scatter_plot, write_csv
+from .metrics import accuracy, accuracy_curve, learning_curve, scatter_plot, write_csv
 from .remote import MeasurementLog
 
 FIT_SEED = 0
 EVAL_SEED = 1_000_003
+CURVE_SIZES = (5, 10, 20, 50, 100)
+CHOICES = ("active", "random")
+# A source device's predictor to transfer from, when its eval report does not rank them.
+SOURCE_PREFERENCE = ("residual", "table_linear", "transfer", "ridge", "mlp", "table")
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int, resolutions: Sequence[int] | None = None) -> list[Arch]:
@@ -45,18 +54,178 @@ def sample_archs(space: SearchSpace, n: int, seed: int, resolutions: Sequence[in
     return list(archs.values())
 
 
+def _spread_order(n: int) -> list[int]:
+    """0 .. n-1 ordered ends first, then by bisection (0, n-1, n/2, n/4, 3n/4, ...)."""
+    order = [0] + ([n - 1] if n > 1 else [])
+    intervals = [(0, n - 1)]
+    while intervals:
+        nxt = []
+        for lo, hi in intervals:
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                order.append(mid)
+                nxt += [(lo, mid), (mid, hi)]
+        intervals = nxt
+    return order
+
+
+def macs_prior(space: SearchSpace) -> Callable[[Sequence[Arch]], np.ndarray]:
+    return lambda archs: np.array([network_macs(space, a) / 1e9 for a in archs], dtype=float)
+
+
+def choose_archs(space: SearchSpace, n: int, seed: int, resolutions: Sequence[int] | None = None,
+                 prior: Callable[[Sequence[Arch]], np.ndarray] | None = None, keep: Sequence[Arch] = (),
+                 pool_size: int | None = None) -> list[Arch]:
+    """The ``n`` subnets that teach a predictor most: spread over the prior's latency range and the choices.
+
+    A seeded pool of random subnets (``pool_size``, default ``max(20 n, 500)`` up to 4,000) is cut into ``n``
+    strata of equal size by the prior latency (``prior(archs)``, default MACs); one subnet is taken from each
+    stratum (ends first, then by bisection), the one that keeps the share of every choice (each column of the
+    one-hot encoding) among the subnets taken closest to its share in the pool. So the set covers the latency
+    range evenly and every choice in proportion, without the bias of picking odd corners of the space (which on
+    synthetic devices made the fitted scale worse than random picks did). ``keep`` (an earlier fit's subnets)
+    are taken first and their strata are not drawn again, so fitting again on more adds to the earlier set.
+    Deterministic given the seed and ``keep``.
+    """
+    keep = list({a.arch_id: a for a in keep}.values())
+    if len(keep) >= n:
+        return keep[:n]
+    kept_ids = {a.arch_id for a in keep}
+    size = pool_size or min(max(20 * n, 500), 4000)
+    pool = [a for a in sample_archs(space, size, seed, resolutions) if a.arch_id not in kept_ids]
+    if len(pool) + len(keep) <= n:
+        return keep + pool
+    everything = pool + keep
+    values = np.asarray((prior or macs_prior(space))(everything), dtype=float)
+    lp = np.log(np.maximum(values, 1e-12))
+    edges = np.quantile(lp[:len(pool)], np.linspace(0.0, 1.0, n + 1))
+    strata = np.clip(np.searchsorted(edges, lp, side="right") - 1, 0, n - 1)
+    onehot = encode_many(space, everything).astype(float)
+    share = onehot[:len(pool)].mean(axis=0)
+    counts = onehot[len(pool):].sum(axis=0)
+    taken = np.zeros(len(pool), dtype=bool)
+    occupied = set(strata[len(pool):].tolist())
+    picks: list[int] = []
+
+    def take(candidates: np.ndarray) -> None:
+        nonlocal counts
+        k = len(keep) + len(picks) + 1
+        deviation = (((counts[None, :] + onehot[candidates]) - k * share[None, :]) ** 2).sum(axis=1)
+        i = int(candidates[np.argmin(deviation)])
+        taken[i] = True
+        counts = counts + onehot[i]
+        picks.append(i)
+
+    for s in _spread_order(n):
+        if len(keep) + len(picks) >= n:
+            break
+        members = np.flatnonzero((strata[:len(pool)] == s) & ~taken)
+        if s not in occupied and len(members):
+            take(members)
+    while len(keep) + len(picks) < n:  # strata left empty (ties in the prior): balance over the rest
+        take(np.flatnonzero(~taken))
+    return keep + [pool[i] for i in picks]
+
+
 def load_table(store: DeviceStore, device: Device, space: SearchSpace) -> LookupTable | None:
     path = store.table_path(device.id, space.name)
     return LookupTable.load(path) if path.is_file() else None
 
 
-def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, builder: LayerBuilder | None,
-                   n: int, config: MeasureConfig, *, resolutions: Sequence[int] | None = None,
-                   kinds: Sequence[str] | None = None, use_ray: bool = True, progress: bool = True,
-                   seed: int = FIT_SEED) -> dict[str, Predictor]:
-    """Measure ``n`` random subnets (reusing earlier measurements) and fit and save the predictors."""
-    archs = sample_archs(space, n, seed, resolutions)
+def _tables_of(store: DeviceStore, space: SearchSpace) -> Callable[[str], LookupTable | None]:
+    def table_of(device_id: str) -> LookupTable | None:
+        path = store.table_path(device_id, space.name)
+        return LookupTable.load(path) if path.is_file() else None
+
+    return table_of
+
+
+def source_predictor(store: DeviceStore, source_id: str, space: SearchSpace, kind: str | None = None
+                     ) -> Predictor:
+    """Device ``source_id``'s predictor to transfer from: ``kind``, else the best of its ``nas latency eval``
+    report (most within +-10%, then Spearman; never ``flops``), else the first of ``SOURCE_PREFERENCE``."""
+    device = store.get(source_id)
+    predictors = load_predictors(store, device, space)
+    if not predictors:
+        raise LatencyError(f"device {source_id!r} has no predictor or table of {space.name!r} to transfer "
+                           f"from; run 'nas latency fit' or 'nas latency build' on it first")
+    if kind is not None:
+        if kind not in predictors:
+            raise LatencyError(f"device {source_id!r} has no {kind!r} predictor of {space.name!r}; it has "
+                               f"{', '.join(sorted(predictors))}")
+        return predictors[kind]
+    report = store.eval_dir(source_id) / f"{space.name}.json"
+    if report.is_file():
+        rows = read_report(report).get("predictors", {})
+        ranked = sorted((k for k in rows if k in predictors and k != "flops"),
+                        key=lambda k: (rows[k].get("within_10pct", 0), rows[k].get("spearman", 0)), reverse=True)
+        if ranked:
+            return predictors[ranked[0]]
+    for k in SOURCE_PREFERENCE:
+        if k in predictors:
+            return predictors[k]
+    raise LatencyError(f"device {source_id!r} has only a FLOPs predictor of {space.name!r}: nothing measured "
+                       f"to transfer from")
+
+
+def _table_prior(table: LookupTable | None, space: SearchSpace, resolutions: Sequence[int] | None
+                 ) -> Callable[[Sequence[Arch]], np.ndarray] | None:
+    """The table sum as a prior when it covers the subnets to choose from, else None."""
+    if table is None:
+        return None
+    wanted = set(resolutions or space.resolutions)
+    if not table.complete or not wanted <= set(table.resolutions):
+        return None
+    return lambda archs: np.asarray(table.predict(space, list(archs)), dtype=float)
+
+
+@dataclass
+class FitReport:
+    """What ``fit_device`` did: the subnets (how they were chosen, what prior spread them), the predictors fitted,
+    and the learning curve of the few-sample predictor (``curve_kind``) with the predicted gain of measuring more."""
+
+    space: str
+    device: str
+    samples: int
+    choose: str
+    prior: str
+    predictors: dict[str, Predictor]
+    source: str | None = None
+    curve_kind: str = "residual"
+    curve: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "device": self.device, "samples": self.samples, "choose": self.choose,
+                "prior": self.prior, "predictors": list(self.predictors), "source": self.source,
+                "curve_kind": self.curve_kind, "curve": self.curve}
+
+
+def fit_device(store: DeviceStore, device: Device, space: SearchSpace, builder: LayerBuilder | None,
+               n: int, config: MeasureConfig, *, resolutions: Sequence[int] | None = None,
+               kinds: Sequence[str] | None = None, use_ray: bool = True, progress: bool = True,
+               seed: int = FIT_SEED, choose: str = "active", source: str | None = None,
+               source_kind: str | None = None) -> FitReport:
+    """Choose ``n`` subnets (``choose``: ``active``, see ``choose_archs``, or ``random``), measure them (reusing
+    earlier measurements), fit and save every predictor kind the data allows, and, with ``source`` (another
+    device's id), a ``transfer`` predictor started from that device's predictor (``source_kind``, default its
+    best) or table."""
+    if choose not in CHOICES:
+        raise LatencyError(f"unknown way to choose subnets {choose!r}; allowed: {', '.join(CHOICES)}")
+    if source is not None and source == device.id:
+        raise LatencyError(f"--from names the device being fitted ({device.id!r}); name another device")
+    table = load_table(store, device, space)
+    origin = source_predictor(store, source, space, source_kind) if source is not None else None
     log = MeasurementLog(store.measurements_path(device.id, space.name), space.name, device.id, config)
+    prior_fn, prior_name = _table_prior(table, space, resolutions), "table"
+    if origin is not None:
+        prior_fn, prior_name = origin.predict, f"{source}:{origin.kind}"
+    elif prior_fn is None:
+        prior_fn, prior_name = macs_prior(space), "macs"
+    if choose == "active":
+        archs = choose_archs(space, n, seed, resolutions, prior_fn, keep=_earlier_fit(store, device, space, log,
+                                                                                       seed, resolutions))
+    else:
+        archs, prior_name = sample_archs(space, n, seed, resolutions), "none"
     if builder is not None:
         log.ensure(space, archs, 1, builder, device, config, lock_path=store.lock_path(device.id),
                    use_ray=use_ray, progress=progress)
@@ -64,19 +233,76 @@ def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, build
     if len(measured) < 3:
         raise LatencyError(f"only {len(measured)} measured subnets of {space.name!r} on {device.id!r}; "
                            f"fitting needs at least 3")
-    y = [log.latency_ms(a) for a in measured]
-    atomic_write_json(_fit_set_path(store, device, space), {"seed": seed, "samples": n,
-                                                            "arch_ids": [a.arch_id for a in measured]})
-    table = load_table(store, device, space)
+    y = np.array([log.latency_ms(a) for a in measured])
     if kinds is None:
-        kinds = [k for k in PREDICTOR_KINDS if table is not None or not PREDICTOR_KINDS[k].needs_table]
+        kinds = [k for k in PREDICTOR_KINDS if k != "transfer" and (table is not None or not
+                                                                    PREDICTOR_KINDS[k].needs_table)]
+        if origin is not None:
+            kinds = [*kinds, "transfer"]
     fitted: dict[str, Predictor] = {}
     folder = store.predictor_dir(device.id, space.name)
     for kind in kinds:
-        predictor = make_predictor(kind, space, table).fit(measured, y)
+        predictor = make_predictor(kind, space, table, source=origin, source_device=source or "")
+        predictor.fit(measured, y)
         predictor.save(folder / f"{kind}.json")
         fitted[kind] = predictor
-    return fitted
+    curve_kind = "transfer" if "transfer" in fitted else "residual" if "residual" in fitted else next(iter(fitted))
+    curve = learning_curve(fitted[curve_kind].fresh, measured, y, seed=seed)
+    report = FitReport(space.name, device.id, len(measured), choose, prior_name, fitted, source, curve_kind, curve)
+    atomic_write_json(_fit_set_path(store, device, space), {"seed": seed, "samples": n,
+                                                            "arch_ids": [a.arch_id for a in measured],
+                                                            **{k: v for k, v in report.to_dict().items()
+                                                               if k not in ("space", "device", "samples")}})
+    return report
+
+
+def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, builder: LayerBuilder | None,
+                   n: int, config: MeasureConfig, **kwargs: Any) -> dict[str, Predictor]:
+    """``fit_device``'s fitted predictors, by kind."""
+    return fit_device(store, device, space, builder, n, config, **kwargs).predictors
+
+
+def _earlier_fit(store: DeviceStore, device: Device, space: SearchSpace, log: MeasurementLog, seed: int,
+                 resolutions: Sequence[int] | None) -> list[Arch]:
+    """The measured subnets of the last fit with the same seed (kept when fitting again on more)."""
+    path = _fit_set_path(store, device, space)
+    if not path.is_file():
+        return []
+    with reading(path, "latency fit record", "move it away and run 'nas latency fit' again"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        same = int(record.get("seed", -1)) == seed and record.get("choose", "active") == "active"
+        ids = [str(i) for i in record["arch_ids"]] if same else []
+    allowed = set(resolutions or ())
+    archs = []
+    for arch_id in ids:
+        data = log.records.get(arch_id)
+        if data and data.get("runs"):
+            arch = Arch.from_dict(data["arch"])
+            if not allowed or arch.resolution in allowed:
+                archs.append(arch)
+    return archs
+
+
+def format_fit(report: FitReport) -> str:
+    lines = [f"fitted {', '.join(report.predictors)} for {report.space} on {report.device} from "
+             f"{report.samples} measured subnets (chosen: {report.choose}"
+             + (f", spread by the {report.prior} prior" if report.choose == "active" else "") + ")"]
+    curve = report.curve
+    if curve.get("points"):
+        pts = ", ".join(f"{p['samples']:.0f}: {p['mape_pct']:.1f}%" for p in curve["points"])
+        lines.append(f"{report.curve_kind} cross-validated MAPE by training samples: {pts}")
+    if curve.get("slope") is not None:
+        n = report.samples
+        if curve["gain_pct"] > 0:
+            lines.append(f"measuring {n} more is predicted to take MAPE from {curve['mape_pct_at_n']:.1f}% to "
+                         f"{curve['mape_pct_at_2n']:.1f}% (-{curve['gain_pct']:.1f} points; slope "
+                         f"{curve['slope']:.2f} in log-log)")
+        else:
+            lines.append(f"measuring more is not predicted to help: the cross-validated error does not fall "
+                         f"with the samples (slope {curve['slope']:.2f} in log-log)")
+    else:
+        lines.append("too few samples for a learning curve")
+    return "\n".join(lines)
 
 
 def _fit_set_path(store: DeviceStore, device: Device, space: SearchSpace) -> Path:
@@ -87,7 +313,8 @@ def load_predictors(store: DeviceStore, device: Device, space: SearchSpace) -> d
     """Every saved predictor of ``space`` on ``device`` (a ``table`` one too when a table exists)."""
     table = load_table(store, device, space)
     folder = store.predictor_dir(device.id, space.name)
-    predictors = {p.stem: load_predictor(p, space, table) for p in sorted(folder.glob("*.json"))}
+    tables_of = _tables_of(store, space)
+    predictors = {p.stem: load_predictor(p, space, table, tables_of) for p in sorted(folder.glob("*.json"))}
     if table is not None and "table" not in predictors:
         predictors["table"] = make_predictor("table", space, table)
     return predictors
@@ -95,16 +322,26 @@ def load_predictors(store: DeviceStore, device: Device, space: SearchSpace) -> d
 
 @dataclass
 class EvalReport:
+    """``predictors``: each saved predictor on the fresh subnets; ``repeatability``: their second measurement
+    against the first. ``curve``: per kind, accuracy against the number of training samples (rows with
+    ``samples``, ``spearman``, ``kendall``, ``within_5pct``, ``within_10pct``, ``mape_pct``), cross-validated on
+    all ``curve_pool`` measured subnets; ``floor``: the measurement's own repeatability over every subnet
+    measured twice, with the median spread within one timed series."""
+
     space: str
     device: str
     n: int
     predictors: dict[str, dict[str, float]]
     repeatability: dict[str, float]
     files: dict[str, str]
+    curve: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    curve_pool: int = 0
+    floor: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space, "device": self.device, "n": self.n, "predictors": self.predictors,
-                "repeatability": self.repeatability, "files": self.files}
+                "repeatability": self.repeatability, "curve": self.curve, "curve_pool": self.curve_pool,
+                "floor": self.floor, "files": self.files}
 
     def frame(self) -> Any:
         """The report as a pandas DataFrame: one row per predictor kind and one for the repeat measurement
@@ -116,27 +353,65 @@ class EvalReport:
         frame.index.name = "predictor"
         return frame
 
+    def curve_frame(self) -> Any:
+        """The curve as a pandas DataFrame indexed by (predictor, samples)."""
+        import pandas as pd
+
+        rows = [{"predictor": k, **r} for k, rs in self.curve.items() for r in rs]
+        return pd.DataFrame(rows).set_index(["predictor", "samples"]) if rows else pd.DataFrame()
+
+    def at(self, kind: str, samples: int) -> dict[str, float] | None:
+        """The curve's row of ``kind`` at ``samples`` training subnets, or None."""
+        return next((r for r in self.curve.get(kind, []) if r["samples"] == samples), None)
+
     def best(self) -> str:
         candidates = {k: v for k, v in self.predictors.items() if k != "flops"}
         return max(candidates, key=lambda k: (candidates[k]["within_10pct"], candidates[k]["spearman"]))
 
 
+def measured_pool(log: MeasurementLog, resolutions: Sequence[int] | None = None) -> list[Arch]:
+    """Every subnet in the log with at least one run (at ``resolutions`` when given), in a stable order."""
+    allowed = set(resolutions or ())
+    archs = []
+    for arch_id in sorted(log.records):
+        record = log.records[arch_id]
+        if record.get("runs"):
+            arch = Arch.from_dict(record["arch"])
+            if not allowed or arch.resolution in allowed:
+                archs.append(arch)
+    return archs
+
+
+def repeatability_floor(log: MeasurementLog, archs: Sequence[Arch]) -> dict[str, float]:
+    """The measurement's own accuracy: every subnet of ``archs`` measured at least twice, its second run
+    against the first (``n`` pairs), and ``median_spread``, the median IQR / median within one timed series."""
+    twice = [a for a in archs if len(log.runs(a)) >= 2]
+    spreads = [float(r["spread"]) for a in archs for r in log.runs(a) if "spread" in r]
+    floor: dict[str, float] = {}
+    if len(twice) >= 2:
+        first = np.array([log.latency_ms(a, 0) for a in twice])
+        again = np.array([log.latency_ms(a, 1) for a in twice])
+        floor.update(accuracy(again, first))
+    floor["median_spread"] = float(np.median(spreads)) if spreads else float("nan")
+    return floor
+
+
 def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, builder: LayerBuilder | None,
                         n: int, config: MeasureConfig, *, resolutions: Sequence[int] | None = None,
                         use_ray: bool = True, progress: bool = True, seed: int = EVAL_SEED,
-                        fit_seed: int = FIT_SEED, fit_n: int | None = None) -> EvalReport:
-    """Accuracy of the saved predictors on ``n`` fresh subnets, each measured twice."""
+                        fit_seed: int = FIT_SEED, fit_n: int | None = None,
+                        curve_sizes: Sequence[int] = CURVE_SIZES, curve_draws: int = 5) -> EvalReport:
+    """Accuracy of the saved predictors on ``n`` fresh subnets, each measured twice; their accuracy against the
+    number of training samples (``curve_sizes``, ``curve_draws`` random draws each, cross-validated on every
+    measured subnet); the repeatability floor."""
     predictors = load_predictors(store, device, space)
     if not predictors:
         raise LatencyError(f"no predictors or table for {space.name!r} on {device.id!r}; run "
                            f"'nas latency fit' or 'nas latency build' first")
     log = MeasurementLog(store.measurements_path(device.id, space.name), space.name, device.id, config)
     fit_ids = {a.arch_id for a in sample_archs(space, fit_n, fit_seed, resolutions)} if fit_n else set()
-    fit_set = _fit_set_path(store, device, space)
-    if fit_set.is_file():  # never evaluate on a subnet the predictors were fitted on
-        with reading(fit_set, "latency fit record", "move it away and run 'nas latency fit' again"):
-            fit_ids |= {str(i) for i in json.loads(fit_set.read_text(encoding="utf-8"))["arch_ids"]}
-    archs = [a for a in sample_archs(space, n + len(fit_ids), seed, resolutions) if a.arch_id not in fit_ids][:n]
+    fit_ids |= fit_set_ids(store, device, space)  # never evaluate on a subnet the predictors were fitted on
+    archs = eval_archs(space, n, fit_ids, seed, resolutions)
     if builder is not None:
         log.ensure(space, archs, 2, builder, device, config, lock_path=store.lock_path(device.id),
                    use_ray=use_ray, progress=progress)
@@ -147,6 +422,10 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
     again = np.array([log.latency_ms(a, 1) for a in archs])
     predictions = {name: p.predict(archs) for name, p in predictors.items()}
     results = {name: accuracy(p, measured) for name, p in predictions.items()}
+    pool = measured_pool(log, resolutions)
+    pool_y = np.array([log.latency_ms(a, 0) for a in pool])
+    curve = {name: accuracy_curve(p.fresh, pool, pool_y, curve_sizes, draws=curve_draws, seed=seed)
+             for name, p in predictors.items()}
     out = store.eval_dir(device.id)
     rows = [{"arch_id": a.arch_id, "resolution": a.resolution, "macs_m": network_macs(space, a) / 1e6,
              "measured_ms": m, "measured_again_ms": m2, **{f"pred_{k}_ms": float(v[i]) for k, v in
@@ -156,18 +435,59 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
              "json": str(out / f"{space.name}.json")}
     write_csv(files["csv"], rows)
     scatter_plot(files["plot"], measured, predictions, f"{space.name} on {device.id} (n={len(archs)})")
-    report = EvalReport(space.name, device.id, len(archs), results, accuracy(again, measured), files)
+    report = EvalReport(space.name, device.id, len(archs), results, accuracy(again, measured), files,
+                        {k: v for k, v in curve.items() if v}, len(pool), repeatability_floor(log, pool))
     atomic_write_json(files["json"], report.to_dict())
     return report
 
 
+def fit_set_ids(store: DeviceStore, device: Device, space: SearchSpace) -> set[str]:
+    """The subnets the saved predictors were fitted on (empty before any fit)."""
+    path = _fit_set_path(store, device, space)
+    if not path.is_file():
+        return set()
+    with reading(path, "latency fit record", "move it away and run 'nas latency fit' again"):
+        return {str(i) for i in json.loads(path.read_text(encoding="utf-8"))["arch_ids"]}
+
+
+def eval_archs(space: SearchSpace, n: int, exclude: set[str], seed: int = EVAL_SEED,
+               resolutions: Sequence[int] | None = None) -> list[Arch]:
+    """The ``n`` fresh subnets evaluation measures: seeded random ones outside ``exclude``."""
+    return [a for a in sample_archs(space, n + len(exclude), seed, resolutions) if a.arch_id not in exclude][:n]
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def format_report(report: EvalReport) -> str:
-    lines = [f"{report.space} on {report.device}: {report.n} fresh subnets",
-             f"{'predictor':<14}{'MAPE %':>8}{'RMSE ms':>9}{'<=5%':>7}{'<=10%':>7}{'Spearman':>10}{'Kendall':>9}"]
+    head = (f"{'predictor':<14}{'MAPE %':>8}{'RMSE ms':>9}{'<=5%':>7}{'<=10%':>7}{'Spearman':>10}"
+            f"{'Kendall':>9}")
+    lines = [f"{report.space} on {report.device}: {report.n} fresh subnets", head]
     rows = [*report.predictors.items(), ("(repeat)", report.repeatability)]
     for name, r in rows:
         lines.append(f"{name:<14}{r['mape_pct']:>8.2f}{r['rmse_ms']:>9.3f}{r['within_5pct']:>7.0%}"
-                     f"{r['within_10pct']:>7.0%}{r['spearman']:>10.3f}{r['kendall']:>9.3f}")
+                     f"{r['within_10pct']:>7.0%}{_fmt(r['spearman'], '.3f'):>10}{_fmt(r['kendall'], '.3f'):>9}")
+    if report.curve:
+        draws = next(iter(report.curve.values()))[0]["draws"]
+        lines += ["", f"against training samples (cross-validated on {report.curve_pool} measured subnets: "
+                      f"{draws} random draws of the training subnets, tested on the rest)",
+                  f"{'predictor':<14}{'samples':>8}{'Spearman':>10}{'Kendall':>9}{'<=5%':>7}{'<=10%':>7}"
+                  f"{'MAPE %':>8}"]
+        for name, curve_rows in report.curve.items():
+            for i, r in enumerate(curve_rows):
+                lines.append(f"{name if i == 0 else '':<14}{r['samples']:>8}{_fmt(r['spearman'], '.3f'):>10}"
+                             f"{_fmt(r['kendall'], '.3f'):>9}{r['within_5pct']:>7.0%}{r['within_10pct']:>7.0%}"
+                             f"{r['mape_pct']:>8.2f}")
+    f = report.floor
+    if "n" in f:
+        lines.append(f"{'(floor)':<14}{'':>8}{_fmt(f['spearman'], '.3f'):>10}{_fmt(f['kendall'], '.3f'):>9}"
+                     f"{f['within_5pct']:>7.0%}{f['within_10pct']:>7.0%}{f['mape_pct']:>8.2f}"
+                     f"   repeat of {f['n']} subnets measured twice; median spread in a series "
+                     f"{_fmt(100 * f['median_spread'], '.1f')}%")
+    elif f:
+        lines.append(f"(floor) no subnet measured twice; median spread in a series "
+                     f"{_fmt(100 * f['median_spread'], '.1f')}%")
     lines.append(f"csv: {report.files['csv']}  plot: {report.files['plot']}")
     return "\n".join(lines)
 

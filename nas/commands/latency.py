@@ -150,16 +150,22 @@ def _sampling_setup(args: argparse.Namespace):
 
 @_user_errors
 def fit_cmd(args: argparse.Namespace) -> int:
-    from latency_predictors import fit_predictors
+    from latency_predictors.workflow import fit_device, format_fit
 
     from ..latency_builders import static_builder
 
     space, store, device = _sampling_setup(args)
-    fitted = fit_predictors(store, device, space, static_builder(), args.samples, _config(args),
-                            resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
-                            progress=args.progress)
-    print(f"fitted {', '.join(fitted)} for {space.name} on {device.id} from {args.samples} measured subnets "
-          f"-> {store.predictor_dir(device.id, space.name)}")
+    if args.from_kind is not None and args.source is None:
+        raise UsageError("--from-kind needs --from DEVICE")
+    report = fit_device(store, device, space, static_builder(), args.samples, _config(args),
+                        resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
+                        progress=args.progress, seed=args.seed, choose=args.choose, source=args.source,
+                        source_kind=args.from_kind)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "folder": str(store.predictor_dir(device.id, space.name))},
+                         indent=2), file=args.stdout)
+    else:
+        print(f"{format_fit(report)}\n-> {store.predictor_dir(device.id, space.name)}", file=args.stdout)
     return 0
 
 
@@ -170,9 +176,11 @@ def eval_cmd(args: argparse.Namespace) -> int:
     from ..latency_builders import static_builder
 
     space, store, device = _sampling_setup(args)
+    if args.draws < 1:
+        raise UsageError("--draws must be at least 1")
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
-                                 progress=args.progress)
+                                 progress=args.progress, curve_draws=args.draws)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
     return 0
 
@@ -237,6 +245,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _common(f)
         f.add_argument("--samples", type=int, default=default_n, help=f"subnets to measure (default {default_n})")
         f.add_argument("--no-ray", action="store_true", help="measure in this process instead of a Ray task")
-        if name == "eval":
-            f.add_argument("--json", action="store_true", help="machine-readable output")
+        f.add_argument("--json", action="store_true", help="machine-readable output (pure JSON)")
+        if name == "fit":
+            f.add_argument("--from", dest="source", default=None, metavar="DEVICE",
+                           help="also fit a 'transfer' predictor that starts from this other device's predictor "
+                                "(its best by its eval report) or table, and spread the subnets by its prediction")
+            f.add_argument("--from-kind", default=None, metavar="KIND",
+                           help="which of the --from device's predictors to start from (default: its best)")
+            f.add_argument("--choose", choices=("active", "random"), default="active",
+                           help="active (default): subnets spread over the prior's latency range and the "
+                                "choices; random: seeded random subnets")
+            f.add_argument("--seed", type=int, default=0, help="seed of the subnets chosen (default 0)")
+        else:
+            f.add_argument("--draws", type=int, default=5,
+                           help="random draws of the training subnets per point of the accuracy curve (default 5)")
         f.set_defaults(handler=handler)

@@ -44,7 +44,9 @@ def table(tmp_path_factory):
 @pytest.mark.parametrize("kind", list(PREDICTOR_KINDS))
 def test_predictor_contract_fit_predict_save_load(kind, table, tmp_path):
     archs, y = _data(40, 0)
-    predictor = make_predictor(kind, SPACE, table).fit(archs, y)
+    # ``transfer`` starts from another device's predictor (here that device's table, read back by device id).
+    source = make_predictor("table", SPACE, table) if kind == "transfer" else None
+    predictor = make_predictor(kind, SPACE, table, source=source, source_device="other").fit(archs, y)
     test_archs, _ = _data(10, 1)
     before = predictor.predict(test_archs)
     assert before.shape == (10,) and before.dtype == np.float64 and np.isfinite(before).all()
@@ -52,7 +54,7 @@ def test_predictor_contract_fit_predict_save_load(kind, table, tmp_path):
     predictor.save(path)
     data = json.loads(path.read_text())
     assert data["format"] == "hwnas-latency-predictor" and data["kind"] == kind
-    loaded = load_predictor(path, SPACE, table)
+    loaded = load_predictor(path, SPACE, table, tables_of=lambda device: table if device == "other" else None)
     np.testing.assert_allclose(loaded.predict(test_archs), before, rtol=1e-12)
 
 
