@@ -28,7 +28,7 @@ from .pareto import pareto_indices
 from .refine import refine_budgets
 from .search_config import SearchConfig
 from .search_paths import run_path, search_lock, search_paths
-from .study import ArchBatchFn, as_batch_fn, open_study, optimize, study_trials
+from .study import ArchBatchFn, as_batch_fn, open_study, optimize, study_trials, supernet_identity
 
 __all__ = ["HilReport", "front_members", "hardware_in_the_loop", "run_search", "write_fronts"]
 
@@ -70,16 +70,22 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         counts_fn: ``(space, arch) -> Counts`` with ``params`` and ``macs`` (default
             ``search_spaces.arch_counts``, from the plan).
         checkpoint: the supernet checkpoint the members' weights come from, stored with each member
-            (relative to the run folder when it lies inside it, so a copied or moved run keeps working).
+            (relative to the run folder when it lies inside it, so a copied or moved run keeps working);
+            the study records its identity (``nas.study.supernet_identity``) and refuses another's.
         progress: called with (finished, total) after each batch.
         meta: JSON values kept in the front store (``dataset``: the config's dataset section and
             ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
         log: receives a line per refined budget (``nas.refine``: ``search.budgets_ms`` and each device's
             ``max_latency_ms``, refined after the trials when the accuracy objective is cheap).
 
+    The study is the run's (named after it unless ``config.study_name`` says otherwise) in a journal file of
+    the run, or in ``config.storage``: a database that processes searching it at once share, each running
+    its part of ``config.n_trials`` (``nas.study_shared``); each then writes the fronts of all of them.
+
     Raises:
         BusyError: another process is searching this run (``search_lock``).
-        UsageError: a device's latency budget is met by no subnet found (the fronts stored before are kept).
+        UsageError: a device's latency budget is met by no subnet found (the fronts stored before are kept);
+            the study holds another space's, devices' or supernet's trials.
     """
     space = config.restrict(get_space(space))
     missing = [d for d in config.devices if d not in latency_predictors]
@@ -89,7 +95,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     acc_fn = as_batch_fn(accuracy, "evaluate")
     lat_fns = {d: as_batch_fn(latency_predictors[d]) for d in config.devices}
     with search_lock(run_dir):
-        study = open_study(config, run_dir, space)
+        study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint))
         optimize(study, space, config, acc_fn, lat_fns, progress)
         refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
         fronts = write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,

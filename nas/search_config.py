@@ -45,8 +45,8 @@ class SearchConfig:
     seed: int = 0
     # Optuna storage URL (sqlite:///..., postgresql://...); None means a journal file in the run folder.
     storage: str | None = None
-    # Study name inside the storage.
-    study_name: str = "search"
+    # Study name inside the storage; None: the run's name (its folder's name).
+    study_name: str | None = None
     # Accuracy objective: direct evaluation of each subnet, or an MLP predictor fitted on evaluated subnets.
     accuracy: str = "direct"
     # Target device ids, in order; each gets its own latency objective and front.

@@ -1,23 +1,39 @@
-"""The Optuna study of a search: its storage, sampler and objectives, and the ask/tell loop.
+"""The Optuna study of a search: its storage, name and identity, sampler and objectives, and the ask/tell loop.
 
 One study covers every target device: its objectives are ``[accuracy, latency on device 1, latency on
 device 2, ...]`` (named ``accuracy``, ``latency_<device>``). Each trial is one subnet, so its accuracy (the
 expensive objective) is computed once and reused by every device's front; the latencies come from cheap
 predictors. The first two trials of a new study are the largest and the smallest subnets.
 
-The study lives in an Optuna storage (a journal file in the run folder by default); the sampler works on an
-in-memory copy and each finished batch of trials is appended to the storage (one write per trial). Running
-the search again continues it: ``n_trials`` counts finished trials in total, and the storage only ever holds
-finished trials, each once, so a kill loses at most the batch being evaluated. The sampler's random state
-is not stored, so a continued search seeds its sampler from ``(seed, finished trials)``: it proposes new
-subnets instead of replaying its first ones.
+The study is named after the run (its folder's name) unless ``search.study_name`` says otherwise, and it
+records what it searched: the space, the devices and the supernet (``supernet_identity``: the sha256 of the
+checkpoint, or of the Once-for-All file an imported run came from). A study of another space, other devices
+or another supernet is refused with one line, so a storage shared by several runs never mixes their trials.
+
+Two ways to run the trials, chosen by the storage:
+
+* A journal file in the run folder (the default; one process at a time, ``search_lock``): the sampler works
+  on an in-memory copy and each finished batch of trials is appended to the storage (one write per trial).
+  The storage only ever holds finished trials, each once, so a kill loses at most the batch being evaluated.
+* A database (``search.storage``, any SQLAlchemy URL): several processes, on one machine or many, share the
+  study as in Optuna's distributed optimisation (``nas.study_shared``): every trial is in the database,
+  ``RUNNING`` with a heartbeat while it is evaluated, so each process sees the others' trials and none is
+  done twice; ``n_trials`` is the total over all of them.
+
+Running the search again continues it: ``n_trials`` counts finished trials in total. The sampler's random
+state is not stored, so a continued search seeds its sampler from ``(seed, finished trials)``: it proposes
+new subnets instead of replaying its first ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,8 +46,16 @@ from .search_config import SearchConfig
 from .search_params import decode_params, params_of, suggest_arch
 from .search_paths import JOURNAL_NAME, run_path, search_paths
 
-__all__ = ["ArchBatchFn", "TrialTable", "as_batch_fn", "check_objectives", "create_sampler", "load_study",
-           "metric_names", "open_study", "optimize", "sampler_seed", "storage_for", "study_trials"]
+__all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_objectives", "create_sampler",
+           "is_shared", "load_study", "metric_names", "open_study", "optimize", "sampler_seed", "storage_for",
+           "study_name_for", "study_trials", "supernet_identity"]
+
+# A database storage's heartbeat: each process records one per running trial every HEARTBEAT_S seconds; a
+# RUNNING trial without one for GRACE_S seconds belongs to a process that died, and is marked failed.
+HEARTBEAT_S = 10
+GRACE_S = 60
+
+LEGACY_STUDY_NAME = "search"  # the study name of runs searched before names defaulted to the run's
 
 
 ArchBatchFn = Callable[[Sequence[Arch]], np.ndarray]
@@ -50,22 +74,27 @@ def as_batch_fn(objective: Any, method: str = "predict") -> ArchBatchFn:
             raise ValueError(f"objective returned {values.size} values for {len(archs)} archs")
         return values
 
+    batch.objective = objective  # type: ignore[attr-defined]  # nas.scoring scores genomes through it
     return batch
 
 
-def sampler_seed(seed: int, finished: int) -> int:
+def sampler_seed(seed: int, finished: int, worker: int | None = None) -> int:
     """The sampler's seed for a study with ``finished`` trials: ``seed`` for a new one, else one drawn from
     ``(seed, finished)``. A sampler's random state is not stored with the study, so a continued search
     seeded with ``seed`` again would propose its first subnets again; this keeps a continued search
-    reproducible and new."""
+    reproducible and new. ``worker`` (a process id) is mixed in when several processes share the study, so
+    they do not propose the same subnets."""
+    if worker is not None:
+        return int(np.random.SeedSequence([seed, finished, worker]).generate_state(1)[0])
     if finished == 0:
         return seed
     return int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
 
 
-def create_sampler(config: SearchConfig, finished: int = 0) -> optuna.samplers.BaseSampler:
+def create_sampler(config: SearchConfig, finished: int = 0, worker: int | None = None
+                   ) -> optuna.samplers.BaseSampler:
     """The configured sampler for a study with ``finished`` trials (see ``sampler_seed``)."""
-    seed = sampler_seed(config.seed, finished)
+    seed = sampler_seed(config.seed, finished, worker)
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.population_size, seed=seed)
     if config.sampler == "tpe":
@@ -90,7 +119,7 @@ def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStora
     """
     if config.storage:
         try:
-            return optuna.storages.get_storage(config.storage)
+            return _open_database(config.storage)
         except Exception as exc:  # SQLAlchemy's errors, a missing driver (ImportError), a bad URL (ValueError)
             reason = " ".join(str(exc).split("(Background on this error")[0].split())
             raise UsageError(f"search.storage {config.storage!r} cannot be opened ({type(exc).__name__}: "
@@ -102,26 +131,111 @@ def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStora
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def _open_database(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """Optuna's storage of a database URL, with heartbeats (``nas.study_shared``)."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats: experimental since Optuna 2.9, and what it relies on
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.get_storage(optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S))
+        except Exception as exc:
+            # Processes started together on a new database all create its tables, and all but one fail: on
+            # the unique row of its schema version, on a table another just created ("already exists"), or
+            # on SQLite's lock. The tables are there on the next try.
+            racing = type(exc).__name__ == "IntegrityError" or (
+                type(exc).__name__ == "OperationalError"
+                and any(text in str(exc) for text in ("already exists", "database is locked")))
+            if attempt + 1 == attempts or not racing:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def metric_names(devices: Sequence[str]) -> list[str]:
     """The study's objective names: ``accuracy``, then ``latency_<device>`` (milliseconds) per device."""
     return ["accuracy"] + [f"latency_{d}" for d in devices]
 
 
+def is_shared(study: optuna.Study) -> bool:
+    """True when the study lives in a database that several processes may share (``RDBStorage``)."""
+    storage = study._storage  # Optuna wraps an RDBStorage in a cache; the backend says what it is
+    return isinstance(getattr(storage, "_backend", storage), optuna.storages.RDBStorage)
+
+
+def study_name_for(config: SearchConfig, run_dir: Any, storage: optuna.storages.BaseStorage | None = None) -> str:
+    """``search.study_name``, else the run's name (its folder's). A run's own journal written before names
+    defaulted to the run's holds one study named ``search``: that one is the run's."""
+    if config.study_name:
+        return config.study_name
+    name = run_path(run_dir).resolve().name or LEGACY_STUDY_NAME
+    if not config.storage and storage is not None:
+        names = {s.study_name for s in storage.get_all_studies()}
+        if name not in names and LEGACY_STUDY_NAME in names:
+            return LEGACY_STUDY_NAME
+    return name
+
+
+def supernet_identity(checkpoint: Any) -> str | None:
+    """What a study's trials were measured on: ``once-for-all:<sha256>`` of the zoo file an imported run came
+    from (its ``import.json``), else ``sha256:<sha256>`` of the checkpoint file; None without a file."""
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    path = Path(checkpoint)
+    record = path.parent.parent / "import.json"  # nas.ofa_zoo.IMPORT_RECORD_NAME, beside RUN/checkpoints/
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and data.get("kind") == "supernet" and isinstance(data.get("sha256"), str):
+            return f"once-for-all:{data['sha256']}"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _where(config: SearchConfig) -> str:
+    if not config.storage:
+        return "this run's journal"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return f"storage {make_url(config.storage).render_as_string(hide_password=True)!r}"
+    except Exception:  # an URL SQLAlchemy opened but cannot render
+        return "search.storage"
+
+
 def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create the study or load it (same name) when it exists; refuse a study of another space/devices."""
+               sampler: optuna.samplers.BaseSampler | None = None, supernet: str | None = None) -> optuna.Study:
+    """Create the study or load it (same name) when it exists; refuse a study of another space, other
+    devices or another supernet (``supernet``: ``supernet_identity`` of the run's checkpoint; a study that
+    has none recorded takes this one, a call without one compares none).
+
+    Raises:
+        UsageError: the study holds another search's trials; the message says what differs and what to do.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not config.devices:
         raise UsageError("search: no target devices; list at least one under 'devices'")
-    study = optuna.create_study(
-        study_name=config.study_name,
-        storage=storage_for(config, run_dir),
-        sampler=sampler or create_sampler(config),
-        directions=["maximize"] + ["minimize"] * len(config.devices),
-        load_if_exists=True,
-    )
-    expected = {"space": space.name, "devices": list(config.devices)}
+    storage = storage_for(config, run_dir)
+    name = study_name_for(config, run_dir, storage)
+    sampler = sampler or create_sampler(config)
+    try:  # the one process whose create_study succeeds sets the study up (several may start at once)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    directions=["maximize"] + ["minimize"] * len(config.devices))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        created = False
+    expected: dict[str, Any] = {"space": space.name, "devices": list(config.devices)}
+    if supernet:
+        expected["supernet"] = supernet
     attrs = study.user_attrs
+    if "space" not in attrs and not created and is_shared(study):
+        attrs = _wait_for_setup(study)  # its creator is setting it up now, or it was made by `optuna create-study`
     if "space" not in attrs:
         for key, value in expected.items():
             study.set_user_attr(key, value)
@@ -129,11 +243,38 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metric_names(config.devices))
-    elif attrs.get("space") != space.name or list(attrs.get("devices", [])) != list(config.devices):
-        raise UsageError(f"study {config.study_name!r} in this run searched space {attrs.get('space')!r} on "
-                         f"devices {attrs.get('devices')}; this config has {space.name!r} on "
-                         f"{list(config.devices)}: use another run folder or study_name")
+        if is_shared(study) and not study.get_trials(deepcopy=False):
+            for params in anchor_params(space):  # claimed by whichever process asks first (nas.study_shared)
+                study.enqueue_trial(params, skip_if_exists=True)
+        attrs = study.user_attrs  # read back: another process may have set up the same study just now
+    elif supernet and "supernet" not in attrs:  # set up before studies recorded their supernet
+        study.set_user_attr("supernet", supernet)
+        attrs = study.user_attrs
+    _check_identity(config, name, attrs, expected)
     return study
+
+
+def _wait_for_setup(study: optuna.Study, timeout_s: float = 2.0) -> dict[str, Any]:
+    """The study's user attributes once its creator has written them (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    attrs = study.user_attrs
+    while "space" not in attrs and time.monotonic() < deadline:
+        time.sleep(0.05)
+        attrs = study.user_attrs
+    return attrs
+
+
+def _check_identity(config: SearchConfig, name: str, attrs: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    where = _where(config)
+    if attrs.get("space") != expected["space"] or list(attrs.get("devices", [])) != expected["devices"]:
+        raise UsageError(f"study {name!r} in {where} searched space {attrs.get('space')!r} on devices "
+                         f"{attrs.get('devices')}; this config has {expected['space']!r} on {expected['devices']}: "
+                         f"set search.study_name to another name (or use another run folder)")
+    stored = attrs.get("supernet")
+    if "supernet" in expected and stored and stored != expected["supernet"]:
+        raise UsageError(f"study {name!r} in {where} holds the trials of supernet {stored}, and this run's supernet "
+                         f"is {expected['supernet']}: set search.study_name to another name for this supernet "
+                         f"(studies are named after their run by default)")
 
 
 def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
@@ -143,7 +284,28 @@ def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study
         raise UsageError(f"run {str(run_path(run_dir))!r} has no search study (search/{JOURNAL_NAME}); "
                          f"run `nas search` first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=config.study_name, storage=storage_for(config, run_dir))
+    storage = storage_for(config, run_dir)
+    return optuna.load_study(study_name=study_name_for(config, run_dir, storage), storage=storage)
+
+
+def anchor_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """The parameters of the first two trials of a new study: the largest and the smallest subnets, which
+    anchor both ends of every device's front from the start."""
+    from search_spaces import largest, smallest
+
+    return [params_of(space, arch) for arch in (largest(space), smallest(space))]
+
+
+def arch_attrs(space: SearchSpace, arch: Arch) -> dict[str, Any]:
+    """A trial's user attributes: what the dashboard and ``trials_dataframe()`` show beside its parameters."""
+    counts = arch_counts(space, arch)
+    return {"arch": arch_to_string(space, arch), "params": counts.params, "macs": counts.macs}
+
+
+def constraints(config: SearchConfig, latency_ms: Sequence[float]) -> dict[str, float]:
+    """A trial's constraints (``Trial.set_constraint``): latency minus budget on each device with a budget."""
+    budgets = config.budgets
+    return {f"latency:{d}": float(latency_ms[k] - budgets[d]) for k, d in enumerate(config.devices) if d in budgets}
 
 
 def _recover_stale(study: optuna.Study) -> int:
@@ -188,24 +350,26 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
              sampler: optuna.samplers.BaseSampler | None = None) -> int:
     """Run trials with ask/tell in batches until ``config.n_trials`` trials are finished in total.
 
-    The sampler (``create_sampler``, unless one is given) is seeded from the finished trials' count, so a
-    continued study gets new proposals. Callers hold ``search_lock`` (``run_search`` does).
+    A study in a database is shared with any other process searching it (``nas.study_shared.optimize_shared``);
+    the rest of this docstring is about a journal file or an in-memory study. The sampler
+    (``create_sampler``, unless one is given) is seeded from the finished trials' count, so a continued
+    study gets new proposals. Callers hold ``search_lock`` (``run_search`` does).
 
     The sampler works on an in-memory copy of the study; each finished batch is then appended to the
     persistent ``study`` with one write per trial (``add_trials``), so a journal file is not written
     (and fsynced) once per suggested parameter. A kill loses at most the unfinished batch; every trial
     in the storage is finished and stored once. Returns the number of trials finished by this call.
     """
+    if is_shared(study):
+        from .study_shared import optimize_shared
+
+        return optimize_shared(study, space, config, accuracy, latency, progress, sampler)
     _recover_stale(study)
     done_before = _n_complete(study)
     memory = working_copy(study, sampler or create_sampler(config, done_before))
     if not memory.get_trials(deepcopy=False):
-        # The largest and smallest subnets anchor both ends of every device's front from the start.
-        from search_spaces import largest, smallest
-
-        for arch in (largest(space), smallest(space)):
-            memory.enqueue_trial(params_of(space, arch))
-    budgets = config.budgets
+        for params in anchor_params(space):
+            memory.enqueue_trial(params)
     done = done_before
     while done < config.n_trials:
         size = min(config.batch_size, config.n_trials - done)
@@ -217,13 +381,10 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
             lats = [latency[d](archs) for d in config.devices]
             check_objectives(archs, acc, dict(zip(config.devices, lats)))
             for i, trial in enumerate(trials):
-                counts = arch_counts(space, archs[i])  # what the dashboard and trials_dataframe() show beside it
-                trial.set_user_attr("arch", arch_to_string(space, archs[i]))
-                trial.set_user_attr("params", counts.params)
-                trial.set_user_attr("macs", counts.macs)
-                for d, device in enumerate(config.devices):
-                    if device in budgets:
-                        trial.set_constraint(f"latency:{device}", float(lats[d][i] - budgets[device]))
+                for key, value in arch_attrs(space, archs[i]).items():
+                    trial.set_user_attr(key, value)
+                for key, value in constraints(config, [lat[i] for lat in lats]).items():
+                    trial.set_constraint(key, value)
                 memory.tell(trial, [float(acc[i])] + [float(lat[i]) for lat in lats])
                 told.append(trial.number)
         except BaseException:

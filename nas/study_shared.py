@@ -1,0 +1,247 @@
+"""Several processes searching one study in a database, as Optuna's distributed optimisation does.
+
+Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one machine or many, with the same
+``search.storage`` (a SQLAlchemy URL: ``postgresql://...``, ``sqlite:///...``), study name and supernet
+(``nas.study.open_study`` refuses another's study). Each process runs this loop on the shared study:
+
+1. Trials whose heartbeat stopped (``GRACE_S``: their process died) are marked failed; every trial is read,
+   and the finished ones not yet known join this process's in-memory copy of the study, which its sampler
+   proposes from (one read of the database per batch, not one per suggested parameter).
+2. Finished plus running trials are counted: once they reach ``n_trials`` no more are asked; the process waits
+   while other processes' trials still run (they finish, or go stale and are asked again).
+3. A batch is reserved: each proposal is written as one ``RUNNING`` trial (its parameters and user attributes
+   in one transaction, ``worker`` naming the process) with a heartbeat, recorded every ``HEARTBEAT_S`` by a
+   thread while the batch is evaluated. Trials enqueued in the database (the largest and smallest subnets of
+   a new study, or a user's ``study.enqueue_trial``) are claimed first, each by one process (Optuna's atomic
+   ``WAITING`` -> ``RUNNING``).
+4. The total is exact: a reserved trial is surplus when ``n_trials`` finished or running trials precede it
+   (the database numbers trials in creation order under a lock on the study's row, so every process decides
+   the same), and is marked failed unevaluated, with user attribute ``surplus``. Only processes asking at the
+   same moment near the end make one.
+5. The batch is evaluated (the objectives are batched, as in the journal mode) and each trial is told
+   ``COMPLETE`` with its values and latency constraints.
+
+Each process's sampler is seeded from ``(seed, trials so far, process id)``, so processes do not propose the
+same subnets; a cooperative search is not reproducible run to run (nor is Optuna's).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import Arch, SearchSpace
+
+from .search_config import SearchConfig
+from .search_params import suggest_arch
+
+__all__ = ["POLL_S", "SURPLUS_ATTR", "WORKER_ATTR", "optimize_shared"]
+
+POLL_S = 0.2  # seconds between looks at the study while other processes finish the last trials
+SURPLUS_ATTR = "surplus"  # user attribute of a trial failed unevaluated because the total was already reached
+WORKER_ATTR = "worker"  # user attribute: "<host>:<pid>" of the process that evaluated the trial
+
+
+class _Reserved(NamedTuple):
+    trial: optuna.trial.Trial  # in this process's in-memory copy
+    trial_id: int  # in the database
+    arch: Arch
+
+
+class _Heartbeat:
+    """Records a heartbeat for each reserved trial now, then every ``interval`` seconds until it is done."""
+
+    def __init__(self, storage: Any, interval: float) -> None:
+        self.storage, self.interval = storage, interval
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="nas-search-heartbeat", daemon=True)
+        self.thread.start()
+
+    def add(self, trial_id: int) -> None:
+        self.storage.record_heartbeat(trial_id)
+        with self.lock:
+            self.ids.add(trial_id)
+
+    def done(self, trial_ids: Iterable[int]) -> None:
+        with self.lock:
+            self.ids.difference_update(trial_ids)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                ids = sorted(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001  # a database hiccup: the next beat tries again
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfig,
+                    accuracy: Callable[[list[Arch]], Any], latency: Mapping[str, Callable[[list[Arch]], Any]],
+                    progress: Callable[[int, int], None] | None = None,
+                    sampler: optuna.samplers.BaseSampler | None = None) -> int:
+    """Run trials of a database study, with any other process doing the same, until ``config.n_trials`` are
+    finished in total (see the module docstring); returns the number this process finished."""
+    from . import study as st
+
+    storage, study_id = study._storage, study._study_id
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    _fail_stale(study)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    finished = sum(t.state == TrialState.COMPLETE for t in trials)
+    memory = optuna.create_study(directions=study.directions,
+                                 sampler=sampler or st.create_sampler(config, finished, worker=os.getpid()))
+    known: set[int] = set()  # database ids of the finished trials in ``memory``
+    heartbeat = _Heartbeat(storage, st.HEARTBEAT_S)
+    done_here = 0
+    try:
+        while True:
+            _fail_stale(study)
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            new = sorted((t for t in trials if t.state == TrialState.COMPLETE and t._trial_id not in known),
+                         key=lambda t: t.number)
+            memory.add_trials(new)
+            known.update(t._trial_id for t in new)
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            left = config.n_trials - complete - running
+            if left <= 0:
+                if running == 0:
+                    break
+                time.sleep(POLL_S)  # other processes' last trials: they finish, or go stale and are asked again
+                continue
+            batch = _reserve(memory, storage, study_id, space, min(config.batch_size, left), worker, heartbeat)
+            batch = _drop_surplus(batch, memory, storage, study_id, config.n_trials, heartbeat)
+            if batch:
+                _evaluate(batch, memory, storage, config, accuracy, latency, heartbeat)
+                known.update(r.trial_id for r in batch)
+                done_here += len(batch)
+            if progress is not None:
+                progress(min(complete + len(batch), config.n_trials), config.n_trials)
+    finally:
+        heartbeat.close()
+    return done_here
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Mark failed the RUNNING trials whose process stopped beating (Optuna's own; experimental since 2.9)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _claim_waiting(storage: Any, study_id: int) -> FrozenTrial | None:
+    """An enqueued trial of the database, now RUNNING and this process's (each is claimed by one process)."""
+    for trial in sorted(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)),
+                        key=lambda t: t.number):
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+            return trial
+    return None
+
+
+def _reserve(memory: optuna.Study, storage: Any, study_id: int, space: SearchSpace, size: int, worker: str,
+             heartbeat: _Heartbeat) -> list[_Reserved]:
+    """``size`` proposals of the sampler, each written to the database as a RUNNING trial with a heartbeat."""
+    from .study import arch_attrs
+
+    reserved: list[_Reserved] = []
+    for _ in range(size):
+        claimed = _claim_waiting(storage, study_id)
+        if claimed is not None:
+            memory.enqueue_trial(claimed.system_attrs.get("fixed_params", {}))
+        trial = memory.ask()
+        try:
+            arch = suggest_arch(trial, space)
+        except BaseException:
+            memory.tell(trial, state=TrialState.FAIL)
+            if claimed is not None:
+                storage.set_trial_state_values(claimed._trial_id, state=TrialState.FAIL)
+            raise
+        attrs = {**arch_attrs(space, arch), WORKER_ATTR: worker}
+        if claimed is not None:
+            trial_id = claimed._trial_id
+            for name, value in trial.params.items():
+                dist = trial.distributions[name]
+                storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
+            for key, value in attrs.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+        else:
+            system = {k: v for k, v in memory._storage.get_trial_system_attrs(trial._trial_id).items()
+                      if k != "fixed_params"}  # the sampler's own (NSGA-II's generation), for every process's
+            trial_id = storage.create_new_trial(study_id, template_trial=FrozenTrial(
+                number=0, state=TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+                datetime_complete=None, params=dict(trial.params), distributions=dict(trial.distributions),
+                user_attrs=attrs, system_attrs=system, intermediate_values={}, trial_id=0))
+        heartbeat.add(trial_id)
+        reserved.append(_Reserved(trial, trial_id, arch))
+    return reserved
+
+
+def _drop_surplus(batch: list[_Reserved], memory: optuna.Study, storage: Any, study_id: int, n_trials: int,
+                  heartbeat: _Heartbeat) -> list[_Reserved]:
+    """The trials of ``batch`` within the total; the others (``n_trials`` finished or running trials before
+    them) are marked failed unevaluated. Trials are numbered in creation order, and a trial's number is
+    committed only after every smaller one, so every process ranks them the same."""
+    live = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    numbers = sorted(t.number for t in live)
+    number_of = {t._trial_id: t.number for t in live}
+    kept = []
+    for reserved in batch:
+        if bisect.bisect_left(numbers, number_of[reserved.trial_id]) < n_trials:
+            kept.append(reserved)
+            continue
+        storage.set_trial_user_attr(reserved.trial_id, SURPLUS_ATTR, True)
+        storage.set_trial_state_values(reserved.trial_id, state=TrialState.FAIL)
+        memory.tell(reserved.trial, state=TrialState.FAIL)
+        heartbeat.done([reserved.trial_id])
+    return kept
+
+
+def _evaluate(batch: list[_Reserved], memory: optuna.Study, storage: Any, config: SearchConfig,
+              accuracy: Callable[[list[Arch]], Any], latency: Mapping[str, Callable[[list[Arch]], Any]],
+              heartbeat: _Heartbeat) -> None:
+    """Evaluate the reserved trials in one batch and tell each COMPLETE; all FAILED if evaluation fails."""
+    from .study import check_objectives, constraints
+
+    told: set[int] = set()
+    try:
+        archs = [r.arch for r in batch]
+        acc = accuracy(archs)
+        lats = [latency[d](archs) for d in config.devices]
+        check_objectives(archs, acc, dict(zip(config.devices, lats)))
+        for i, reserved in enumerate(batch):
+            values = [float(acc[i])] + [float(lat[i]) for lat in lats]
+            for key, value in constraints(config, [lat[i] for lat in lats]).items():
+                reserved.trial.set_constraint(key, value)
+                storage.set_trial_system_attr(reserved.trial_id, f"constraints:{key}", value)
+            storage.set_trial_state_values(reserved.trial_id, state=TrialState.COMPLETE, values=values)
+            memory.tell(reserved.trial, values)
+            told.add(reserved.trial_id)
+    except BaseException:
+        for reserved in batch:
+            if reserved.trial_id not in told:
+                memory.tell(reserved.trial, state=TrialState.FAIL, skip_if_finished=True)
+                try:
+                    storage.set_trial_state_values(reserved.trial_id, state=TrialState.FAIL)
+                except Exception:  # noqa: BLE001  # the database is gone: the heartbeat's grace fails it
+                    pass
+        raise
+    finally:
+        heartbeat.done(r.trial_id for r in batch)
