@@ -5,7 +5,8 @@ Example (YAML)::
     latency:
       table: true             # measure a lookup table of the space on every local device
       resolutions: [32]       # restrict the table (default: all of the space's resolutions)
-      fit_samples: 0          # also measure N random subnets end to end and fit learned predictors
+      fit_samples: 0          # also measure N subnets end to end and fit learned predictors
+      fit_from: null          # a device whose predictor (or table) the others' start from (transfer)
       warmup: 5               # defaults: latency_predictors.MeasureConfig's (the CLI's too)
       repeats: 30
       quantile: 0.5           # quantile of the timed runs reported (0.5 = median)
@@ -15,6 +16,7 @@ Example (YAML)::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -24,6 +26,7 @@ from latency_predictors import MeasureConfig
 from .errors import UsageError
 
 CLOCKS = ("wall", "thread_cpu")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PROTOCOL = MeasureConfig()  # the one place the measurement defaults live
 
 
@@ -37,6 +40,9 @@ class LatencySettings:
     resolutions: tuple[int, ...] = ()
     # Subnets measured end to end to fit learned predictors (0: the table alone).
     fit_samples: int = 0
+    # A device (stored, or earlier in the config's devices) whose predictor or table every other local device's
+    # fit starts from: a ``transfer`` predictor besides the others (``nas latency fit --from``).
+    fit_from: str | None = None
     # Measurement protocol (defaults: ``MeasureConfig``'s, as ``nas latency build``).
     warmup: int = _PROTOCOL.warmup
     repeats: int = _PROTOCOL.repeats
@@ -66,13 +72,18 @@ class LatencySettings:
                 value = float(value) if ok else value
             elif key == "clock":
                 ok = value in CLOCKS
+            elif key == "fit_from":
+                ok = value is None or (isinstance(value, str) and _DEVICE_ID.match(value) is not None)
             if not ok:
                 hint = {"table": "true or false", "resolutions": "a list of the space's resolutions",
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
-                        "repeats": "an integer >= 1"}.get(key, "an integer >= 0")
+                        "repeats": "an integer >= 1", "fit_from": "a device id (letters, digits, '.', '_', '-')"
+                        }.get(key, "an integer >= 0")
                 raise UsageError(f"latency.{key}: {value!r} is not allowed; {hint}")
             values[key] = value
         settings = cls(**values)
+        if settings.fit_from is not None and settings.fit_samples < 3:
+            raise UsageError("latency.fit_from needs fit_samples >= 3 (subnets timed on each device to transfer to)")
         if not settings.table and settings.fit_samples < 3:
             raise UsageError("latency: with table: false, fit_samples must be >= 3 (a device needs a predictor)")
         return settings

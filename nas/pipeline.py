@@ -65,6 +65,7 @@ class Pipeline:
             raise UsageError("config: no devices; add e.g. `devices: [local-cpu-1t-ort]`")
         self.latency = config.latency
         self.store = DeviceStore(home if home is not None else default_root())
+        self._check_fit_from()
         self.paths = search_paths(run)
         self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
 
@@ -76,6 +77,26 @@ class Pipeline:
 
     def _local_devices(self) -> list[Any]:
         return [d for d in (self.store.resolve(i) for i in self.search.devices) if d.is_local]
+
+    def _check_fit_from(self) -> None:
+        """``latency.fit_from`` names a device fitted earlier in this config, or one with a stored predictor or
+        table of the space (checked before any stage runs)."""
+        source = self.latency.fit_from
+        if source is None or source in self.search.devices[:-1]:
+            return
+        from latency_predictors import LatencyError
+        from latency_predictors.workflow import source_predictor
+
+        if source in self.search.devices:
+            raise UsageError(f"latency.fit_from {source!r} is the last of the devices; list it before the devices "
+                             f"that transfer from it")
+        try:
+            source_predictor(self.store, source, self.space)
+        except LatencyError as exc:  # an unknown device, or one with nothing to transfer from
+            raise UsageError(f"latency.fit_from: {exc}") from None
+
+    def _fits_transfer(self, device: Any) -> bool:
+        return self.latency.fit_from is not None and device.id != self.latency.fit_from
 
     def _latency_missing(self) -> list[tuple[Any, str]]:
         """(device, what) pairs still to make: 'table' and/or 'fit'."""
@@ -93,8 +114,9 @@ class Pipeline:
                 continue
             if self.latency.table and (table is None or not table.complete or not wanted <= set(table.resolutions)):
                 missing.append((device, "table"))
-            if self.latency.fit_samples and not (self.store.predictor_dir(device.id, self.space.name)
-                                                 / "ridge.json").is_file():
+            fitted = self.store.predictor_dir(device.id, self.space.name)
+            if self.latency.fit_samples and not ((fitted / "ridge.json").is_file() and (
+                    not self._fits_transfer(device) or (fitted / "transfer.json").is_file())):
                 missing.append((device, "fit"))
         return missing
 
@@ -114,8 +136,9 @@ class Pipeline:
                                 resolutions=self.latency.resolutions or None, protocol=measure,
                                 lock_path=self.store.lock_path(device.id), progress=self.progress)
             else:
+                source = self.latency.fit_from if self._fits_transfer(device) else None
                 fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,
-                               resolutions=self.latency.resolutions or None, progress=self.progress)
+                               resolutions=self.latency.resolutions or None, progress=self.progress, source=source)
 
     def _search(self) -> None:
         from .search_stage import search_stage

@@ -68,6 +68,8 @@ def base(**overrides) -> dict:
     (base(latency={"resolutions": [30]}), ["latency.resolutions", "30", "24, 28, 32"]),
     (base(search={"resolutions": [30]}), ["search.resolutions", "30", "24, 28, 32"]),
     (base(latency={"resolutions": [32]}), ["search may pick resolutions [24, 28]", "latency.resolutions"]),
+    (base(latency={"fit_from": "a/b", "fit_samples": 5}), ["latency.fit_from", "a/b", "device id"]),
+    (base(latency={"fit_from": "phone"}), ["latency.fit_from", "fit_samples >= 3"]),
 ])
 def test_bad_configs_name_the_key_and_allowed_values(raw: dict, words: list[str]) -> None:
     with pytest.raises(UsageError) as info:
@@ -140,4 +142,19 @@ def test_every_command_refuses_a_bad_section_before_any_work(tmp_path: Path, cap
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(base(run_dir=str(tmp_path / "run"), **section)))
     fails_in_one_line(capsys, [command, config], next(iter(section)))
+    assert not (tmp_path / "run").exists() and not ray.is_initialized()
+
+
+def test_run_refuses_a_transfer_source_with_nothing_to_transfer_before_any_work(tmp_path: Path, capsys) -> None:
+    """Issue 14, item 2 through the flow: ``latency.fit_from`` must name a device fitted earlier in the config
+    or one whose predictor or table is stored; checked before any stage runs."""
+    import ray
+
+    from tests.cli_helpers import fails_in_one_line
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(base(run_dir=str(tmp_path / "run"), devices=["local-cpu-1t-torch"],
+                                          latency={"fit_from": "phone", "fit_samples": 5})))
+    fails_in_one_line(capsys, ["run", config, "--home", tmp_path / "home"], "latency.fit_from",
+                      "unknown device 'phone'")
     assert not (tmp_path / "run").exists() and not ray.is_initialized()
