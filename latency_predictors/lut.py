@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from search_spaces import Arch, SearchSpace, plan, reading
 
 from .devices import Device, LatencyError, atomic_write_json, read_versioned_json
@@ -85,6 +87,10 @@ class LookupTable:
     def predict(self, space: SearchSpace, archs: Iterable[Arch]) -> list[float]:
         return [self.predict_arch(space, a) for a in archs]
 
+    def compile(self, space: SearchSpace) -> CompiledTable:
+        """This table as a vectorised predictor of ``space``'s subnets (``CompiledTable``)."""
+        return CompiledTable(self, space)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "space": self.space,
                 "device": self.device.to_dict(), "resolutions": list(self.resolutions),
@@ -110,6 +116,53 @@ class LookupTable:
                        resolutions=tuple(int(r) for r in data["resolutions"]), entries=entries,
                        protocol=data.get("protocol"), source=data.get("source", "measured"),
                        complete=bool(data.get("complete", False)))
+
+
+class CompiledTable:
+    """A lookup table indexed once for one space: a batch of subnets' latencies as one gather and row sum.
+
+    Every layer a subnet of ``space`` can contain sits at one position of a flat array of latencies
+    (``search_spaces._genome.PlanIndex``); a subnet's latency is the sum of its layers' entries, as
+    ``LookupTable.predict_arch`` computes it (equal to it within float rounding, 1e-12 relative). A layer
+    without an entry is NaN in the array, and a subnet that needs one raises ``MissingEntryError`` with
+    ``predict_arch``'s message. ``predict_genomes`` scores genomes (``search_spaces._genome``) without
+    making archs at all.
+    """
+
+    def __init__(self, table: LookupTable, space: SearchSpace) -> None:
+        from search_spaces._genome import plan_index
+
+        self.table, self.space = table, space
+        self.index = plan_index(space)
+        entries = table.entries
+
+        def ms(key: str) -> float:
+            entry = entries.get(key)
+            return float(entry["ms"]) if entry is not None else math.nan
+
+        def stem(p) -> float:
+            return ms(p.stem_key()) + sum(ms(b.key()) for b in p.blocks if b.stage_index < 0)
+
+        self.values = self.index.values(stem, lambda b: ms(b.key()), lambda p: ms(p.head_key()))
+
+    def predict_genomes(self, genomes) -> np.ndarray:
+        """Latency (ms, float64) of each genome."""
+        out = self.values[self.index.positions(genomes)].sum(axis=1)
+        missing = np.flatnonzero(np.isnan(out))
+        if missing.size:
+            from search_spaces._genome import archs_of
+
+            arch = archs_of(self.space, np.asarray(genomes)[missing[:1]])[0]
+            self.table.predict_arch(self.space, arch)  # raises MissingEntryError naming the layer
+        return out
+
+    def predict(self, archs: Iterable[Arch]) -> np.ndarray:
+        """Latency (ms) of each arch, as ``LookupTable.predict``."""
+        from search_spaces._genome import genomes_of
+
+        return self.predict_genomes(genomes_of(self.space, list(archs)))
+
+    __call__ = predict
 
 
 MeasureFn = Callable[[LayerSpec], Measurement]

@@ -68,8 +68,9 @@ class SearchConfig:
     # Latency budgets (ms) users will ask for, on every device: after the front is found, each budget (and each
     # device's max_latency_ms) gets a refinement that looks for the most accurate subnet within it (nas.refine).
     budgets_ms: tuple[float, ...] = ()
-    # Accuracy evaluations per refined budget; None: 5,000 with the predictor, 0 (no refinement) with direct
-    # accuracy, whose evaluations cost seconds each.
+    # Accuracy evaluations per refined budget at most; None: 1,000,000 with the predictor (scored in batches,
+    # nas.scoring; a refinement stops by itself when it stops improving, typically after 100,000-200,000),
+    # 0 (no refinement) with direct accuracy, whose evaluations cost seconds each.
     refine_evaluations: int | None = None
 
     def restrict(self, space: Any) -> Any:
@@ -92,7 +93,7 @@ class SearchConfig:
     def evaluations_per_refinement(self) -> int:
         if self.refine_evaluations is not None:
             return self.refine_evaluations
-        return 5000 if self.accuracy == "predictor" else 0
+        return 1_000_000 if self.accuracy == "predictor" else 0
 
     def refinement_targets(self) -> list[tuple[str, float]]:
         """``(device, budget ms)`` pairs to refine: each device's ``max_latency_ms`` and every ``budgets_ms`` up to

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._arch import Arch
 from ._plan import BlockPlan, NetworkPlan, plan
 from ._space import SearchSpace
 
-__all__ = ["Counts", "arch_counts", "block_macs", "block_params", "head_macs", "head_params", "stem_macs",
-           "stem_params"]
+__all__ = ["Counts", "arch_counts", "block_macs", "block_params", "genome_counts", "head_macs", "head_params",
+           "stem_macs", "stem_params"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +105,30 @@ def arch_counts(space: SearchSpace, arch: Arch, num_classes: int | None = None) 
     p = plan(space, arch)
     return Counts(params=stem_params(p) + sum(block_params(b) for b in p.blocks) + head_params(p),
                   macs=stem_macs(p) + sum(block_macs(b) for b in p.blocks) + head_macs(p))
+
+
+_COUNT_VALUES: dict[SearchSpace, tuple] = {}
+
+
+def _count_values(space: SearchSpace) -> tuple:
+    cached = _COUNT_VALUES.get(space)
+    if cached is None:
+        from ._genome import plan_index
+
+        index = plan_index(space)
+        # The stem position covers every layer fixed by the resolution: the stem and the fixed first block.
+        params = index.values(lambda p: stem_params(p) + sum(block_params(b) for b in p.blocks
+                                                             if b.stage_index < 0),
+                              block_params, head_params, dtype=np.int64)
+        macs = index.values(lambda p: stem_macs(p) + sum(block_macs(b) for b in p.blocks if b.stage_index < 0),
+                            block_macs, head_macs, dtype=np.int64)
+        cached = _COUNT_VALUES[space] = (index, params, macs)
+    return cached
+
+
+def genome_counts(space: SearchSpace, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters and MACs (int64 arrays) of a batch of genomes (``search_spaces._genome``), as a gather and
+    a sum: equal to ``arch_counts`` of each genome's arch."""
+    index, params, macs = _count_values(space)
+    positions = index.positions(genomes)
+    return params[positions].sum(axis=1), macs[positions].sum(axis=1)

@@ -137,3 +137,69 @@ def decode(space: SearchSpace, vector: np.ndarray) -> Arch:
             active = tuple(blocks[:depth])
         stages.append(StageArch(blocks=active, width_mult=width))
     return validate(space, Arch(space=space.name, resolution=resolution, stages=tuple(stages)))
+
+
+# --- batches of genomes (``search_spaces._genome``) --------------------------------------------------------
+
+_COLUMNS: dict[SearchSpace, tuple] = {}
+
+
+def _genome_columns(space: SearchSpace) -> tuple:
+    """Per gene value, the feature columns ``encode`` sets to 1 (``length`` where it sets none)."""
+    cached = _COLUMNS.get(space)
+    if cached is not None:
+        return cached
+    from ._genome import gene_layout
+
+    layout = gene_layout(space)
+    index = {name: i for i, name in enumerate(encoding_names(space))}
+    none = len(index)
+
+    def col(name: str) -> int:
+        return index.get(name, none)
+
+    res = np.asarray([col(f"resolution={r}") for r in space.resolutions], dtype=np.int64)
+    stages = []
+    for s, spec in enumerate(space.stages):
+        depth = np.asarray([col(f"s{s}.depth={d}") for d in spec.depths], dtype=np.int64)
+        width = np.asarray([col(f"s{s}.width_mult={w:g}") for w in spec.width_mults], dtype=np.int64)
+        groups = _block_groups(spec)
+        slots = []
+        for b in range(_slots(spec)):
+            rows = []
+            for block in layout.variants[s]:
+                row = []
+                for field_name, _ in groups:
+                    if field_name == "expand_ratio" and block.op_type != "mbconv":
+                        row.append(none)
+                    else:
+                        row.append(col(f"s{s}.b{b}.{field_name}={getattr(block, field_name)}"))
+                rows.append(row)
+            slots.append(np.asarray(rows, dtype=np.int64).reshape(len(rows), len(groups)))
+        stages.append((depth, width, slots))
+    cached = _COLUMNS[space] = (none, res, tuple(stages))
+    return cached
+
+
+def encode_genomes(space: SearchSpace, genomes: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``encode_many`` of the archs of ``genomes`` (``search_spaces._genome``), built as one array:
+    ``encode_genomes(space, genomes_of(space, archs)) == encode_many(space, archs)`` exactly (``dtype``: of the
+    result; the values are 0 and 1 in any)."""
+    from ._genome import gene_layout
+
+    layout = gene_layout(space)
+    g = np.asarray(genomes, dtype=np.int64)
+    none, res, stages = _genome_columns(space)
+    n = g.shape[0]
+    parts = [res[g[:, 0]][:, None]]
+    for s, (depth, width, slots) in enumerate(stages):
+        d_gene = g[:, layout.depth_gene[s]]
+        parts += [depth[d_gene][:, None], width[g[:, layout.width_gene[s]]][:, None]]
+        d = layout.depths[s][d_gene]
+        for b, cols in enumerate(slots):
+            chosen = cols[g[:, layout.slot_genes[s][b]]]
+            parts.append(np.where((d > b)[:, None], chosen, none))
+    cols = np.concatenate(parts, axis=1)
+    out = np.zeros((n, none + 1), dtype=dtype)
+    out[np.arange(n)[:, None], cols] = 1.0
+    return out[:, :none]

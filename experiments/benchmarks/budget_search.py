@@ -3,8 +3,9 @@ evolution run once per budget, side by side in one run (issue 13).
 
 Objectives, the same for both:
 - latency: Once-for-All's own Samsung Note10 lookup tables for the w1.2 supernet (``../shared/data/ofa_note10_lut``
-  or ``--lut``), imported with hwnas's importer, predicted as the sum of a subnet's entries (indexed for speed and
-  checked equal to the table's own prediction);
+  or ``--lut``), imported with hwnas's importer, predicted as the sum of a subnet's entries: for the evolution per
+  arch (``IndexedTableSum``, memoised, as before), for hwnas the table compiled into a gather-and-sum
+  (``LookupTable.compile``, ``nas.scoring``); both checked equal to the table's own prediction;
 - accuracy: hwnas's accuracy MLP (``nas.accuracy.AccuracyPredictor``) fitted on ``--mlp-samples`` random subnets
   labelled by the documented proxy of ``search_efficiency.py`` (a saturating function of MACs plus a seeded
   per-choice term: NOT a measured accuracy; it stands in for Once-for-All's ImageNet predictor, which cannot be
@@ -12,10 +13,14 @@ Objectives, the same for both:
 
 Budgets: ``--budgets`` ms, default five spread over the latency range (the 10th-90th percentiles of random
 subnets at the searched resolutions 160-224). hwnas: one ``nas.search.run_search`` (2,000 NSGA-II trials, then
-``nas.refine`` per budget with ``--refine-evaluations``), the whole front and every budget in one call;
-the answer for a budget is what ``nas query`` returns, the most accurate front member within it. Once-for-All:
-``nas.evolution.evolution_search`` with its defaults (population 100, 25% parents, 50 mutations + 50 crossovers,
-500 generations, 50,100 evaluations) once per budget.
+``nas.refine`` per budget: batched island evolution + knapsack + local search on genomes, scored in batches by
+``nas.scoring``, until it stops improving; ``--refine-evaluations`` caps it), the whole front and every budget in
+one call; the answer for a budget is what ``nas query`` returns, the most accurate front member within it.
+Once-for-All: ``nas.evolution.evolution_search`` with its defaults (population 100, 25% parents, 50 mutations +
+50 crossovers, 500 generations, 50,100 evaluations) once per budget.
+
+Also printed: the cheap objectives' throughput, end to end (archs -> genomes -> MLP accuracy + table latency, one
+call each per batch) and on genomes alone, on ``--rate-subnets`` random subnets.
 
 Run: ``.venv/bin/python experiments/benchmarks/budget_search.py [--generations 500] [--seed 0]``.
 """
@@ -43,12 +48,47 @@ from search_efficiency import IndexedTableSum, Memo, proxy_accuracy  # noqa: E40
 from nas.accuracy import AccuracyPredictor  # noqa: E402
 from nas.evolution import evolution_search  # noqa: E402
 from nas.fronts import get_front_store  # noqa: E402
+from nas.refine import REFINED_ATTR  # noqa: E402
+from nas.scoring import genome_scorer  # noqa: E402
 from nas.search import run_search  # noqa: E402
 from nas.search_config import SearchConfig  # noqa: E402
 from nas.search_paths import search_paths  # noqa: E402
+from nas.study import load_study  # noqa: E402
 from search_spaces import get_space, sample  # noqa: E402
+from search_spaces._genome import genomes_of  # noqa: E402
 
 RESOLUTIONS = (160, 176, 192, 208, 224)
+
+
+def rate_scoring(space, mlp, compiled, table, n: int, seed: int) -> None:
+    """Print the cheap objectives' throughput (subnets/s), end to end and on genomes, checked against the
+    per-arch predictions on a sample."""
+    archs = sample(space, n, seed + 5)
+    acc_g, fast_acc = genome_scorer(space, mlp)
+    lat_g, fast_lat = genome_scorer(space, compiled)
+    assert fast_acc and fast_lat
+    check = archs[:200]
+    genomes = genomes_of(space, check)
+    assert np.allclose(acc_g(genomes), mlp.predict(check), rtol=0, atol=1e-12)
+    assert np.allclose(lat_g(genomes), table.predict(space, check), rtol=1e-12, atol=0)
+    best = {}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        g = genomes_of(space, archs)
+        t1 = time.perf_counter()
+        acc_g(g)
+        lat_g(g)
+        t2 = time.perf_counter()
+        best["end"] = min(best.get("end", np.inf), t2 - t0)
+        best["genomes"] = min(best.get("genomes", np.inf), t2 - t1)
+    t0 = time.perf_counter()
+    mlp.predict(archs[:2000])
+    table.predict(space, archs[:2000])
+    per_arch = 2000 / (time.perf_counter() - t0)
+    print(f"cheap objectives (MLP accuracy + table latency) on {n} random subnets, best of 3: "
+          f"{n / best['end']:,.0f} subnets/s end to end (archs -> genomes -> one call each), "
+          f"{n / best['genomes']:,.0f} subnets/s on genomes; per arch (encode_many + LookupTable.predict): "
+          f"{per_arch:,.0f} subnets/s", flush=True)
 
 
 def main() -> int:
@@ -56,7 +96,9 @@ def main() -> int:
     parser.add_argument("--lut", type=Path, default=REPO.parent / "shared" / "data" / "ofa_note10_lut")
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
     parser.add_argument("--n-trials", type=int, default=2000)
-    parser.add_argument("--refine-evaluations", type=int, default=5000)
+    parser.add_argument("--refine-evaluations", type=int, default=None,
+                        help="accuracy evaluations per budget at most (default: the config's, 1,000,000)")
+    parser.add_argument("--rate-subnets", type=int, default=20000)
     parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--mlp-samples", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,10 +109,12 @@ def main() -> int:
     space = dataclasses.replace(get_space("ofa_mbv3_w1.2"), resolutions=RESOLUTIONS)
     table = import_ofa_tables(args.lut, get_space("ofa_mbv3_w1.2"), Device(id="note10", backend=None))
     latency = Memo(IndexedTableSum(space, table).predict)
+    compiled = table.compile(space)
     proxy = proxy_accuracy(space, args.seed)
     train = sample(space, args.mlp_samples, args.seed + 7)
     mlp = AccuracyPredictor(space, seed=args.seed).fit(train, proxy(train))
     accuracy = Memo(mlp.predict)
+    rate_scoring(space, mlp, compiled, table, args.rate_subnets, args.seed)
     random_lat = latency(sample(space, 2000, args.seed + 99))
     budgets = args.budgets or [round(float(b), 1) for b in np.percentile(random_lat, [10, 30, 50, 70, 90])]
     print(f"objectives: Note10 tables ({len(table.entries)} entries), accuracy MLP on {args.mlp_samples} proxy "
@@ -82,12 +126,18 @@ def main() -> int:
                               batch_size=100, population_size=100, budgets_ms=tuple(budgets),
                               refine_evaluations=args.refine_evaluations)
         started = time.perf_counter()
-        run_search(config, folder, accuracy, {"note10": latency}, space=space)
+        lines: list[str] = []
+        run_search(config, folder, mlp, {"note10": compiled}, space=space, log=lines.append)
         ours_s = time.perf_counter() - started
         front = get_front_store(search_paths(folder).fronts).front("note10")
+        refined = {t.user_attrs[REFINED_ATTR]: t for t in load_study(folder).get_trials()
+                   if REFINED_ATTR in t.user_attrs}
     ours = {b: max((m.val_accuracy for m in front if m.latency_ms <= b), default=float("nan")) for b in budgets}
-    print(f"hwnas: {args.n_trials} trials + refinement of {len(budgets)} budgets ({args.refine_evaluations} "
-          f"evaluations each at most), whole front in {ours_s:.1f} s", flush=True)
+    print(f"hwnas: {args.n_trials} trials + refinement of {len(budgets)} budgets, whole front in {ours_s:.1f} s "
+          f"(refinement evaluations per budget: "
+          f"{', '.join(str(t.user_attrs['refine_evaluations']) for t in refined.values())})", flush=True)
+    for line in lines:
+        print(f"  {line}", flush=True)
 
     rows = []
     for n, budget in enumerate(budgets):

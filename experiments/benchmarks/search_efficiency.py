@@ -21,6 +21,10 @@ accuracy within that budget against the best within it on the NSGA-II front. The
 default sampler's 2,000 trials through the real ``nas.search`` path (journal file storage), which gives every
 budget at once.
 
+The per-budget comparison of issue 13 (best-in-budget against a full Once-for-All evolution at five budgets, on
+Once-for-All's w1.2 space with its Note10 tables, the whole front and its per-budget refinements timed together)
+is ``budget_search.py``, which reuses this script's proxy labels and ``IndexedTableSum``.
+
 Run: ``.venv/bin/python experiments/benchmarks/search_efficiency.py [--home DIR] [--device ID]
 [--accuracy-run RUN --mlp-samples N --bn-images B --val-images V]``.
 """

@@ -3,6 +3,9 @@ evolution started from the study's best subnets within it; winners are trials of
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from nas.refine import REFINED_ATTR
 from nas.search import run_search
 from nas.search_config import SearchConfig
@@ -56,7 +59,7 @@ def test_each_budget_gets_a_winner_at_least_as_good_as_the_front(tmp_path, toy):
 def test_direct_accuracy_is_not_refined_by_default():
     config = SearchConfig.parse({"budgets_ms": [5]}, ["d"])
     assert config.evaluations_per_refinement == 0
-    assert SearchConfig.parse({"accuracy": "predictor"}, ["d"]).evaluations_per_refinement == 5000
+    assert SearchConfig.parse({"accuracy": "predictor"}, ["d"]).evaluations_per_refinement == 1_000_000
 
 
 def test_polish_moves_only_within_the_budget_and_never_down(toy):
@@ -73,3 +76,53 @@ def test_polish_moves_only_within_the_budget_and_never_down(toy):
     others = [a for a in neighbours(toy.space, arch) if lat([a])[0] <= budget]
     assert max(toy.accuracy(others)) <= acc or used >= 2000
     assert all(a.arch_id != arch.arch_id for a in neighbours(toy.space, arch))
+
+
+def _toy_genome_objectives(toy, scale=1.0):
+    from nas.scoring import genome_scorer
+    from nas.study import as_batch_fn
+
+    acc, _ = genome_scorer(toy.space, as_batch_fn(toy.accuracy))
+    lat, _ = genome_scorer(toy.space, as_batch_fn(toy.latency(scale)))
+    return acc, lat
+
+
+def test_search_budget_stays_within_its_budget_beats_its_seeds_and_is_seeded(toy):
+    from nas.refine import search_budget
+    from search_spaces import sample
+    from search_spaces._genome import archs_of, genomes_of
+
+    acc, lat = _toy_genome_objectives(toy)
+    archs = sample(toy.space, 300, seed=1)
+    values = lat(genomes_of(toy.space, archs))
+    budget = float(np.percentile(values, 20))
+    seeds = genomes_of(toy.space, [a for a, v in zip(archs, values) if v <= budget])
+    runs = [search_budget(toy.space, acc, lat, budget, seeds, seed=3, max_evaluations=20_000, children=40,
+                          parents=20, population=30, patience=5, finish=2) for _ in range(2)]
+    result = runs[0]
+    assert result is not None and result.latency_ms <= budget
+    assert result.accuracy >= float(acc(seeds).max()) == result.start_accuracy
+    assert result.accuracy == pytest.approx(float(toy.accuracy(archs_of(toy.space, result.genome[None]))[0]))
+    assert 0 < result.evaluations <= 20_000 and result.evolution_evaluations <= result.evaluations
+    assert (runs[1].genome == result.genome).all() and runs[1].evaluations == result.evaluations
+    # A cap is a cap, finishing included; a budget nothing meets has no answer.
+    capped = search_budget(toy.space, acc, lat, budget, seeds, seed=3, max_evaluations=300, children=40,
+                           parents=20, population=30, patience=5)
+    assert capped.evaluations <= 300
+    assert search_budget(toy.space, acc, lat, 1e-6, seeds[:0], seed=0, max_evaluations=1000) is None
+
+
+def test_knapsack_and_local_search_only_move_up_within_the_budget(toy):
+    from nas.refine import _Objectives, knapsack_search, local_search
+    from search_spaces import sample
+    from search_spaces._genome import genomes_of
+
+    acc, lat = _toy_genome_objectives(toy)
+    start = genomes_of(toy.space, sample(toy.space, 1, seed=11))
+    a0, l0 = float(acc(start)[0]), float(lat(start)[0])
+    budget = l0 + 0.3
+    for search in (knapsack_search, lambda o, g, a, la: local_search(o, g, a, la, max_evaluations=50_000)):
+        obj = _Objectives(toy.space, acc, lat, budget)
+        genome, a, la, steps = search(obj, start[0], a0, l0)
+        assert a >= a0 and la <= budget and steps >= 1
+        assert a == pytest.approx(float(acc(genome[None])[0])) and la == pytest.approx(float(lat(genome[None])[0]))
