@@ -164,15 +164,16 @@ def is_shared(study: optuna.Study) -> bool:
 
 
 def study_name_for(config: SearchConfig, run_dir: Any, storage: optuna.storages.BaseStorage | None = None) -> str:
-    """``search.study_name``, else the run's name (its folder's). A run's own journal written before names
-    defaulted to the run's holds one study named ``search``: that one is the run's."""
+    """``search.study_name``, else the run's name (its folder's). The run's own journal belongs to the run:
+    when it holds one study under another name, that one is the run's (a run folder moved or copied since,
+    or written before names defaulted to the run's, as ``search``)."""
     if config.study_name:
         return config.study_name
     name = run_path(run_dir).resolve().name or LEGACY_STUDY_NAME
     if not config.storage and storage is not None:
         names = {s.study_name for s in storage.get_all_studies()}
-        if name not in names and LEGACY_STUDY_NAME in names:
-            return LEGACY_STUDY_NAME
+        if name not in names and len(names) == 1:
+            return names.pop()
     return name
 
 

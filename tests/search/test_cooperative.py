@@ -113,6 +113,18 @@ def test_a_run_searched_before_studies_were_named_after_runs_continues(tmp_path,
     assert study.study_name == "search" and states(study) == {"COMPLETE": 16}
 
 
+def test_a_run_folder_moved_or_copied_keeps_its_study(tmp_path, toy):
+    """The run's own journal belongs to the run: under a new folder name its one study is still the run's."""
+    import shutil
+
+    search(tmp_path / "first", toy, config_of(n_trials=8))
+    shutil.copytree(tmp_path / "first", tmp_path / "copy")
+    search(tmp_path / "copy", toy, config_of(n_trials=16))
+    study = load_study(tmp_path / "copy")
+    assert study.study_name == "first" and states(study) == {"COMPLETE": 16}
+    assert states(load_study(tmp_path / "first")) == {"COMPLETE": 8}
+
+
 # --- search.resolutions ---------------------------------------------------------------------------------------
 
 
