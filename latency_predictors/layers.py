@@ -19,6 +19,7 @@ from search_spaces import (
     BlockArch,
     BlockPlan,
     NetworkPlan,
+    PrecisionPolicy,
     SearchSpace,
     StageArch,
     StageSpec,
@@ -26,8 +27,10 @@ from search_spaces import (
     encode_many,
     head_macs,
     plan,
+    precision_groups,
     smallest,
     stem_macs,
+    validate_policy,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +83,50 @@ def network_layers(p: NetworkPlan) -> list[LayerSpec]:
 def layer_keys(space: SearchSpace, arch: Arch) -> list[str]:
     """Keys of the layers of ``arch`` (what a table sums)."""
     return [layer.key for layer in network_layers(plan(space, arch))]
+
+
+# The precision a lookup table's plain keys hold; every other precision's entry is ``<key>@<precision>``.
+BASE_PRECISION = "fp32"
+
+
+def precision_key(key: str, precision: str = BASE_PRECISION) -> str:
+    """The table key of layer ``key`` at ``precision``: the key itself for fp32 (tables from before precisions
+    keep their keys), ``<key>@int8`` for int8."""
+    return key if precision == BASE_PRECISION else f"{key}@{precision}"
+
+
+def layer_group(space: SearchSpace, layer: LayerSpec) -> str:
+    """The precision group (``search_spaces.precision_groups``) a layer belongs to: ``stem`` (with the fixed
+    first block), the stage's name, or ``head``."""
+    groups = precision_groups(space)
+    if layer.kind == "stem" or (layer.block is not None and layer.block.stage_index < 0):
+        return groups[0]
+    if layer.kind == "head":
+        return groups[-1]
+    assert layer.block is not None
+    return groups[1 + layer.block.stage_index]
+
+
+def layer_precision(layer: LayerSpec, policy: PrecisionPolicy | None) -> str:
+    """The precision ``policy`` runs ``layer`` in (fp32 without a policy)."""
+    if policy is None:
+        return BASE_PRECISION
+    if layer.kind == "stem":
+        return policy.stem
+    if layer.kind == "head":
+        return policy.head
+    assert layer.block is not None
+    return policy.block_precision(layer.block.stage_index, layer.block.block_index)
+
+
+def precision_layers(space: SearchSpace, arch: Arch, policy: PrecisionPolicy | None = None
+                     ) -> list[tuple[LayerSpec, str, str]]:
+    """The layers of ``arch`` in order, each with its precision group and its precision under ``policy``
+    (checked against the space and arch: ``PolicyError``)."""
+    if policy is not None:
+        validate_policy(space, policy, arch)
+    return [(layer, layer_group(space, layer), layer_precision(layer, policy))
+            for layer in network_layers(plan(space, arch))]
 
 
 def _block_choices(spec: StageSpec) -> list[BlockArch]:

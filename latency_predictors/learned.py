@@ -16,6 +16,11 @@ round-trips through ``save(path)`` / ``load_predictor(path, space, table)``. Kin
   measured on a handful of subnets (HELP / nn-Meter adaptation).
 
 ``ridge``, ``mlp``, ``flops`` and ``residual`` work from end-to-end measurements alone, without a table.
+
+Quantised and mixed-precision subnets: ``fit(archs, y, policies)`` and ``predict_mixed(archs, policies)`` take one
+``PrecisionPolicy`` per subnet (None: fp32). ``table``, ``table_linear`` and ``residual`` (with its table prior) read
+the table sum at each layer group's precision (``LookupTable.predict(space, archs, policies)``); the other kinds
+do not see precision and refuse a policy that is not all fp32.
 Fitting runs with one BLAS / OpenMP / torch thread (``fit_threads``): on small matrices more threads only
 contend (an MLP on 1,000 samples took 66 s with two OpenBLAS threads on a loaded 2-core machine, 3.5 s with one).
 """
@@ -31,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, reading
+from search_spaces import Arch, PrecisionPolicy, SearchSpace, reading
 
 from .devices import LatencyError, atomic_write_json, read_versioned_json
 from .layers import arch_features, network_macs
@@ -51,6 +56,10 @@ class Predictor:
 
     kind: ClassVar[str] = ""
     needs_table: ClassVar[bool] = False
+    # Whether the predictor reads the table at each group's precision (``fit`` / ``predict_mixed`` policies).
+    reads_precision: ClassVar[bool] = False
+    # The policies of the archs being fitted or predicted, in their order (set by ``fit`` / ``predict_mixed``).
+    _policies: list[PrecisionPolicy | None] | None = None
 
     def __init__(self, space: SearchSpace, table: LookupTable | None = None) -> None:
         if self.needs_table and table is None:
@@ -59,11 +68,42 @@ class Predictor:
         self.space = space
         self.table = table
 
-    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float]) -> Predictor:
-        """Fit on measured latencies (ms); with one BLAS / OpenMP / torch thread (``fit_threads``)."""
-        with fit_threads():
-            self._fit(list(archs), np.asarray(latencies_ms, dtype=float))
+    def fit(self, archs: Sequence[Arch], latencies_ms: Sequence[float],
+            policies: Sequence[PrecisionPolicy | None] | None = None) -> Predictor:
+        """Fit on measured latencies (ms); with one BLAS / OpenMP / torch thread (``fit_threads``). ``policies``:
+        each subnet's precision policy (None: fp32), for kinds that read the table per precision."""
+        archs = list(archs)
+        with fit_threads(), self._with_policies(archs, policies):
+            self._fit(archs, np.asarray(latencies_ms, dtype=float))
         return self
+
+    def predict_mixed(self, archs: Sequence[Arch], policies: Sequence[PrecisionPolicy | None] | None = None
+                      ) -> np.ndarray:
+        """``predict`` of subnets that each run under a precision policy (None: fp32)."""
+        archs = list(archs)
+        with self._with_policies(archs, policies):
+            return self.predict(archs)
+
+    def _can_read_precision(self) -> bool:
+        return self.reads_precision
+
+    @contextlib.contextmanager
+    def _with_policies(self, archs: list[Arch], policies: Sequence[PrecisionPolicy | None] | None
+                       ) -> Iterator[None]:
+        if policies is None or all(p is None or p.is_uniform("fp32") for p in policies):
+            yield
+            return
+        policies = list(policies)
+        if len(policies) != len(archs):
+            raise LatencyError(f"{len(policies)} precision policies for {len(archs)} subnets; give one each")
+        if not self._can_read_precision():
+            raise LatencyError(f"predictor {self.kind!r} does not see precision; quantised or mixed subnets "
+                               f"need table, table_linear or residual over a table with their precisions' entries")
+        self._policies = policies
+        try:
+            yield
+        finally:
+            self._policies = None
 
     def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
         pass
@@ -87,12 +127,15 @@ class Predictor:
 
     def _table_sums(self, archs: Sequence[Arch]) -> np.ndarray:
         assert self.table is not None
-        return np.asarray(self.table.predict(self.space, archs), dtype=float)
+        archs = list(archs)
+        policies = self._policies if self._policies is not None and len(self._policies) == len(archs) else None
+        return np.asarray(self.table.predict(self.space, archs, policies), dtype=float)
 
 
 class TableSumPredictor(Predictor):
     kind = "table"
     needs_table = True
+    reads_precision = True
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return self._table_sums(archs)
@@ -101,6 +144,7 @@ class TableSumPredictor(Predictor):
 class TableLinearPredictor(Predictor):
     kind = "table_linear"
     needs_table = True
+    reads_precision = True
 
     def __init__(self, space: SearchSpace, table: LookupTable | None = None) -> None:
         super().__init__(space, table)
@@ -330,6 +374,9 @@ class ResidualPredictor(_FeaturePredictor):
         self.intercept = 0.0
         self.alpha: float | None = None  # the ridge strength when mode == "ridge"
         self.cv_error: dict[str, float] = {}  # mean held-out squared log error of each candidate solved
+
+    def _can_read_precision(self) -> bool:
+        return self.prior_kind == "table" and not self.use_table
 
     def _prior(self, archs: Sequence[Arch]) -> np.ndarray:
         if self.prior_kind == "table":

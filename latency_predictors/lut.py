@@ -15,6 +15,10 @@ File format (JSON, ``format: "hwnas-latency-table"``, ``version: 1``)::
 
 Layer keys are those of ``search_spaces`` plans (``stem-...``, ``mbconv-in...``, ``head-...``). Writes are
 atomic (temporary file, then rename); ``build_table`` saves as it goes and resumes from the file.
+
+Other precisions than fp32 sit in the same ``entries`` under ``<layer key>@<precision>`` (``layers.precision_key``)
+with ``"precision": "int8"``: fp32 keys are unchanged, so the format stays version 1 and older tables load as
+they are. ``predict(space, archs, policies)`` sums each layer at its group's precision.
 """
 
 from __future__ import annotations
@@ -29,17 +33,27 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, plan, reading
+from search_spaces import Arch, PrecisionPolicy, SearchSpace, plan, reading
 
 from .devices import Device, LatencyError, atomic_write_json, read_versioned_json
-from .layers import LayerBuilder, LayerSpec, enumerate_layers, network_layers
+from .layers import (
+    BASE_PRECISION,
+    LayerBuilder,
+    LayerSpec,
+    enumerate_layers,
+    network_layers,
+    precision_key,
+    precision_layers,
+)
 from .measure import (
     Backend,
     MeasureConfig,
     Measurement,
+    QuantizeFn,
     check_clock,
     configure_allocator,
     device_lock,
+    quantized_backend,
     time_callable,
     time_interleaved,
 )
@@ -70,22 +84,50 @@ class LookupTable:
     def latency_ms(self, key: str) -> float:
         return float(self.entries[key]["ms"])
 
-    def predict_arch(self, space: SearchSpace, arch: Arch) -> float:
-        """The table's latency of ``arch``: the sum of its layers' entries."""
+    def predict_arch(self, space: SearchSpace, arch: Arch, policy: PrecisionPolicy | None = None) -> float:
+        """The table's latency of ``arch``: the sum of its layers' entries, each at the precision ``policy``
+        gives its group (stem, stage, head; fp32 throughout without a policy)."""
+        if policy is None or policy.is_uniform(BASE_PRECISION):
+            layers = [(layer, BASE_PRECISION) for layer in network_layers(plan(space, arch))]
+        else:
+            layers = [(layer, precision) for layer, _group, precision in precision_layers(space, arch, policy)]
         total = 0.0
-        for layer in network_layers(plan(space, arch)):
-            entry = self.entries.get(layer.key)
+        for layer, precision in layers:
+            key = precision_key(layer.key, precision)
+            entry = self.entries.get(key)
             if entry is None:
+                flag = "" if precision == BASE_PRECISION else f" --precisions {precision}"
                 hint = (f"resolution {arch.resolution} is not in the table (it covers "
                         f"{', '.join(map(str, self.resolutions))})" if arch.resolution not in self.resolutions
-                        else "the table is incomplete; run 'nas latency build' again to finish it")
+                        else f"the table has no {precision} entries; run 'nas latency build{flag}' to add them"
+                        if precision not in self.precisions
+                        else f"the table is incomplete; run 'nas latency build{flag}' again to finish it")
                 raise MissingEntryError(f"lookup table of {self.space!r} on device {self.device.id!r} has no "
-                                        f"entry for layer {layer.key!r}: {hint}")
+                                        f"entry for layer {key!r}: {hint}")
             total += float(entry["ms"])
         return total
 
-    def predict(self, space: SearchSpace, archs: Iterable[Arch]) -> list[float]:
-        return [self.predict_arch(space, a) for a in archs]
+    def predict(self, space: SearchSpace, archs: Iterable[Arch],
+                policies: Iterable[PrecisionPolicy | None] | None = None) -> list[float]:
+        """The table's latency of each arch; with ``policies`` (one per arch, None: fp32) each layer's entry is
+        taken at its group's precision (a mixed-precision network)."""
+        archs = list(archs)
+        if policies is None:
+            return [self.predict_arch(space, a) for a in archs]
+        policies = list(policies)
+        if len(policies) != len(archs):
+            raise LatencyError(f"{len(policies)} precision policies for {len(archs)} subnets; give one each")
+        return [self.predict_arch(space, a, p) for a, p in zip(archs, policies)]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions the table holds entries of (fp32 first)."""
+        found = {str(e.get("precision", BASE_PRECISION)) for e in self.entries.values()}
+        return tuple(sorted(found, key=lambda p: (p != BASE_PRECISION, p)))
+
+    def complete_for(self, space: SearchSpace, precision: str = BASE_PRECISION) -> bool:
+        """Whether every layer of the table's resolutions has an entry at ``precision``."""
+        return all(precision_key(k, precision) in self.entries for k in enumerate_layers(space, self.resolutions))
 
     def compile(self, space: SearchSpace) -> CompiledTable:
         """This table as a vectorised predictor of ``space``'s subnets (``CompiledTable``)."""
@@ -216,15 +258,35 @@ def layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfi
     return LayerMeasurer(builder, backend, config, batch_size, space)
 
 
+def quantized_layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfig,
+                             quantize: QuantizeFn, batch_size: int = 1, space: SearchSpace | None = None,
+                             precision: str = "int8") -> LayerMeasurer:
+    """The measure function of a table's ``precision`` entries: each layer built alone, exported to ONNX,
+    quantised by ``quantize`` (``nas.quantize.quantize_layer``) and timed by ONNX Runtime under the protocol.
+    ``backend`` must be ``onnxruntime`` on the CPU (``LatencyError`` otherwise). With ``load_reference`` the
+    reference stays the fp32 reference layer, so both precisions share one scale."""
+    try:
+        quantized = quantized_backend(backend, quantize, precision)
+    except ValueError as exc:
+        raise LatencyError(str(exc)) from None
+    measurer = LayerMeasurer(builder, quantized, config, batch_size, space)
+    if config.load_reference and space is not None:
+        measurer._reference_run = LayerMeasurer(builder, backend, config, batch_size, space).reference_run(space)
+    return measurer
+
+
 def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str], measure: MeasureFn, *,
                 resolutions: Iterable[int] | None = None, protocol: MeasureConfig | None = None,
                 lock_path: str | os.PathLike[str] | None = None, progress: bool = True,
-                save_every_s: float = 2.0) -> LookupTable:
+                save_every_s: float = 2.0, precision: str = BASE_PRECISION) -> LookupTable:
     """Measure every layer of ``space`` at ``resolutions`` with ``measure``, saving to ``path`` as it goes.
 
     An existing table at ``path`` (same space and device) is resumed: its entries are kept and only the
     missing layers are measured; resolutions accumulate. The file is saved at least every
     ``save_every_s`` seconds, at the end, and when interrupted (by any exception).
+
+    ``precision`` other than fp32 adds that precision's entries (``<key>@<precision>``, ``measure`` timing each
+    layer in it, e.g. ``LayerMeasurer`` over ``measure.quantized_backend``); fp32 entries keep their keys.
     """
     resolutions = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
     layers = enumerate_layers(space, resolutions)
@@ -244,14 +306,17 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
             table.protocol = table.protocol or old.protocol
             if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
                 measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
-        todo = [layer for key, layer in layers.items() if key not in table.entries]
-        bar = _progress(len(layers), len(layers) - len(todo), f"{space.name} on {device.id}", progress)
+        todo = [layer for key, layer in layers.items() if precision_key(key, precision) not in table.entries]
+        desc = f"{space.name} on {device.id}" + ("" if precision == BASE_PRECISION else f" ({precision})")
+        bar = _progress(len(layers), len(layers) - len(todo), desc, progress)
         last_save = time.monotonic()
         try:
             for layer in todo:
                 m = measure(layer)
-                table.entries[layer.key] = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind,
-                                            "noisy": m.noisy}
+                entry = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind, "noisy": m.noisy}
+                if precision != BASE_PRECISION:
+                    entry["precision"] = precision
+                table.entries[precision_key(layer.key, precision)] = entry
                 base = getattr(measure, "reference_base_ms", None)
                 if base is not None and table.protocol is not None:
                     table.protocol["reference_base_ms"] = base

@@ -352,6 +352,64 @@ class OnnxRuntimeBackend(Backend):
         return cuda_timed(forward, torch.device(self.accelerator))
 
 
+# Quantises a lone layer's ONNX model (float input ``input`` of the given shape) into the model to time: the
+# caller hands it in (``nas.quantize.quantize_layer``, ONNX Runtime QDQ), as it hands in the ``LayerBuilder``.
+QuantizeFn = Callable[[bytes, tuple[int, ...]], bytes]
+
+
+def onnx_model_run(model: bytes, input_shape: tuple[int, ...], threads: int = 1, seed: int = 0
+                   ) -> Callable[[], object]:
+    """One inference of an ONNX ``model`` (bytes; a quantised one too) on the CPU provider, configured as
+    ``OnnxRuntimeBackend`` configures its sessions, fed seeded standard-normal input of ``input_shape`` on its
+    first input (whatever its name)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
+    feed = {session.get_inputs()[0].name: x}
+
+    def run() -> object:
+        return session.run(None, feed)
+
+    return run
+
+
+class QuantizedOnnxRuntimeBackend(Backend):
+    """``onnxruntime`` on the CPU with each module quantised before it is timed: exported as
+    ``OnnxRuntimeBackend`` exports it, then ``quantize(model, input_shape)`` (int8 lookup-table entries)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, threads: int = 1, accelerator: str = "cpu", quantize: QuantizeFn | None = None,
+                 precision: str = "int8") -> None:
+        super().__init__(threads, accelerator)
+        if quantize is None:
+            raise ValueError("a quantised backend needs the function that quantises a layer's ONNX model")
+        if self.on_cuda:
+            raise ValueError(f"{precision} layers are timed by ONNX Runtime on the CPU, not on {accelerator}")
+        self.quantize = quantize
+        self.precision = precision
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], object]:
+        return onnx_model_run(self.quantize(export_onnx(module, input_shape), input_shape), input_shape,
+                              self.threads)
+
+
+def quantized_backend(backend: Backend, quantize: QuantizeFn, precision: str = "int8") -> Backend:
+    """``backend`` (which must be ``onnxruntime`` on the CPU) timing each module quantised by ``quantize``;
+    ``ValueError`` naming the backend otherwise (only ONNX Runtime runs the quantised models)."""
+    if backend.name != "onnxruntime" or backend.on_cuda:
+        where = backend.name + ("" if not backend.on_cuda else f" on {backend.accelerator}")
+        raise ValueError(f"{precision} entries are timed only by the onnxruntime backend on the CPU (devices "
+                         f"local-...-ort), not by {where}")
+    return QuantizedOnnxRuntimeBackend(backend.threads, backend.accelerator, quantize, precision)
+
+
 _BACKEND_CLASSES: dict[str, type[Backend]] = {
     "torch": TorchBackend,
     "onnxruntime": OnnxRuntimeBackend,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -498,3 +498,179 @@ def read_report(path: str | Path) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         return data
+
+
+# --- quantised and mixed-precision subnets (``nas latency eval --precision int8|mixed``) ---------------------
+
+QUANTIZED_EVAL = ("int8", "mixed")
+QUANTIZED_FORMAT = "hwnas-quantized-measurements"
+QUANTIZED_FIT = 20
+# (space, arch, policy) -> the ONNX model of the subnet quantised under the policy (``nas.quantize``'s
+# ``quantized_subnet_model``: the caller hands it in, as it hands in the ``LayerBuilder``).
+SubnetModelFn = Callable[[SearchSpace, Arch, Any], bytes]
+
+
+def quantized_policies(space: SearchSpace, archs: Sequence[Arch], precision: str, seed: int) -> list[Any]:
+    """One policy per arch: uniform int8 (``int8``), or (``mixed``) each group (stem, every stage, head) fp32 or
+    int8 at random (seeded), never all fp32 nor all int8."""
+    from search_spaces import PrecisionPolicy
+
+    if precision not in QUANTIZED_EVAL:
+        raise LatencyError(f"unknown precision to evaluate {precision!r}; allowed: {', '.join(QUANTIZED_EVAL)}")
+    if precision == "int8":
+        return [PrecisionPolicy.uniform(space, "int8") for _ in archs]
+    rng = as_generator(seed)
+    out = []
+    for _ in archs:
+        while True:
+            letters = ["int8" if b else "fp32" for b in rng.integers(0, 2, size=len(space.stages) + 2)]
+            if len(set(letters)) == 2:
+                break
+        out.append(PrecisionPolicy(letters[0], tuple((p,) for p in letters[1:-1]), letters[-1]))
+    return out
+
+
+def _quantized_key(arch: Arch, policy: Any) -> str:
+    return f"{arch.arch_id}|{policy}"
+
+
+def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, archs: Sequence[Arch],
+                      policies: Sequence[Any], model_fn: SubnetModelFn, config: MeasureConfig, *, runs: int = 2,
+                      chunk: int = 8, progress: bool = True) -> list[list[float]]:
+    """Each subnet quantised under its policy (``model_fn``) and timed end to end ``runs`` times by ONNX Runtime on
+    the CPU under the protocol, in this process; ``chunk`` subnets at a time, interleaved. Kept in
+    ``measurements/<space>.quantized.json`` (reused, resumable). Returns each subnet's runs (ms)."""
+    from tqdm import tqdm
+
+    from .measure import check_clock, configure_allocator, device_lock, onnx_model_run, time_interleaved
+
+    if device.backend != "onnxruntime" or device.accelerator != "cpu":
+        raise LatencyError(f"quantised subnets are timed by ONNX Runtime on the CPU; device {device.id!r} runs "
+                           f"{device.backend} on {device.accelerator} (use a local-...-ort device)")
+    try:
+        check_clock(config, device.threads, device.accelerator)
+    except ValueError as exc:
+        raise LatencyError(str(exc)) from None
+    path = store.measurements_path(device.id, space.name).with_name(f"{space.name}.quantized.json")
+    records: dict[str, Any] = {}
+    if path.is_file():
+        with reading(path, "quantised latency measurements", "move it away and measure again"):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != QUANTIZED_FORMAT:
+                raise ValueError(f"not a {QUANTIZED_FORMAT} file")
+            records = dict(data["records"])
+    keys = [_quantized_key(a, p) for a, p in zip(archs, policies)]
+    todo = [i for i, k in enumerate(keys) if len(records.get(k, {}).get("runs", [])) < runs]
+    configure_allocator()
+    plain = replace(config, load_reference=False)
+
+    def save() -> None:
+        atomic_write_json(path, {"format": QUANTIZED_FORMAT, "version": 1, "space": space.name,
+                                 "device": device.id, "protocol": asdict(plain), "records": records})
+
+    bar = tqdm(total=len(archs), initial=len(archs) - len(todo), desc=f"quantised {space.name} on {device.id}",
+               unit="net", disable=not progress, leave=False)
+    try:
+        with device_lock(store.lock_path(device.id)):
+            for start in range(0, len(todo), chunk):
+                idx = todo[start:start + chunk]
+                run_fns = [onnx_model_run(model_fn(space, archs[i], policies[i]),
+                                          (device.batch_size, 3, archs[i].resolution, archs[i].resolution),
+                                          device.threads) for i in idx]
+                timed = [time_interleaved(run_fns, plain) for _ in range(runs)]
+                for j, i in enumerate(idx):
+                    records[keys[i]] = {"arch": archs[i].to_dict(), "policy": str(policies[i]),
+                                        "runs": [m[j].latency_ms for m in timed],
+                                        "spread": [m[j].spread for m in timed]}
+                save()
+                bar.update(len(idx))
+    finally:
+        bar.close()
+    return [list(records[k]["runs"]) for k in keys]
+
+
+@dataclass
+class QuantizedEvalReport:
+    """Predictor accuracy on quantised subnets measured end to end: ``predictors`` on the ``n`` fresh subnets
+    (``table``: the mixed table sum; ``table_linear`` / ``residual``: fitted on ``fit_n`` other quantised
+    subnets; ``table_linear_fp32``: the device's saved fp32 fit applied to the mixed sum), ``repeatability``: the
+    second measurement against the first."""
+
+    space: str
+    device: str
+    precision: str
+    n: int
+    fit_n: int
+    predictors: dict[str, dict[str, float]]
+    repeatability: dict[str, float]
+    files: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "device": self.device, "precision": self.precision, "n": self.n,
+                "fit_n": self.fit_n, "predictors": self.predictors, "repeatability": self.repeatability,
+                "files": self.files, "params": self.params}
+
+
+def evaluate_quantized(store: DeviceStore, device: Device, space: SearchSpace, model_fn: SubnetModelFn, n: int,
+                       config: MeasureConfig, *, precision: str = "int8", resolutions: Sequence[int] | None = None,
+                       fit_n: int = QUANTIZED_FIT, progress: bool = True) -> QuantizedEvalReport:
+    """The table's (and its fitted corrections') accuracy on ``n`` fresh subnets quantised under ``precision``
+    (``int8``: uniform; ``mixed``: random per-group policies), each measured twice end to end; ``table_linear``
+    and ``residual`` are fitted on ``fit_n`` other quantised subnets (another seed)."""
+    from .learned import ResidualPredictor, TableLinearPredictor, TableSumPredictor
+
+    table = load_table(store, device, space)
+    if table is None:
+        raise LatencyError(f"no lookup table of {space.name!r} on {device.id!r}; run 'nas latency build "
+                           f"--precisions fp32 int8' first")
+    if "int8" not in table.precisions:
+        raise LatencyError(f"the lookup table of {space.name!r} on {device.id!r} has no int8 entries; run "
+                           f"'nas latency build --precisions fp32 int8' first")
+    if fit_n < 3:
+        raise LatencyError("fitting the corrections needs at least 3 quantised subnets")
+    fit_archs = sample_archs(space, fit_n, FIT_SEED, resolutions)
+    archs = eval_archs(space, n, {a.arch_id for a in fit_archs}, EVAL_SEED, resolutions)
+    fit_policies = quantized_policies(space, fit_archs, precision, FIT_SEED)
+    policies = quantized_policies(space, archs, precision, EVAL_SEED)
+    # Check the table covers every subnet before anything is measured.
+    table.predict(space, [*fit_archs, *archs], [*fit_policies, *policies])
+    runs = measure_quantized(store, device, space, [*fit_archs, *archs], [*fit_policies, *policies], model_fn,
+                             config, progress=progress)
+    fit_y = np.array([r[0] for r in runs[:len(fit_archs)]])
+    measured = np.array([r[0] for r in runs[len(fit_archs):]])
+    again = np.array([r[1] for r in runs[len(fit_archs):]])
+    predictors: dict[str, Any] = {"table": TableSumPredictor(space, table),
+                                  "table_linear": TableLinearPredictor(space, table).fit(fit_archs, fit_y,
+                                                                                       fit_policies),
+                                  "residual": ResidualPredictor(space, table).fit(fit_archs, fit_y, fit_policies)}
+    saved = store.predictor_dir(device.id, space.name) / "table_linear.json"
+    if saved.is_file():
+        predictors["table_linear_fp32"] = load_predictor(saved, space, table)
+    predictions = {k: p.predict_mixed(archs, policies) for k, p in predictors.items()}
+    results = {k: accuracy(v, measured) for k, v in predictions.items()}
+    out = store.eval_dir(device.id)
+    stem = f"{space.name}.{precision}"
+    files = {"csv": str(out / f"{stem}.csv"), "plot": str(out / f"{stem}.png"), "json": str(out / f"{stem}.json")}
+    rows = [{"arch_id": a.arch_id, "policy": str(p), "resolution": a.resolution,
+             "macs_m": network_macs(space, a) / 1e6, "measured_ms": m, "measured_again_ms": m2,
+             **{f"pred_{k}_ms": float(v[i]) for k, v in predictions.items()}}
+            for i, (a, p, m, m2) in enumerate(zip(archs, policies, measured, again))]
+    write_csv(files["csv"], rows)
+    scatter_plot(files["plot"], measured, predictions, f"{space.name} {precision} on {device.id} (n={len(archs)})")
+    report = QuantizedEvalReport(space.name, device.id, precision, len(archs), len(fit_archs), results,
+                                 accuracy(again, measured), files,
+                                 {k: p.params() for k, p in predictors.items() if k != "table"})
+    atomic_write_json(files["json"], report.to_dict())
+    return report
+
+
+def format_quantized_report(report: QuantizedEvalReport) -> str:
+    head = f"{'predictor':<18}{'MAPE %':>8}{'RMSE ms':>9}{'<=5%':>7}{'<=10%':>7}{'Spearman':>10}{'Kendall':>9}"
+    lines = [f"{report.space} on {report.device}: {report.n} fresh {report.precision} subnets measured end to end "
+             f"(corrections fitted on {report.fit_n} others)", head]
+    for name, r in [*report.predictors.items(), ("(repeat)", report.repeatability)]:
+        lines.append(f"{name:<18}{r['mape_pct']:>8.2f}{r['rmse_ms']:>9.3f}{r['within_5pct']:>7.0%}"
+                     f"{r['within_10pct']:>7.0%}{_fmt(r['spearman'], '.3f'):>10}{_fmt(r['kendall'], '.3f'):>9}")
+    lines.append(f"csv: {report.files['csv']}  plot: {report.files['plot']}")
+    return "\n".join(lines)

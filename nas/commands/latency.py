@@ -103,17 +103,68 @@ def build_cmd(args: argparse.Namespace) -> int:
     configure_allocator()
     space = _space(args.space)
     store = _store(args)
+    precisions = _precisions(args.precisions)
+    if precisions != ("fp32",):
+        _check_quantized_backend(store, args.device, args.backend, precisions)
     device = _measured_device(args, store, args.backend)
     config = _config(args)
     resolutions = _resolutions(space, args.resolutions)
-    with table_measurer(space, static_builder(), device, config, use_ray=False if args.no_ray else None) as measure:
-        table = build_table(space, device, store.table_path(device.id, space.name), measure,
-                            resolutions=resolutions, protocol=config, lock_path=store.lock_path(device.id),
-                            progress=args.progress)
-    where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
-    print(f"table of {space.name} on {device.id}: {len(table.entries)} layers, resolutions "
-          f"{', '.join(map(str, table.resolutions))} -> {store.table_path(device.id, space.name)}{where}")
+    path = store.table_path(device.id, space.name)
+    where = ""
+    if "fp32" in precisions:
+        with table_measurer(space, static_builder(), device, config,
+                            use_ray=False if args.no_ray else None) as measure:
+            table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
+                                lock_path=store.lock_path(device.id), progress=args.progress)
+        where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
+    for precision in precisions:
+        if precision != "fp32":  # timed in this process: the layer is quantised where it is timed
+            from latency_predictors.lut import quantized_layer_measurer
+            from latency_predictors.measure import backend_for
+
+            from ..quantize import quantize_layer
+
+            measure = quantized_layer_measurer(static_builder(), backend_for(device), config, quantize_layer,
+                                               device.batch_size, space, precision)
+            table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
+                                lock_path=store.lock_path(device.id), progress=args.progress, precision=precision)
+    layers = len({key.split("@")[0] for key in table.entries})
+    counts = "" if table.precisions == ("fp32",) else " (entries: " + ", ".join(
+        f"{sum(1 for e in table.entries.values() if e.get('precision', 'fp32') == p)} {p}"
+        for p in table.precisions) + ")"
+    print(f"table of {space.name} on {device.id}: {layers} layers{counts}, resolutions "
+          f"{', '.join(map(str, table.resolutions))} -> {path}{where}")
     return 0
+
+
+def _precisions(values: list[str] | None) -> tuple[str, ...]:
+    from search_spaces import PRECISIONS
+
+    chosen = tuple(dict.fromkeys(values or ["fp32"]))
+    bad = [p for p in chosen if p not in PRECISIONS]
+    if bad:
+        raise UsageError(f"precisions {bad} are not allowed; allowed: {', '.join(PRECISIONS)}")
+    return chosen
+
+
+def _check_quantized_backend(store, device_id: str, backend: str | None, precisions: tuple[str, ...]) -> None:
+    """Only ONNX Runtime on the CPU times quantised layers: refuse any other device before measuring anything."""
+    from latency_predictors import UnknownDeviceError, parse_device_id
+
+    parsed = parse_device_id(device_id)
+    if parsed is not None:
+        runs, accelerator = parsed.backend, getattr(parsed, "accelerator", "cpu")
+    else:
+        try:
+            known = store.resolve(device_id)
+            runs, accelerator = known.backend, known.accelerator
+        except UnknownDeviceError:
+            runs, accelerator = backend, "cpu"
+    quantized = ", ".join(p for p in precisions if p != "fp32")
+    if runs != "onnxruntime" or accelerator != "cpu":
+        where = f"{runs}" + ("" if accelerator == "cpu" else f" on {accelerator}")
+        raise UsageError(f"--precisions {quantized}: quantised layers are timed only by ONNX Runtime on the CPU "
+                         f"(a local-...-ort device); {device_id!r} runs {where}")
 
 
 @_user_errors
@@ -178,10 +229,31 @@ def eval_cmd(args: argparse.Namespace) -> int:
     space, store, device = _sampling_setup(args)
     if args.draws < 1:
         raise UsageError("--draws must be at least 1")
+    if args.precision != "fp32":
+        return _eval_quantized(args, space, store, device)
     report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
                                  resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
                                  progress=args.progress, curve_draws=args.draws)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
+    return 0
+
+
+def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
+    from latency_predictors.workflow import evaluate_quantized, format_quantized_report
+
+    from ..quantize import quantized_subnet_model
+
+    if device.backend != "onnxruntime" or device.accelerator != "cpu":
+        raise UsageError(f"--precision {args.precision}: quantised subnets are timed only by ONNX Runtime on the "
+                         f"CPU (a local-...-ort device); {device.id!r} runs {device.backend}")
+    if args.fit_samples < 3:
+        raise UsageError("--fit-samples must be at least 3")
+    report = evaluate_quantized(store, device, space, lambda s, a, p: quantized_subnet_model(s, a, p),
+                                args.samples, _config(args), precision=args.precision,
+                                resolutions=_resolutions(space, args.resolutions), fit_n=args.fit_samples,
+                                progress=args.progress)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_quantized_report(report),
+          file=args.stdout)
     return 0
 
 
@@ -229,6 +301,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--backend", default=None,
                    help="backend of a device whose id does not name one (torch, onnxruntime, torch_compile); "
                         "local-... ids carry their own")
+    b.add_argument("--precisions", nargs="+", default=None, metavar="P",
+                   help="precisions to measure each layer in: fp32 (default) and/or int8 (ONNX Runtime QDQ, as "
+                        "'nas quantize' quantises; onnxruntime devices only); int8 entries are timed in this process")
     b.set_defaults(handler=build_cmd)
 
     i = sub.add_parser("import-ofa", help="read Once-for-All YAML lookup tables")
@@ -259,4 +334,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         else:
             f.add_argument("--draws", type=int, default=5,
                            help="random draws of the training subnets per point of the accuracy curve (default 5)")
+            f.add_argument("--precision", choices=("fp32", "int8", "mixed"), default="fp32",
+                           help="fp32 (default); int8 / mixed: subnets quantised as 'nas quantize' does (uniform "
+                                "int8, or random per-group policies) and timed end to end by ONNX Runtime in this "
+                                "process; needs a table with int8 entries ('nas latency build --precisions fp32 int8')")
+            f.add_argument("--fit-samples", type=int, default=20,
+                           help="with --precision int8|mixed: other quantised subnets the table's corrections "
+                                "(table_linear, residual) are fitted on (default 20)")
         f.set_defaults(handler=handler)

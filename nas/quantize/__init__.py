@@ -7,6 +7,9 @@
 - ``prepare_subnet`` / ``quantize_subnet``: the same for a subnet of a run, written as an ``.onnx`` file
   (``nas quantize``).
 - ``fake_quant_agreement``, ``latencies_ms``, ``top1``: running the models in ONNX Runtime on the CPU.
+- ``quantize_layer`` / ``quantized_subnet_model``: the quantised models the latency predictors time (int8
+  lookup-table entries, quantised subnets measured end to end), through the same QDQ functions
+  (``preprocess``, ``calibrate_ranges``, ``qdq_quantize``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ from __future__ import annotations
 from ._flow import QDQ_FORMAT, PreparedSubnet, QuantizeReport, prepare_subnet, quantize_subnet
 from ._groups import block_of_node, name_nodes, nodes_to_exclude
 from ._images import ImageSet, calibration_images, split_images
-from ._ptq import CALIBRATION_METHODS, SubnetQuantizer
+from ._latency import quantized_subnet_model
+from ._ptq import (
+    CALIBRATION_METHODS,
+    SubnetQuantizer,
+    calibrate_ranges,
+    preprocess,
+    qdq_quantize,
+    quantize_layer,
+    unshare_initializers,
+)
 from ._runtime import DEFAULT_MEASURE, FAKE_QUANT_TOLERANCE, fake_quant_agreement, latencies_ms, logits, top1
 from ._search import (
     GRANULARITIES,
@@ -33,4 +45,6 @@ __all__ = ["CALIBRATION_METHODS", "DEFAULT_MEASURE", "FAKE_QUANT_TOLERANCE", "GR
            "Candidate", "GroupSensitivity", "ImageSet", "MethodChoice", "PolicySearch", "PreparedSubnet",
            "QuantizeReport", "SubnetQuantizer", "block_of_node", "calibration_images", "choose_method",
            "fake_quant_agreement", "group_units", "latencies_ms", "logits", "name_nodes", "nodes_to_exclude",
-           "policy_of", "prepare_subnet", "quantize_subnet", "search_policy", "sensitivities", "split_images", "top1"]
+           "policy_of", "prepare_subnet", "quantize_subnet", "search_policy", "sensitivities", "split_images", "top1",
+           "calibrate_ranges", "preprocess", "qdq_quantize", "quantize_layer", "quantized_subnet_model",
+           "unshare_initializers"]

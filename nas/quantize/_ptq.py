@@ -19,9 +19,11 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from search_spaces import NetworkPlan, PrecisionPolicy
 
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
     from ..query import Normalization
 
-__all__ = ["CALIBRATION_METHODS", "SubnetQuantizer"]
+__all__ = ["CALIBRATION_METHODS", "SubnetQuantizer", "calibrate_ranges", "preprocess", "qdq_quantize", "quantize_layer",
+           "unshare_initializers"]
 
 # Calibration methods by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members).
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -63,23 +66,133 @@ def _quiet() -> Iterator[None]:
 
 
 class _Reader:
-    """ONNX Runtime's ``CalibrationDataReader`` over an ``ImageSet``, in batches."""
+    """ONNX Runtime's ``CalibrationDataReader`` over batches of one input (an ``ImageSet``'s, or any arrays)."""
 
-    def __init__(self, images: ImageSet, batch_size: int = CALIBRATION_BATCH) -> None:
-        self._batches = iter(list(images.batches(batch_size)))
+    def __init__(self, batches: Iterable[np.ndarray], input_name: str = "image") -> None:
+        self._batches = iter(list(batches))
+        self._input = input_name
 
     def get_next(self) -> dict[str, Any] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {"image": batch}
+        return None if batch is None else {self._input: batch}
 
 
-def _reader(images: ImageSet) -> Any:
+def _reader(images: ImageSet | Iterable[np.ndarray], input_name: str = "image") -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(_Reader, CalibrationDataReader):
         pass
 
-    return Reader(images)
+    batches = images.batches(CALIBRATION_BATCH) if isinstance(images, ImageSet) else images
+    return Reader(batches, input_name)
+
+
+def preprocess(raw: bytes) -> onnx.ModelProto:
+    """ONNX Runtime's pre-processing for quantisation (shape inference, constant folding, BN folded into
+    convolutions) of an fp32 model, every node named (``name_nodes``)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "fp32_pre.onnx"
+        source.write_bytes(raw)
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        model = onnx.load(str(target))
+    return name_nodes(unshare_initializers(model))
+
+
+# The ops whose weights and biases are given their own initializers (``unshare_initializers``).
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every convolution / matrix product its own copy of each weight or bias initializer an earlier node
+    also reads (in place; returns ``model``). Other shared constants (activations' scalars) stay shared:
+    copying those too made uniform int8 subnets about 6% slower.
+
+    The exporter stores equal tensors once (a fresh subnet's BN-folded biases are all zeros), so an fp32 node
+    of a mixed policy can share its bias with an int8 node; quantising that node replaces the initializer by
+    a DequantizeLinear output, and the fp32 convolution, left with a bias that is not a constant, loses ONNX
+    Runtime's NCHWc kernels: measured 1.77 ms instead of about 0.1 ms for one 7x7 depthwise convolution at
+    32 x 32, a whole mixed subnet 2-2.6x slower than both fp32 and int8 (issue 15, item 3)."""
+    import onnx
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    taken = set(initializers) | {v for n in model.graph.node for v in n.output}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name not in initializers or node.op_type not in _WEIGHTED or index == 0:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            copy_name, k = f"{name}_copy", 1
+            while copy_name in taken:
+                copy_name, k = f"{name}_copy{k}", k + 1
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[name])
+            copy.name = copy_name
+            model.graph.initializer.append(copy)
+            taken.add(copy_name)
+            node.input[index] = copy_name
+    return model
+
+
+def calibrate_ranges(fp32: bytes, data: ImageSet | Iterable[np.ndarray], method: str = "minmax",
+                     input_name: str = "image") -> str:
+    """The activation ranges of ``method`` over ``data`` fed to ``fp32``'s input ``input_name`` (ONNX
+    Runtime's calibration cache, JSON): every tensor a quantised node could read or write."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    check_method(method)
+    with tempfile.TemporaryDirectory(prefix="hwnas-calib-") as folder, _quiet():
+        source = Path(folder) / "fp32.onnx"
+        source.write_bytes(fp32)
+        calibrator = create_calibrator(source, None, str(Path(folder) / "augmented.onnx"),
+                                       getattr(CalibrationMethod, _ORT_METHODS[method]),
+                                       extra_options=_CALIBRATOR_OPTIONS[method])
+        calibrator.collect_data(_reader(data, input_name))
+        save_tensors_data(calibrator.compute_data(), Path(folder) / "ranges.json")
+        return (Path(folder) / "ranges.json").read_text(encoding="utf-8")
+
+
+def qdq_quantize(fp32: bytes, ranges: str, method: str = "minmax", exclude: Iterable[str] = ()) -> bytes:
+    """The QDQ model of ``fp32`` with ``ranges`` (``calibrate_ranges``): hwnas's one quantisation setting --
+    weights int8 symmetric per output channel, activations uint8 asymmetric per tensor (U8S8, fused into
+    integer kernels on x86) -- every node quantised but those named in ``exclude``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
+        source, target, cache = (Path(folder) / n for n in ("fp32.onnx", "qdq.onnx", "ranges.json"))
+        source.write_bytes(fp32)
+        cache.write_text(ranges, encoding="utf-8")
+        quantize_static(str(source), str(target), None, quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                        calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
+                        calibration_cache_path=str(cache))
+        return target.read_bytes()
+
+
+# Random inputs a lone layer is calibrated on (its ranges only shape the timing, not an accuracy).
+LAYER_CALIBRATION_BATCHES = 4
+
+
+def quantize_layer(model: bytes, input_shape: tuple[int, ...], method: str = "minmax", seed: int = 0) -> bytes:
+    """A lone layer's ONNX model (one float input) quantised as ``SubnetQuantizer`` quantises a subnet's int8
+    groups: pre-processed, calibrated on standard-normal inputs of ``input_shape`` (seeded), QDQ with
+    ``qdq_quantize``'s settings. What a lookup table's int8 entry times."""
+    import onnx
+
+    fp32 = preprocess(model)
+    name = fp32.graph.input[0].name
+    fp32_bytes = fp32.SerializeToString()
+    rng = np.random.default_rng(seed)
+    batches = [rng.standard_normal(input_shape).astype(np.float32) for _ in range(LAYER_CALIBRATION_BATCHES)]
+    quantized = qdq_quantize(fp32_bytes, calibrate_ranges(fp32_bytes, batches, method, name), method)
+    onnx.load_from_string(quantized)  # a model ONNX can read back
+    return quantized
 
 
 def check_method(method: str) -> str:
@@ -93,7 +206,6 @@ def _prepared_fp32(net: nn.Module, resolution: int, normalization: Normalization
     """The deployed fp32 graph of ``net``, pre-processed for quantisation, every node named by its group."""
     import onnx
     import torch
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..query import _input_sentence, _normalized_subnet_class, _onnx_bytes
 
@@ -102,14 +214,10 @@ def _prepared_fp32(net: nn.Module, resolution: int, normalization: Normalization
     metadata = {"input": _input_sentence(resolution, "N"), "mean": list(normalization.mean),
                 "std": list(normalization.std), "resolution": int(resolution), **metadata}
     raw = _onnx_bytes(wrapped, example, metadata)
-    with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
-        source, target = Path(folder) / "fp32.onnx", Path(folder) / "fp32_pre.onnx"
-        source.write_bytes(raw)
-        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
-        model = onnx.load(str(target))
+    model = preprocess(raw)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {p.key: p.value for p in onnx.load_from_string(raw).metadata_props})
-    return name_nodes(model)
+    return model
 
 
 class SubnetQuantizer:
@@ -138,35 +246,13 @@ class SubnetQuantizer:
     def ranges(self, method: str) -> str:
         """The activation ranges of ``method`` on the calibration images (ONNX Runtime's calibration cache,
         JSON), computed on the first call: every tensor a quantised node could read or write."""
-        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
-
         check_method(method)
         if method not in self._ranges:
-            with tempfile.TemporaryDirectory(prefix="hwnas-calib-") as folder, _quiet():
-                source = Path(folder) / "fp32.onnx"
-                source.write_bytes(self.fp32)
-                calibrator = create_calibrator(source, None, str(Path(folder) / "augmented.onnx"),
-                                               getattr(CalibrationMethod, _ORT_METHODS[method]),
-                                               extra_options=_CALIBRATOR_OPTIONS[method])
-                calibrator.collect_data(_reader(self.calibration))
-                save_tensors_data(calibrator.compute_data(), Path(folder) / "ranges.json")
-                self._ranges[method] = (Path(folder) / "ranges.json").read_text(encoding="utf-8")
+            self._ranges[method] = calibrate_ranges(self.fp32, self.calibration, method)
         return self._ranges[method]
 
     def _quantize(self, method: str, exclude: list[str]) -> bytes:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        ranges = self.ranges(method)
-        with tempfile.TemporaryDirectory(prefix="hwnas-quant-") as folder, _quiet():
-            source, target, cache = (Path(folder) / n for n in ("fp32.onnx", "qdq.onnx", "ranges.json"))
-            source.write_bytes(self.fp32)
-            cache.write_text(ranges, encoding="utf-8")
-            quantize_static(str(source), str(target), None, quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                            calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
-                            calibration_cache_path=str(cache))
-            return target.read_bytes()
+        return qdq_quantize(self.fp32, self.ranges(method), method, exclude)
 
     def quantize(self, policy: PrecisionPolicy, method: str = "minmax") -> bytes:
         """The ONNX model of ``policy``: QDQ int8 for its int8 groups, fp32 elsewhere (the fp32 graph itself
