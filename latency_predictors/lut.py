@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from .measure import (
     Backend,
     MeasureConfig,
     Measurement,
+    NoisyMeasurementWarning,
     QuantizeFn,
     check_clock,
     configure_allocator,
@@ -310,9 +312,13 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
         desc = f"{space.name} on {device.id}" + ("" if precision == BASE_PRECISION else f" ({precision})")
         bar = _progress(len(layers), len(layers) - len(todo), desc, progress)
         last_save = time.monotonic()
+        noisy = 0
         try:
             for layer in todo:
-                m = measure(layer)
+                with warnings.catch_warnings():  # one summary below, not a warning per layer (entries keep "noisy")
+                    warnings.simplefilter("ignore", NoisyMeasurementWarning)
+                    m = measure(layer)
+                noisy += bool(m.noisy)
                 entry = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind, "noisy": m.noisy}
                 if precision != BASE_PRECISION:
                     entry["precision"] = precision
@@ -328,6 +334,10 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
         finally:
             bar.close()
             table.save(path)
+            if noisy:
+                warnings.warn(f"{noisy} of the {len(todo)} layers measured stayed noisy (their entries say "
+                              f"\"noisy\": true); a quieter machine or more repeats would steady them",
+                              NoisyMeasurementWarning, stacklevel=2)
     return table
 
 

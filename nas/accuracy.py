@@ -6,6 +6,20 @@ are cached by arch id and split in ``accuracy.jsonl`` in the run folder (one JSO
 appended and fsynced per batch; a torn last line is ignored), so no subnet is evaluated twice, across
 restarts too. Evaluation runs on Ray actors that each load the supernet and the data once.
 
+Quantised (``DirectEvaluator.evaluate(archs, split, policies)``, a ``search_spaces.PrecisionPolicy`` per arch
+with an int8 group): the subnet is extracted and its batch norms recalibrated as for fp32, exported to its
+deployed ONNX graph, its activation ranges calibrated on ``nas.quantize.CALIBRATION_IMAGES`` seeded training
+images, quantised under the policy (QDQ) and its top-1 measured by ONNX Runtime on the CPU, with the actor's
+threads, on the images the fp32 accuracy is measured on. The quantiser is ``nas.quantize.subnet_quantizer``'s,
+the one ``nas quantize`` (``prepare_subnet``) writes its models with: the model measured is the model written
+for that arch, policy and calibration method. An arch asked for under several policies in one call is
+exported and calibrated once. Cached in ``accuracy.jsonl`` too, by arch id, split, policy string and
+calibration method (the line records ``policy`` and ``quantization_method``; a line without ``policy`` is fp32,
+so the fp32 lines are as they always were). ``DirectEvaluator.group_sensitivities``: how much each precision
+group (stem, each stage, head) alone in int8 moves the subnet's outputs (mean KL from fp32 on the validation
+images, ``nas.quantize.sensitivities``), least sensitive first; cached in ``sensitivity.jsonl`` beside
+``accuracy.jsonl``, kept the same way.
+
 Predictor: a small MLP on the fixed-length arch encoding (as Once-for-All's accuracy predictor), fitted on
 directly evaluated random subnets; its RMSE and rank correlations on held-out subnets are reported.
 Saved as JSON (weights as lists), never pickled.
@@ -21,75 +35,156 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from search_spaces import (
     Arch,
+    PolicyError,
+    PrecisionPolicy,
     SearchSpace,
+    arch_to_string,
     connect_ray,
     encode_many,
     get_space,
     largest,
+    policy_or_none,
     reading,
     sample,
     smallest,
+    validate_policy,
 )
 
 from .errors import UsageError
 
-__all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SubnetEvaluation",
-           "SupernetAccuracy", "evaluate_subnets", "fit_accuracy_predictor"]
+__all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SensitivityCache",
+           "SubnetEvaluation", "SupernetAccuracy", "evaluate_subnets", "fit_accuracy_predictor"]
 
 CACHE_NAME = "accuracy.jsonl"
+SENSITIVITY_NAME = "sensitivity.jsonl"
 PREDICTOR_NAME = "accuracy_predictor.json"
+DEFAULT_METHOD = "minmax"
 
 ArchAccuracyFn = Callable[[Arch, str], float]
 """Accuracy (0..1) of one arch on one split (``"val"`` or ``"test"``)."""
 
 
+def _read_lines(path: Path | None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (none when absent); lines that do not parse (torn) are skipped."""
+    rows: list[dict[str, Any]] = []
+    if path is None or not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _append_lines(path: Path | None, lines: Sequence[str]) -> None:
+    """Append ``lines`` to ``path`` in one write, then fsync (a torn last line is closed first)."""
+    if path is None or not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        # A torn line from an earlier kill must not swallow the first new row.
+        if handle.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    handle.write("\n")
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _policy_key(policy: PrecisionPolicy | None, method: str) -> tuple[str | None, str | None]:
+    """(policy string, calibration method) of a cache key; (None, None) for fp32 throughout."""
+    policy = policy_or_none(policy)
+    return (None, None) if policy is None else (str(policy), method)
+
+
 class AccuracyCache:
-    """Accuracies by (arch id, split), persisted as JSON lines."""
+    """Accuracies by (arch id, split, precision policy, calibration method), persisted as JSON lines.
+
+    fp32 (no policy, or fp32 throughout) is one subnet whatever the method: its lines carry neither field.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path is not None else None
-        self._values: dict[tuple[str, str], float] = {}
-        if self.path is not None and self.path.exists():
-            with open(self.path, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        row = json.loads(line)
-                        self._values[(row["arch_id"], row["split"])] = float(row["accuracy"])
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a line torn by a kill
+        self._values: dict[tuple[str, str, str | None, str | None], float] = {}
+        for row in _read_lines(self.path):
+            try:
+                policy = row.get("policy")
+                method = None if policy is None else str(row.get("quantization_method", DEFAULT_METHOD))
+                self._values[(row["arch_id"], row["split"], policy, method)] = float(row["accuracy"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a kill
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def get(self, arch_id: str, split: str = "val") -> float | None:
-        return self._values.get((arch_id, split))
+    def get(self, arch_id: str, split: str = "val", policy: PrecisionPolicy | None = None,
+            method: str = DEFAULT_METHOD) -> float | None:
+        """The accuracy of the arch on ``split`` under ``policy`` (None: fp32) calibrated with ``method``."""
+        return self._values.get((arch_id, split, *_policy_key(policy, method)))
 
-    def put_many(self, rows: Sequence[tuple[Arch, str, float]]) -> None:
-        """Record ``(arch, split, accuracy)`` rows; appended to the file in one write, then fsynced."""
+    def put_many(self, rows: Sequence[tuple[Arch, str, float]],
+                 policies: Sequence[PrecisionPolicy | None] | None = None, method: str = DEFAULT_METHOD) -> None:
+        """Record ``(arch, split, accuracy)`` rows (under ``policies``, one per row, calibrated with ``method``;
+        None: fp32); appended to the file in one write, then fsynced."""
         lines = []
-        for arch, split, acc in rows:
-            self._values[(arch.arch_id, split)] = float(acc)
-            lines.append(json.dumps({"arch_id": arch.arch_id, "split": split, "accuracy": float(acc),
+        for i, (arch, split, acc) in enumerate(rows):
+            policy, used = _policy_key(policies[i] if policies is not None else None, method)
+            self._values[(arch.arch_id, split, policy, used)] = float(acc)
+            row: dict[str, Any] = {"arch_id": arch.arch_id, "split": split, "accuracy": float(acc),
+                                   "arch": arch.to_dict()}
+            if policy is not None:
+                row.update(policy=policy, quantization_method=used)
+            lines.append(json.dumps(row, sort_keys=True))
+        _append_lines(self.path, lines)
+
+
+class SensitivityCache:
+    """Per-group int8 sensitivities by (arch id, calibration method), persisted as JSON lines.
+
+    A value is one ``(group, kl, accuracy)`` per precision group (``nas.quantize.group_units(space, arch,
+    "stage")``), in the subnet's order: KL of the outputs from fp32's and top-1 on the validation images with
+    that group alone int8.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._values: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+        for row in _read_lines(self.path):
+            try:
+                groups = [(str(g["group"]), float(g["kl"]), float(g["accuracy"])) for g in row["groups"]]
+                self._values[(row["arch_id"], str(row["quantization_method"]))] = groups
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, arch_id: str, method: str = DEFAULT_METHOD) -> list[tuple[str, float, float]] | None:
+        return self._values.get((arch_id, method))
+
+    def put_many(self, rows: Sequence[tuple[Arch, list[tuple[str, float, float]]]],
+                 method: str = DEFAULT_METHOD) -> None:
+        """Record ``(arch, [(group, kl, accuracy), ...])`` rows; appended in one write, then fsynced."""
+        lines = []
+        for arch, groups in rows:
+            values = [(str(g), float(kl), float(acc)) for g, kl, acc in groups]
+            self._values[(arch.arch_id, method)] = values
+            lines.append(json.dumps({"arch_id": arch.arch_id, "quantization_method": method, "split": "val",
+                                     "groups": [{"group": g, "kl": kl, "accuracy": acc} for g, kl, acc in values],
                                      "arch": arch.to_dict()}, sort_keys=True))
-        if self.path is None or not lines:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            # A torn line from an earlier kill must not swallow the first new row.
-            if handle.tell() > 0:
-                with open(self.path, "rb") as check:
-                    check.seek(-1, os.SEEK_END)
-                    if check.read(1) != b"\n":
-                        handle.write("\n")
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_lines(self.path, lines)
 
 
 class _Actor:
@@ -100,34 +195,68 @@ class _Actor:
             import torch
 
             torch.set_num_threads(threads)
+        self.threads = threads
         self.fn = factory()
 
     def evaluate(self, arch_dicts: list[dict], split: str) -> list[float]:
         return [float(self.fn(Arch.from_dict(d), split)) for d in arch_dicts]
 
+    def _quantizing(self) -> Any:
+        if not callable(getattr(self.fn, "quantized_accuracy", None)):
+            raise UsageError("this accuracy function cannot evaluate quantised subnets (a SupernetAccuracy can)")
+        return self.fn
+
+    def evaluate_quantized(self, items: list[tuple[dict, list[PrecisionPolicy]]], split: str, method: str
+                           ) -> list[list[float]]:
+        fn = self._quantizing()
+        return [[float(v) for v in fn.quantized_accuracy(Arch.from_dict(d), split, policies, method, self.threads)]
+                for d, policies in items]
+
+    def sensitivities(self, arch_dicts: list[dict], method: str) -> list[list[tuple[str, float, float]]]:
+        fn = self._quantizing()
+        return [fn.group_sensitivities(Arch.from_dict(d), method, self.threads) for d in arch_dicts]
+
 
 class DirectEvaluator:
-    """Direct accuracy of subnets, cached, evaluated in parallel on Ray actors.
+    """Direct accuracy of subnets, in fp32 or quantised under a precision policy, cached, evaluated in
+    parallel on Ray actors.
 
     Args:
         factory: a picklable zero-argument callable returning ``(arch, split) -> accuracy``; it runs once in
-            each actor (e.g. ``SupernetAccuracy``, which loads the supernet and data there).
+            each actor (e.g. ``SupernetAccuracy``, which loads the supernet and data there). Quantised
+            accuracies and sensitivities need a factory with ``quantizes = True`` whose function also has
+            ``quantized_accuracy(arch, split, policies, method, threads) -> [accuracy]`` and
+            ``group_sensitivities(arch, method, threads) -> [(group, kl, accuracy)]`` (``SupernetAccuracy``).
         cache: where results are kept (``AccuracyCache``); ``None`` keeps them in memory only.
         workers: Ray actors; 0 evaluates in this process (no Ray).
-        threads_per_worker: torch threads in each actor (0 leaves torch's default).
+        threads_per_worker: torch threads in each actor (0 leaves torch's default), and ONNX Runtime's threads
+            for quantised subnets (0: ONNX Runtime's default).
         gpus_per_worker: GPUs Ray reserves for each actor (0: CPU actors; the factory decides the device).
+        quantization_method: how int8 activation ranges are calibrated (``minmax``, ``entropy``,
+            ``percentile``); None: the factory's ``quantization_method`` (``minmax`` when it has none).
+        sensitivity_cache: where group sensitivities are kept; None: ``sensitivity.jsonl`` beside the
+            accuracy cache's file (in memory when that has none).
     """
 
     def __init__(self, factory: Callable[[], ArchAccuracyFn], cache: AccuracyCache | None = None,
-                 workers: int = 2, threads_per_worker: int = 1, gpus_per_worker: float = 0.0) -> None:
+                 workers: int = 2, threads_per_worker: int = 1, gpus_per_worker: float = 0.0,
+                 quantization_method: str | None = None, sensitivity_cache: SensitivityCache | None = None) -> None:
+        from .quantize._ptq import check_method
+
         self.factory = factory
         self.cache = cache if cache is not None else AccuracyCache(None)
+        self.sensitivity_cache = sensitivity_cache if sensitivity_cache is not None else SensitivityCache(
+            self.cache.path.with_name(SENSITIVITY_NAME) if self.cache.path is not None else None)
         self.workers = workers
         self.threads = threads_per_worker
         self.gpus = gpus_per_worker
+        self.quantization_method = check_method(
+            quantization_method if quantization_method is not None
+            else getattr(factory, "quantization_method", DEFAULT_METHOD))
         self._actors: list[Any] = []
         self._local: _Actor | None = None
         self.evaluations = 0
+        self.quantizers_built = 0
 
     def _start(self) -> None:
         if not (self._actors or self._local):
@@ -146,32 +275,117 @@ class DirectEvaluator:
         actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Actor)
         self._actors = [actor_cls.remote(self.factory, self.threads) for _ in range(self.workers)]
 
-    def evaluate(self, archs: Sequence[Arch], split: str = "val") -> np.ndarray:
-        """Accuracy of each arch on ``split``; only archs not in the cache are evaluated (each once)."""
+    def _run(self, method: str, items: list[Any], *args: Any) -> list[Any]:
+        """``_Actor.<method>(items, *args)``: in this process, or the items dealt out over the actors."""
+        self._start()
+        if self._local is not None:
+            return getattr(self._local, method)(items, *args)
+        import ray
+
+        chunks = [list(range(len(items)))[i::len(self._actors)] for i in range(len(self._actors))]
+        refs = [(chunk, getattr(actor, method).remote([items[j] for j in chunk], *args))
+                for actor, chunk in zip(self._actors, chunks) if chunk]
+        out: list[Any] = [None] * len(items)
+        for chunk, ref in refs:
+            for j, value in zip(chunk, ray.get(ref)):
+                out[j] = value
+        return out
+
+    def _check_quantizes(self) -> None:
+        if not getattr(self.factory, "quantizes", False):
+            raise UsageError(f"the accuracy function {type(self.factory).__name__} cannot evaluate quantised "
+                             f"subnets; a SupernetAccuracy (a run's supernet and dataset) can")
+
+    def _policies(self, archs: Sequence[Arch], policies: Sequence[PrecisionPolicy | None] | None
+                  ) -> list[PrecisionPolicy | None]:
+        """One canonical policy or None (fp32 throughout) per arch; ``UsageError`` for one that does not fit."""
+        if policies is None:
+            return [None] * len(archs)
+        policies = list(policies)
+        if len(policies) != len(archs):
+            raise UsageError(f"{len(policies)} precision policies for {len(archs)} subnets; give one per subnet "
+                             f"(None for fp32)")
+        out: list[PrecisionPolicy | None] = []
+        for arch, policy in zip(archs, policies):
+            if policy is not None and not isinstance(policy, PrecisionPolicy):
+                raise UsageError(f"precision policy {policy!r} is not allowed; give a PrecisionPolicy or None (fp32)")
+            if policy is not None:
+                space = get_space(arch.space)
+                try:
+                    validate_policy(space, policy, arch)
+                except PolicyError as exc:
+                    raise UsageError(f"{exc} (subnet {arch_to_string(space, arch)})") from None
+            out.append(policy_or_none(policy))
+        return out
+
+    def evaluate(self, archs: Sequence[Arch], split: str = "val",
+                 policies: Sequence[PrecisionPolicy | None] | None = None) -> np.ndarray:
+        """Accuracy of each arch on ``split``, under its precision policy (``policies``: one per arch; None,
+        or a policy fp32 throughout, is the fp32 subnet); only what is not in the cache is evaluated (each
+        once). Quantised subnets are measured in ONNX Runtime (see the module); an arch asked for under several
+        policies is exported and calibrated once.
+
+        Raises:
+            UsageError: a policy that does not fit its arch (before any evaluation), or a factory that cannot
+                quantise.
+        """
+        archs = list(archs)
+        chosen = self._policies(archs, policies)
+        method = self.quantization_method
         missing: dict[str, Arch] = {}
-        for arch in archs:
-            if self.cache.get(arch.arch_id, split) is None:
+        quantized: dict[str, tuple[Arch, dict[str, PrecisionPolicy]]] = {}
+        for arch, policy in zip(archs, chosen):
+            if self.cache.get(arch.arch_id, split, policy, method) is not None:
+                continue
+            if policy is None:
                 missing.setdefault(arch.arch_id, arch)
+            else:
+                quantized.setdefault(arch.arch_id, (arch, {}))[1].setdefault(str(policy), policy)
+        if quantized:
+            self._check_quantizes()
         if missing:
             todo = list(missing.values())
-            self._start()
-            if self._local is not None:
-                values = self._local.evaluate([a.to_dict() for a in todo], split)
-            else:
-                import ray
-
-                chunks = [todo[i::len(self._actors)] for i in range(len(self._actors))]
-                refs = [actor.evaluate.remote([a.to_dict() for a in chunk], split)
-                        for actor, chunk in zip(self._actors, chunks) if chunk]
-                results = ray.get(refs)
-                by_id = {a.arch_id: v for chunk, res in zip([c for c in chunks if c], results)
-                         for a, v in zip(chunk, res)}
-                values = [by_id[a.arch_id] for a in todo]
+            values = self._run("evaluate", [a.to_dict() for a in todo], split)
             self.cache.put_many([(a, split, v) for a, v in zip(todo, values)])
             self.evaluations += len(todo)
-        return np.array([self.cache.get(a.arch_id, split) for a in archs], dtype=np.float64)
+        if quantized:
+            groups = [(arch, list(wanted.values())) for arch, wanted in quantized.values()]
+            results = self._run("evaluate_quantized", [(a.to_dict(), ps) for a, ps in groups], split, method)
+            rows = [(a, split, v) for (a, ps), vs in zip(groups, results) for v in vs]
+            self.cache.put_many(rows, [p for _, ps in groups for p in ps], method)
+            self.evaluations += len(rows)
+            self.quantizers_built += len(groups)
+        return np.array([self.cache.get(a.arch_id, split, p, method) for a, p in zip(archs, chosen)],
+                        dtype=np.float64)
 
     __call__ = evaluate
+
+    def group_sensitivities(self, archs: Sequence[Arch]) -> list[list[tuple[str, float]]]:
+        """Per arch, each precision group (stem, each stage, head: ``nas.quantize.group_units(space, arch,
+        "stage")`` by ``unit_name``) with the mean KL divergence of the subnet's outputs when that group alone is
+        int8 from the fp32 subnet's, on the validation images (``nas.quantize.sensitivities``), least sensitive
+        first (ties in group order). Cached in ``sensitivity_cache``; each arch computed once.
+
+        Raises:
+            UsageError: a factory that cannot quantise.
+        """
+        archs = list(archs)
+        method = self.quantization_method
+        missing: dict[str, Arch] = {}
+        for arch in archs:
+            if self.sensitivity_cache.get(arch.arch_id, method) is None:
+                missing.setdefault(arch.arch_id, arch)
+        if missing:
+            self._check_quantizes()
+            todo = list(missing.values())
+            values = self._run("sensitivities", [a.to_dict() for a in todo], method)
+            self.sensitivity_cache.put_many(list(zip(todo, values)), method)
+            self.quantizers_built += len(todo)
+        out = []
+        for arch in archs:
+            groups = self.sensitivity_cache.get(arch.arch_id, method) or []
+            out.append([(g, kl) for g, kl, _ in sorted(groups, key=lambda row: row[1])])  # stable: group order
+        return out
 
     def close(self) -> None:
         if self._actors:
@@ -187,7 +401,10 @@ class SupernetAccuracy:
     """Picklable factory of ``(arch, split) -> accuracy`` from a supernet checkpoint and a data source.
 
     ``data_factory`` (picklable, zero arguments) returns a ``supernets.training.evaluate.DataSource``
-    (``nas.data`` builds one from the experiment config).
+    (``nas.data`` builds one from the experiment config). The function it returns also measures quantised
+    subnets (``quantized_accuracy``) and their groups' int8 sensitivities (``group_sensitivities``) with
+    ``nas.quantize.subnet_quantizer``, as ``nas quantize`` makes them for a run whose config has these
+    ``bn_images`` (``train.bn_recal_images``) and ``seed``.
     """
 
     checkpoint: str
@@ -199,6 +416,14 @@ class SupernetAccuracy:
     # ``train.device`` values: ``auto`` evaluates on CUDA when this process (actor) has a GPU. Always fp32
     # in the default memory format, so a cached accuracy does not depend on where it was computed.
     device: str = "auto"
+    # How int8 activation ranges are calibrated (``search.quantization_method``).
+    quantization_method: str = DEFAULT_METHOD
+    quantizes: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        from .quantize._ptq import check_method
+
+        check_method(self.quantization_method)
 
     def check(self) -> None:
         """Read the checkpoint in this process: ``UsageError`` naming it when it is damaged or foreign."""
@@ -216,26 +441,79 @@ class SupernetAccuracy:
         """``(arch, split) -> accuracy`` on ``data`` (what ``data_factory`` returns), moved to the device."""
         from supernets.training.checkpoint import CheckpointError, load_supernet_file
         from supernets.training.device import DeviceError, Execution
-        from supernets.training.evaluate import subnet_accuracy
 
         try:
             execution = Execution.resolve(self.device, "fp32", channels_last=False)
         except DeviceError as exc:
             raise UsageError(str(exc)) from exc
         try:
-            _, supernet = load_supernet_file(self.checkpoint)
+            space, supernet = load_supernet_file(self.checkpoint)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from exc
         execution.module(supernet)
         if hasattr(data, "to"):
             data.to(execution.device)
+        return _SupernetAccuracyFn(self, space, supernet, data, execution)
 
-        def fn(arch: Arch, split: str) -> float:
-            return subnet_accuracy(supernet, arch, data, split=split, bn_images=self.bn_images,
-                                   max_images=self.max_images, batch_size=self.batch_size, seed=self.seed,
-                                   execution=execution)
 
-        return fn
+class _SupernetAccuracyFn:
+    """What ``SupernetAccuracy`` returns: the supernet and data loaded once, the subnets' accuracies from them."""
+
+    def __init__(self, settings: SupernetAccuracy, space: SearchSpace, supernet: Any, data: Any,
+                 execution: Any) -> None:
+        self.settings, self.space, self.supernet, self.data, self.execution = (settings, space, supernet, data,
+                                                                              execution)
+        self._images: tuple[tuple[str, int], Any] | None = None
+
+    def __call__(self, arch: Arch, split: str) -> float:
+        from supernets.training.evaluate import subnet_accuracy
+
+        s = self.settings
+        return subnet_accuracy(self.supernet, arch, self.data, split=split, bn_images=s.bn_images,
+                               max_images=s.max_images, batch_size=s.batch_size, seed=s.seed,
+                               execution=self.execution)
+
+    def split_images(self, split: str, resolution: int) -> Any:
+        """The images of ``split`` the fp32 accuracy is measured on (the first ``max_images``), in [0, 1] at
+        ``resolution``; the last set is kept when the dataset is in memory (a streamed one is read again)."""
+        from .quantize import split_images
+
+        key = (split, resolution)
+        if self._images is not None and self._images[0] == key:
+            return self._images[1]
+        images = split_images(self.data, split, resolution, self.settings.max_images)
+        if hasattr(self.data, "splits"):
+            self._images = (key, images)
+        return images
+
+    def quantizer(self, arch: Arch) -> Any:
+        """``arch``'s quantiser, made as ``nas quantize`` makes it (``nas.quantize.subnet_quantizer``)."""
+        from .quantize import _flow
+
+        return _flow.subnet_quantizer(self.space, self.supernet, arch, self.data, seed=self.settings.seed,
+                                      bn_images=self.settings.bn_images, calibration=_flow.CALIBRATION_IMAGES,
+                                      execution=self.execution)
+
+    def quantized_accuracy(self, arch: Arch, split: str, policies: Sequence[PrecisionPolicy], method: str,
+                           threads: int = 0) -> list[float]:
+        """Top-1 of ``arch`` under each policy in ONNX Runtime (CPU, ``threads``; 0: its default), on the
+        images of ``split``; one export and one calibration for all of them."""
+        from .quantize import top1
+
+        quantizer = self.quantizer(arch)
+        images = self.split_images(split, arch.resolution)
+        return [top1(quantizer.quantize(p, method), images, threads=threads) for p in policies]
+
+    def group_sensitivities(self, arch: Arch, method: str, threads: int = 0) -> list[tuple[str, float, float]]:
+        """Each group of ``arch`` (``group_units(space, arch, "stage")``) alone in int8: ``(group, KL from fp32,
+        top-1)`` on the validation images, in group order."""
+        from .quantize import group_units, sensitivities
+
+        quantizer = self.quantizer(arch)
+        images = self.split_images("val", arch.resolution)
+        units = group_units(self.space, arch, "stage")
+        return [(g.group, float(g.kl), float(g.accuracy))
+                for g in sensitivities(quantizer, self.space, arch, images, units, method, threads)]
 
 
 # --- predictor -------------------------------------------------------------------------------------------

@@ -4,13 +4,23 @@
 ``MemoryFrontStore`` implement it, and ``get_front_store`` picks one (as Optuna's ``get_storage``). The
 contract tests in ``tests/search/test_fronts.py`` run against every implementation.
 
-SQLite layout (``format`` 1 in table ``meta``)::
+A front member is a subnet at a precision: its arch and its precision policy (``policy``: the canonical
+policy string of ``search_spaces.policy_to_string``, ``p:f,i,...``; None for fp32 throughout). Members and
+measurements are told apart by their member id (``member_id``: the arch id for fp32, ``<arch id>+<policy>``
+otherwise), so one arch can sit on a front both in fp32 and in int8.
 
-    members(device, arch_id, arch_json, arch_string, val_accuracy, test_accuracy, predicted_latency_ms,
-            measured_latency_ms, macs, params, checkpoint, trial_number)   primary key (device, arch_id)
+SQLite layout (``format`` 2 in table ``meta``)::
+
+    members(device, member_id, arch_id, policy, arch_json, arch_string, val_accuracy, test_accuracy,
+            predicted_latency_ms, measured_latency_ms, macs, params, checkpoint, trial_number)
+                                                                       primary key (device, member_id)
     reference_points(device, name, arch_json, accuracy, latency_ms)       primary key (device, name)
-    measurements(device, arch_id, predicted_latency_ms, measured_latency_ms) primary key (device, arch_id)
+    measurements(device, member_id, arch_id, policy, predicted_latency_ms, measured_latency_ms)
+                                                                       primary key (device, member_id)
     meta(key, value_json)
+
+``policy`` is NULL for fp32 members. A format-1 file (no ``member_id`` or ``policy``: every member fp32,
+keyed by arch id) is migrated in place when opened, in one transaction; a newer format is a ``UsageError``.
 
 Accuracies are fractions in [0, 1]; latencies in milliseconds.
 """
@@ -30,14 +40,34 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch
+from search_spaces import Arch, precision_label
 
+from .errors import UsageError
 from .pareto import non_dominated_mask
 
-__all__ = ["FrontMember", "FrontStore", "Measurement", "MemoryFrontStore", "ReferencePoint",
-           "SQLiteFrontStore", "get_front_store", "non_dominated"]
+__all__ = ["FORMAT_VERSION", "FrontMember", "FrontStore", "Measurement", "MemoryFrontStore", "ReferencePoint",
+           "SQLiteFrontStore", "get_front_store", "member_id", "non_dominated"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Formats this version opens: older ones are migrated in place.
+_MIGRATED_FORMATS = (1,)
+_POLICY_PREFIX = "p:"
+
+
+def member_id(arch_id: str, policy: str | None) -> str:
+    """The id of a subnet at a precision: ``arch_id`` for fp32 throughout (``policy`` None), else
+    ``<arch_id>+<policy>`` (``policy`` the canonical policy string)."""
+    return arch_id if policy is None else f"{arch_id}+{policy}"
+
+
+def _checked_policy(policy: str | None, what: str) -> str | None:
+    """``policy`` as stored: None for fp32 throughout (a policy string whose groups are all fp32 included)."""
+    if policy is None:
+        return None
+    if not isinstance(policy, str) or not policy.startswith(_POLICY_PREFIX):
+        raise ValueError(f"{what} policy {policy!r} is not a precision policy string ({_POLICY_PREFIX}...; None "
+                         f"for fp32 throughout)")
+    return None if precision_label(policy) == "fp32" else policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +89,32 @@ class FrontMember:
     # The supernet checkpoint the weights come from.
     checkpoint: str | None = None
     trial_number: int | None = None
+    # The precision policy (canonical string, ``p:f,i,...``); None: fp32 throughout.
+    policy: str | None = None
+
+    def __post_init__(self) -> None:  # a uniform fp32 policy is no policy: one subnet, one member id
+        object.__setattr__(self, "policy", _checked_policy(self.policy, f"front member {self.arch_id}:"))
 
     @property
     def latency_ms(self) -> float:
         """Measured latency where known, else predicted: what the front is built on."""
         return self.predicted_latency_ms if self.measured_latency_ms is None else self.measured_latency_ms
 
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``int8`` or ``mixed`` (``search_spaces.precision_label`` of the policy)."""
+        return precision_label(self.policy)
+
+    @property
+    def member_id(self) -> str:
+        """What tells members apart: the arch id, with the policy unless fp32 throughout."""
+        return member_id(self.arch_id, self.policy)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device, "arch": self.arch.to_dict(), "arch_string": self.arch_string,
-            "arch_id": self.arch_id, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+            "arch_id": self.arch_id, "member_id": self.member_id, "policy": self.policy,
+            "precision": self.precision, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
             "predicted_latency_ms": self.predicted_latency_ms, "measured_latency_ms": self.measured_latency_ms,
             "latency_ms": self.latency_ms, "macs": self.macs, "params": self.params,
             "checkpoint": self.checkpoint, "trial_number": self.trial_number,
@@ -94,11 +140,21 @@ class Measurement:
     arch_id: str
     predicted_latency_ms: float
     measured_latency_ms: float
+    # The precision policy the subnet was measured at (canonical string); None: fp32 throughout.
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", _checked_policy(self.policy, f"measurement of {self.arch_id}:"))
+
+    @property
+    def member_id(self) -> str:
+        """The id of the front member measured (``member_id(arch_id, policy)``)."""
+        return member_id(self.arch_id, self.policy)
 
 
 def non_dominated(members: Sequence[FrontMember]) -> list[FrontMember]:
-    """Distinct (by arch id) non-dominated members on (val accuracy, latency), latency ascending."""
-    distinct = list({m.arch_id: m for m in members}.values())
+    """Distinct (by member id) non-dominated members on (val accuracy, latency), latency ascending."""
+    distinct = list({m.member_id: m for m in members}.values())
     if not distinct:
         return []
     acc = np.array([m.val_accuracy for m in distinct])
@@ -114,12 +170,14 @@ class FrontStore(abc.ABC):
     Contract:
 
     - ``write_front(device, members)`` replaces the device's front with the non-dominated subset of
-      ``members`` (by validation accuracy and ``latency_ms``, duplicates by arch id dropped); it is atomic:
-      readers see the old front or the new one.
+      ``members`` (by validation accuracy and ``latency_ms``, duplicates by member id dropped: one arch at
+      two precisions is two members); it is atomic: readers see the old front or the new one.
     - ``front(device)`` returns the stored members sorted by latency ascending (so accuracy ascending too);
       an unknown device gives an empty list. ``devices()`` lists devices with a stored front.
     - ``write_references`` / ``references`` keep the reference subnets drawn beside a front.
-    - ``write_measurements`` / ``measurements`` keep hardware-in-the-loop results (upserts by arch id).
+    - ``write_measurements`` / ``measurements`` keep hardware-in-the-loop results (upserts by member id;
+      ``measurements`` sorted by member id).
+    - Members and measurements keep their ``policy`` (None stays None).
     - ``set_meta`` / ``get_meta`` keep small JSON values.
     - ``transaction()`` groups several writes into one atomic unit (nesting joins the outer one).
     """
@@ -183,10 +241,10 @@ class MemoryFrontStore(FrontStore):
 
     def write_measurements(self, measurements: Sequence[Measurement]) -> None:
         for m in measurements:
-            self._meas.setdefault(m.device, {})[m.arch_id] = m
+            self._meas.setdefault(m.device, {})[m.member_id] = m
 
     def measurements(self, device: str) -> list[Measurement]:
-        return sorted(self._meas.get(device, {}).values(), key=lambda m: m.arch_id)
+        return sorted(self._meas.get(device, {}).values(), key=lambda m: m.member_id)
 
     def set_meta(self, key: str, value: Any) -> None:
         self._meta[key] = json.loads(json.dumps(value))
@@ -212,21 +270,28 @@ class MemoryFrontStore(FrontStore):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
-    device TEXT NOT NULL, arch_id TEXT NOT NULL, arch_json TEXT NOT NULL, arch_string TEXT NOT NULL,
-    val_accuracy REAL NOT NULL, test_accuracy REAL, predicted_latency_ms REAL NOT NULL,
+    device TEXT NOT NULL, member_id TEXT NOT NULL, arch_id TEXT NOT NULL, policy TEXT, arch_json TEXT NOT NULL,
+    arch_string TEXT NOT NULL, val_accuracy REAL NOT NULL, test_accuracy REAL, predicted_latency_ms REAL NOT NULL,
     measured_latency_ms REAL, macs INTEGER NOT NULL, params INTEGER NOT NULL, checkpoint TEXT,
-    trial_number INTEGER, PRIMARY KEY (device, arch_id));
+    trial_number INTEGER, PRIMARY KEY (device, member_id));
 CREATE TABLE IF NOT EXISTS reference_points (
     device TEXT NOT NULL, name TEXT NOT NULL, arch_json TEXT NOT NULL, accuracy REAL, latency_ms REAL NOT NULL,
     PRIMARY KEY (device, name));
 CREATE TABLE IF NOT EXISTS measurements (
-    device TEXT NOT NULL, arch_id TEXT NOT NULL, predicted_latency_ms REAL NOT NULL,
-    measured_latency_ms REAL NOT NULL, PRIMARY KEY (device, arch_id));
+    device TEXT NOT NULL, member_id TEXT NOT NULL, arch_id TEXT NOT NULL, policy TEXT,
+    predicted_latency_ms REAL NOT NULL, measured_latency_ms REAL NOT NULL, PRIMARY KEY (device, member_id));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value_json TEXT NOT NULL);
 """
 
-_MEMBER_COLUMNS = ("device", "arch_id", "arch_json", "arch_string", "val_accuracy", "test_accuracy",
-                   "predicted_latency_ms", "measured_latency_ms", "macs", "params", "checkpoint", "trial_number")
+_MEMBER_COLUMNS = ("device", "member_id", "arch_id", "policy", "arch_json", "arch_string", "val_accuracy",
+                   "test_accuracy", "predicted_latency_ms", "measured_latency_ms", "macs", "params", "checkpoint",
+                   "trial_number")
+_MEASUREMENT_COLUMNS = ("device", "member_id", "arch_id", "policy", "predicted_latency_ms", "measured_latency_ms")
+# Format 1's columns, copied into format 2's tables by the migration (member id = arch id, policy NULL).
+_FORMAT1_MEMBER_COLUMNS = ("device", "arch_id", "arch_json", "arch_string", "val_accuracy", "test_accuracy",
+                           "predicted_latency_ms", "measured_latency_ms", "macs", "params", "checkpoint",
+                           "trial_number")
+_FORMAT1_MEASUREMENT_COLUMNS = ("device", "arch_id", "predicted_latency_ms", "measured_latency_ms")
 
 
 def _nan_to_none(value: float | None) -> float | None:
@@ -234,7 +299,11 @@ def _nan_to_none(value: float | None) -> float | None:
 
 
 class SQLiteFrontStore(FrontStore):
-    """A SQLite file; every write runs inside one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+    """A SQLite file; every write runs inside one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
+
+    Opening a format-1 file migrates it to format 2 in place, in one transaction (its members and
+    measurements become fp32 ones); a file of a newer format is a ``UsageError``.
+    """
 
     def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
         self.path = Path(path)
@@ -244,15 +313,50 @@ class SQLiteFrontStore(FrontStore):
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False)
         self._lock = threading.RLock()
         self._depth = 0
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
-            row = self._conn.execute("SELECT value_json FROM meta WHERE key='format'").fetchone()
-            if row is None:
-                self._conn.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(FORMAT_VERSION),))
-            elif json.loads(row[0]) != FORMAT_VERSION:
-                raise ValueError(f"{self.path}: front store format {row[0]}, this version reads {FORMAT_VERSION}")
+        try:
+            with self.transaction():
+                version = self._stored_format()
+                readable = ", ".join(map(str, (*_MIGRATED_FORMATS, FORMAT_VERSION)))
+                if version in _MIGRATED_FORMATS:
+                    self._migrate_from_1()
+                elif isinstance(version, int) and version > FORMAT_VERSION:
+                    raise UsageError(f"front store {self.path} is format {version}, written by a newer hwnas; this "
+                                     f"version reads formats {readable}: upgrade hwnas to read it")
+                elif version is not None and version != FORMAT_VERSION:
+                    raise ValueError(f"{self.path}: front store format {version!r}; this version reads formats "
+                                     f"{readable}")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                if version is None:
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)",
+                                       (json.dumps(FORMAT_VERSION),))
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _stored_format(self) -> Any:
+        """The ``format`` in ``meta``; None for a new file (no ``meta`` table or no ``format`` row)."""
+        if self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+            return None
+        row = self._conn.execute("SELECT value_json FROM meta WHERE key='format'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _migrate_from_1(self) -> None:
+        """Format 1 to 2 (inside the caller's transaction): member id and policy columns, keyed by member id;
+        every stored member and measurement is fp32 (member id = arch id, policy NULL)."""
+        for table in ("members", "measurements"):
+            self._conn.execute(f"ALTER TABLE {table} RENAME TO {table}_format1")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._conn.execute(statement)
+        for table, old_columns in (("members", _FORMAT1_MEMBER_COLUMNS),
+                                   ("measurements", _FORMAT1_MEASUREMENT_COLUMNS)):
+            columns = ", ".join(old_columns)
+            self._conn.execute(f"INSERT INTO {table} (member_id, policy, {columns}) "
+                               f"SELECT arch_id, NULL, {columns} FROM {table}_format1")
+            self._conn.execute(f"DROP TABLE {table}_format1")
+        self._conn.execute("UPDATE meta SET value_json = ? WHERE key = 'format'", (json.dumps(FORMAT_VERSION),))
 
     def close(self) -> None:
         self._conn.close()
@@ -280,7 +384,7 @@ class SQLiteFrontStore(FrontStore):
                 self._depth = 0
 
     def write_front(self, device: str, members: Sequence[FrontMember]) -> None:
-        rows = [(m.device if m.device == device else device, m.arch_id, json.dumps(m.arch.to_dict(), sort_keys=True),
+        rows = [(device, m.member_id, m.arch_id, m.policy, json.dumps(m.arch.to_dict(), sort_keys=True),
                  m.arch_string, float(m.val_accuracy), _nan_to_none(m.test_accuracy),
                  float(m.predicted_latency_ms), _nan_to_none(m.measured_latency_ms), int(m.macs), int(m.params),
                  m.checkpoint, m.trial_number)
@@ -294,10 +398,10 @@ class SQLiteFrontStore(FrontStore):
         with self._lock:
             rows = self._conn.execute(f"SELECT {', '.join(_MEMBER_COLUMNS)} FROM members WHERE device = ?",
                                       (device,)).fetchall()
-        members = [FrontMember(device=r[0], arch_id=r[1], arch=Arch.from_dict(json.loads(r[2])), arch_string=r[3],
-                               val_accuracy=r[4], test_accuracy=r[5], predicted_latency_ms=r[6],
-                               measured_latency_ms=r[7], macs=r[8], params=r[9], checkpoint=r[10],
-                               trial_number=r[11])
+        members = [FrontMember(device=r[0], arch_id=r[2], policy=r[3], arch=Arch.from_dict(json.loads(r[4])),
+                               arch_string=r[5], val_accuracy=r[6], test_accuracy=r[7], predicted_latency_ms=r[8],
+                               measured_latency_ms=r[9], macs=r[10], params=r[11], checkpoint=r[12],
+                               trial_number=r[13])
                    for r in rows]
         return sorted(members, key=lambda m: (m.latency_ms, -m.val_accuracy))
 
@@ -321,14 +425,15 @@ class SQLiteFrontStore(FrontStore):
 
     def write_measurements(self, measurements: Sequence[Measurement]) -> None:
         with self.transaction():
-            self._conn.executemany("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?)",
-                                   [(m.device, m.arch_id, float(m.predicted_latency_ms), float(m.measured_latency_ms))
-                                    for m in measurements])
+            self._conn.executemany(f"INSERT OR REPLACE INTO measurements ({', '.join(_MEASUREMENT_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' * len(_MEASUREMENT_COLUMNS))})",
+                                   [(m.device, m.member_id, m.arch_id, m.policy, float(m.predicted_latency_ms),
+                                     float(m.measured_latency_ms)) for m in measurements])
 
     def measurements(self, device: str) -> list[Measurement]:
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM measurements WHERE device = ? ORDER BY arch_id",
-                                      (device,)).fetchall()
+            rows = self._conn.execute("SELECT device, arch_id, predicted_latency_ms, measured_latency_ms, policy "
+                                      "FROM measurements WHERE device = ? ORDER BY member_id", (device,)).fetchall()
         return [Measurement(*r) for r in rows]
 
     def set_meta(self, key: str, value: Any) -> None:

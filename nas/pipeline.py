@@ -66,6 +66,7 @@ class Pipeline:
         self.latency = config.latency
         self.store = DeviceStore(home if home is not None else default_root())
         self._check_fit_from()
+        self._check_precisions()
         self.paths = search_paths(run)
         self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
 
@@ -95,6 +96,29 @@ class Pipeline:
         except LatencyError as exc:  # an unknown device, or one with nothing to transfer from
             raise UsageError(f"latency.fit_from: {exc}") from None
 
+    def _check_precisions(self) -> None:
+        """With int8 in ``search.precisions``: every local device times quantised layers (ONNX Runtime on the CPU)
+        for its table's int8 entries, and every other device brings a table with them (checked before any stage)."""
+        if not self.search.quantized:
+            return
+        from latency_predictors.workflow import load_table
+
+        for device_id in self.search.devices:
+            device = self.store.resolve(device_id)
+            if device.is_local:
+                if not self.latency.table:
+                    raise UsageError("search.precisions lists int8, whose latency comes from the int8 entries of each "
+                                     "device's lookup table: set latency.table: true")
+                if device.backend != "onnxruntime" or device.accelerator != "cpu":
+                    raise UsageError(f"search.precisions lists int8, and quantised layers are timed only by ONNX "
+                                     f"Runtime on the CPU; device {device_id!r} runs {device.backend} on "
+                                     f"{device.accelerator} (use a local-...-ort device, or precisions: [fp32])")
+                continue
+            table = load_table(self.store, device, self.space)
+            if table is None or "int8" not in table.precisions:
+                raise UsageError(f"search.precisions lists int8, and device {device_id!r} (not local) has no lookup "
+                                 f"table with int8 entries for {self.space.name!r}; list fp32 only for it")
+
     def _fits_transfer(self, device: Any) -> bool:
         return self.latency.fit_from is not None and device.id != self.latency.fit_from
 
@@ -114,6 +138,11 @@ class Pipeline:
                 continue
             if self.latency.table and (table is None or not table.complete or not wanted <= set(table.resolutions)):
                 missing.append((device, "table"))
+            for precision in self.search.precisions:
+                if precision != "fp32" and self.latency.table and (
+                        table is None or not wanted <= set(table.resolutions)
+                        or not table.complete_for(self.space, precision)):
+                    missing.append((device, precision))
             fitted = self.store.predictor_dir(device.id, self.space.name)
             if self.latency.fit_samples and not ((fitted / "ridge.json").is_file() and (
                     not self._fits_transfer(device) or (fitted / "transfer.json").is_file())):
@@ -135,6 +164,17 @@ class Pipeline:
                     build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
                                 resolutions=self.latency.resolutions or None, protocol=measure,
                                 lock_path=self.store.lock_path(device.id), progress=self.progress)
+            elif what != "fit":  # a precision's entries, timed in this process where each layer is quantised
+                from latency_predictors.lut import quantized_layer_measurer
+                from latency_predictors.measure import backend_for
+
+                from .quantize import quantize_layer
+
+                measure_layer = quantized_layer_measurer(static_builder(), backend_for(device), measure, quantize_layer,
+                                                         device.batch_size, self.space, what)
+                build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
+                            resolutions=self.latency.resolutions or None, protocol=measure,
+                            lock_path=self.store.lock_path(device.id), progress=self.progress, precision=what)
             else:
                 source = self.latency.fit_from if self._fits_transfer(device) else None
                 fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,

@@ -1,5 +1,8 @@
 """Plots of a run: accuracy-latency fronts per device and hypervolume against trials.
 
+Front members are marked by precision (``PRECISION_MARKERS``: circle fp32, triangle int8, square mixed) with a
+legend entry per precision present; a front of fp32 members only is drawn as one series, as before.
+
 ``plot_data`` computes what to draw (a small named tuple, plain numpy); ``draw`` imports matplotlib lazily
 (Agg backend) and writes the figure atomically; ``plot_run`` chains the two.
 """
@@ -16,7 +19,11 @@ import numpy as np
 from .errors import UsageError
 from .pareto import hypervolume_2d, reference_point
 
-__all__ = ["DevicePanel", "PlotData", "draw", "plot_data", "plot_run"]
+__all__ = ["PRECISION_MARKERS", "DevicePanel", "PlotData", "draw", "plot_data", "plot_run"]
+
+# The marker of a front member by its precision (``FrontMember.precision``), in legend order.
+PRECISION_MARKERS = {"fp32": "o", "int8": "^", "mixed": "s"}
+
 
 class DevicePanel(NamedTuple):
     device: str
@@ -27,6 +34,8 @@ class DevicePanel(NamedTuple):
     front_accuracy: np.ndarray
     front_latency_ms: np.ndarray
     front_measured: bool
+    # Each front member's precision (``fp32``, ``int8`` or ``mixed``), in the same order.
+    front_precision: tuple[str, ...]
     # (name, accuracy, latency ms) of the reference subnets (largest, smallest).
     references: tuple[tuple[str, float, float], ...]
     budget_ms: float | None
@@ -78,6 +87,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
             front_accuracy=np.array([m.val_accuracy for m in front]),
             front_latency_ms=np.array([m.latency_ms for m in front]),
             front_measured=any(m.measured_latency_ms is not None for m in front),
+            front_precision=tuple(m.precision for m in front),
             references=tuple((r.name, r.accuracy, r.latency_ms) for r in store.references(device)),
             budget_ms=budgets.get(device), hv_trials=ns, hv_fraction=hv,
         ))
@@ -104,8 +114,19 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
         if panel.front_accuracy.size:
             kind = "measured" if panel.front_measured else "predicted"
             ax.step(panel.front_latency_ms, 100 * panel.front_accuracy, where="post", color=colour, lw=1.5)
-            ax.scatter(panel.front_latency_ms, 100 * panel.front_accuracy, s=22, color=colour, zorder=3,
-                       label=f"Pareto front ({panel.front_accuracy.size}, {kind} latency)")
+            precision = np.array(panel.front_precision)
+            if set(precision) <= {"fp32"}:
+                ax.scatter(panel.front_latency_ms, 100 * panel.front_accuracy, s=22, color=colour, zorder=3,
+                           label=f"Pareto front ({panel.front_accuracy.size}, {kind} latency)")
+            else:  # a marker per precision, each with its legend entry
+                ax.plot([], [], color=colour, lw=1.5,
+                        label=f"Pareto front ({panel.front_accuracy.size}, {kind} latency)")
+                for name, marker in PRECISION_MARKERS.items():
+                    on = precision == name
+                    if on.any():
+                        ax.scatter(panel.front_latency_ms[on], 100 * panel.front_accuracy[on], s=30, marker=marker,
+                                   color=colour, edgecolors="black", linewidths=0.4, zorder=3,
+                                   label=f"{name} ({int(on.sum())})")
         for (name, acc, lat), marker in zip(panel.references, ("*", "D", "s")):
             if np.isfinite(acc):
                 ax.scatter([lat], [100 * acc], marker=marker, s=70, color="black", zorder=4, label=f"{name} subnet")

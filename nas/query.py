@@ -1,5 +1,7 @@
 """Querying a run's fronts, and exporting a chosen subnet: ONNX or ``torch.export`` with the input normalisation
-inside and metadata, both checked against PyTorch before they are written, or a state dict."""
+inside and metadata, both checked against PyTorch before they are written, or a state dict. A member with a
+precision policy (int8 or mixed) exports to ONNX only: the quantised QDQ model (``nas.quantize``), checked
+against its fake-quantised graph."""
 
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy",
-           "export_member", "export_subnet", "ofa_config_of", "open_fronts", "query_front",
+__all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy", "check_quantized_export",
+           "export_member", "export_quantized_member", "export_subnet", "ofa_config_of", "open_fronts", "query_front",
            "run_calibration", "subnet_of", "suffixes_text"]
 
 EXPORT_SUFFIXES = (".onnx", ".pt2", ".pt")
@@ -74,7 +76,7 @@ class _CheckedFrontStore(FrontStore):
             members = self._store.front(device)
             for m in members:  # a bad row: numbers that are not numbers
                 if not (0.0 <= float(m.val_accuracy) <= 1.0 and float(m.latency_ms) > 0):
-                    raise ValueError(f"member {m.arch_id} of {device!r} has accuracy {m.val_accuracy!r} and "
+                    raise ValueError(f"member {m.member_id} of {device!r} has accuracy {m.val_accuracy!r} and "
                                      f"latency {m.latency_ms!r} ms")
         # Checkpoints are stored relative to the run folder (older stores: absolute): resolve them here.
         return [dataclasses.replace(m, checkpoint=str(self.run_root / m.checkpoint))
@@ -463,14 +465,16 @@ class RunCalibration:
     Iterating yields the BN-recalibration batches (normalised training images, augmented as in training:
     what ``subnet_of`` takes; each iteration draws the same seeded batches). ``normalization`` is the mean
     and std those batches were normalised with; ``check_images`` gives a few real test images in [0, 1] to
-    check an export on.
+    check an export on. ``data_seed`` is the seed the run's data was loaded with (it also seeds the training
+    images a quantised export is calibrated on).
     """
 
-    def __init__(self, data: Any, num_images: int, batch_size: int = 200, seed: int = 0) -> None:
+    def __init__(self, data: Any, num_images: int, batch_size: int = 200, seed: int = 0, data_seed: int = 0) -> None:
         self.data = data
         self.num_images = num_images
         self.batch_size = batch_size
         self.seed = seed
+        self.data_seed = data_seed
         self.normalization = Normalization.of(data)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -503,13 +507,18 @@ def run_calibration(store: FrontStore, resolution: int) -> RunCalibration | None
         return None
     from .data import DatasetConfig, load_dataset
 
-    data = load_dataset(DatasetConfig(**dataset), resolution, seed=int(store.get_meta("data_seed", 0) or 0))
+    data_seed = int(store.get_meta("data_seed", 0) or 0)
+    # Loaded as the search loaded it (at the searched space's largest resolution, recorded since precision
+    # search), so the batch norms and the calibration images are those of the subnets the search measured.
+    data = load_dataset(DatasetConfig(**dataset), int(store.get_meta("data_resolution", resolution) or resolution),
+                        seed=data_seed)
     images = store.get_meta("bn_images")
     if images is None:  # a store written before the count was recorded: training's default
         from supernets.training import TrainSettings
 
         images = TrainSettings().bn_recal_images
-    return RunCalibration(data, int(images), 200, 0)  # 0 (train.bn_recal_images: 0): the supernet's statistics
+    # 0 images (train.bn_recal_images: 0): the supernet's statistics
+    return RunCalibration(data, int(images), 200, data_seed, data_seed=data_seed)
 
 
 def _recalibrates(calibration: Iterable[torch.Tensor] | None) -> bool:
@@ -568,10 +577,22 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
             were trained with). Plain calibration batches without a normalisation are a ``ValueError``.
         images: real images in [0, 1] to check the export on; default: the test images of ``calibration``
             when it is a ``RunCalibration``, else seeded random ones.
-        store: the run's front store, for the member's latency on every device whose front holds its arch
-            (default: its own device only).
+        store: the run's front store, for the member's latency on every device whose front holds it (the
+            same arch at the same precision; default: its own device only), and the calibration method of a
+            quantised member (meta ``quantization_method``; default ``minmax``).
+
+    A member with a precision policy (int8 or mixed) is exported by ``export_quantized_member``: ``.onnx``
+    only (``.pt2``/``.pt`` are a ``UsageError``); the subnet is extracted and recalibrated from
+    ``calibration``, which must be a ``RunCalibration`` (its normalisation and images are used: ``model``
+    is refused, ``normalization`` and ``images`` are not taken).
     """
     _export_path(out)  # a wrong suffix fails before any work
+    if member.policy is not None:
+        check_quantized_export(member, out)
+        if model is not None:
+            raise ValueError("export_member: a quantised member is extracted from its supernet; model= is for fp32 "
+                             "members only")
+        return export_quantized_member(member, out, calibration, store=store)
     if normalization is None:
         normalization = getattr(calibration, "normalization", None)
         if normalization is None and calibration is not None:
@@ -585,7 +606,7 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
     latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
     for device in (store.devices() if store is not None else []):
         for other in store.front(device):
-            if other.arch_id == member.arch_id:
+            if other.member_id == member.member_id:
                 latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
     metadata = {"space": member.arch.space, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
                 "arch_id": member.arch_id, "num_classes": _num_classes(model), "val_accuracy": member.val_accuracy,
@@ -597,6 +618,71 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
     summary = export_subnet(model, member.arch.resolution, out, normalization=normalization, images=images,
                             images_source=images_source, metadata=metadata)
     return {**summary, "batch_norm": batch_norm}
+
+
+def check_quantized_export(member: FrontMember, out: str | os.PathLike[str]) -> None:
+    """``UsageError`` unless a quantised member's export goes to an ``.onnx`` file (what the command line
+    checks before any work)."""
+    path = _export_path(out)
+    if member.policy is not None and path.suffix != ".onnx":
+        raise UsageError(f"cannot export {str(path)!r}: member {member.arch_id} is {member.precision} (policy "
+                         f"{member.policy}) and only .onnx carries int8; export it to FILE.onnx (.pt2 and .pt hold "
+                         f"fp32 members only)")
+
+
+def export_quantized_member(member: FrontMember, out: str | os.PathLike[str], calibration: RunCalibration | None,
+                            *, store: FrontStore | None = None, method: str | None = None,
+                            calibration_images: int | None = None, max_images: int | None = None) -> dict[str, Any]:
+    """Write a member with a precision policy as the quantised QDQ ONNX model, atomically.
+
+    The subnet is extracted and its batch norms recalibrated as an fp32 export does (``subnet_of`` on
+    ``calibration``, the run's data from ``run_calibration``); ``nas.quantize`` then calibrates it on
+    training images of the run's dataset, quantises it under the member's policy with ``method`` (default:
+    the run's front store meta ``quantization_method``, else ``minmax``) and writes it only when ONNX
+    Runtime's int8 kernels agree with its fake-quantised graph (``quantize_subnet``). The model's metadata
+    names the policy (``precision_policy``, ``precision``), the member, and its accuracy and latency.
+
+    Returns:
+        A summary: path, format (``onnx``), ``quantized`` True, the policy, precision and calibration method,
+        the fake-quantisation check, fp32 against quantised accuracy (val and test) and ONNX Runtime latency
+        (CPU, 1 thread), mean, std and how batch norms were set.
+    """
+    from latency_predictors.measure import NoisyMeasurementWarning
+
+    from .quantize import CALIBRATION_METHODS, prepare_member, quantize_subnet
+    from .quantize._flow import CALIBRATION_IMAGES
+
+    check_quantized_export(member, out)
+    if method is None:
+        method = (store.get_meta("quantization_method", None) if store is not None else None) or "minmax"
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"quantization method {method!r} (front store meta quantization_method) is not allowed; "
+                         f"allowed: {', '.join(CALIBRATION_METHODS)}")
+    latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
+    for device in (store.devices() if store is not None else []):
+        for other in store.front(device):
+            if other.member_id == member.member_id:
+                latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
+    metadata: dict[str, Any] = {
+        "member_id": member.member_id, "policy": member.policy, "precision": member.precision,
+        "device": member.device, "latency_ms": latency_ms, "latency_measured": measured,
+        "front_val_accuracy": member.val_accuracy, "front_test_accuracy": member.test_accuracy,
+        "normalization": getattr(getattr(calibration, "normalization", None), "source", None)}
+    ofa_config = ofa_config_of(member.arch)
+    if ofa_config is not None:
+        metadata["ofa_config"] = ofa_config
+    with warnings.catch_warnings():  # the protocol retries a noisy series and keeps the best; no warning here
+        warnings.simplefilter("ignore", NoisyMeasurementWarning)
+        prepared = prepare_member(member, calibration, metadata=metadata, max_images=max_images,
+                                  calibration=calibration_images or CALIBRATION_IMAGES)
+        report = quantize_subnet(prepared, out, policy=member.policy, method=method)
+    normalization = calibration.normalization
+    return {"path": report.path, "format": "onnx", "quantized": True, "policy": report.policy,
+            "precision": member.precision, "calibration_method": report.method.method,
+            "fake_quant_check": report.fake_quant_check, "val_accuracy": report.val_accuracy,
+            "test_accuracy": report.test_accuracy, "latency_ms": report.latency_ms,
+            "mean": list(normalization.mean), "std": list(normalization.std),
+            "batch_norm": "recalibrated" if _recalibrates(calibration) else "supernet statistics"}
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -542,7 +542,7 @@ def refine_budgets(study: optuna.Study, space: SearchSpace, config: Any, accurac
     todo = [(d, b) for d, b in targets if _key(d, b) not in done]
     if not todo:
         return []
-    table = study_trials(study, space)
+    table = study_trials(study, space).fp32()
     distributions = {name: optuna.distributions.CategoricalDistribution(list(choices))
                      for name, choices in search_params(space).items()}
     budgets = config.budgets

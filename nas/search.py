@@ -25,6 +25,7 @@ from search_spaces import Arch, SearchSpace, arch_to_string, get_space
 from .errors import UsageError
 from .fronts import FrontMember, ReferencePoint, get_front_store
 from .pareto import pareto_indices
+from .precision_search import check_precisions, search_precisions
 from .refine import refine_budgets
 from .search_config import SearchConfig
 from .search_paths import run_path, search_lock, search_paths
@@ -37,12 +38,13 @@ __all__ = ["HilReport", "front_members", "hardware_in_the_loop", "run_search", "
 
 
 def front_members(archs: Sequence[Arch], accuracy: np.ndarray, latency_ms: np.ndarray,
-                  max_latency_ms: float | None = None) -> list[int]:
-    """Indices of the distinct non-dominated archs within the budget, latency ascending."""
+                  max_latency_ms: float | None = None, keys: Sequence[str] | None = None) -> list[int]:
+    """Indices of the distinct non-dominated subnets within the budget, latency ascending. Subnets are told apart
+    by ``keys`` (``TrialTable.keys``: arch id and precision policy), by arch id without them."""
     first: dict[str, int] = {}
     for i, arch in enumerate(archs):
         if max_latency_ms is None or latency_ms[i] <= max_latency_ms:
-            first.setdefault(arch.arch_id, i)
+            first.setdefault(arch.arch_id if keys is None else keys[i], i)
     idx = np.array(sorted(first.values()), dtype=int)
     if idx.size == 0:
         return []
@@ -76,7 +78,12 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         meta: JSON values kept in the front store (``dataset``: the config's dataset section and
             ``bn_images``, so that ``nas query --export`` can recalibrate batch norms from the run alone).
         log: receives a line per refined budget (``nas.refine``: ``search.budgets_ms`` and each device's
-            ``max_latency_ms``, refined after the trials when the accuracy objective is cheap).
+            ``max_latency_ms``, refined after the trials when the accuracy objective is cheap) and per round of
+            the precision search.
+
+    With ``config.precisions`` listing int8, the refinement is followed by the precision search
+    (``nas.precision_search``): quantised subnets that could join a front are measured through
+    ``final_evaluator`` and added as trials; the fronts then hold fp32 and quantised members (``policy``).
 
     The study is the run's (named after it unless ``config.study_name`` says otherwise) in a journal file of
     the run, or in ``config.storage``: a database that processes searching it at once share, each running
@@ -94,10 +101,12 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
                          f"{', '.join(latency_predictors) or 'none'}")
     acc_fn = as_batch_fn(accuracy, "evaluate")
     lat_fns = {d: as_batch_fn(latency_predictors[d]) for d in config.devices}
+    check_precisions(config, space, latency_predictors, final_evaluator)
     with search_lock(run_dir):
         study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint))
         optimize(study, space, config, acc_fn, lat_fns, progress)
         refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
+        search_precisions(study, space, config, acc_fn, latency_predictors, final_evaluator, log=log)
         fronts = write_fronts(study, space, config, run_dir, lat_fns, final_evaluator=final_evaluator,
                               counts_fn=counts_fn, checkpoint=_run_relative(checkpoint, run_dir),
                               search_accuracy=acc_fn, meta=meta)
@@ -133,9 +142,11 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     if counts_fn is None:
         from search_spaces import arch_counts as counts_fn  # noqa: N813
     table = study_trials(study, space)
-    archs, acc, lats = table.archs, table.accuracy, table.latency_ms
+    if "fp32" not in config.precisions:  # fronts of quantised subnets only
+        table = table.subset([i for i in range(len(table.archs)) if table.policy(i) is not None])
+    archs, acc, lats, keys = table.archs, table.accuracy, table.latency_ms, table.keys()
     budgets = config.budgets
-    chosen = {d: front_members(archs, acc, lats[:, k], budgets.get(d)) for k, d in enumerate(config.devices)}
+    chosen = {d: front_members(archs, acc, lats[:, k], budgets.get(d), keys) for k, d in enumerate(config.devices)}
     for k, device in enumerate(config.devices):
         if not chosen[device]:
             raise UsageError(_empty_front_message(space, device, budgets.get(device), archs, lats[:, k]))
@@ -143,8 +154,11 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     val = {i: float(acc[i]) for i in member_idx}
     test: dict[int, float | None] = dict.fromkeys(member_idx)
     if final_evaluator is not None and member_idx:
-        direct_val = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="val"))([archs[i] for i in member_idx])
-        direct_test = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="test"))([archs[i] for i in member_idx])
+        member_archs = [archs[i] for i in member_idx]
+        policies = [table.policy(i) for i in member_idx]
+        extra = {"policies": policies} if any(p is not None for p in policies) else {}
+        direct_val = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="val", **extra))(member_archs)
+        direct_test = as_batch_fn(lambda a: final_evaluator.evaluate(a, split="test", **extra))(member_archs)
         val = {i: float(v) for i, v in zip(member_idx, direct_val)}
         test = {i: float(v) for i, v in zip(member_idx, direct_test)}
     counts = {i: counts_fn(space, archs[i]) for i in member_idx}
@@ -161,6 +175,7 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
                 predicted_latency_ms=float(lats[i, k]), measured_latency_ms=None,  # set from the store below
                 macs=int(counts[i].macs), params=int(counts[i].params), checkpoint=checkpoint,
                 trial_number=table.numbers[i],
+                policy=None if table.policy(i) is None else str(table.policy(i)),
             )
             for i in chosen[device]
         ]
@@ -174,22 +189,25 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     with store.transaction():
         for device in config.devices:
             measured = _measured_ms(store, device)
-            store.write_front(device, [replace(m, measured_latency_ms=measured.get(m.arch_id))
+            store.write_front(device, [replace(m, measured_latency_ms=measured.get(m.member_id))
                                        for m in fronts[device]])
             store.write_references(device, references[device])
         store.set_meta("space", space.name)
         store.set_meta("budgets_ms", budgets)
         store.set_meta("devices", list(config.devices))
+        store.set_meta("precisions", list(config.precisions))
+        store.set_meta("quantization_method", config.quantization_method)
         for key, value in (meta or {}).items():
             store.set_meta(key, value)
     return {d: store.front(d) for d in config.devices}
 
 
 def _measured_ms(store: Any, device: str) -> dict[str, float]:
-    """Arch id to the latency measured on ``device`` (hardware in the loop), from the store."""
-    measured = {m.arch_id: m.measured_latency_ms for m in store.front(device) if m.measured_latency_ms is not None}
-    measured.update({m.arch_id: m.measured_latency_ms for m in store.measurements(device)})
-    return {arch_id: float(ms) for arch_id, ms in measured.items()}
+    """Member id (``FrontMember.member_id``: the arch id for fp32, with the policy otherwise) to the latency
+    measured on ``device`` (hardware in the loop), from the store."""
+    measured = {m.member_id: m.measured_latency_ms for m in store.front(device) if m.measured_latency_ms is not None}
+    measured.update({m.member_id: m.measured_latency_ms for m in store.measurements(device)})
+    return {key: float(ms) for key, ms in measured.items()}
 
 
 def _empty_front_message(space: SearchSpace, device: str, budget_ms: float | None, archs: Sequence[Arch],
@@ -208,10 +226,13 @@ def _empty_front_message(space: SearchSpace, device: str, budget_ms: float | Non
 
 
 class HilReport(NamedTuple):
-    """Predicted against measured latency of one device's front members."""
+    """Predicted against measured latency of one device's front members (in the front's order, latency
+    ascending before re-measuring); ``policies`` holds each member's precision policy (None: fp32)."""
 
     device: str
     arch_ids: list[str]
+    member_ids: list[str]
+    policies: list[str | None]
     predicted_ms: list[float]
     measured_ms: list[float]
     mape: float
@@ -228,16 +249,38 @@ def hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], *, store: Any
 
     Args:
         run_dir: the run folder (its ``fronts/fronts.sqlite`` is read and updated).
-        measure: device id to a batched measurement (``(archs) -> ms`` callable or ``.predict``/``.measure``);
-            devices without one are left as they are.
+        measure: device id to a batched measurement (a callable or an object with ``.measure``/``.predict``),
+            called ``fn(archs)`` when every member of the device's front is fp32, else ``fn(archs, policies)``
+            with one ``search_spaces.PrecisionPolicy`` (or None for fp32) per arch; it returns one latency in
+            ms per arch. Devices without one are left as they are.
         store: a front store to use instead of the run's file.
 
-    The predicted and measured latencies are kept in the store's ``measurements`` table and the report is
-    also written to ``fronts/hil.json`` in the run folder. Holds the run's ``search_lock``, so a search
-    never rewrites the fronts in between.
+    The predicted and measured latencies are kept in the store's ``measurements`` table (by member id, with
+    the policy) and the report is also written to ``fronts/hil.json`` in the run folder. Holds the run's
+    ``search_lock``, so a search never rewrites the fronts in between.
     """
     with search_lock(run_dir):
         return _hardware_in_the_loop(run_dir, measure, store)
+
+
+def _measure_members(fn: Any, members: Sequence[FrontMember]) -> np.ndarray:
+    """``fn``'s latency (ms) of each member: ``fn(archs)`` when all are fp32, else ``fn(archs, policies)``."""
+    from search_spaces import policy_from_string
+
+    archs = [m.arch for m in members]
+    if all(m.policy is None for m in members):
+        return as_batch_fn(getattr(fn, "measure", fn))(archs)
+    call = getattr(fn, "measure", None) or getattr(fn, "predict", None) or fn
+    if not callable(call):
+        raise TypeError(f"{fn!r} is neither callable nor has .measure() or .predict()")
+    spaces: dict[str, SearchSpace] = {}
+    policies = [None if m.policy is None else
+                policy_from_string(spaces.setdefault(m.arch.space, get_space(m.arch.space)), m.policy, m.arch)
+                for m in members]
+    values = np.asarray(call(archs, policies), dtype=np.float64).ravel()
+    if values.size != len(archs):
+        raise ValueError(f"measure returned {values.size} values for {len(archs)} subnets")
+    return values
 
 
 def _hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], store: Any) -> dict[str, HilReport]:
@@ -251,20 +294,19 @@ def _hardware_in_the_loop(run_dir: Any, measure: Mapping[str, Any], store: Any) 
     for device in store.devices():
         if device not in measure:
             continue
-        fn = measure[device]
-        fn = as_batch_fn(getattr(fn, "measure", fn))
         members = store.front(device)
-        measured = fn([m.arch for m in members])
+        measured = _measure_members(measure[device], members)
         predicted = np.array([m.predicted_latency_ms for m in members])
         updated = [with_measured(m, t) for m, t in zip(members, measured)]
         with store.transaction():
-            store.write_measurements([Measurement(device, m.arch_id, m.predicted_latency_ms, float(t))
+            store.write_measurements([Measurement(device, m.arch_id, m.predicted_latency_ms, float(t), m.policy)
                                       for m, t in zip(members, measured)])
             store.write_front(device, updated)
         after = len(store.front(device))
         rho = float(spearmanr(predicted, measured).statistic) if len(members) > 2 else float("nan")
         reports[device] = HilReport(
-            device=device, arch_ids=[m.arch_id for m in members], predicted_ms=predicted.tolist(),
+            device=device, arch_ids=[m.arch_id for m in members], member_ids=[m.member_id for m in members],
+            policies=[m.policy for m in members], predicted_ms=predicted.tolist(),
             measured_ms=[float(t) for t in measured],
             mape=float(np.mean(np.abs(predicted - measured) / measured)) if len(members) else float("nan"),
             spearman=rho, members_before=len(members), members_after=after,

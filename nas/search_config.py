@@ -14,6 +14,8 @@ Example (YAML)::
       accuracy: predictor       # direct | predictor
       latency_budgets_ms: {local-cpu-1t-ort: 8.0}
       budgets_ms: [15, 20, 25, 30, 40]   # budgets users will query: each refined after the front (nas.refine)
+      precisions: [fp32, int8]           # subnets quantised to int8 join the fronts (nas.precision_search)
+      mixed_precision: false             # also per-stage mixes, in sensitivity order
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from search_spaces import PRECISIONS
+
 from .errors import UsageError
 
 SAMPLERS = ("nsga2", "tpe", "random")
+# Calibration methods of quantised subnets by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members;
+# nas.quantize reads them from here, so parsing a config does not import it).
+QUANTIZATION_METHODS = ("minmax", "entropy", "percentile")
 ACCURACY_OBJECTIVES = ("direct", "predictor")
 # Smallest allowed value of each integer setting.
-INT_MINIMUMS = {"n_trials": 1, "batch_size": 1, "population_size": 2, "predictor_samples": 1, "eval_workers": 1}
+INT_MINIMUMS = {"n_trials": 1, "batch_size": 1, "population_size": 2, "predictor_samples": 1, "eval_workers": 1,
+                "precision_candidates": 1}
 # Samplers seed numpy, which takes seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
 
@@ -72,6 +80,16 @@ class SearchConfig:
     # nas.scoring; a refinement stops by itself when it stops improving, typically after 100,000-200,000),
     # 0 (no refinement) with direct accuracy, whose evaluations cost seconds each.
     refine_evaluations: int | None = None
+    # Precisions the fronts may hold: fp32 (the supernet's own), int8 (post-training quantised through ONNX Runtime,
+    # nas.quantize). With int8, the fp32 search is followed by a precision search (nas.precision_search): subnets
+    # whose int8 version the device's table says could join a front are quantised and measured, and join as trials.
+    precisions: tuple[str, ...] = ("fp32",)
+    # Also per-stage mixes of fp32 and int8 (the least sensitive stages int8 first) for each quantised subnet.
+    mixed_precision: bool = False
+    # Subnets per device and round whose quantised versions are measured (2 rounds).
+    precision_candidates: int = 16
+    # Calibration method of quantised subnets (activation ranges on training images).
+    quantization_method: str = "minmax"
 
     def restrict(self, space: Any) -> Any:
         """``space`` limited to ``resolutions`` (same name, so its archs stay archs of the full space)."""
@@ -84,6 +102,11 @@ class SearchConfig:
         import dataclasses
 
         return dataclasses.replace(space, resolutions=tuple(sorted(set(self.resolutions))))
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the fronts may hold quantised subnets (a precision other than fp32 is listed)."""
+        return any(p != "fp32" for p in self.precisions)
 
     @property
     def budgets(self) -> dict[str, float]:
@@ -121,6 +144,7 @@ class SearchConfig:
                   if f.name not in ("devices", "latency_budgets_ms")}
         search["resolutions"] = list(self.resolutions)
         search["budgets_ms"] = list(self.budgets_ms)
+        search["precisions"] = list(self.precisions)
         if not self.budgets_ms:  # the parser takes no empty list
             del search["budgets_ms"]
         return {"devices": devices, "search": search}
@@ -209,6 +233,23 @@ class SearchConfig:
             if not isinstance(raw, (list, tuple)) or not raw:
                 raise UsageError(f"search.budgets_ms must be a non-empty list of milliseconds; got {raw!r}")
             values["budgets_ms"] = tuple(sorted({_positive_float("search.budgets_ms", v) for v in raw}))
+        if "precisions" in search:
+            raw = search["precisions"]
+            if not isinstance(raw, (list, tuple)) or not raw or any(p not in PRECISIONS for p in raw) \
+                    or len(set(raw)) != len(raw):
+                raise UsageError(f"search.precisions must be a non-empty list of distinct precisions from "
+                                 f"{', '.join(PRECISIONS)}; got {raw!r}")
+            values["precisions"] = tuple(p for p in PRECISIONS if p in raw)
+        if "mixed_precision" in search:
+            if not isinstance(search["mixed_precision"], bool):
+                raise UsageError(f"search.mixed_precision must be true or false; got {search['mixed_precision']!r}")
+            values["mixed_precision"] = search["mixed_precision"]
+        if "quantization_method" in search:
+            values["quantization_method"] = _choice("search.quantization_method", search["quantization_method"],
+                                                    QUANTIZATION_METHODS)
+        if values.get("mixed_precision") and "int8" not in values.get("precisions", ()):
+            raise UsageError("search.mixed_precision mixes fp32 and int8: list both in search.precisions "
+                             "(e.g. precisions: [fp32, int8])")
         if search.get("refine_evaluations") is not None:
             values["refine_evaluations"] = _int_in_range("search.refine_evaluations", search["refine_evaluations"], 0)
         return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)

@@ -4,6 +4,10 @@ Every stage's depth and every block slot's choices are suggested on each trial (
 spaces whose blocks are shared; a slot's choices as one categorical over its block variants), so the
 parameter set has a fixed length and multivariate samplers can model the whole space; ``decode_params``
 drops the slots beyond the sampled depth.
+
+A subnet quantised under a precision policy (``nas.precision_search``) is a trial with one more categorical per
+policy group, ``precision.<group>`` (``stem``, each stage's name, ``head``; ``policy_params``); trials without them
+are fp32 throughout (``decode_policy`` gives None).
 """
 
 from __future__ import annotations
@@ -14,9 +18,22 @@ from typing import Any
 
 import optuna
 
-from search_spaces import Arch, BlockArch, SearchSpace, StageArch, validate
+from search_spaces import (
+    PRECISIONS,
+    Arch,
+    BlockArch,
+    PrecisionPolicy,
+    SearchSpace,
+    StageArch,
+    policy_or_none,
+    precision_groups,
+    validate,
+)
 
-__all__ = ["block_variants", "decode_params", "params_of", "search_params", "suggest_arch"]
+__all__ = ["POLICY_PREFIX", "block_variants", "decode_params", "decode_policy", "params_of", "policy_distributions",
+           "policy_params", "search_params", "suggest_arch"]
+
+POLICY_PREFIX = "precision."
 
 
 def _slots(space: SearchSpace, stage: int) -> int:
@@ -101,3 +118,27 @@ def params_of(space: SearchSpace, arch: Arch) -> dict[str, Any]:
             if f"s{s}.b{b}" in values:
                 params[f"s{s}.b{b}"] = _token(stage.blocks[min(b, stage.depth - 1)])
     return params
+
+
+def policy_params(space: SearchSpace, policy: PrecisionPolicy) -> dict[str, str]:
+    """The ``precision.<group>`` parameters of a per-stage ``policy`` (one precision per group; a policy with
+    per-block precisions has no parameter form: ``ValueError``)."""
+    if any(len(stage) != 1 for stage in policy.stages):
+        raise ValueError(f"policy {policy} gives precisions per block; trials hold one precision per stage")
+    values = [policy.stem, *(stage[0] for stage in policy.stages), policy.head]
+    return {POLICY_PREFIX + group: value for group, value in zip(precision_groups(space), values)}
+
+
+def policy_distributions(space: SearchSpace) -> dict[str, optuna.distributions.CategoricalDistribution]:
+    """The distribution of each ``precision.<group>`` parameter (every precision a policy can name)."""
+    return {POLICY_PREFIX + group: optuna.distributions.CategoricalDistribution(list(PRECISIONS))
+            for group in precision_groups(space)}
+
+
+def decode_policy(space: SearchSpace, params: Mapping[str, Any]) -> PrecisionPolicy | None:
+    """The policy of a trial's parameters, or None when it has none or it is fp32 throughout."""
+    groups = precision_groups(space)
+    if POLICY_PREFIX + groups[0] not in params:
+        return None
+    stem, *stages, head = (str(params[POLICY_PREFIX + g]) for g in groups)
+    return policy_or_none(PrecisionPolicy(stem, tuple((s,) for s in stages), head))

@@ -124,6 +124,7 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
     from .accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
     from .data import load_dataset
     from .io import atomic_write_json
+    from .precision_search import check_precisions
     from .search import run_search
     from .search_paths import search_paths
 
@@ -145,13 +146,14 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
             SupernetAccuracy(str(run.supernet_checkpoint), data_factory,
                              bn_images=train.bn_recal_images,
                              max_images=getattr(train, "max_val_images", None), seed=config.seed,
-                             device=train.device),
+                             device=train.device, quantization_method=search.quantization_method),
             AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
             gpus_per_worker=config.ray.gpus_per_worker)
         evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
     else:  # no data: the checkpoint is still read now, so a damaged one is one line before the search
         SupernetAccuracy(str(run.supernet_checkpoint), lambda: None).check()
     try:
+        check_precisions(search, space, predictors, evaluator)  # int8 needs data and tables that read it: now
         if search.accuracy == "direct":
             objective = evaluator
         elif objective is None:  # no predictor saved yet: fit one on directly evaluated subnets
@@ -171,7 +173,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
         meta: dict[str, Any] = {"dataset": None}  # no dataset: exports keep the supernet's batch norms
         if config.dataset is not None:
             meta = {"dataset": {f.name: getattr(config.dataset, f.name) for f in dataclasses.fields(config.dataset)},
-                    "data_seed": config.seed, "bn_images": train.bn_recal_images}
+                    "data_seed": config.seed, "bn_images": train.bn_recal_images,
+                    "data_resolution": max(space.resolutions)}
         return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
                           checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta,
                           log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None)
@@ -181,8 +184,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
 
 
 def search_is_complete(config: Any, run: Any) -> bool:
-    """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored (what
-    ``nas run`` checks to skip the stage)."""
+    """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored, of the
+    precisions ``search.precisions`` lists (what ``nas run`` checks to skip the stage)."""
     from .fronts import get_front_store
     from .search_paths import search_paths
     from .study import load_study
@@ -198,28 +201,70 @@ def search_is_complete(config: Any, run: Any) -> bool:
     import optuna
 
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return done >= search.n_trials and set(search.devices) <= set(get_front_store(paths.fronts).devices())
+    store = get_front_store(paths.fronts)
+    # Fronts written for other precisions (before int8 was listed, or since it was dropped) are not this search's.
+    precisions = store.get_meta("precisions", ["fp32"])
+    return (done >= search.n_trials and set(search.devices) <= set(store.devices())
+            and list(precisions) == list(search.precisions))
 
 
 def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, use_ray: bool = True,
                      progress: bool = False, measure_config: Any = None) -> dict[str, Any]:
-    """Device id to ``(archs) -> measured ms``: end-to-end measurement of the deployed static subnets with
-    ``latency_predictors``' protocol, on the device's node (Ray resource ``device:<id>``), for
-    ``nas.search.hardware_in_the_loop``."""
+    """Device id to ``measure(archs, policies=None) -> measured ms`` for ``nas.search.hardware_in_the_loop``.
+
+    fp32 subnets (no policy, or a policy that keeps every group in fp32) are the deployed static subnets
+    measured end to end with ``latency_predictors``' protocol on the device's node (Ray resource
+    ``device:<id>``). A subnet with a ``search_spaces.PrecisionPolicy`` is quantised under it
+    (``nas.quantize.quantized_subnet_model``: the graph ``nas quantize`` writes, fresh weights) and timed end
+    to end by ONNX Runtime on this machine's CPU (``latency_predictors.workflow.measure_quantized``, kept with
+    the device's measurements): only one-thread ONNX Runtime CPU devices run those; any other device with a
+    quantised subnet to measure is a ``UsageError`` before anything is timed.
+    """
     from latency_predictors import MeasureConfig
     from latency_predictors.remote import measure_archs
+    from latency_predictors.workflow import measure_quantized
+    from search_spaces import policy_or_none
 
     from .latency_builders import static_builder
+    from .quantize import quantized_subnet_model
 
     store = device_store(store)
+    config = measure_config or MeasureConfig()
     measurers = {}
     for device_id in device_ids:
         device = store.resolve(device_id)
 
-        def measure(archs: Sequence[Any], device: Any = device) -> list[float]:
-            results = measure_archs(space, list(archs), static_builder(), device, measure_config or MeasureConfig(),
-                                    lock_path=store.lock_path(device.id), use_ray=use_ray, progress=progress)
-            return [float(m.latency_ms) for m in results]
+        def measure(archs: Sequence[Any], policies: Sequence[Any] | None = None, device: Any = device
+                    ) -> list[float]:
+            archs = list(archs)
+            policies = [None] * len(archs) if policies is None else [policy_or_none(p) for p in policies]
+            if len(policies) != len(archs):
+                raise ValueError(f"{len(policies)} precision policies for {len(archs)} subnets")
+            quantized = [i for i, p in enumerate(policies) if p is not None]
+            if quantized and not _times_quantized(device):
+                raise UsageError(f"device {device.id!r} cannot time quantised subnets: they run in ONNX Runtime on "
+                                 f"one CPU thread (a local-cpu-1t-ort device), and {device.id!r} runs "
+                                 f"{device.backend or 'nothing here'} on {device.accelerator} with "
+                                 f"{device.threads} thread(s)")
+            out = [float("nan")] * len(archs)
+            plain = [i for i, p in enumerate(policies) if p is None]
+            if plain:
+                results = measure_archs(space, [archs[i] for i in plain], static_builder(), device, config,
+                                        lock_path=store.lock_path(device.id), use_ray=use_ray, progress=progress)
+                for i, m in zip(plain, results):
+                    out[i] = float(m.latency_ms)
+            if quantized:
+                runs = measure_quantized(store, device, space, [archs[i] for i in quantized],
+                                         [policies[i] for i in quantized], quantized_subnet_model, config, runs=1,
+                                         progress=progress)
+                for i, r in zip(quantized, runs):
+                    out[i] = float(r[0])
+            return out
 
         measurers[device_id] = measure
     return measurers
+
+
+def _times_quantized(device: Any) -> bool:
+    """Whether ``device`` times quantised subnets: ONNX Runtime on one CPU thread."""
+    return device.backend == "onnxruntime" and device.accelerator == "cpu" and device.threads == 1

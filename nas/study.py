@@ -39,11 +39,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import optuna
 
-from search_spaces import Arch, SearchSpace, arch_counts, arch_to_string
+from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_counts, arch_to_string
 
 from .errors import UsageError
 from .search_config import SearchConfig
-from .search_params import decode_params, params_of, suggest_arch
+from .search_params import decode_params, decode_policy, params_of, suggest_arch
 from .search_paths import JOURNAL_NAME, run_path, search_paths
 
 __all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_objectives", "create_sampler",
@@ -408,13 +408,33 @@ class TrialTable(NamedTuple):
     archs: list[Arch]
     accuracy: np.ndarray  # (N,)
     latency_ms: np.ndarray  # (N, devices)
+    # Each trial's precision policy (None: fp32 throughout; others come from nas.precision_search).
+    policies: list[PrecisionPolicy | None] | None = None
+
+    def policy(self, i: int) -> PrecisionPolicy | None:
+        return None if self.policies is None else self.policies[i]
+
+    def keys(self) -> list[str]:
+        """Each trial's subnet as a front knows it: the arch id, with ``+<policy>`` when quantised."""
+        return [a.arch_id if self.policy(i) is None else f"{a.arch_id}+{self.policy(i)}"
+                for i, a in enumerate(self.archs)]
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> TrialTable:
+        idx = [int(i) for i in keep]
+        return TrialTable([self.numbers[i] for i in idx], [self.archs[i] for i in idx], self.accuracy[idx],
+                          self.latency_ms[idx], [self.policy(i) for i in idx])
+
+    def fp32(self) -> TrialTable:
+        """The trials of fp32 subnets (what the sampler and the budget refinement work on)."""
+        return self.subset([i for i in range(len(self.archs)) if self.policy(i) is None])
 
 
 def study_trials(study: optuna.Study, space: SearchSpace) -> TrialTable:
-    """The study's finished trials with their decoded archs and objective values."""
+    """The study's finished trials with their decoded archs, precision policies and objective values."""
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     trials = sorted(trials, key=lambda t: t.number)
     archs = [decode_params(space, t.params) for t in trials]
+    policies = [decode_policy(space, t.params) for t in trials]
     n_obj = len(study.directions)
     values = np.array([t.values for t in trials], dtype=np.float64).reshape(len(trials), n_obj)
-    return TrialTable([t.number for t in trials], archs, values[:, 0], values[:, 1:])
+    return TrialTable([t.number for t in trials], archs, values[:, 0], values[:, 1:], policies)

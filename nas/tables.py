@@ -20,16 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["FRONT_COLUMNS", "front_members", "front_records", "fronts_frame", "members_frame", "trials_frame"]
 
 # The columns of a front table, in order.
-FRONT_COLUMNS = ("device", "arch_string", "arch_id", "resolution", "val_accuracy", "test_accuracy", "latency_ms",
-                 "predicted_latency_ms", "measured_latency_ms", "macs", "params", "trial_number")
+FRONT_COLUMNS = ("device", "arch_string", "arch_id", "policy", "precision", "resolution", "val_accuracy",
+                 "test_accuracy", "latency_ms", "predicted_latency_ms", "measured_latency_ms", "macs", "params",
+                 "trial_number")
 _INTEGER_COLUMNS = ("resolution", "macs", "params", "trial_number")
 _FLOAT_COLUMNS = ("val_accuracy", "test_accuracy", "latency_ms", "predicted_latency_ms", "measured_latency_ms")
 
 
 def front_records(members: Iterable[FrontMember]) -> list[dict[str, Any]]:
-    """One plain dict per member with the ``FRONT_COLUMNS`` (JSON-able: unknown values are None)."""
-    return [{"device": m.device, "arch_string": m.arch_string, "arch_id": m.arch_id,
-             "resolution": int(m.arch.resolution), "val_accuracy": float(m.val_accuracy),
+    """One plain dict per member with the ``FRONT_COLUMNS`` (JSON-able: unknown values are None; ``policy``
+    None for fp32 members)."""
+    return [{"device": m.device, "arch_string": m.arch_string, "arch_id": m.arch_id, "policy": m.policy,
+             "precision": m.precision, "resolution": int(m.arch.resolution), "val_accuracy": float(m.val_accuracy),
              "test_accuracy": None if m.test_accuracy is None else float(m.test_accuracy),
              "latency_ms": float(m.latency_ms), "predicted_latency_ms": float(m.predicted_latency_ms),
              "measured_latency_ms": None if m.measured_latency_ms is None else float(m.measured_latency_ms),

@@ -17,8 +17,10 @@ from ._precision import (
     PolicyError,
     PrecisionPolicy,
     policy_from_string,
+    policy_or_none,
     policy_to_string,
     precision_groups,
+    precision_label,
     validate_policy,
 )
 from ._ray import connect_ray, ray_cluster_named_or_running, set_ray_environment
@@ -33,8 +35,10 @@ __all__ = [
     "PolicyError",
     "PrecisionPolicy",
     "policy_from_string",
+    "policy_or_none",
     "policy_to_string",
     "precision_groups",
+    "precision_label",
     "validate_policy",
     "Counts",
     "arch_counts",

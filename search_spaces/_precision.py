@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from ._arch import Arch, ArchError
 from ._space import SearchSpace
 
-__all__ = ["PRECISIONS", "PolicyError", "PrecisionPolicy", "policy_from_string", "policy_to_string",
-           "precision_groups", "validate_policy"]
+__all__ = ["PRECISIONS", "PolicyError", "PrecisionPolicy", "policy_from_string", "policy_or_none", "policy_to_string",
+           "precision_groups", "precision_label", "validate_policy"]
 
 # The precisions a policy can name, and the letter each is written as (the one place they are listed).
 PRECISION_LETTERS = {"fp32": "f", "int8": "i"}
@@ -149,3 +149,24 @@ def policy_from_string(space: SearchSpace, text: str, arch: Arch | None = None) 
     stem, *stages, head = ([_LETTER_PRECISIONS[c] for c in token] for token in tokens)
     policy = PrecisionPolicy(stem[0], tuple(tuple(s) for s in stages), head[0])
     return validate_policy(space, policy, arch)
+
+
+def policy_or_none(policy: PrecisionPolicy | None) -> PrecisionPolicy | None:
+    """``policy`` in its canonical form, or None for "fp32 throughout" (no policy and a uniform fp32 one are the
+    same subnet: the one every fp32 path builds, measures and stores without a policy)."""
+    if policy is None or policy.is_uniform("fp32"):
+        return None
+    return policy.canonical()
+
+
+def precision_label(policy: PrecisionPolicy | str | None) -> str:
+    """``fp32``, ``int8`` (every group int8) or ``mixed``: what a front, a plot legend or a query names a
+    subnet's precision by. A string is read as a policy string (``p:...``) without a space to check it against."""
+    if isinstance(policy, str):
+        letters = set(policy.strip()[len(PREFIX):].replace(",", ""))
+        used = {_LETTER_PRECISIONS.get(c, c) for c in letters}
+        return next(iter(used)) if len(used) == 1 else "mixed"
+    if policy is None:
+        return "fp32"
+    used = policy.precisions
+    return next(iter(used)) if len(used) == 1 else "mixed"

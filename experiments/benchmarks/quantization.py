@@ -37,6 +37,10 @@ def main() -> int:
                         help="arch strings, smallest, largest or random:SEED")
     parser.add_argument("--max-loss", type=float, nargs="+", default=[0.5, 1.0], help="bounds in top-1 points")
     parser.add_argument("--granularity", choices=("stage", "block"), default="stage")
+    parser.add_argument("--front", default=None, metavar="DEVICE",
+                        help="instead of --arch: members of this device's fp32 front in the run's study (up to "
+                             "--members, spread over its latency range)")
+    parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--json", default=None, help="write every number to this JSON file")
@@ -49,7 +53,21 @@ def main() -> int:
     search_measure = MeasureConfig(warmup=5, repeats=max(10, args.repeats // 3), clock="thread_cpu", quantile=0.25)
     named = {"smallest": smallest, "largest": largest}
     rows, results = [], []
-    for text in args.arch:
+    texts = list(args.arch)
+    if args.front is not None:  # the fp32 front of the run's study (what search.precisions: [fp32] stores)
+        from nas.search import front_members
+        from nas.study import load_study, study_trials
+        from search_spaces import arch_to_string
+
+        if args.front not in config.search.devices:
+            parser.error(f"--front {args.front!r} is not a device of the config: {', '.join(config.search.devices)}")
+        k = list(config.search.devices).index(args.front)
+        table = study_trials(load_study(run, config.search), config.search.restrict(space)).fp32()
+        front = front_members(table.archs, table.accuracy, table.latency_ms[:, k],
+                              config.search.budgets.get(args.front))
+        picks = sorted({round(i * (len(front) - 1) / max(args.members - 1, 1)) for i in range(args.members)})
+        texts = [arch_to_string(space, table.archs[front[i]]) for i in picks]
+    for text in texts:
         if text in named:
             arch = named[text](space)
         elif text.startswith("random:"):

@@ -15,12 +15,13 @@ def _percent(value: float) -> str:
 def _print_table(frame, out) -> None:
     """One line per member, grouped by device, latency ascending; the arch string last (it is long)."""
     print(f"{'device':<20} {'latency ms':>12} {'val %':>6} {'test %':>6} {'MACs M':>8} {'params M':>8}  "
-          f"{'arch id':<16} arch", file=out)
+          f"{'arch id':<16} {'precision':<9} arch", file=out)
     for row in frame.itertuples(index=False):
         kind = "m" if row.measured_latency_ms == row.measured_latency_ms else "p"  # measured / predicted
         print(f"{row.device:<20} {row.latency_ms:>10.3f} {kind} {_percent(row.val_accuracy):>6} "
               f"{_percent(row.test_accuracy):>6} {row.macs / 1e6:>8.1f} {row.params / 1e6:>8.2f}  "
-              f"{row.arch_id:<16} {row.arch_string}", file=out)
+              f"{row.arch_id:<16} {row.precision:<9} {row.arch_string}"
+              f"{'' if row.policy is None or row.policy != row.policy else ' ' + row.policy}", file=out)
     print(f"{len(frame)} members; latency m: measured on the device, p: predicted", file=out)
 
 
@@ -49,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fronts", help="every front member of a run: a table, CSV or JSON",
         description="List the front members of a run (every device, or DEVICE): architecture, validation and "
-                    "test accuracy, latency (measured where re-measured, else predicted), MACs, parameters.")
+                    "test accuracy, latency (measured where re-measured, else predicted), MACs, parameters, and "
+                    "precision (fp32, int8 or mixed, with the precision policy).")
     p.add_argument("run", metavar="RUN", help="the run folder")
     p.add_argument("--device", default=None, help="only the front of this device")
     p.add_argument("--csv", action="store_true", help="CSV on stdout (one row per member, a header line)")

@@ -11,6 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
     from ..query import open_fronts
     from ..rundir import RunDir
+    from .search import precision_counts
 
     config = load_config(args.config, epochs_scale=args.epochs_scale)
     run_dir = RunDir.for_config(config, args.run_dir)
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder   {result.run_dir}")
     for device, members in fronts.items():
         fast, best = members[0], members[-1]
-        print(f"front        {device}: {len(members)} subnets, {fast['latency_ms']:.3f} ms "
+        mix = precision_counts(m.get("precision", "fp32") for m in members)
+        print(f"front        {device}: {len(members)} subnets{mix}, {fast['latency_ms']:.3f} ms "
               f"({100 * fast['val_accuracy']:.1f}%) to {best['latency_ms']:.3f} ms ({100 * best['val_accuracy']:.1f}%)")
     print(f"fronts       {result.fronts}")
     print(f"plot         {result.plot}")

@@ -9,6 +9,14 @@ import argparse
 import json
 
 
+def precision_counts(precisions) -> str:
+    """`` (3 fp32, 2 int8)`` for a front holding quantised members; empty for an fp32-only front."""
+    from collections import Counter
+
+    counts = Counter(precisions)
+    return "" if set(counts) <= {"fp32"} else " (" + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())) + ")"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..rundir import RunDir
@@ -27,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{device}: no subnets on the front")
             continue
         lo, hi = members[0], members[-1]
-        print(f"{device}: {len(members)} subnets on the front, {lo.latency_ms:.3f} ms ({100 * lo.val_accuracy:.2f}%)"
-              f" to {hi.latency_ms:.3f} ms ({100 * hi.val_accuracy:.2f}%)")
+        print(f"{device}: {len(members)} subnets on the front{precision_counts(m.precision for m in members)}, "
+              f"{lo.latency_ms:.3f} ms ({100 * lo.val_accuracy:.2f}%) to {hi.latency_ms:.3f} ms "
+              f"({100 * hi.val_accuracy:.2f}%)")
     print(f"fronts: {search_paths(run_dir).fronts}")
     return 0
 

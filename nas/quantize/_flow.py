@@ -20,12 +20,16 @@ from ._ptq import SubnetQuantizer, check_method
 from ._runtime import DEFAULT_MEASURE, FAKE_QUANT_TOLERANCE, fake_quant_agreement, latencies_ms, top1
 from ._search import GRANULARITIES, MethodChoice, PolicySearch, choose_method, search_policy
 
-__all__ = ["QDQ_FORMAT", "PreparedSubnet", "QuantizeReport", "prepare_subnet", "quantize_subnet"]
+__all__ = ["CALIBRATION_IMAGES", "QDQ_FORMAT", "PreparedSubnet", "QuantizeReport", "prepare_member", "prepare_net",
+           "prepare_subnet", "quantize_subnet", "subnet_quantizer"]
 
 QDQ_FORMAT = "hwnas-subnet-onnx-qdq-1"
 CALIBRATION_IMAGES = 256
 # Test images the int8 kernels are checked on against the fake-quantised graph before a file is written.
 CHECK_IMAGES = 64
+# Batch size of the BN-recalibration batches (recalibration keeps a cumulative average over batches), as
+# ``supernets.training.evaluate.subnet_accuracy``'s default.
+BN_BATCH = 200
 
 
 @dataclass
@@ -47,41 +51,124 @@ class PreparedSubnet:
 def prepare_subnet(config: Any, run: Any, arch: Arch, *, calibration: int = CALIBRATION_IMAGES,
                    max_images: int | None = None) -> PreparedSubnet:
     """Extract ``arch`` from the run's supernet, recalibrate its batch norms as ``nas eval`` does
-    (``train.bn_recal_images`` augmented training images), and make its quantiser, calibrated on
-    ``calibration`` other (seeded, not augmented) training images; ``max_images`` caps the val and test
-    splits."""
+    (``train.bn_recal_images`` augmented training images, on ``train.device``), and make its quantiser,
+    calibrated on ``calibration`` other (seeded, not augmented) training images; ``max_images`` caps the val
+    and test splits. The quantiser is ``subnet_quantizer``'s, the function the search's quantised accuracy
+    (``nas.accuracy.DirectEvaluator``) builds its models with too."""
+    from supernets.training.device import DeviceError, Execution
+
+    from ..data import check_dataset, load_dataset
+    from ..rundir import load_supernet
+
+    if config.dataset is None:
+        raise UsageError("the config has no dataset to calibrate and evaluate on; add a dataset section "
+                         "(e.g. {kind: digits})")
+    _check_max_images(max_images)
+    check_dataset(config.dataset)
+    try:
+        execution = Execution.resolve(config.train.device, "fp32", channels_last=False)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from exc
+    space, supernet = load_supernet(run)
+    execution.module(supernet)
+    data = load_dataset(config.dataset, max(space.resolutions), config.seed)
+    bn_images = int(config.train.bn_recal_images)
+    quantizer = subnet_quantizer(space, supernet, arch, data, seed=config.seed, bn_images=bn_images,
+                                 calibration=calibration, execution=execution)
+    return PreparedSubnet(space, arch, quantizer, split_images(data, "val", arch.resolution, max_images),
+                          split_images(data, "test", arch.resolution, max_images), bn_images)
+
+
+def subnet_quantizer(space: SearchSpace, supernet: Any, arch: Arch, data: Any, *, seed: int, bn_images: int,
+                     calibration: int = CALIBRATION_IMAGES, execution: Any = None) -> SubnetQuantizer:
+    """The quantiser of ``arch`` of a run: the one step ``nas quantize`` (``prepare_subnet``) and the search's
+    quantised accuracy (``nas.accuracy.SupernetAccuracy``) share, so the model a search measures is the
+    model ``nas quantize`` writes for that arch and policy.
+
+    The subnet is extracted from ``supernet`` (on its device), its batch norms recalibrated on ``bn_images``
+    augmented training images of ``data`` (``data.calibration_batches(bn_images, BN_BATCH, seed)``, the
+    batches ``supernets.training.evaluate.subnet_accuracy`` recalibrates the fp32 accuracy on; none when 0)
+    in fp32 on ``execution``'s device (``supernets.training.device.Execution``; None: the supernet's device),
+    then exported to the deployed graph (RGB in [0, 1], ``Normalization.of(data)`` inside) and calibrated on
+    ``calibration`` seeded training images (``calibration_images(data, resolution, calibration, seed)``).
+    """
     import torch
 
     from supernets import extract
     from supernets.training.bn import recalibrate_bn
     from supernets.training.evaluate import resize
 
-    from ..data import check_dataset, load_dataset
-    from ..query import Normalization
-    from ..rundir import load_supernet
-
-    if config.dataset is None:
-        raise UsageError("the config has no dataset to calibrate and evaluate on; add a dataset section "
-                         "(e.g. {kind: digits})")
-    if max_images is not None and max_images < 1:
-        raise UsageError(f"max images: {max_images} is not allowed; must be >= 1")
-    check_dataset(config.dataset)
-    space, supernet = load_supernet(run)
-    data = load_dataset(config.dataset, max(space.resolutions), config.seed)
     net = extract(supernet, arch)
-    bn_images = int(config.train.bn_recal_images)
     if bn_images > 0:
+        device = next(net.parameters()).device
+        prepare = execution.batch if execution is not None else (lambda x: x.to(device))
         with torch.no_grad():
-            recalibrate_bn(net, (resize(x, arch.resolution)
-                                 for x in data.calibration_batches(bn_images, 200, config.seed)))
-    net.eval()
-    metadata = {"space": space.name, "arch": arch.to_dict(), "arch_string": arch_to_string(space, arch),
-                "arch_id": arch.arch_id, "num_classes": int(space.num_classes),
-                "batch_norm": f"recalibrated on {bn_images} training images" if bn_images else "supernet statistics"}
-    quantizer = SubnetQuantizer(net, plan(space, arch), arch.resolution, Normalization.of(data),
-                                calibration_images(data, arch.resolution, calibration, config.seed), metadata)
+            recalibrate_bn(net, (resize(prepare(x), arch.resolution)
+                                 for x in data.calibration_batches(bn_images, BN_BATCH, seed)))
+    return _quantizer(space, arch, net.cpu().eval(), data, seed=seed, bn_images=bn_images, calibration=calibration)
+
+
+def prepare_member(member: Any, run_data: Any, *, calibration: int = CALIBRATION_IMAGES,
+                   max_images: int | None = None, metadata: dict[str, Any] | None = None) -> PreparedSubnet:
+    """A front member's subnet ready to quantise, from the run alone: extracted and its batch norms
+    recalibrated exactly as its fp32 export is (``nas.query.subnet_of`` on ``run_data``), calibrated on
+    ``calibration`` training images of the run's dataset.
+
+    Args:
+        member: the ``FrontMember`` (its arch and supernet checkpoint).
+        run_data: the run's dataset as exports take it (``nas.query.run_calibration``; its ``data_seed``
+            seeds the calibration images).
+        calibration: training images the activation ranges are calibrated on.
+        max_images: caps the val and test splits the accuracies are measured on.
+        metadata: more to record in the model (merged over the arch's).
+    """
+    from search_spaces import get_space
+
+    from ..query import _recalibrates, subnet_of
+
+    if run_data is None or getattr(run_data, "data", None) is None:
+        raise UsageError(f"front member {member.member_id} is {member.precision}: quantising it needs training "
+                         f"images to calibrate on, and the run records no dataset (the search's front store "
+                         f"meta 'dataset'); export an fp32 member instead")
+    _check_max_images(max_images)
+    net = subnet_of(member, run_data)
+    bn_images = int(run_data.num_images) if _recalibrates(run_data) else 0
+    return prepare_net(get_space(member.arch.space), member.arch, net, run_data.data,
+                       seed=int(getattr(run_data, "data_seed", 0)), bn_images=bn_images, calibration=calibration,
+                       max_images=max_images, metadata=metadata)
+
+
+def prepare_net(space: SearchSpace, arch: Arch, net: Any, data: Any, *, seed: int, bn_images: int,
+                calibration: int = CALIBRATION_IMAGES, max_images: int | None = None,
+                metadata: dict[str, Any] | None = None) -> PreparedSubnet:
+    """``prepare_member``'s last step: the quantiser of ``net`` (the subnet of ``arch``, batch norms already
+    recalibrated on ``bn_images`` images, eval mode), made as ``subnet_quantizer`` makes one after its
+    recalibration (calibrated on ``calibration`` seeded training images of ``data``), with its val and test
+    splits (up to ``max_images``)."""
+    _check_max_images(max_images)
+    quantizer = _quantizer(space, arch, net, data, seed=seed, bn_images=bn_images, calibration=calibration,
+                           metadata=metadata)
     return PreparedSubnet(space, arch, quantizer, split_images(data, "val", arch.resolution, max_images),
                           split_images(data, "test", arch.resolution, max_images), bn_images)
+
+
+def _quantizer(space: SearchSpace, arch: Arch, net: Any, data: Any, *, seed: int, bn_images: int,
+               calibration: int = CALIBRATION_IMAGES, metadata: dict[str, Any] | None = None) -> SubnetQuantizer:
+    """The quantiser of ``net`` (``arch``'s subnet, batch norms recalibrated on ``bn_images`` images) with the
+    arch recorded in its models, calibrated on ``calibration`` training images of ``data`` seeded ``seed``."""
+    from ..query import Normalization
+
+    recorded = {"space": space.name, "arch": arch.to_dict(), "arch_string": arch_to_string(space, arch),
+                "arch_id": arch.arch_id, "num_classes": int(space.num_classes),
+                "batch_norm": f"recalibrated on {bn_images} training images" if bn_images else "supernet statistics",
+                **(metadata or {})}
+    return SubnetQuantizer(net.eval(), plan(space, arch), arch.resolution, Normalization.of(data),
+                           calibration_images(data, arch.resolution, calibration, seed), recorded)
+
+
+def _check_max_images(max_images: int | None) -> None:
+    if max_images is not None and max_images < 1:
+        raise UsageError(f"max images: {max_images} is not allowed; must be >= 1")
 
 
 @dataclass(frozen=True)

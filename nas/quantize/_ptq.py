@@ -28,6 +28,7 @@ import numpy as np
 from search_spaces import NetworkPlan, PrecisionPolicy
 
 from ..errors import UsageError
+from ..search_config import QUANTIZATION_METHODS
 from ._groups import name_nodes, nodes_to_exclude
 from ._images import ImageSet
 
@@ -41,7 +42,7 @@ __all__ = ["CALIBRATION_METHODS", "SubnetQuantizer", "calibrate_ranges", "prepro
            "unshare_initializers"]
 
 # Calibration methods by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members).
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = QUANTIZATION_METHODS  # one list, in nas.search_config (parsed with the config)
 _ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 CALIBRATION_BATCH = 32
 # Calibrator settings. Entropy (TensorRT's KL threshold): ONNX Runtime's default of 128 histogram bins for

@@ -31,7 +31,7 @@ from ._ptq import CALIBRATION_METHODS, SubnetQuantizer
 from ._runtime import DEFAULT_MEASURE, latencies_ms, logits
 
 __all__ = ["GRANULARITIES", "Candidate", "GroupSensitivity", "MethodChoice", "PolicySearch", "choose_method",
-           "group_units", "policy_of", "search_policy", "sensitivities"]
+           "group_units", "policy_of", "prefix_policies", "search_policy", "sensitivities", "unit_name"]
 
 GRANULARITIES = ("stage", "block")
 # Latencies within this share of the fastest candidate's count as equal (one-thread ONNX Runtime series on a
@@ -67,6 +67,31 @@ def policy_of(space: SearchSpace, arch: Arch, int8: set[Unit] | frozenset[Unit])
                     else tuple(p((s, b) in int8) for b in range(st.depth)))
                    for s, st in enumerate(arch.stages))
     return PrecisionPolicy(p("stem" in int8), stages, p("head" in int8)).canonical()
+
+
+def prefix_policies(space: SearchSpace, arch: Arch, order: Sequence[str | Unit], counts: Sequence[int]
+                    ) -> list[PrecisionPolicy]:
+    """For each ``k`` of ``counts``, the policy with the first ``k`` groups of ``order`` int8 and the rest fp32
+    (``policy_of``): ``order`` lists groups least sensitive first, by name (``unit_name``: ``stem``, a stage
+    name, ``stage3.b1``, ``head``) or as units (``group_units``).
+
+    Raises:
+        UsageError: a group ``arch`` does not have, or a count outside 0..len(order).
+    """
+    units = {unit_name(space, u): u for g in GRANULARITIES for u in group_units(space, arch, g)}
+    resolved: list[Unit] = []
+    for group in order:
+        unit = units.get(group) if isinstance(group, str) else (group if group in units.values() else None)
+        if unit is None:
+            raise UsageError(f"precision group {group!r} is not a group of this subnet; allowed: "
+                             f"{', '.join(units)}")
+        resolved.append(unit)
+    out = []
+    for k in counts:
+        if not 0 <= k <= len(resolved):
+            raise UsageError(f"int8 group count {k} is not allowed; allowed: 0 to {len(resolved)}")
+        out.append(policy_of(space, arch, set(resolved[:k])))
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -167,12 +192,13 @@ class PolicySearch:
 
 
 def sensitivities(quantizer: SubnetQuantizer, space: SearchSpace, arch: Arch, images: ImageSet,
-                  units: Sequence[Unit], method: str = "minmax") -> list[GroupSensitivity]:
-    """Each unit alone in int8: KL from the fp32 outputs and top-1 on ``images``, in the order of ``units``."""
-    reference = logits(quantizer.fp32, images)
+                  units: Sequence[Unit], method: str = "minmax", threads: int = 0) -> list[GroupSensitivity]:
+    """Each unit alone in int8: KL from the fp32 outputs and top-1 on ``images``, in the order of ``units``
+    (ONNX Runtime with ``threads`` threads; 0: its default)."""
+    reference = logits(quantizer.fp32, images, threads=threads)
     out = []
     for unit in units:
-        got = logits(quantizer.quantize(policy_of(space, arch, {unit}), method), images)
+        got = logits(quantizer.quantize(policy_of(space, arch, {unit}), method), images, threads=threads)
         out.append(GroupSensitivity(unit_name(space, unit), mean_kl(reference, got), _top1(got, images.labels)))
     return out
 
