@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import hwnas_version
@@ -76,6 +77,11 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
     return list(seen.values())
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"nas: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.stdout = sys.stdout
     # ``args.progress``: whether a command shows progress (bars, per-batch lines); -q and --no-progress turn it off.
     args.progress = not (args.quiet or getattr(args, "no_progress", False))
+    warnings.formatwarning = _one_line_warning  # the command line's own warnings: one line each, no source line
     try:
         if getattr(args, "json", False):
             with contextlib.redirect_stdout(sys.stderr):
