@@ -123,9 +123,22 @@ def init_ray(device: Device, num_cpus: int | None = None) -> None:
 
     # Starts a local instance offering the resource, or attaches to a running cluster (RAY_ADDRESS, `ray
     # start`), whose nodes must offer it: a board joins with `ray start --address HEAD --resources ...`.
-    connect_ray(num_cpus=num_cpus or max(1, device.threads), resources={device_resource(device.id): 1},
+    wanted = device_resource(device.id)
+    from search_spaces import ray_cluster_named_or_running
+
+    if ray.is_initialized() and wanted not in ray.cluster_resources() and \
+            not ray_cluster_named_or_running(connected=False):
+        # This process started a local Ray for another device (a run measuring two local devices): start it
+        # again offering every device resource it offered, and this one. No measurement is in flight between
+        # two calls here (each waits for its results), so nothing is lost.
+        offered = {k: v for k, v in ray.cluster_resources().items() if k.startswith(device_resource(""))}
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        ray.shutdown()
+        connect_ray(num_cpus=max(cpus, num_cpus or max(1, device.threads)), resources={**offered, wanted: 1},
+                    log_to_driver=False, configure_logging=False)
+    connect_ray(num_cpus=num_cpus or max(1, device.threads), resources={wanted: 1},
                 log_to_driver=False, configure_logging=False)
-    if device_resource(device.id) not in ray.cluster_resources():
+    if wanted not in ray.cluster_resources():
         raise LatencyError(f"no Ray node offers resource {device_resource(device.id)!r}; start a Ray "
                            f"worker on the device with --resources '{{\"{device_resource(device.id)}\": 1}}'")
 

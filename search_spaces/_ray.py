@@ -58,13 +58,16 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     return True
 
 
-def ray_cluster_named_or_running(address: str | None = None) -> bool:
+def ray_cluster_named_or_running(address: str | None = None, connected: bool = True) -> bool:
     """True when ``connect_ray`` would attach rather than start: a cluster is named (``address`` or
-    ``RAY_ADDRESS``), this process is connected already, or ``ray start`` left this machine's record."""
+    ``RAY_ADDRESS``), this process is connected already (unless ``connected`` is False: then only a named
+    cluster or one ``ray start`` began counts), or ``ray start`` left this machine's record."""
     import sys
 
     if address or os.environ.get("RAY_ADDRESS") or _local_cluster_file().is_file():
         return True
+    if not connected:
+        return False
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
 

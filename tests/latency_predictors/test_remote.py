@@ -51,3 +51,21 @@ def test_measurement_runs_on_the_device_node_through_ray(tmp_path, device, build
     finally:
         ray.shutdown()
     assert len(results) == 2 and all(m.latency_ms > 0 for m in results)
+
+
+@pytest.mark.slow
+def test_two_local_devices_are_measured_in_one_process(tmp_path, device, builder, monkeypatch):
+    """A run with two local devices measures one, then the other: the local Ray this process started for the
+    first is started again offering both resources (it failed with 'no Ray node offers resource')."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    other = replace(device, id=f"{device.id}-other")
+    arch = replace(sample(SPACE, 1, seed=2)[0], resolution=24)
+    try:
+        first = measure_archs(SPACE, [arch], builder, device, TINY, lock_path=tmp_path / "lock", progress=False)
+        second = measure_archs(SPACE, [arch], builder, other, TINY, lock_path=tmp_path / "lock2", progress=False)
+        resources = ray.cluster_resources()
+        assert resources.get(f"device:{device.id}") == 1 and resources.get(f"device:{other.id}") == 1
+    finally:
+        ray.shutdown()
+    assert first[0].latency_ms > 0 and second[0].latency_ms > 0
