@@ -57,6 +57,7 @@ from search_spaces import (
 )
 
 from .errors import UsageError
+from .search_config import DEFAULT_QUANTIZATION_METHOD
 
 __all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SensitivityCache",
            "SubnetEvaluation", "SupernetAccuracy", "evaluate_subnets", "fit_accuracy_predictor"]
@@ -64,7 +65,7 @@ __all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorRe
 CACHE_NAME = "accuracy.jsonl"
 SENSITIVITY_NAME = "sensitivity.jsonl"
 PREDICTOR_NAME = "accuracy_predictor.json"
-DEFAULT_METHOD = "minmax"
+DEFAULT_METHOD = DEFAULT_QUANTIZATION_METHOD
 
 ArchAccuracyFn = Callable[[Arch, str], float]
 """Accuracy (0..1) of one arch on one split (``"val"`` or ``"test"``)."""

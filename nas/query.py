@@ -651,10 +651,12 @@ def export_quantized_member(member: FrontMember, out: str | os.PathLike[str], ca
 
     from .quantize import CALIBRATION_METHODS, prepare_member, quantize_subnet
     from .quantize._flow import CALIBRATION_IMAGES
+    from .search_config import DEFAULT_QUANTIZATION_METHOD
 
     check_quantized_export(member, out)
     if method is None:
-        method = (store.get_meta("quantization_method", None) if store is not None else None) or "minmax"
+        method = (store.get_meta("quantization_method", None) if store is not None else None) or \
+            DEFAULT_QUANTIZATION_METHOD
     if method not in CALIBRATION_METHODS:
         raise UsageError(f"quantization method {method!r} (front store meta quantization_method) is not allowed; "
                          f"allowed: {', '.join(CALIBRATION_METHODS)}")

@@ -33,6 +33,9 @@ SAMPLERS = ("nsga2", "tpe", "random")
 # Calibration methods of quantised subnets by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members;
 # nas.quantize reads them from here, so parsing a config does not import it).
 QUANTIZATION_METHODS = ("minmax", "entropy", "percentile")
+# What the search calibrates quantised subnets with unless search.quantization_method says otherwise (and what a
+# front store written before the method was recorded was calibrated with).
+DEFAULT_QUANTIZATION_METHOD = "minmax"
 ACCURACY_OBJECTIVES = ("direct", "predictor")
 # Smallest allowed value of each integer setting.
 INT_MINIMUMS = {"n_trials": 1, "batch_size": 1, "population_size": 2, "predictor_samples": 1, "eval_workers": 1,
@@ -89,7 +92,7 @@ class SearchConfig:
     # Subnets per device and round whose quantised versions are measured (2 rounds).
     precision_candidates: int = 16
     # Calibration method of quantised subnets (activation ranges on training images).
-    quantization_method: str = "minmax"
+    quantization_method: str = DEFAULT_QUANTIZATION_METHOD
 
     def restrict(self, space: Any) -> Any:
         """``space`` limited to ``resolutions`` (same name, so its archs stay archs of the full space)."""
