@@ -43,6 +43,8 @@ from search_spaces import (
 from supernets import build
 from supernets.training.bn import recalibrate_bn
 
+from .classifier_fit import ridge_classifier, set_classifier
+
 SPACE = "ofa_mbv3_cifar"
 # Latency only has to rank candidates here (benchmarks measure properly): a short series.
 QUICK = MeasureConfig(warmup=1, repeats=5, retries=0, clock="thread_cpu")
@@ -64,17 +66,7 @@ def tiny(space):
     net = build(space, arch)
     x, y = data.normalize(data.splits["train"][0]), data.splits["train"][1]
     recalibrate_bn(net, x[:128])
-    features: list[torch.Tensor] = []
-    hook = net.head.classifier.register_forward_hook(lambda m, i, o: features.append(i[0]))
-    with torch.no_grad():
-        net(x)
-    hook.remove()
-    f = torch.cat([features[0].double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-    targets = 10 * torch.nn.functional.one_hot(y, 10).double() - 5
-    w = torch.linalg.solve(f.T @ f + torch.eye(f.shape[1], dtype=torch.float64), f.T @ targets)
-    with torch.no_grad():
-        net.head.classifier.weight.copy_(w[:-1].T.float())
-        net.head.classifier.bias.copy_(w[-1].float())
+    set_classifier(net, *ridge_classifier(net, x, y))
     quantizer = SubnetQuantizer(net.eval(), plan(space, arch), r, Normalization.of(data),
                                 calibration_images(data, r, 96), {"arch_string": "smallest"})
     return arch, quantizer, split_images(data, "val", r), split_images(data, "test", r, 200)

@@ -24,6 +24,7 @@ from search_spaces import arch_to_string, get_space, smallest
 from supernets import build_supernet
 from supernets.training.checkpoint import save_supernet
 
+from .classifier_fit import ridge_classifier, set_classifier
 from .cli_helpers import fails_in_one_line
 from .search.conftest import SPACE_NAME
 
@@ -54,17 +55,7 @@ def _fit_classifier(supernet, member: FrontMember, checkpoint, space) -> None:
     data = calibration.data
     x, y = data.normalize(data.splits["train"][0]), data.splits["train"][1]
     x = torch.nn.functional.interpolate(x, size=(member.arch.resolution,) * 2, mode="bilinear", align_corners=False)
-    features: list[torch.Tensor] = []
-    hook = net.head.classifier.register_forward_hook(lambda m, i, o: features.append(i[0]))
-    with torch.no_grad():
-        net(x)
-    hook.remove()
-    f = torch.cat([features[0].double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-    targets = 10 * torch.nn.functional.one_hot(y, 10).double() - 5
-    w = torch.linalg.solve(f.T @ f + torch.eye(f.shape[1], dtype=torch.float64), f.T @ targets)
-    with torch.no_grad():
-        supernet.head.classifier.weight.copy_(w[:-1].T.float())
-        supernet.head.classifier.bias.copy_(w[-1].float())
+    set_classifier(supernet, *ridge_classifier(net, x, y))
     save_supernet(checkpoint, supernet.eval(), space, "quantized-exports-test")
 
 

@@ -42,6 +42,7 @@ from supernets.training.bn import recalibrate_bn
 from supernets.training.checkpoint import save_supernet
 from supernets.training.evaluate import resize
 
+from ..classifier_fit import ridge_classifier, set_classifier
 from .conftest import SPACE_NAME
 
 DATASET = {"kind": "digits", "image_size": 32}
@@ -58,17 +59,7 @@ def _fit_classifier(supernet, space, arch, data) -> None:
     with torch.no_grad():
         recalibrate_bn(net, (resize(x, arch.resolution) for x in data.calibration_batches(BN_IMAGES, 200, 0)))
     x, y = data.normalize(data.splits["train"][0]), data.splits["train"][1]
-    features: list[torch.Tensor] = []
-    hook = net.head.classifier.register_forward_hook(lambda m, i, o: features.append(i[0]))
-    with torch.no_grad():
-        net.eval()(resize(x, arch.resolution))
-    hook.remove()
-    f = torch.cat([features[0].double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
-    targets = 10 * torch.nn.functional.one_hot(y, 10).double() - 5
-    w = torch.linalg.solve(f.T @ f + 30 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ targets)
-    with torch.no_grad():
-        supernet.head.classifier.weight.copy_(w[:-1].T.float())
-        supernet.head.classifier.bias.copy_(w[-1].float())
+    set_classifier(supernet, *ridge_classifier(net, resize(x, arch.resolution), y, alpha=30.0))
 
 
 @pytest.fixture(scope="module")
