@@ -20,9 +20,10 @@ After the fp32 search (and its budget refinement), with ``search.precisions: [fp
    objectives, user attributes ``policy``, ``precision``, ``direct_accuracy``, ``accuracy_drop``): the fronts,
    optuna-dashboard and ``trials_dataframe()`` see them as any other.
 
-A second round screens again with the measured drop. The study records the rounds done and over how many fp32
-trials (user attribute ``precision_search``): a continued search screens again only when the fp32 search has grown
-or a round is missing (after a kill), and never measures a subnet already in the study under that policy
+A second round screens again with the measured drop. The study records the rounds done, over how many fp32
+trials and whether with mixes (user attribute ``precision_search``): a continued search screens again only when the
+fp32 search has grown, ``search.mixed_precision`` changed or a round is missing (after a kill), and never measures a
+subnet already in the study under that policy
 (accuracies are cached by the evaluator too).
 """
 
@@ -107,10 +108,12 @@ def _measured_drop(study: optuna.Study) -> float:
 
 def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, latency: Mapping[str, MixedFn]
             ) -> list[Arch]:
-    """fp32 subnets of the study whose uniform int8 version could join a device's front (see the module)."""
+    """fp32 subnets of the study whose uniform int8 version could join a device's front (see the module) and
+    that still miss a measurement: their int8 version, or (with ``search.mixed_precision``) any mix."""
     table = study_trials(study, space)
     fp32 = table.fp32()
     keys = set(table.keys())
+    mixed = {a.arch_id for i, a in enumerate(table.archs) if precision_label(table.policy(i)) == "mixed"}
     int8 = PrecisionPolicy.uniform(space, "int8")
     first: dict[str, int] = {}
     for i, arch in enumerate(fp32.archs):
@@ -135,8 +138,8 @@ def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, laten
         mask = np.zeros(acc_all.size, dtype=bool)
         if within.any():
             mask[np.flatnonzero(within)] = non_dominated_mask(acc_all[within], lat_all[within])
-        new = [j for j in np.flatnonzero(mask[:len(archs)])
-               if f"{archs[j].arch_id}+{int8}" not in keys and archs[j].arch_id not in chosen]
+        new = [j for j in np.flatnonzero(mask[:len(archs)]) if archs[j].arch_id not in chosen and (
+               f"{archs[j].arch_id}+{int8}" not in keys or (config.mixed_precision and archs[j].arch_id not in mixed))]
         order = np.array(sorted(new, key=lambda j: lat_q[j]), dtype=int)
         for j in _spread(order, config.precision_candidates):
             chosen[archs[j].arch_id] = archs[j]
@@ -172,21 +175,27 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
     added: list[optuna.trial.FrozenTrial] = []
     fp32_trials = len(study_trials(study, space).fp32().archs)
     state = study.user_attrs.get(STATE_ATTR) or {}
-    first = int(state.get("rounds", 0)) + 1 if state.get("fp32_trials") == fp32_trials else 1
+    same = state.get("fp32_trials") == fp32_trials and bool(state.get("mixed")) == config.mixed_precision
+    first = int(state.get("rounds", 0)) + 1 if same else 1
+    done = {"fp32_trials": fp32_trials, "mixed": config.mixed_precision}
     for round_ in range(first, ROUNDS + 1):
         archs = _screen(study, space, config, latency)
         if not archs:
-            study.set_user_attr(STATE_ATTR, {"fp32_trials": fp32_trials, "rounds": ROUNDS})
+            study.set_user_attr(STATE_ATTR, {**done, "rounds": ROUNDS})
             break
-        policies: list[PrecisionPolicy] = [int8] * len(archs)
-        subjects = list(archs)
+        known = set(study_trials(study, space).keys())
+        subjects = [a for a in archs if f"{a.arch_id}+{int8}" not in known]
+        policies: list[PrecisionPolicy] = [int8] * len(subjects)
+        uniform = len(subjects)
         if config.mixed_precision:
-            known = set(study_trials(study, space).keys())
             for arch, ranked in zip(archs, evaluator.group_sensitivities(archs)):
                 for policy in _mixes(space, arch, [group for group, _kl in ranked]):
                     if f"{arch.arch_id}+{policy}" not in known:
                         subjects.append(arch)
                         policies.append(policy)
+        if not subjects:
+            study.set_user_attr(STATE_ATTR, {**done, "rounds": ROUNDS})
+            break
         quantised = np.asarray(evaluator.evaluate(subjects, "val", policies), dtype=np.float64)
         direct = np.asarray(evaluator.evaluate(subjects, "val"), dtype=np.float64)
         searched = np.asarray(accuracy(subjects), dtype=np.float64)
@@ -205,10 +214,11 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
             )
             study.add_trial(trial)
             added.append(trial)
-        study.set_user_attr(STATE_ATTR, {"fp32_trials": fp32_trials, "rounds": round_})
+        study.set_user_attr(STATE_ATTR, {**done, "rounds": round_})
         if log is not None:
-            drop = 100.0 * (direct[:len(archs)] - quantised[:len(archs)])
-            log(f"precision search, round {round_}: {len(archs)} subnets quantised to int8 (top-1 change "
-                f"{-np.median(drop):+.2f} points median, {-drop.max():+.2f} worst)"
-                + (f", {len(subjects) - len(archs)} per-stage mixes" if config.mixed_precision else ""))
+            drop = 100.0 * (direct[:uniform] - quantised[:uniform])
+            change = (f" (top-1 change {-np.median(drop):+.2f} points median, {-drop.max():+.2f} worst)"
+                      if uniform else "")
+            log(f"precision search, round {round_}: {uniform} subnets quantised to int8{change}"
+                + (f", {len(subjects) - uniform} per-stage mixes" if config.mixed_precision else ""))
     return added

@@ -196,6 +196,7 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
         store.set_meta("budgets_ms", budgets)
         store.set_meta("devices", list(config.devices))
         store.set_meta("precisions", list(config.precisions))
+        store.set_meta("mixed_precision", config.mixed_precision)
         store.set_meta("quantization_method", config.quantization_method)
         for key, value in (meta or {}).items():
             store.set_meta(key, value)

@@ -185,7 +185,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
 
 def search_is_complete(config: Any, run: Any) -> bool:
     """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored, of the
-    precisions ``search.precisions`` lists (what ``nas run`` checks to skip the stage)."""
+    precisions ``search.precisions`` lists, with or without mixes as ``search.mixed_precision`` says (what ``nas
+    run`` checks to skip the stage)."""
     from .fronts import get_front_store
     from .search_paths import search_paths
     from .study import load_study
@@ -205,7 +206,8 @@ def search_is_complete(config: Any, run: Any) -> bool:
     # Fronts written for other precisions (before int8 was listed, or since it was dropped) are not this search's.
     precisions = store.get_meta("precisions", ["fp32"])
     return (done >= search.n_trials and set(search.devices) <= set(store.devices())
-            and list(precisions) == list(search.precisions))
+            and list(precisions) == list(search.precisions)
+            and bool(store.get_meta("mixed_precision", False)) == search.mixed_precision)
 
 
 def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, use_ray: bool = True,

@@ -159,3 +159,21 @@ def test_int8_only_fronts_and_the_checks_before_any_work(tmp_path, toy):
         run_search(config, tmp_path / "other", toy.accuracy, {"cpu": toy.latency()}, space="ofa_mbv3_cifar",
                    final_evaluator=evaluator, counts_fn=stub_counts)
     assert not (tmp_path / "other" / "search").exists()
+
+
+def test_turning_mixed_precision_on_later_adds_the_mixes_only(tmp_path, toy):
+    evaluator = ToyEvaluator(toy)
+    lat = {"cpu": ToyMixedLatency(toy)}
+    run_search(_config(precisions=["fp32", "int8"], precision_candidates=3), tmp_path / "run", toy.accuracy, lat,
+               space="ofa_mbv3_cifar", final_evaluator=evaluator, counts_fn=stub_counts)
+    before = [t for t in load_study(tmp_path / "run").get_trials() if POLICY_ATTR in t.user_attrs]
+    assert before and all(t.user_attrs["precision"] == "int8" for t in before)
+    run_search(_config(precisions=["fp32", "int8"], precision_candidates=3, mixed_precision=True), tmp_path / "run",
+               toy.accuracy, lat, space="ofa_mbv3_cifar", final_evaluator=evaluator, counts_fn=stub_counts)
+    after = [t for t in load_study(tmp_path / "run").get_trials() if POLICY_ATTR in t.user_attrs]
+    keys = [(t.user_attrs["arch"], t.user_attrs[POLICY_ATTR]) for t in after]
+    assert len(keys) == len(set(keys))  # no subnet measured twice under one policy
+    assert any(t.user_attrs["precision"] == "mixed" for t in after)
+    int8_archs = {t.user_attrs["arch"] for t in before}
+    mixed_archs = {t.user_attrs["arch"] for t in after if t.user_attrs["precision"] == "mixed"}
+    assert int8_archs & mixed_archs  # the subnets quantised before got their mixes
