@@ -31,6 +31,7 @@ from .search.conftest import SPACE_NAME
 # As tests/test_exports.py: digits at 32 x 32, few images, so an export is quick.
 DATASET = {"kind": "digits", "image_size": 32, "max_train_images": 256}
 INT8 = "p:i,i,i,i,i,i,i"
+MIXED = "p:f,i,i,f,i,i,f"  # stem, stage 3 and head fp32
 
 
 def _member(device: str, arch, policy, accuracy: float, latency_ms: float) -> FrontMember:
@@ -76,7 +77,8 @@ def run(tmp_path_factory):
                     space)
     store = SQLiteFrontStore(search_paths(path).fronts)
     with store.transaction():
-        store.write_front("dev", [_member("dev", arch, None, 0.50, 2.0), _member("dev", arch, INT8, 0.49, 1.0)])
+        store.write_front("dev", [_member("dev", arch, None, 0.50, 2.0), _member("dev", arch, MIXED, 0.495, 1.5),
+                                  _member("dev", arch, INT8, 0.49, 1.0)])
         store.write_front("dev2", [_member("dev2", arch, None, 0.50, 6.0), _member("dev2", arch, INT8, 0.49, 3.0)])
         for key, value in (("space", SPACE_NAME), ("devices", ["dev", "dev2"]), ("dataset", DATASET),
                            ("data_seed", 0), ("bn_images", 32)):
@@ -200,3 +202,22 @@ class _WithMeta:
 
     def __getattr__(self, name):
         return getattr(self._store, name)
+
+
+def test_a_mixed_member_is_queried_and_exported(run, tmp_path, int8_export):
+    member = query_front(run, "dev", 1.6)
+    assert (member.policy, member.precision) == (MIXED, "mixed")
+    out = tmp_path / "mixed.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(_query(run, 1.6, "--json", "--export", out)) == 0
+    result = json.loads(stdout.getvalue())
+    assert result["precision"] == "mixed" and result["export"]["quantized"]
+    assert result["export"]["fake_quant_check"]["within"]
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["precision_policy"] == MIXED and props["precision"] == "mixed"
+    # The fp32 groups stay float: fewer quantise nodes than in the int8 model of the same arch, but some.
+    def quantize_nodes(path):
+        return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+
+    assert 0 < quantize_nodes(out) < quantize_nodes(int8_export[0])
