@@ -131,9 +131,10 @@ class LookupTable:
         """Whether every layer of the table's resolutions has an entry at ``precision``."""
         return all(precision_key(k, precision) in self.entries for k in enumerate_layers(space, self.resolutions))
 
-    def compile(self, space: SearchSpace) -> CompiledTable:
-        """This table as a vectorised predictor of ``space``'s subnets (``CompiledTable``)."""
-        return CompiledTable(self, space)
+    def compile(self, space: SearchSpace, precision: str = BASE_PRECISION) -> CompiledTable:
+        """This table as a vectorised predictor of ``space``'s subnets (``CompiledTable``), every layer at
+        ``precision``."""
+        return CompiledTable(self, space, precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "space": self.space,
@@ -163,7 +164,8 @@ class LookupTable:
 
 
 class CompiledTable:
-    """A lookup table indexed once for one space: a batch of subnets' latencies as one gather and row sum.
+    """A lookup table indexed once for one space: a batch of subnets' latencies as one gather and row sum; with
+    ``precision`` (e.g. ``int8``), of the subnets with every layer in that precision (``<key>@<precision>``).
 
     Every layer a subnet of ``space`` can contain sits at one position of a flat array of latencies
     (``search_spaces._genome.PlanIndex``); a subnet's latency is the sum of its layers' entries, as
@@ -173,15 +175,18 @@ class CompiledTable:
     making archs at all.
     """
 
-    def __init__(self, table: LookupTable, space: SearchSpace) -> None:
+    def __init__(self, table: LookupTable, space: SearchSpace, precision: str = BASE_PRECISION) -> None:
+        from search_spaces import PrecisionPolicy
         from search_spaces._genome import plan_index
 
-        self.table, self.space = table, space
+        self.table, self.space, self.precision = table, space, precision
         self.index = plan_index(space)
+        # Every layer at ``precision`` (a uniform policy): its ``<key>@<precision>`` entries.
+        self._policy = None if precision == BASE_PRECISION else PrecisionPolicy.uniform(space, precision)
         entries = table.entries
 
         def ms(key: str) -> float:
-            entry = entries.get(key)
+            entry = entries.get(precision_key(key, precision))
             return float(entry["ms"]) if entry is not None else math.nan
 
         def stem(p) -> float:
@@ -197,7 +202,7 @@ class CompiledTable:
             from search_spaces._genome import archs_of
 
             arch = archs_of(self.space, np.asarray(genomes)[missing[:1]])[0]
-            self.table.predict_arch(self.space, arch)  # raises MissingEntryError naming the layer
+            self.table.predict_arch(self.space, arch, self._policy)  # raises MissingEntryError naming the layer
         return out
 
     def predict(self, archs: Iterable[Arch]) -> np.ndarray:

@@ -16,7 +16,11 @@ After the fp32 search (and its budget refinement), with ``search.precisions: [fp
 3. With ``search.mixed_precision``, each candidate also gets per-stage mixes: its groups (stem, stages, head)
    in int8 one by one from the least sensitive (KL of its outputs from fp32's, ``group_sensitivities``), all but
    the 1, 2 and 3 most sensitive, each measured the same way and timed by the table per group.
-4. Each measured subnet is a **trial** of the study (its arch parameters plus ``precision.<group>``, its
+4. In the last round, with cheap objectives (the accuracy predictor and a ``table``/``table_linear`` latency
+   predictor), every budget the fp32 search refines (``nas.refine``) is refined at int8 too: the most accurate
+   subnet whose int8 version the table puts within it (accuracy estimated with the measured drop) is measured too
+   (its trial's ``refined_for`` says ``<device> <= <budget> ms (int8)``).
+5. Each measured subnet is a **trial** of the study (its arch parameters plus ``precision.<group>``, its
    objectives, user attributes ``policy``, ``precision``, ``direct_accuracy``, ``accuracy_drop``): the fronts,
    optuna-dashboard and ``trials_dataframe()`` see them as any other.
 
@@ -39,6 +43,7 @@ from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_counts, arch_
 
 from .errors import UsageError
 from .pareto import non_dominated_mask
+from .refine import REFINED_ATTR
 from .search_config import SearchConfig
 from .search_params import params_of, policy_distributions, policy_params, search_params
 from .study import study_trials
@@ -146,6 +151,56 @@ def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, laten
     return list(chosen.values())
 
 
+def _refined(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: Callable,
+             latency_predictors: Mapping[str, Any], seed: int, log: Callable[[str], None] | None
+             ) -> dict[str, tuple[Arch, str]]:
+    """The per-budget refinement (``nas.refine.search_budget``) at int8: for each budget to refine, the subnet whose
+    int8 version scores best within it (accuracy: the search's minus the median measured drop; latency: the
+    device's table at int8 with its correction), not yet measured at int8. Only with cheap objectives (the
+    accuracy predictor, a ``table``/``table_linear`` latency predictor): refinement scores 100,000s of subnets.
+    Returns arch id to (arch, the budget it was refined for)."""
+    from search_spaces._genome import archs_of, genomes_of
+
+    from .refine import SEEDS, search_budget
+    from .scoring import genome_scorer, precision_latency_scorer
+
+    evaluations = config.evaluations_per_refinement
+    targets = config.refinement_targets()
+    if evaluations <= 0 or not targets:
+        return {}
+    acc_g, vectorised = genome_scorer(space, accuracy)
+    if not vectorised:
+        return {}
+    drop = _measured_drop(study)
+    table = study_trials(study, space)
+    keys = set(table.keys())
+    fp32 = table.fp32()
+    int8 = PrecisionPolicy.uniform(space, "int8")
+    done = {t.user_attrs.get(REFINED_ATTR) for t in study.get_trials(deepcopy=False)}
+    seeds_all = genomes_of(space, fp32.archs)
+    found: dict[str, tuple[Arch, str]] = {}
+    for n, (device, budget) in enumerate(targets):
+        key = f"{device} <= {budget:g} ms (int8)"
+        lat_g = precision_latency_scorer(space, latency_predictors[device], "int8")
+        if key in done or lat_g is None or not len(seeds_all):
+            continue
+        within = np.flatnonzero(lat_g(seeds_all) <= budget)
+        if within.size == 0:
+            continue
+        best = within[np.argsort(-fp32.accuracy[within], kind="stable")][:SEEDS]
+        result = search_budget(space, lambda g: np.clip(acc_g(g) - drop, 0.0, 1.0), lat_g, budget,
+                               seeds_all[best], seed=seed + n, max_evaluations=evaluations)
+        if result is None:
+            continue
+        arch = archs_of(space, result.genome[None, :])[0]
+        if f"{arch.arch_id}+{int8}" not in keys:
+            found.setdefault(arch.arch_id, (arch, key))
+        if log is not None:
+            log(f"refined {key}: {100 * result.accuracy:.2f}% estimated at {result.latency_ms:.3f} ms "
+                f"({result.evaluations} evaluations)")
+    return found
+
+
 def _mixes(space: SearchSpace, arch: Arch, order: Sequence[str]) -> list[PrecisionPolicy]:
     """Per-stage mixes of ``arch``: the groups of ``order`` (least sensitive first) int8 but the last 1, 2, 3."""
     from .quantize import prefix_policies
@@ -180,6 +235,9 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
     done = {"fp32_trials": fp32_trials, "mixed": config.mixed_precision}
     for round_ in range(first, ROUNDS + 1):
         archs = _screen(study, space, config, latency)
+        refined = _refined(study, space, config, accuracy, latency_predictors, config.seed, log) \
+            if round_ == ROUNDS else {}  # with the drop measured in the first round
+        archs += [a for i, (a, _key) in refined.items() if i not in {b.arch_id for b in archs}]
         if not archs:
             study.set_user_attr(STATE_ATTR, {**done, "rounds": ROUNDS})
             break
@@ -208,7 +266,9 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
                 values=[float(values[i]), *map(float, lats[i])],
                 user_attrs={"arch": arch_to_string(space, arch), "params": counts.params, "macs": counts.macs,
                             POLICY_ATTR: str(policy), "precision": precision_label(policy),
-                            "direct_accuracy": float(quantised[i]), "accuracy_drop": float(direct[i] - quantised[i])},
+                            "direct_accuracy": float(quantised[i]), "accuracy_drop": float(direct[i] - quantised[i]),
+                            **({REFINED_ATTR: refined[arch.arch_id][1]}
+                               if arch.arch_id in refined and policy == int8 else {})},
                 system_attrs={f"constraints:latency:{d}": float(lats[i, k]) - budgets[d]
                               for k, d in enumerate(config.devices) if d in budgets},
             )

@@ -26,7 +26,7 @@ from search_spaces import SearchSpace
 from search_spaces._encoding import encode_genomes
 from search_spaces._genome import archs_of
 
-__all__ = ["GenomeFn", "genome_scorer", "remap_genomes"]
+__all__ = ["GenomeFn", "genome_scorer", "precision_latency_scorer", "remap_genomes"]
 
 GenomeFn = Callable[[np.ndarray], np.ndarray]
 
@@ -122,3 +122,21 @@ def genome_scorer(space: SearchSpace, objective: Any, method: str = "predict") -
         return np.asarray(fn(archs), dtype=np.float64).ravel() if archs else np.zeros(0)
 
     return slow, False
+
+
+def precision_latency_scorer(space: SearchSpace, objective: Any, precision: str) -> GenomeFn | None:
+    """``genomes -> ms`` of ``space``'s subnets with every layer at ``precision`` (e.g. ``int8``), from a device's
+    ``table`` or ``table_linear`` predictor whose table holds that precision's entries (its correction applied to
+    the precision's sum, as ``predict_mixed`` does); None for any other objective (it cannot be vectorised)."""
+    from latency_predictors.lut import CompiledTable
+
+    raw = getattr(objective, "objective", objective)
+    kind, table = getattr(raw, "kind", None), getattr(raw, "table", None)
+    if kind not in ("table", "table_linear") or table is None or precision not in table.precisions or \
+            getattr(getattr(raw, "space", None), "name", None) != space.name:
+        return None
+    compiled = CompiledTable(table, space, precision)
+    if kind == "table":
+        return compiled.predict_genomes
+    scale, offset = float(raw.scale), float(raw.offset)
+    return lambda g: scale * compiled.predict_genomes(g) + offset

@@ -177,3 +177,48 @@ def test_turning_mixed_precision_on_later_adds_the_mixes_only(tmp_path, toy):
     int8_archs = {t.user_attrs["arch"] for t in before}
     mixed_archs = {t.user_attrs["arch"] for t in after if t.user_attrs["precision"] == "mixed"}
     assert int8_archs & mixed_archs  # the subnets quantised before got their mixes
+
+
+def _int8_table(space, seed=0):
+    from latency_predictors import Device, LookupTable, enumerate_layers
+
+    rng = np.random.default_rng(seed)
+    entries = {}
+    for key, layer in enumerate_layers(space).items():
+        ms = float(rng.uniform(0.01, 0.3))
+        entries[key] = {"ms": ms, "kind": layer.kind}
+        entries[f"{key}@int8"] = {"ms": 0.6 * ms, "kind": layer.kind, "precision": "int8"}
+    return LookupTable(space=space.name, device=Device(id="cpu", backend=None), resolutions=space.resolutions,
+                       entries=entries, complete=True)
+
+
+def test_budgets_are_refined_at_int8_with_cheap_objectives(tmp_path, toy):
+    from latency_predictors.learned import TableLinearPredictor
+    from nas.accuracy import AccuracyPredictor
+    from nas.refine import REFINED_ATTR
+    from nas.scoring import precision_latency_scorer
+    from search_spaces import sample
+    from search_spaces._genome import genomes_of
+
+    space = toy.space
+    latency = TableLinearPredictor(space, _int8_table(space))
+    archs = sample(space, 200, seed=5)
+    accuracy = AccuracyPredictor(space, hidden=(32,), seed=0).fit(archs, toy.accuracy(archs))
+    # The int8 scorer on genomes equals the predictor's own prediction of uniform int8 subnets.
+    int8 = PrecisionPolicy.uniform(space, "int8")
+    scorer = precision_latency_scorer(space, latency, "int8")
+    assert np.allclose(scorer(genomes_of(space, archs[:20])), latency.predict_mixed(archs[:20], [int8] * 20))
+    budget = float(np.median(latency.predict_mixed(archs, [int8] * len(archs))))
+    config = SearchConfig.parse({"n_trials": 32, "batch_size": 16, "population_size": 16, "budgets_ms": [budget],
+                                 "refine_evaluations": 3000, "precisions": ["fp32", "int8"],
+                                 "precision_candidates": 2}, ["cpu"])
+    run_search(config, tmp_path / "run", accuracy, {"cpu": latency}, space="ofa_mbv3_cifar",
+               final_evaluator=ToyEvaluator(toy), counts_fn=stub_counts)
+    trials = load_study(tmp_path / "run").get_trials()
+    refined = [t for t in trials if str(t.user_attrs.get(REFINED_ATTR, "")).endswith("(int8)")]
+    assert len(refined) == 1 and refined[0].user_attrs["precision"] == "int8"
+    assert refined[0].values[1] <= budget + 1e-9
+    # A continued search does not refine it again (nor measure anything).
+    run_search(config, tmp_path / "run", accuracy, {"cpu": latency}, space="ofa_mbv3_cifar",
+               final_evaluator=ToyEvaluator(toy), counts_fn=stub_counts)
+    assert len(load_study(tmp_path / "run").get_trials()) == len(trials)
