@@ -238,9 +238,9 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
         refined = _refined(study, space, config, accuracy, latency_predictors, config.seed, log) \
             if round_ == ROUNDS else {}  # with the drop measured in the first round
         archs += [a for i, (a, _key) in refined.items() if i not in {b.arch_id for b in archs}]
-        if not archs:
-            study.set_user_attr(STATE_ATTR, {**done, "rounds": ROUNDS})
-            break
+        if not archs:  # nothing to measure this round (the last one may still refine budgets at int8)
+            study.set_user_attr(STATE_ATTR, {**done, "rounds": round_})
+            continue
         known = set(study_trials(study, space).keys())
         subjects = [a for a in archs if f"{a.arch_id}+{int8}" not in known]
         policies: list[PrecisionPolicy] = [int8] * len(subjects)
@@ -252,8 +252,8 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
                         subjects.append(arch)
                         policies.append(policy)
         if not subjects:
-            study.set_user_attr(STATE_ATTR, {**done, "rounds": ROUNDS})
-            break
+            study.set_user_attr(STATE_ATTR, {**done, "rounds": round_})
+            continue
         quantised = np.asarray(evaluator.evaluate(subjects, "val", policies), dtype=np.float64)
         direct = np.asarray(evaluator.evaluate(subjects, "val"), dtype=np.float64)
         searched = np.asarray(accuracy(subjects), dtype=np.float64)
