@@ -603,11 +603,7 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
         images, images_source = calibration.check_images(CHECK_IMAGES), "images of the run's dataset"
     model = model if model is not None else subnet_of(member, calibration)
     batch_norm = "recalibrated" if _recalibrates(calibration) else "supernet statistics"
-    latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
-    for device in (store.devices() if store is not None else []):
-        for other in store.front(device):
-            if other.member_id == member.member_id:
-                latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
+    latency_ms, measured = _latency_per_device(member, store)
     metadata = {"space": member.arch.space, "arch": member.arch.to_dict(), "arch_string": member.arch_string,
                 "arch_id": member.arch_id, "num_classes": _num_classes(model), "val_accuracy": member.val_accuracy,
                 "test_accuracy": member.test_accuracy, "device": member.device, "latency_ms": latency_ms,
@@ -618,6 +614,17 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
     summary = export_subnet(model, member.arch.resolution, out, normalization=normalization, images=images,
                             images_source=images_source, metadata=metadata)
     return {**summary, "batch_norm": batch_norm}
+
+
+def _latency_per_device(member: FrontMember, store: FrontStore | None) -> tuple[dict[str, float], dict[str, bool]]:
+    """The member's latency on every device whose front holds it (the same arch and policy), and whether each was
+    measured (hardware in the loop) rather than predicted."""
+    latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
+    for device in (store.devices() if store is not None else []):
+        for other in store.front(device):
+            if other.member_id == member.member_id:
+                latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
+    return latency_ms, measured
 
 
 def check_quantized_export(member: FrontMember, out: str | os.PathLike[str]) -> None:
@@ -660,11 +667,7 @@ def export_quantized_member(member: FrontMember, out: str | os.PathLike[str], ca
     if method not in CALIBRATION_METHODS:
         raise UsageError(f"quantization method {method!r} (front store meta quantization_method) is not allowed; "
                          f"allowed: {', '.join(CALIBRATION_METHODS)}")
-    latency_ms, measured = {member.device: member.latency_ms}, {member.device: member.measured_latency_ms is not None}
-    for device in (store.devices() if store is not None else []):
-        for other in store.front(device):
-            if other.member_id == member.member_id:
-                latency_ms[device], measured[device] = other.latency_ms, other.measured_latency_ms is not None
+    latency_ms, measured = _latency_per_device(member, store)
     metadata: dict[str, Any] = {
         "member_id": member.member_id, "policy": member.policy, "precision": member.precision,
         "device": member.device, "latency_ms": latency_ms, "latency_measured": measured,
