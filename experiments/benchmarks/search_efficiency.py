@@ -23,7 +23,8 @@ budget at once.
 
 The per-budget comparison of issue 13 (best-in-budget against a full Once-for-All evolution at five budgets, on
 Once-for-All's w1.2 space with its Note10 tables, the whole front and its per-budget refinements timed together)
-is ``budget_search.py``, which reuses this script's proxy labels and ``IndexedTableSum``.
+is ``budget_search.py``, which reuses this script's proxy labels, ``IndexedTableSum`` and, with
+``--accuracy-run``, its direct labels (``run_labels``).
 
 Run: ``.venv/bin/python experiments/benchmarks/search_efficiency.py [--home DIR] [--device ID]
 [--accuracy-run RUN --mlp-samples N --bn-images B --val-images V]``.
@@ -153,51 +154,64 @@ def proxy_accuracy(space: SearchSpace, seed: int = 0):
     return fn
 
 
+def run_labels(space: SearchSpace, run_path: str | os.PathLike[str], bn_images: int | None = None,
+               val_images: int | None = None, eval_workers: int = 2):
+    """``(labels, what)``: ``labels(archs)`` evaluates each subnet of the trained run ``run_path`` directly
+    (extracted from its supernet, batch norms recalibrated on ``bn_images`` training images, top-1 on the first
+    ``val_images`` images of the validation split; both default to the run's config) on ``eval_workers`` Ray
+    actors (0: in this process), cached in ``RUN/search/accuracy.jsonl``; ``what`` says so in words. One call
+    of ``labels`` per evaluator: it closes the actors (and the Ray instance it started) when done."""
+    import dataclasses
+    import functools
+
+    from nas.accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy
+    from nas.config import load_config
+    from nas.data import CIFAR10_ENV, load_dataset
+    from nas.rundir import RunDir
+    from nas.search_paths import search_paths
+
+    run = RunDir(run_path)
+    config = load_config(run.config_copy)
+    if config.space != space.name:
+        raise SystemExit(f"--accuracy-run trained {config.space}, not {space.name}")
+    # A relative dataset path in the run's config is relative to where training ran (the repository
+    # root); the Ray actors need it absolute. HWNAS_CIFAR10 wins when set.
+    dataset = config.dataset
+    if os.environ.get(CIFAR10_ENV) and dataset.kind == "cifar10":
+        dataset = dataclasses.replace(dataset, path=os.environ[CIFAR10_ENV])
+    elif dataset.path and not Path(dataset.path).is_absolute():
+        dataset = dataclasses.replace(dataset, path=str(Path(dataset.path).resolve()))
+    bn_images = bn_images or config.train.bn_recal_images
+    val_images = val_images or config.train.max_val_images
+    evaluator = DirectEvaluator(
+        SupernetAccuracy(str(run.supernet_checkpoint),
+                         functools.partial(load_dataset, dataset, max(space.resolutions), config.seed),
+                         bn_images=bn_images, max_images=val_images),
+        AccuracyCache(search_paths(run).accuracy_cache), workers=eval_workers)
+
+    def labels(archs, chunk: int = 40):
+        # In chunks, so progress is printed and each finished chunk is cached in the run (a killed
+        # benchmark resumes from the cache; note the cache is keyed by arch and split only).
+        out, t0 = [], time.perf_counter()
+        for i in range(0, len(archs), chunk):
+            out.append(evaluator.evaluate(archs[i:i + chunk]))
+            print(f"  evaluated {min(i + chunk, len(archs))}/{len(archs)} subnets "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        evaluator.close()
+        if eval_workers > 0:  # Ray's own processes would otherwise keep running beside what is timed next
+            import ray
+
+            ray.shutdown()
+        return np.concatenate(out)
+
+    what = (f"directly evaluated subnets of {run.root} (BN recalibrated on {bn_images} training images, "
+            f"accuracy on {val_images or 'all'} validation images)")
+    return labels, what
+
+
 def accuracy_objective(space: SearchSpace, args) -> tuple[AccuracyPredictor, str]:
     if args.accuracy_run:
-        from nas.accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy
-        from nas.config import load_config
-        from nas.data import load_dataset
-        from nas.rundir import RunDir
-        from nas.search_paths import search_paths
-
-        run = RunDir(args.accuracy_run)
-        config = load_config(run.config_copy)
-        if config.space != space.name:
-            raise SystemExit(f"--accuracy-run trained {config.space}, not {space.name}")
-        import dataclasses
-        import functools
-
-        from nas.data import CIFAR10_ENV
-
-        # A relative dataset path in the run's config is relative to where training ran (the repository
-        # root); the Ray actors need it absolute. HWNAS_CIFAR10 wins when set.
-        dataset = config.dataset
-        if os.environ.get(CIFAR10_ENV) and dataset.kind == "cifar10":
-            dataset = dataclasses.replace(dataset, path=os.environ[CIFAR10_ENV])
-        elif dataset.path and not Path(dataset.path).is_absolute():
-            dataset = dataclasses.replace(dataset, path=str(Path(dataset.path).resolve()))
-        bn_images = args.bn_images or config.train.bn_recal_images
-        val_images = args.val_images or config.train.max_val_images
-        evaluator = DirectEvaluator(
-            SupernetAccuracy(str(run.supernet_checkpoint),
-                             functools.partial(load_dataset, dataset, max(space.resolutions), config.seed),
-                             bn_images=bn_images, max_images=val_images),
-            AccuracyCache(search_paths(run).accuracy_cache), workers=args.eval_workers)
-
-        def labels(archs, chunk: int = 40):
-            # In chunks, so progress is printed and each finished chunk is cached in the run (a killed
-            # benchmark resumes from the cache; note the cache is keyed by arch and split only).
-            out, t0 = [], time.perf_counter()
-            for i in range(0, len(archs), chunk):
-                out.append(evaluator.evaluate(archs[i:i + chunk]))
-                print(f"  evaluated {min(i + chunk, len(archs))}/{len(archs)} subnets "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            evaluator.close()
-            return np.concatenate(out)
-
-        what = (f"directly evaluated subnets of {run.root} (BN recalibrated on {bn_images} training images, "
-                f"accuracy on {val_images or 'all'} validation images)")
+        labels, what = run_labels(space, args.accuracy_run, args.bn_images, args.val_images, args.eval_workers)
     else:
         labels, what = proxy_accuracy(space), "PROXY labels (saturating in MACs + seeded per-choice term)"
     start = time.perf_counter()
