@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from search_efficiency import IndexedTableSum, Memo, proxy_accuracy, run_labels  # noqa: E402
+from search_efficiency import IndexedTableSum, Memo, add_label_arguments, proxy_accuracy, run_labels  # noqa: E402
 
 from nas.accuracy import AccuracyPredictor, fit_accuracy_predictor  # noqa: E402
 from nas.evolution import evolution_search  # noqa: E402
@@ -150,12 +150,7 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="device id of the measured table (e.g. local-cpu-1t-ort)")
     parser.add_argument("--accuracy-run", default=None,
                         help="a trained run of --space whose directly evaluated subnets label the MLP (not the proxy)")
-    parser.add_argument("--bn-images", type=int, default=None,
-                        help="with --accuracy-run: BN recalibration images per subnet (default: the run's config)")
-    parser.add_argument("--val-images", type=int, default=None,
-                        help="with --accuracy-run: validation images per subnet (default: the run's config)")
-    parser.add_argument("--eval-workers", type=int, default=2,
-                        help="with --accuracy-run: Ray actors evaluating subnets (0: in this process)")
+    add_label_arguments(parser)
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
     parser.add_argument("--n-trials", type=int, default=2000)
     parser.add_argument("--refine-evaluations", type=int, default=None,

@@ -234,6 +234,16 @@ def sampler_run(space, sampler: str, n: int, acc, lat, seed: int) -> tuple[np.nd
     return table.accuracy, table.latency_ms[:, 0], wall
 
 
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``run_labels`` beside ``--accuracy-run`` (this script's and ``budget_search.py``'s)."""
+    parser.add_argument("--bn-images", type=int, default=None,
+                        help="with --accuracy-run: BN recalibration images per subnet (default: the run's config)")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="with --accuracy-run: validation images per subnet (default: the run's config)")
+    parser.add_argument("--eval-workers", type=int, default=2,
+                        help="with --accuracy-run: Ray actors evaluating subnets (0: in this process)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spaces", nargs="+", default=["ofa_mbv3_cifar", "ofa_mbv3_w1.0"])
@@ -241,12 +251,7 @@ def main() -> None:
     parser.add_argument("--home", default=None, help="device store (default $HWNAS_HOME or ~/.hwnas)")
     parser.add_argument("--accuracy-run", default=None, help="a trained run whose subnets label the MLP")
     parser.add_argument("--mlp-samples", type=int, default=400)
-    parser.add_argument("--bn-images", type=int, default=None,
-                        help="with --accuracy-run: BN recalibration images per subnet (default: the run's config)")
-    parser.add_argument("--val-images", type=int, default=None,
-                        help="with --accuracy-run: validation images per subnet (default: the run's config)")
-    parser.add_argument("--eval-workers", type=int, default=2,
-                        help="with --accuracy-run: Ray actors evaluating subnets (0: in this process)")
+    add_label_arguments(parser)
     parser.add_argument("--reference-trials", type=int, default=10000)
     parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
