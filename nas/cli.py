@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.stdout = sys.stdout
     # ``args.progress``: whether a command shows progress (bars, per-batch lines); -q and --no-progress turn it off.
     args.progress = not (args.quiet or getattr(args, "no_progress", False))
-    warnings.formatwarning = _one_line_warning  # the command line's own warnings: one line each, no source line
+    # The command's warnings one line each, no source line; put back afterwards (main runs in tests' processes too).
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         if getattr(args, "json", False):
             with contextlib.redirect_stdout(sys.stderr):
@@ -112,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nas: interrupted; finished work is saved, run the same command again to continue",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -182,3 +182,25 @@ def test_a_retryable_stop_is_one_line_with_exit_status_1(tmp_path, capsys, monke
     assert main(["train", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("nas: error: the training worker died") and "again" in err
+
+
+def test_the_command_line_prints_warnings_in_one_line_and_puts_the_format_back(monkeypatch):
+    import warnings
+
+    from nas import cli
+
+    before = warnings.formatwarning
+    seen = []
+
+    def handler(args):  # what a warning raised during the command is printed as
+        seen.append(warnings.formatwarning("something to know", UserWarning, "/x/y.py", 12, "line()"))
+        return 0
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["spaces"])
+    args.handler = handler
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    assert cli.main(["spaces"]) == 0
+    assert seen == ["nas: warning: something to know\n"]
+    assert warnings.formatwarning is before
