@@ -96,6 +96,12 @@ class Device:
     def is_local(self) -> bool:
         return self.backend is not None
 
+    @property
+    def times_quantized(self) -> bool:
+        """Whether it times quantised (QDQ int8) layers and subnets: ONNX Runtime on the CPU, the one backend
+        here that runs them as integer kernels."""
+        return self.backend == "onnxruntime" and self.accelerator == "cpu"
+
     def with_metadata(self, metadata: Mapping[str, Any]) -> Device:
         return replace(self, metadata=tuple(sorted((str(k), str(v)) for k, v in metadata.items())))
 

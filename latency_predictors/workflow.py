@@ -544,7 +544,7 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
 
     from .measure import check_clock, configure_allocator, device_lock, onnx_model_run, time_interleaved
 
-    if device.backend != "onnxruntime" or device.accelerator != "cpu":
+    if not device.times_quantized:
         raise LatencyError(f"quantised subnets are timed by ONNX Runtime on the CPU; device {device.id!r} runs "
                            f"{device.backend} on {device.accelerator} (use a local-...-ort device)")
     try:

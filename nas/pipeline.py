@@ -109,7 +109,7 @@ class Pipeline:
                 if not self.latency.table:
                     raise UsageError("search.precisions lists int8, whose latency comes from the int8 entries of each "
                                      "device's lookup table: set latency.table: true")
-                if device.backend != "onnxruntime" or device.accelerator != "cpu":
+                if not device.times_quantized:
                     raise UsageError(f"search.precisions lists int8, and quantised layers are timed only by ONNX "
                                      f"Runtime on the CPU; device {device_id!r} runs {device.backend} on "
                                      f"{device.accelerator} (use a local-...-ort device, or precisions: [fp32])")
@@ -153,28 +153,23 @@ class Pipeline:
         from latency_predictors import build_table, configure_allocator, fit_predictors
         from latency_predictors.remote import table_measurer
 
-        from .latency_builders import static_builder
+        from .latency_builders import quantized_layer_measure, static_builder
 
         configure_allocator()
         measure = self.latency.measure_config()
+
+        def build(device: Any, measure_layer: Any, precision: str = "fp32") -> None:
+            build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
+                        resolutions=self.latency.resolutions or None, protocol=measure,
+                        lock_path=self.store.lock_path(device.id), progress=self.progress, precision=precision)
+
         for device, what in self._latency_missing():
             device = self.store.refresh_metadata(device)
             if what == "table":
                 with table_measurer(self.space, static_builder(), device, measure) as measure_layer:
-                    build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
-                                resolutions=self.latency.resolutions or None, protocol=measure,
-                                lock_path=self.store.lock_path(device.id), progress=self.progress)
+                    build(device, measure_layer)
             elif what != "fit":  # a precision's entries, timed in this process where each layer is quantised
-                from latency_predictors.lut import quantized_layer_measurer
-                from latency_predictors.measure import backend_for
-
-                from .quantize import quantize_layer
-
-                measure_layer = quantized_layer_measurer(static_builder(), backend_for(device), measure, quantize_layer,
-                                                         device.batch_size, self.space, what)
-                build_table(self.space, device, self.store.table_path(device.id, self.space.name), measure_layer,
-                            resolutions=self.latency.resolutions or None, protocol=measure,
-                            lock_path=self.store.lock_path(device.id), progress=self.progress, precision=what)
+                build(device, quantized_layer_measure(self.space, device, measure, what), what)
             else:
                 source = self.latency.fit_from if self._fits_transfer(device) else None
                 fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,

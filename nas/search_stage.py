@@ -269,4 +269,4 @@ def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, u
 
 def _times_quantized(device: Any) -> bool:
     """Whether ``device`` times quantised subnets: ONNX Runtime on one CPU thread."""
-    return device.backend == "onnxruntime" and device.accelerator == "cpu" and device.threads == 1
+    return device.times_quantized and device.threads == 1

@@ -98,7 +98,7 @@ def build_cmd(args: argparse.Namespace) -> int:
     from latency_predictors import build_table, configure_allocator
     from latency_predictors.remote import table_measurer
 
-    from ..latency_builders import static_builder
+    from ..latency_builders import quantized_layer_measure, static_builder
 
     configure_allocator()
     space = _space(args.space)
@@ -119,13 +119,7 @@ def build_cmd(args: argparse.Namespace) -> int:
         where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
     for precision in precisions:
         if precision != "fp32":  # timed in this process: the layer is quantised where it is timed
-            from latency_predictors.lut import quantized_layer_measurer
-            from latency_predictors.measure import backend_for
-
-            from ..quantize import quantize_layer
-
-            measure = quantized_layer_measurer(static_builder(), backend_for(device), config, quantize_layer,
-                                               device.batch_size, space, precision)
+            measure = quantized_layer_measure(space, device, config, precision)
             table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
                                 lock_path=store.lock_path(device.id), progress=args.progress, precision=precision)
     layers = len({key.split("@")[0] for key in table.entries})
@@ -243,7 +237,7 @@ def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
 
     from ..quantize import quantized_subnet_model
 
-    if device.backend != "onnxruntime" or device.accelerator != "cpu":
+    if not device.times_quantized:
         raise UsageError(f"--precision {args.precision}: quantised subnets are timed only by ONNX Runtime on the "
                          f"CPU (a local-...-ort device); {device.id!r} runs {device.backend}")
     if args.fit_samples < 3:
