@@ -42,11 +42,12 @@ import optuna
 from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_counts, arch_to_string, precision_label
 
 from .errors import UsageError
+from .fronts import member_id
 from .pareto import non_dominated_mask
 from .refine import REFINED_ATTR
 from .search_config import SearchConfig
 from .search_params import params_of, policy_distributions, policy_params, search_params
-from .study import study_trials
+from .study import TrialTable, study_trials
 
 __all__ = ["POLICY_ATTR", "ROUNDS", "check_precisions", "mixed_latency", "search_precisions"]
 
@@ -111,11 +112,16 @@ def _measured_drop(study: optuna.Study) -> float:
     return float(np.median(drops)) if drops else 0.0
 
 
-def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, latency: Mapping[str, MixedFn]
-            ) -> list[Arch]:
-    """fp32 subnets of the study whose uniform int8 version could join a device's front (see the module) and
-    that still miss a measurement: their int8 version, or (with ``search.mixed_precision``) any mix."""
-    table = study_trials(study, space)
+def _key(arch: Arch, policy: PrecisionPolicy) -> str:
+    """The subnet's id as the study's trial table and the fronts know it (``nas.fronts.member_id``)."""
+    return member_id(arch.arch_id, str(policy))
+
+
+def _screen(table: TrialTable, space: SearchSpace, config: SearchConfig, latency: Mapping[str, MixedFn],
+            drop: float) -> list[Arch]:
+    """fp32 subnets of the study (its trials ``table``) whose uniform int8 version could join a device's front
+    (see the module; ``drop``: the median measured int8 accuracy drop) and that still miss a measurement: their
+    int8 version, or (with ``search.mixed_precision``) any mix."""
     fp32 = table.fp32()
     keys = set(table.keys())
     mixed = {a.arch_id for i, a in enumerate(table.archs) if precision_label(table.policy(i)) == "mixed"}
@@ -127,7 +133,7 @@ def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, laten
     if idx.size == 0:
         return []
     archs = [fp32.archs[i] for i in idx]
-    est_acc = np.clip(fp32.accuracy[idx] - _measured_drop(study), 0.0, 1.0)
+    est_acc = np.clip(fp32.accuracy[idx] - drop, 0.0, 1.0)
     quantised = [i for i in range(len(table.archs)) if table.policy(i) is not None]
     chosen: dict[str, Arch] = {}
     for k, device in enumerate(config.devices):
@@ -144,15 +150,15 @@ def _screen(study: optuna.Study, space: SearchSpace, config: SearchConfig, laten
         if within.any():
             mask[np.flatnonzero(within)] = non_dominated_mask(acc_all[within], lat_all[within])
         new = [j for j in np.flatnonzero(mask[:len(archs)]) if archs[j].arch_id not in chosen and (
-               f"{archs[j].arch_id}+{int8}" not in keys or (config.mixed_precision and archs[j].arch_id not in mixed))]
+               _key(archs[j], int8) not in keys or (config.mixed_precision and archs[j].arch_id not in mixed))]
         order = np.array(sorted(new, key=lambda j: lat_q[j]), dtype=int)
         for j in _spread(order, config.precision_candidates):
             chosen[archs[j].arch_id] = archs[j]
     return list(chosen.values())
 
 
-def _refined(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: Callable,
-             latency_predictors: Mapping[str, Any], seed: int, log: Callable[[str], None] | None
+def _refined(study: optuna.Study, table: TrialTable, space: SearchSpace, config: SearchConfig, accuracy: Callable,
+             latency_predictors: Mapping[str, Any], drop: float, seed: int, log: Callable[[str], None] | None
              ) -> dict[str, tuple[Arch, str]]:
     """The per-budget refinement (``nas.refine.search_budget``) at int8: for each budget to refine, the subnet whose
     int8 version scores best within it (accuracy: the search's minus the median measured drop; latency: the
@@ -171,8 +177,6 @@ def _refined(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
     acc_g, vectorised = genome_scorer(space, accuracy)
     if not vectorised:
         return {}
-    drop = _measured_drop(study)
-    table = study_trials(study, space)
     keys = set(table.keys())
     fp32 = table.fp32()
     int8 = PrecisionPolicy.uniform(space, "int8")
@@ -193,7 +197,7 @@ def _refined(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
         if result is None:
             continue
         arch = archs_of(space, result.genome[None, :])[0]
-        if f"{arch.arch_id}+{int8}" not in keys:
+        if _key(arch, int8) not in keys:
             found.setdefault(arch.arch_id, (arch, key))
         if log is not None:
             log(f"refined {key}: {100 * result.accuracy:.2f}% estimated at {result.latency_ms:.3f} ms "
@@ -228,27 +232,29 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
     distributions.update(policy_distributions(space))
     budgets = config.budgets
     added: list[optuna.trial.FrozenTrial] = []
-    fp32_trials = len(study_trials(study, space).fp32().archs)
+    table = study_trials(study, space)  # read again after each round that adds trials
+    fp32_trials = len(table.fp32().archs)
     state = study.user_attrs.get(STATE_ATTR) or {}
     same = state.get("fp32_trials") == fp32_trials and bool(state.get("mixed")) == config.mixed_precision
     first = int(state.get("rounds", 0)) + 1 if same else 1
     done = {"fp32_trials": fp32_trials, "mixed": config.mixed_precision}
     for round_ in range(first, ROUNDS + 1):
-        archs = _screen(study, space, config, latency)
-        refined = _refined(study, space, config, accuracy, latency_predictors, config.seed, log) \
+        drop = _measured_drop(study)
+        archs = _screen(table, space, config, latency, drop)
+        refined = _refined(study, table, space, config, accuracy, latency_predictors, drop, config.seed, log) \
             if round_ == ROUNDS else {}  # with the drop measured in the first round
         archs += [a for i, (a, _key) in refined.items() if i not in {b.arch_id for b in archs}]
         if not archs:  # nothing to measure this round (the last one may still refine budgets at int8)
             study.set_user_attr(STATE_ATTR, {**done, "rounds": round_})
             continue
-        known = set(study_trials(study, space).keys())
-        subjects = [a for a in archs if f"{a.arch_id}+{int8}" not in known]
+        known = set(table.keys())
+        subjects = [a for a in archs if _key(a, int8) not in known]
         policies: list[PrecisionPolicy] = [int8] * len(subjects)
         uniform = len(subjects)
         if config.mixed_precision:
             for arch, ranked in zip(archs, evaluator.group_sensitivities(archs)):
                 for policy in _mixes(space, arch, [group for group, _kl in ranked]):
-                    if f"{arch.arch_id}+{policy}" not in known:
+                    if _key(arch, policy) not in known:
                         subjects.append(arch)
                         policies.append(policy)
         if not subjects:
@@ -275,6 +281,7 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
             study.add_trial(trial)
             added.append(trial)
         study.set_user_attr(STATE_ATTR, {**done, "rounds": round_})
+        table = study_trials(study, space)
         if log is not None:
             drop = 100.0 * (direct[:uniform] - quantised[:uniform])
             change = (f" (top-1 change {-np.median(drop):+.2f} points median, {-drop.max():+.2f} worst)"

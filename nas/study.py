@@ -42,6 +42,7 @@ import optuna
 from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_counts, arch_to_string
 
 from .errors import UsageError
+from .fronts import member_id
 from .search_config import SearchConfig
 from .search_params import decode_params, decode_policy, params_of, suggest_arch
 from .search_paths import JOURNAL_NAME, run_path, search_paths
@@ -415,9 +416,10 @@ class TrialTable(NamedTuple):
         return None if self.policies is None else self.policies[i]
 
     def keys(self) -> list[str]:
-        """Each trial's subnet as a front knows it: the arch id, with ``+<policy>`` when quantised."""
-        return [a.arch_id if self.policy(i) is None else f"{a.arch_id}+{self.policy(i)}"
-                for i, a in enumerate(self.archs)]
+        """Each trial's subnet as a front knows it (``nas.fronts.member_id``): the arch id, with ``+<policy>``
+        when quantised."""
+        policies = [self.policy(i) for i in range(len(self.archs))]
+        return [member_id(a.arch_id, None if p is None else str(p)) for a, p in zip(self.archs, policies)]
 
     def subset(self, keep: Sequence[int] | np.ndarray) -> TrialTable:
         idx = [int(i) for i in keep]
