@@ -351,15 +351,22 @@ class ResidualPredictor(_FeaturePredictor):
       in [0.25, 4], so the prior's ranking is kept);
     - ``curve``: ``r = b + g * log prior + h * log prior ** 2`` (a smooth monotone distortion of the prior,
       e.g. a fixed overhead plus a power; only where it stays increasing over the measured range);
+    - ``affine``: ``a * prior + c`` with ``a, c >= 0`` (a fixed per-call overhead the prior does not see);
+    - ``blend`` / ``blend_affine`` (``transfer`` only): ``a * prior + b * GMACs [+ c]``, all ``>= 0``: another
+      device's latency is rarely a function of this one's alone; where the two differ in per-layer overhead
+      against arithmetic, a sum of the source's prediction and the MACs separates them from a few samples;
     - ``ridge``: ``power`` plus a ridge regression on the arch features, its strength one of ``alphas``;
 
-    keeping the simplest whose cross-validated squared log error is within one standard error of the best (so a
-    handful of samples, or samples the features cannot explain, leave the scaled prior).
+    the linear ones fitted on relative errors; keeping the simplest whose cross-validated squared log error is
+    within one standard error of the best (so a handful of samples, or samples the features cannot explain,
+    leave the scaled prior).
     """
 
     kind = "residual"
     alphas = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)  # strongest (simplest) first
     power_bounds = (-0.75, 3.0)
+    linear_modes: ClassVar[tuple[str, ...]] = ("affine", "blend", "blend_affine")
+    blends_macs: ClassVar[bool] = False  # whether ``blend`` / ``blend_affine`` are candidates
 
     def __init__(self, space: SearchSpace, table: LookupTable | None = None, seed: int = 0) -> None:
         super().__init__(space, table, seed)
@@ -373,6 +380,7 @@ class ResidualPredictor(_FeaturePredictor):
         self.coef = np.zeros(0)
         self.intercept = 0.0
         self.alpha: float | None = None  # the ridge strength when mode == "ridge"
+        self.weights = np.zeros(0)  # the linear modes' weights: prior, [GMACs], [constant]
         self.cv_error: dict[str, float] = {}  # mean held-out squared log error of each candidate solved
 
     def _can_read_precision(self) -> bool:
@@ -404,13 +412,18 @@ class ResidualPredictor(_FeaturePredictor):
         x = self._standardized(archs, fit=True)
         self.mode, self.power, self.curvature, self.alpha = "scale", 0.0, 0.0, None
         self.coef, self.intercept, self.cv_error = np.zeros(x.shape[1]), 0.0, {}
+        self.weights = np.zeros(0)
         n = len(y)
         if n < 4:
             return
         folds = np.arange(n) if n <= 20 else np.random.default_rng(self.seed).permutation(n) % 5
-        candidates: list[tuple[str, float | None]] = [("scale", None), ("power", None), ("curve", None)]
+        candidates: list[tuple[str, float | None]] = [("scale", None), ("power", None), ("affine", None)]
+        candidates += [("blend", None), ("curve", None), ("blend_affine", None)] if self.blends_macs else \
+            [("curve", None)]
         candidates += [("ridge", a) for a in self.alphas]
-        errors = [self._cv(x, lps, residual, folds, mode, alpha) for mode, alpha in candidates]
+        errors = [self._linear_cv(self._linear_columns(archs, prior, mode), y, folds)
+                  if mode in self.linear_modes else self._cv(x, lps, residual, folds, mode, alpha)
+                  for mode, alpha in candidates]
         means = np.array([e.mean() for e in errors])
         best = int(np.argmin(means))
         bound = means[best] + errors[best].std(ddof=1) / np.sqrt(n)
@@ -418,10 +431,43 @@ class ResidualPredictor(_FeaturePredictor):
         self.cv_error = {(m if a is None else f"{m}:{a:g}"): float(v) for (m, a), v in zip(candidates, means)
                          if np.isfinite(v)}
         self.mode, self.alpha = candidates[choice]
-        if self.mode != "scale":
+        if self.mode in self.linear_modes:
+            self.weights = self._linear_solve(self._linear_columns(archs, prior, self.mode), y)
+        elif self.mode != "scale":
             solved = self._solve(x, lps, residual, self.mode, self.alpha)
             assert solved is not None  # a candidate that cannot be solved has an infinite CV error
             self.power, self.curvature, self.coef, self.intercept = solved
+
+    def _linear_columns(self, archs: Sequence[Arch], prior: np.ndarray, mode: str) -> np.ndarray:
+        """The columns a linear mode weighs: the prior, [GMACs], [a constant]."""
+        columns = [prior]
+        if mode in ("blend", "blend_affine"):
+            columns.append(np.array([network_macs(self.space, a) / 1e9 for a in archs]))
+        if mode in ("affine", "blend_affine"):
+            columns.append(np.ones_like(prior))
+        return np.stack(columns, axis=1)
+
+    @staticmethod
+    def _linear_solve(columns: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Non-negative weights of ``columns`` minimising the squared relative error to ``y``."""
+        from scipy.optimize import nnls
+
+        weights, _ = nnls(columns / y[:, None], np.ones_like(y))
+        return weights
+
+    @classmethod
+    def _linear_cv(cls, columns: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """Held-out squared log error per sample of a linear mode (infinite where it predicts <= 0)."""
+        err = np.zeros(len(y))
+        for f in np.unique(folds):
+            train, test = folds != f, folds == f
+            if train.sum() <= columns.shape[1]:
+                return np.full(len(y), np.inf)
+            pred = columns[test] @ cls._linear_solve(columns[train], y[train])
+            if not np.all(pred > 0):
+                return np.full(len(y), np.inf)
+            err[test] = (np.log(y[test]) - np.log(pred)) ** 2
+        return err
 
     @classmethod
     def _solve(cls, x: np.ndarray, lps: np.ndarray, r: np.ndarray, mode: str, alpha: float | None
@@ -480,6 +526,8 @@ class ResidualPredictor(_FeaturePredictor):
         prior = self.prior(archs)
         if self.mode == "scale":
             return self.scale * prior
+        if self.mode in self.linear_modes:
+            return self._linear_columns(archs, prior, self.mode) @ self.weights
         lps = (np.log(prior) - self.lp_mean) / self.lp_std
         correction = self.power * lps + self.curvature * lps ** 2 + self.intercept
         if self.mode == "ridge":
@@ -490,7 +538,8 @@ class ResidualPredictor(_FeaturePredictor):
         return {**self._base_params(), "prior": self.prior_kind, "scale": self.scale, "mode": self.mode,
                 "power": self.power, "curvature": self.curvature, "lp_mean": self.lp_mean, "lp_std": self.lp_std,
                 "coef": self.coef.tolist(),
-                "intercept": self.intercept, "alpha": self.alpha, "cv_error": self.cv_error}
+                "intercept": self.intercept, "alpha": self.alpha, "weights": self.weights.tolist(),
+                "cv_error": self.cv_error}
 
     def set_params(self, params: dict[str, Any]) -> None:
         self._set_base(params)
@@ -499,8 +548,11 @@ class ResidualPredictor(_FeaturePredictor):
         self.alpha = None if params["alpha"] is None else float(params["alpha"])
         # Files from before the power term: a correction was on exactly when alpha was set.
         self.mode = str(params.get("mode", "scale" if self.alpha is None else "ridge"))
-        if self.mode not in ("scale", "power", "curve", "ridge"):
+        if self.mode not in ("scale", "power", "curve", "ridge", *self.linear_modes):
             raise ValueError(f"unknown residual mode {self.mode!r}")
+        self.weights = np.asarray(params.get("weights", []), dtype=float)
+        if self.mode in self.linear_modes and len(self.weights) != (3 if self.mode == "blend_affine" else 2):
+            raise ValueError(f"residual mode {self.mode!r} needs its weights")
         self.power = float(params.get("power", 0.0))
         self.curvature = float(params.get("curvature", 0.0))
         self.lp_mean, self.lp_std = float(params.get("lp_mean", 0.0)), float(params.get("lp_std", 1.0))
@@ -511,32 +563,84 @@ class TransferPredictor(ResidualPredictor):
     """``residual`` on top of another device's predictor: its prediction is the prior, scaled to this device and
     corrected as far as cross-validation on this device's few measurements allows (HELP, nn-Meter adaptation).
 
+    With ``candidates`` (several of the source device's predictors, by name) ``fit`` fits one transfer on each
+    and predicts their weighted geometric mean, a member's weight ``exp(-(e - e_best) / e_best)`` from its best
+    cross-validated squared log error ``e`` on this device's samples: which of another device's predictors
+    carries over is a property of the pair (on this machine, the torch device's lookup table ranks ONNX Runtime
+    latencies better than its best-ranked learned predictor does), and from 10 samples a weighted mean of them
+    measured better than keeping the one with the lowest error (``experiments/benchmarks/README_latency.md``).
+    ``source`` and ``mode`` are then the heaviest member's.
+
     The source predictor is copied into this one's file (kind, parameters and device id): refitting the source
     later does not change this predictor. A source that reads a lookup table reads its own device's table.
     """
 
     kind = "transfer"
+    blends_macs = True
 
     def __init__(self, space: SearchSpace, table: LookupTable | None = None, seed: int = 0,
-                 source: Predictor | None = None, source_device: str = "") -> None:
+                 source: Predictor | None = None, source_device: str = "",
+                 candidates: Mapping[str, Predictor] | None = None) -> None:
+        candidates = dict(candidates or {})
+        if source is None and candidates:
+            source = next(iter(candidates.values()))
         if source is None:
             raise LatencyError("a 'transfer' predictor starts from another device's predictor or table: "
                                "name it with --from DEVICE")
-        if source.space.name != space.name:
-            raise LatencyError(f"the source predictor is of space {source.space.name!r}, not {space.name!r}")
+        for candidate in (source, *candidates.values()):
+            if candidate.space.name != space.name:
+                raise LatencyError(f"the source predictor is of space {candidate.space.name!r}, not "
+                                   f"{space.name!r}")
         super().__init__(space, None, seed)
         self.source, self.source_device = source, source_device
+        self.candidates = candidates
         self.prior_kind = "device"
+        self.members: list[tuple[float, TransferPredictor]] = []  # (weight, transfer on one source), heaviest first
+        self.candidate_kinds = [p.kind for p in candidates.values()]  # what fit chose among (saved)
 
     def _prior(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.source.predict(archs)
 
+    def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
+        self.members = []
+        trials = []
+        for candidate in self.candidates.values() if len(self.candidates) > 1 else ():
+            trial = TransferPredictor(self.space, None, self.seed, candidate, self.source_device)
+            trial._fit(archs, y)
+            trials.append((min(trial.cv_error.values(), default=float("inf")), trial))
+        errors = np.array([e for e, _ in trials])
+        if not trials or not np.all(np.isfinite(errors)):  # one candidate, or too few samples to judge them
+            super()._fit(archs, y)
+            return
+        best = float(errors.min())
+        weights = np.exp(-(errors - best) / max(best, 1e-12))
+        weights /= weights.sum()
+        order = np.argsort(-weights, kind="stable")
+        members = [(float(weights[i]), trials[i][1]) for i in order if weights[i] >= 1e-3]
+        heaviest = members[0][1]
+        self.source = heaviest.source
+        ResidualPredictor.set_params(self, heaviest.params())
+        if len(members) > 1:
+            total = sum(w for w, _ in members)
+            self.members = [(w / total, t) for w, t in members]
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        if not self.members:
+            return super().predict(archs)
+        archs = list(archs)
+        return np.exp(sum(w * np.log(t.predict(archs)) for w, t in self.members))
+
     def fresh(self) -> Predictor:
-        return TransferPredictor(self.space, None, self.seed, self.source, self.source_device)
+        return TransferPredictor(self.space, None, self.seed, self.source, self.source_device, self.candidates)
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "source": {"device": self.source_device, "kind": self.source.kind,
-                                               "params": self.source.params()}}
+        params = {**super().params(), "source": {"device": self.source_device, "kind": self.source.kind,
+                                                 "params": self.source.params()}}
+        if self.members:
+            params["members"] = [{"weight": w, "params": t.params()} for w, t in self.members]
+        if self.candidate_kinds:
+            params["candidates"] = list(self.candidate_kinds)
+        return params
 
 
 PREDICTOR_KINDS: dict[str, type[Predictor]] = {
@@ -564,13 +668,14 @@ def fit_threads(n: int = 1) -> Iterator[None]:
 
 
 def make_predictor(kind: str, space: SearchSpace, table: LookupTable | None = None, *,
-                   source: Predictor | None = None, source_device: str = "") -> Predictor:
+                   source: Predictor | None = None, source_device: str = "",
+                   candidates: Mapping[str, Predictor] | None = None) -> Predictor:
     """A new predictor of ``kind`` (one of ``PREDICTOR_KINDS``); ``transfer`` takes the ``source`` predictor of
-    device ``source_device``."""
+    device ``source_device``, or ``candidates`` to choose it from when fitted."""
     if kind not in PREDICTOR_KINDS:
         raise LatencyError(f"unknown predictor kind {kind!r}; allowed: {', '.join(PREDICTOR_KINDS)}")
     if kind == "transfer":
-        return TransferPredictor(space, None, source=source, source_device=source_device)
+        return TransferPredictor(space, None, source=source, source_device=source_device, candidates=candidates)
     return PREDICTOR_KINDS[kind](space, table)
 
 
@@ -589,7 +694,13 @@ def _from_record(space: SearchSpace, kind: Any, params: Mapping[str, Any], table
         source_table = tables_of(source_device) if tables_of is not None else None
         inner = _from_record(space, source["kind"], source["params"], source_table, tables_of,
                              f"{where} (source device {source_device!r})", source_device)
-        predictor: Predictor = TransferPredictor(space, None, source=inner, source_device=source_device)
+        transfer = TransferPredictor(space, None, source=inner, source_device=source_device)
+        transfer.candidate_kinds = [str(k) for k in params.get("candidates", [])]
+        for member in params.get("members", []):
+            inner_transfer = _from_record(space, "transfer", member["params"], None, tables_of, where, device)
+            assert isinstance(inner_transfer, TransferPredictor)
+            transfer.members.append((float(member["weight"]), inner_transfer))
+        predictor: Predictor = transfer
     else:
         wants_table = cls.needs_table or params.get("use_table") or params.get("prior") == "table"
         if wants_table and table is None and device:

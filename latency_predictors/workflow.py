@@ -25,7 +25,7 @@ from search_spaces import Arch, SearchSpace, as_generator, encode_many, random_a
 
 from .devices import Device, DeviceStore, LatencyError, atomic_write_json
 from .layers import LayerBuilder, network_macs
-from .learned import PREDICTOR_KINDS, Predictor, load_predictor, make_predictor
+from .learned import PREDICTOR_KINDS, Predictor, TransferPredictor, load_predictor, make_predictor
 from .lut import LookupTable
 from .measure import MeasureConfig
 from .metrics import accuracy, accuracy_curve, learning_curve, scatter_plot, write_csv
@@ -35,6 +35,11 @@ FIT_SEED = 0
 EVAL_SEED = 1_000_003
 CURVE_SIZES = (5, 10, 20, 50, 100)
 CHOICES = ("active", "random")
+# How a transfer predictor's fitted mode reads (ResidualPredictor's candidates).
+TRANSFER_MODES = {"scale": "scaled", "power": "to a power", "curve": "through a smooth curve",
+                  "affine": "scaled plus a constant", "blend": "scaled plus a share of the MACs",
+                  "blend_affine": "scaled plus a share of the MACs and a constant",
+                  "ridge": "to a power with a ridge correction on the arch features"}
 # A source device's predictor to transfer from, when its eval report does not rank them.
 SOURCE_PREFERENCE = ("residual", "table_linear", "transfer", "ridge", "mlp", "table")
 
@@ -140,10 +145,12 @@ def _tables_of(store: DeviceStore, space: SearchSpace) -> Callable[[str], Lookup
     return table_of
 
 
-def source_predictor(store: DeviceStore, source_id: str, space: SearchSpace, kind: str | None = None
-                     ) -> Predictor:
-    """Device ``source_id``'s predictor to transfer from: ``kind``, else the best of its ``nas latency eval``
-    report (most within +-10%, then Spearman; never ``flops``), else the first of ``SOURCE_PREFERENCE``."""
+def source_predictors(store: DeviceStore, source_id: str, space: SearchSpace, kind: str | None = None,
+                      target: str | None = None) -> dict[str, Predictor]:
+    """Device ``source_id``'s predictors to transfer from, best first: ``kind`` alone, else every one but
+    ``flops`` (the transfer blends MACs in itself) and a ``transfer`` that starts from ``target`` (it would carry
+    the target's own measurements back), ranked by its ``nas latency eval`` report (most within +-10%, then
+    Spearman), else in ``SOURCE_PREFERENCE`` order."""
     device = store.get(source_id)
     predictors = load_predictors(store, device, space)
     if not predictors:
@@ -153,19 +160,24 @@ def source_predictor(store: DeviceStore, source_id: str, space: SearchSpace, kin
         if kind not in predictors:
             raise LatencyError(f"device {source_id!r} has no {kind!r} predictor of {space.name!r}; it has "
                                f"{', '.join(sorted(predictors))}")
-        return predictors[kind]
+        return {kind: predictors[kind]}
+    usable = {k: p for k, p in predictors.items() if k != "flops" and not (
+        target is not None and isinstance(p, TransferPredictor) and p.source_device == target)}
     report = store.eval_dir(source_id) / f"{space.name}.json"
-    if report.is_file():
-        rows = read_report(report).get("predictors", {})
-        ranked = sorted((k for k in rows if k in predictors and k != "flops"),
-                        key=lambda k: (rows[k].get("within_10pct", 0), rows[k].get("spearman", 0)), reverse=True)
-        if ranked:
-            return predictors[ranked[0]]
-    for k in SOURCE_PREFERENCE:
-        if k in predictors:
-            return predictors[k]
-    raise LatencyError(f"device {source_id!r} has only a FLOPs predictor of {space.name!r}: nothing measured "
-                       f"to transfer from")
+    rows = read_report(report).get("predictors", {}) if report.is_file() else {}
+    order = {k: i for i, k in enumerate(SOURCE_PREFERENCE)}
+    ranked = sorted(usable, key=lambda k: (-rows.get(k, {}).get("within_10pct", -1),
+                                           -rows.get(k, {}).get("spearman", -1), order.get(k, len(order))))
+    if not ranked:
+        raise LatencyError(f"device {source_id!r} has only a FLOPs predictor of {space.name!r}: nothing measured "
+                           f"to transfer from")
+    return {k: usable[k] for k in ranked}
+
+
+def source_predictor(store: DeviceStore, source_id: str, space: SearchSpace, kind: str | None = None,
+                     target: str | None = None) -> Predictor:
+    """The first of ``source_predictors``: what spreads the subnets a transfer measures."""
+    return next(iter(source_predictors(store, source_id, space, kind, target).values()))
 
 
 def _table_prior(table: LookupTable | None, space: SearchSpace, resolutions: Sequence[int] | None
@@ -214,7 +226,8 @@ def fit_device(store: DeviceStore, device: Device, space: SearchSpace, builder: 
     if source is not None and source == device.id:
         raise LatencyError(f"--from names the device being fitted ({device.id!r}); name another device")
     table = load_table(store, device, space)
-    origin = source_predictor(store, source, space, source_kind) if source is not None else None
+    candidates = source_predictors(store, source, space, source_kind, device.id) if source is not None else {}
+    origin = next(iter(candidates.values()), None)
     log = MeasurementLog(store.measurements_path(device.id, space.name), space.name, device.id, config)
     prior_fn, prior_name = _table_prior(table, space, resolutions), "table"
     if origin is not None:
@@ -242,7 +255,8 @@ def fit_device(store: DeviceStore, device: Device, space: SearchSpace, builder: 
     fitted: dict[str, Predictor] = {}
     folder = store.predictor_dir(device.id, space.name)
     for kind in kinds:
-        predictor = make_predictor(kind, space, table, source=origin, source_device=source or "")
+        predictor = make_predictor(kind, space, table, source=origin, source_device=source or "",
+                                   candidates=candidates)
         predictor.fit(measured, y)
         predictor.save(folder / f"{kind}.json")
         fitted[kind] = predictor
@@ -287,6 +301,12 @@ def format_fit(report: FitReport) -> str:
     lines = [f"fitted {', '.join(report.predictors)} for {report.space} on {report.device} from "
              f"{report.samples} measured subnets (chosen: {report.choose}"
              + (f", spread by the {report.prior} prior" if report.choose == "active" else "") + ")"]
+    transfer = report.predictors.get("transfer")
+    if isinstance(transfer, TransferPredictor):
+        members = transfer.members or [(1.0, transfer)]
+        lines.append(f"transfer from {transfer.source_device}: " + "; ".join(
+            f"its {t.source.kind} predictor {TRANSFER_MODES.get(t.mode, t.mode)}"
+            + (f" (weight {w:.2f})" if len(members) > 1 else "") for w, t in members))
     curve = report.curve
     if curve.get("points"):
         pts = ", ".join(f"{p['samples']:.0f}: {p['mape_pct']:.1f}%" for p in curve["points"])
@@ -424,7 +444,8 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
     results = {name: accuracy(p, measured) for name, p in predictions.items()}
     pool = measured_pool(log, resolutions)
     pool_y = np.array([log.latency_ms(a, 0) for a in pool])
-    curve = {name: accuracy_curve(p.fresh, pool, pool_y, curve_sizes, draws=curve_draws, seed=seed)
+    curve = {name: accuracy_curve(_refit_as_fitted(store, device, space, p), pool, pool_y, curve_sizes,
+                                  draws=curve_draws, seed=seed)
              for name, p in predictors.items()}
     out = store.eval_dir(device.id)
     rows = [{"arch_id": a.arch_id, "resolution": a.resolution, "macs_m": network_macs(space, a) / 1e6,
@@ -439,6 +460,22 @@ def evaluate_predictors(store: DeviceStore, device: Device, space: SearchSpace, 
                         {k: v for k, v in curve.items() if v}, len(pool), repeatability_floor(log, pool))
     atomic_write_json(files["json"], report.to_dict())
     return report
+
+
+def _refit_as_fitted(store: DeviceStore, device: Device, space: SearchSpace, predictor: Predictor
+                     ) -> Callable[[], Predictor]:
+    """What makes an unfitted ``predictor`` for the accuracy curve: ``fresh``, except that a transfer chooses
+    among its source device's predictors again in every draw, as ``fit`` does (a saved transfer keeps only the
+    sources it chose on all its samples)."""
+    if isinstance(predictor, TransferPredictor) and len(predictor.candidate_kinds) > 1:
+        try:
+            found = source_predictors(store, predictor.source_device, space, target=device.id)
+        except LatencyError:  # the source device or its predictors are gone: the saved sources
+            return predictor.fresh
+        candidates = {k: found[k] for k in predictor.candidate_kinds if k in found}
+        return lambda: make_predictor("transfer", space, source_device=predictor.source_device,
+                                      candidates=candidates)
+    return predictor.fresh
 
 
 def fit_set_ids(store: DeviceStore, device: Device, space: SearchSpace) -> set[str]:

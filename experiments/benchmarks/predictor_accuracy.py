@@ -51,24 +51,69 @@ def _r(row, key, spec=".3f"):
     return "-" if row is None else format(row[key], spec)
 
 
-def targets(space, device, report, source=None):
+def targets(space, device, report):
     """One line of the targets table from an eval report's curve."""
     prior_kind = "table" if "table" in report.curve else "flops"
     prior, few = report.at(prior_kind, 10), report.at("residual", 10)
     hundred = [report.at(k, 100) for k in OWN if report.at(k, 100)]
     best100 = max(hundred, key=lambda r: r["within_10pct"], default=None)
-    transfer10 = report.at("transfer", 10)
-    own50 = max((report.at(k, 50) for k in OWN if report.at(k, 50)), key=lambda r: r["spearman"], default=None)
     return (f"| {space} | {device} | {_r(prior, 'spearman')} ({prior_kind}) | {_r(few, 'spearman')} | "
             f"{_r(best100, 'within_10pct', '.0%')} | "
-            + (f"{_r(transfer10, 'spearman')} / {_r(transfer10, 'within_10pct', '.0%')} vs "
-               f"{_r(own50, 'spearman')} / {_r(own50, 'within_10pct', '.0%')}" if source else "-")
-            + f" | {_r(report.floor if 'n' in report.floor else None, 'within_10pct', '.0%')} |")
+            f"{_r(report.floor if 'n' in report.floor else None, 'within_10pct', '.0%')} |")
 
 
 HEADER = ("| space | device | prior's rho (from any n) | residual rho from 10 | best +-10% from 100 | "
-          "transfer from 10 vs own from 50 (rho / +-10%) | repeat +-10% (floor) |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "repeat +-10% (floor) |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: |")
+
+TRANSFER_HEADER = ("| space | from -> to | transfer from 10: rho / +-10% (source it chose most) | to's own from 50, "
+                   "no table | to's own from 50, with its table |\n| --- | --- | ---: | ---: | ---: |")
+
+
+def _at(rows, n):
+    return next((r for r in rows if r["samples"] == n), None)
+
+
+def _best(rows_by_kind, n):
+    """The best (Spearman, then +-10%) of several predictors' curves at ``n`` samples, with its kind."""
+    at = [(k, _at(rows, n)) for k, rows in rows_by_kind.items() if _at(rows, n)]
+    return max(at, key=lambda kr: (kr[1]["spearman"], kr[1]["within_10pct"]), default=(None, None))
+
+
+def _pair(kind, row):
+    return f"{_r(row, 'spearman')} / {_r(row, 'within_10pct', '.0%')} ({kind})" if row else "-"
+
+
+def transfer_line(store, space, resolutions, config, source_id, device_id, report, draws):
+    """Transfer from ``source_id`` to ``device_id`` against the target's own predictors, on the target's
+    measured subnets: the transfer's curve picks its source among ``source_id``'s predictors inside every draw
+    (as ``nas latency fit --from`` does); "no table" is the target's own table-free predictors (a new board with
+    no lookup table measured: the case transfer is for), "with its table" its best from the eval report."""
+    from collections import Counter
+
+    from latency_predictors.metrics import accuracy_curve
+    from latency_predictors.remote import MeasurementLog
+    from latency_predictors.workflow import measured_pool, source_predictors
+
+    log = MeasurementLog(store.measurements_path(device_id, space.name), space.name, device_id, config)
+    pool = measured_pool(log, resolutions)
+    y = np.array([log.latency_ms(a, 0) for a in pool])
+    candidates = source_predictors(store, source_id, space, target=device_id)
+    made = []
+
+    def make_transfer():
+        made.append(make_predictor("transfer", space, source_device=source_id, candidates=candidates))
+        return made[-1]
+
+    sizes = (10, 50)
+    transfer = accuracy_curve(make_transfer, pool, y, sizes, draws=draws, seed=0)
+    no_table = {k: accuracy_curve(lambda k=k: make_predictor(k, space), pool, y, sizes, draws=draws, seed=0)
+                for k in ("residual", "ridge", "mlp")}
+    with_table = {k: report.curve.get(k, []) for k in OWN}
+    chosen = Counter(p.source.kind for p in made[:draws])  # the draws at 10 samples come first
+    source_kind = chosen.most_common(1)[0][0] if chosen else "-"
+    return (f"| {space.name} | {source_id} -> {device_id} | {_pair(source_kind, _at(transfer, 10))} | "
+            f"{_pair(*_best(no_table, 50))} | {_pair(*_best(with_table, 50))} |")
 
 
 def synthetic() -> int:
@@ -148,10 +193,11 @@ def main() -> int:
     config = MeasureConfig(repeats=args.repeats, quantile=args.quantile, load_reference=args.load_reference,
                            clock=args.clock)
     builder = static_builder()
-    lines = []
+    lines, transfers = [], []
     for name in args.spaces:
         space = get_space(name)
         resolutions = tuple(args.resolutions) if args.resolutions else SPACES.get(name)
+        reports = {}
         for i, device_id in enumerate(args.devices):
             device = store.refresh_metadata(store.resolve(device_id))
             source = args.devices[0] if i > 0 else None
@@ -171,7 +217,11 @@ def main() -> int:
             print(format_report(report))
             print(f"table: {len(table.entries)} layers in {t1 - t0:.0f} s; fit: {t2 - t1:.0f} s; "
                   f"eval: {t3 - t2:.0f} s", flush=True)
-            lines.append(targets(name, device.id, report, source))
+            lines.append(targets(name, device.id, report))
+            reports[device.id] = report
+        for target in args.devices:
+            transfers += [transfer_line(store, space, resolutions, config, source, target, reports[target],
+                                        args.draws) for source in args.devices if source != target]
     print()
     print(f"fit on {args.fit} (active choice), evaluated on {args.eval} fresh subnets, curve cross-validated on all "
           f"measured ({args.draws} draws), repeats {args.repeats}, quantile {args.quantile}, load reference "
@@ -180,6 +230,12 @@ def main() -> int:
           ">= own from 50")
     print(HEADER)
     print("\n".join(lines))
+    if transfers:
+        print()
+        print(f"transfer: curves cross-validated on the target's measured subnets ({args.draws} draws); the source "
+              f"predictor chosen inside each draw")
+        print(TRANSFER_HEADER)
+        print("\n".join(transfers))
     return 0
 
 

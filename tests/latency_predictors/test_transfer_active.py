@@ -79,6 +79,50 @@ def test_transfer_round_trips_with_its_source_and_needs_one(predictor_a, tmp_pat
         make_predictor("transfer", SPACE)
 
 
+def device_c(archs, seed=0, noise=0.02):
+    """A device that weighs arithmetic and per-block overhead differently from A: its latency is A's (which
+    carries A's per-block costs) plus a term proportional to the MACs, which no power of A's latency gives."""
+    from latency_predictors.learned import network_macs
+
+    macs = np.array([network_macs(SPACE, a) / 1e9 for a in archs])
+    return (0.3 * device_a(archs, noise=0.0) + 40.0 * macs) * np.exp(
+        noise * np.random.default_rng(seed).standard_normal(len(archs)))
+
+
+def test_transfer_blends_the_source_with_macs_where_the_devices_weigh_arithmetic_differently(predictor_a, test_set):
+    test, _ = test_set
+    y_test = device_c(test, noise=0.0)
+    archs = sample_archs(SPACE, 10, 11)
+    t = make_predictor("transfer", SPACE, source=predictor_a, source_device="a").fit(archs, device_c(archs, 3))
+    assert t.mode in ("blend", "blend_affine") and t.weights[0] > 0 and t.weights[1] > 0
+    scaled = make_predictor("transfer", SPACE, source=predictor_a, source_device="a")
+    scaled.fit(archs[:3], device_c(archs[:3], 3))  # under 4 samples: the scaled source alone
+    assert scaled.mode == "scale"
+    blended, alone = accuracy(t.predict(test), y_test), accuracy(scaled.predict(test), y_test)
+    assert blended["within_10pct"] >= 0.95 and blended["mape_pct"] < alone["mape_pct"] / 2
+
+
+def test_transfer_weighs_several_sources_by_cross_validation_and_round_trips(predictor_a, tmp_path, test_set):
+    test, y_test = test_set
+    noise = make_predictor("residual", SPACE).fit(train := sample_archs(SPACE, 40, 8),
+                                                  np.random.default_rng(0).uniform(1, 5, len(train)))
+    archs = sample_archs(SPACE, 12, 9)
+    t = make_predictor("transfer", SPACE, source_device="a", candidates={"noise": noise, "good": predictor_a})
+    t.fit(archs, device_b(archs, 4))
+    assert t.source is predictor_a  # the heaviest member's source
+    weights = {"good" if m.source is predictor_a else "noise": w for w, m in t.members}
+    assert weights["good"] > 2 * weights.get("noise", 0.0) and abs(sum(weights.values()) - 1.0) < 1e-9
+    alone = make_predictor("transfer", SPACE, source=predictor_a, source_device="a").fit(archs, device_b(archs, 4))
+    both, good = accuracy(t.predict(test), y_test), accuracy(alone.predict(test), y_test)
+    assert both["spearman"] > 0.97 and both["mape_pct"] < good["mape_pct"] * 1.5
+    t.save(tmp_path / "transfer.json")
+    loaded = load_predictor(tmp_path / "transfer.json", SPACE)
+    np.testing.assert_allclose(loaded.predict(test[:20]), t.predict(test[:20]), rtol=1e-12)
+    assert len(loaded.members) == len(t.members)
+    again = t.fresh().fit(archs, device_b(archs, 4))  # the candidates travel with fresh(), for the curves
+    np.testing.assert_allclose(again.predict(test[:20]), t.predict(test[:20]), rtol=1e-12)
+
+
 def test_transfer_from_a_table_source_reads_that_devices_table(tmp_path):
     from latency_predictors import Device, build_table
 
@@ -159,3 +203,21 @@ def test_mlp_fit_on_1000_samples_is_single_threaded_and_quick():
     make_predictor("mlp", SPACE).fit(archs, y)
     # Under 5 s on an idle 2-core machine (3.5 s measured on a loaded one; 66 s with two OpenBLAS threads).
     assert time.perf_counter() - start < 15
+
+
+def test_source_predictors_leave_out_flops_and_a_transfer_from_the_target(predictor_a, tmp_path):
+    from latency_predictors import DeviceStore
+    from latency_predictors.workflow import source_predictors
+
+    store = DeviceStore(tmp_path)
+    folder = store.predictor_dir(store.resolve("local-cpu-1t-ort").id, SPACE.name)
+    store.resolve("local-cpu-1t-torch")
+    archs = sample_archs(SPACE, 10, 3)
+    predictor_a.save(folder / "residual.json")
+    make_predictor("flops", SPACE).fit(archs, device_a(archs)).save(folder / "flops.json")
+    make_predictor("transfer", SPACE, source=predictor_a, source_device="local-cpu-1t-torch").fit(
+        archs, device_b(archs)).save(folder / "transfer.json")
+    assert list(source_predictors(store, "local-cpu-1t-ort", SPACE)) == ["residual", "transfer"]
+    # Back to the device it came from, that transfer would carry the target's own measurements: left out.
+    assert list(source_predictors(store, "local-cpu-1t-ort", SPACE, target="local-cpu-1t-torch")) == ["residual"]
+    assert list(source_predictors(store, "local-cpu-1t-ort", SPACE, "flops")) == ["flops"]
