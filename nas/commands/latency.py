@@ -317,10 +317,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f.add_argument("--json", action="store_true", help="machine-readable output (pure JSON)")
         if name == "fit":
             f.add_argument("--from", dest="source", default=None, metavar="DEVICE",
-                           help="also fit a 'transfer' predictor that starts from this other device's predictor "
-                                "(its best by its eval report) or table, and spread the subnets by its prediction")
+                           help="also fit a 'transfer' predictor that starts from this other device's "
+                                "predictors and table (each weighed by how well it explains this device's "
+                                "samples, plus a share of the MACs where that fits), and spread the subnets by "
+                                "its best-ranked prediction")
             f.add_argument("--from-kind", default=None, metavar="KIND",
-                           help="which of the --from device's predictors to start from (default: its best)")
+                           help="start from this one of the --from device's predictors only (default: all of "
+                                "them, weighed)")
             f.add_argument("--choose", choices=("active", "random"), default="active",
                            help="active (default): subnets spread over the prior's latency range and the "
                                 "choices; random: seeded random subnets")
