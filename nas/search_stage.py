@@ -243,11 +243,10 @@ def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, u
             if len(policies) != len(archs):
                 raise ValueError(f"{len(policies)} precision policies for {len(archs)} subnets")
             quantized = [i for i, p in enumerate(policies) if p is not None]
-            if quantized and not _times_quantized(device):
+            if quantized and not device.times_quantized:
                 raise UsageError(f"device {device.id!r} cannot time quantised subnets: they run in ONNX Runtime on "
-                                 f"one CPU thread (a local-cpu-1t-ort device), and {device.id!r} runs "
-                                 f"{device.backend or 'nothing here'} on {device.accelerator} with "
-                                 f"{device.threads} thread(s)")
+                                 f"the CPU (a local-cpu-<n>t-ort device), and {device.id!r} runs "
+                                 f"{device.backend or 'nothing here'} on {device.accelerator}")
             out = [float("nan")] * len(archs)
             plain = [i for i, p in enumerate(policies) if p is None]
             if plain:
@@ -265,8 +264,3 @@ def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, u
 
         measurers[device_id] = measure
     return measurers
-
-
-def _times_quantized(device: Any) -> bool:
-    """Whether ``device`` times quantised subnets: ONNX Runtime on one CPU thread."""
-    return device.times_quantized and device.threads == 1
