@@ -6,7 +6,8 @@ own loop in process (``supernets.training.run_job``, what ``nas train --no-ray``
 1. Throughput of the ``ofa_mbv3_cifar`` network at batch 256 (synthetic batches on the device, one SGD
    step = forward, loss, backward, update): the static largest subnet against the supernet at its largest,
    fp32 against bf16, channels-last, with and without ``torch.compile``; the supernet at random subnets
-   against the static networks of the same subnets; fp16 with a grad scaler.
+   against the static networks of the same subnets; fp16 with a grad scaler. ``--launch-bound`` (CUDA) adds,
+   last, the largest subnet's step captured in a CUDA graph (static and supernet) and at twice the batch.
 2. Accuracy: a progressive-shrinking run and a sandwich-rule run of the supernet on the packed CIFAR-10
    part (``cifar_pack.py``), then the small, medium and large subnets trained from scratch for the same
    number of epochs; test accuracy of each (inherited: batch norms recalibrated, no retraining).
@@ -134,6 +135,37 @@ def _step_fn(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Pa
     return step
 
 
+def _graphed_step(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter],
+                  execution: Execution, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """``_step_fn``'s step on the fixed batch ``(x, y)`` captured once in a CUDA graph; returns its replay (one
+    launch for every kernel of forward, backward and update). PyTorch's whole-network capture: warm-up on a side
+    stream, gradients set to None before capture so that backward allocates them in the graph's pool, autocast
+    without its cache. bf16 / fp32 only (a grad scaler's inf checks do not capture)."""
+    if execution.device.type != "cuda" or execution.precision == "fp16":
+        raise ValueError("CUDA graphs need a CUDA device and bf16 or fp32")
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    dtype = {"bf16": torch.bfloat16, "fp32": None}[execution.precision]
+
+    def body() -> None:
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+            loss = F.cross_entropy(forward(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream(execution.device)
+    side.wait_stream(torch.cuda.current_stream(execution.device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream(execution.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
+
+
 def _batch(execution: Execution, batch: int, resolution: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = execution.batch(torch.randn(batch, 3, resolution, resolution, generator=g))
@@ -159,23 +191,26 @@ def time_steps(steps_fns: list[Callable[[], None]], execution: Execution, warmup
 
 
 def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int, with_compile: bool,
-               record: Callable[[dict], None]) -> dict[str, float]:
-    """Training images/s of the variants; returns the step times the accuracy plan needs (seconds)."""
+               record: Callable[[dict], None], launch_bound: bool = False) -> dict[str, float]:
+    """Training images/s of the variants; returns the step times the accuracy plan needs (seconds).
+    ``launch_bound`` (on CUDA): last, the two ways around per-kernel launch cost -- the step captured in a CUDA
+    graph, and twice the batch."""
     space = get_space(SPACE)
     big, small, mid = largest(space), smallest(space), medium(space)
     randoms = sample(space, n_random, seed=3)
     times: dict[str, float] = {}
 
     def measure(name: str, what: str, precision: str, channels_last: bool, compiled: bool,
-                make: Callable[[Execution], list[Callable[[], None]]], fresh: bool = False) -> float | None:
+                make: Callable[[Execution], list[Callable[[], None]]], fresh: bool = False,
+                images: int = batch) -> float | None:
         row: dict[str, Any] = {"name": name, "network": what, "precision": precision,
                                "channels_last": channels_last, "compile": compiled}
         try:
             execution = Execution.resolve(device, precision, channels_last)
             fns = make(execution)
             seconds = time_steps(fns, execution, 0, 1, 1) if fresh else time_steps(fns, execution, warmup, repeats)
-            row.update(step_ms=round(1000 * seconds, 3), images_per_s=round(batch / seconds, 1))
-            print(f"  {name:<34} {batch / seconds:>9.0f} img/s  ({1000 * seconds:.2f} ms/step)", flush=True)
+            row.update(step_ms=round(1000 * seconds, 3), images_per_s=round(images / seconds, 1), batch=images)
+            print(f"  {name:<34} {images / seconds:>9.0f} img/s  ({1000 * seconds:.2f} ms/step)", flush=True)
             times[name] = seconds
         except Exception as exc:  # noqa: BLE001 - a failed variant is recorded, the check goes on
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -184,19 +219,22 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
         record(row)
         return seconds
 
-    def static_steps(archs: list[Arch], compiled: bool) -> Callable[[Execution], list[Callable[[], None]]]:
+    def static_steps(archs: list[Arch], compiled: bool, graphed: bool = False, images: int = batch
+                     ) -> Callable[[Execution], list[Callable[[], None]]]:
         def make(execution: Execution) -> list[Callable[[], None]]:
             fns = []
             for arch in archs:
                 torch.manual_seed(SEED)
                 net = execution.module(build(space, arch)).train()
                 forward = torch.compile(net) if compiled else net
-                x, y = _batch(execution, batch, arch.resolution, space.num_classes)
-                fns.append(functools.partial(_step_fn(forward, list(net.parameters()), execution), x, y))
+                x, y = _batch(execution, images, arch.resolution, space.num_classes)
+                fns.append(_graphed_step(forward, list(net.parameters()), execution, x, y) if graphed else
+                           functools.partial(_step_fn(forward, list(net.parameters()), execution), x, y))
             return fns
         return make
 
-    def super_steps(archs: list[Arch], compiled: bool) -> Callable[[Execution], list[Callable[[], None]]]:
+    def super_steps(archs: list[Arch], compiled: bool, graphed: bool = False
+                    ) -> Callable[[Execution], list[Callable[[], None]]]:
         def make(execution: Execution) -> list[Callable[[], None]]:
             torch.manual_seed(SEED)
             net = execution.module(build_supernet(space)).train()
@@ -204,8 +242,9 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
             fns = []
             for arch in archs:
                 x, y = _batch(execution, batch, arch.resolution, space.num_classes)
-                fns.append(functools.partial(_step_fn(functools.partial(model, arch=arch), list(net.parameters()),
-                                                      execution), x, y))
+                forward = functools.partial(model, arch=arch)
+                fns.append(_graphed_step(forward, list(net.parameters()), execution, x, y) if graphed else
+                           functools.partial(_step_fn(forward, list(net.parameters()), execution), x, y))
             return fns
         return make
 
@@ -241,6 +280,12 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     measure(f"static smallest {tag}", "static", fast[0], gpu, False, static_steps([small], False))
     measure(f"static medium {tag}", "static", fast[0], gpu, False, static_steps([mid], False))
     measure(f"teacher forward {tag}", "static", fast[0], gpu, False, teacher_forward)
+    if launch_bound and gpu:  # last: a capture that fails may leave the device unusable for what follows
+        measure(f"static largest {tag} x2 batch", "static", fast[0], gpu, False,
+                static_steps([big], False, images=2 * batch), images=2 * batch)
+        measure(f"static largest {tag} cuda graph", "static", fast[0], gpu, False, static_steps([big], False, True))
+        measure(f"supernet largest {tag} cuda graph", "supernet", fast[0], gpu, False,
+                super_steps([big], False, True))
     return {
         "super_largest": times.get(f"supernet largest {tag}"),
         "super_random": times.get(f"supernet new subnets {fast[0]}"),
@@ -370,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs of every training run (default: sized to the budget)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (about 40 s of compiling; gained nothing on an H200)")
+    parser.add_argument("--launch-bound", action="store_true",
+                        help="also time, last, the step captured in a CUDA graph and at twice the batch (the "
+                             "H200's steps were bound by kernel launches)")
     parser.add_argument("--skip", choices=("throughput", "accuracy", "ps", "sandwich", "scratch"), action="append",
                         default=[], help="leave a part out (repeatable)")
     parser.add_argument("--sandwich-lr-factor", type=float, default=0.5,
@@ -394,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput, batch {batch}, {results['device_name']}:", flush=True)
         times = throughput(args.device, batch, warmup=1 if args.tiny else 3, repeats=1 if args.tiny else 6,
                            n_random=2 if args.tiny else 6, with_compile=args.compile and not args.tiny,
-                           record=lambda row: (results["throughput"].append(row), save()))
+                           record=lambda row: (results["throughput"].append(row), save()),
+                           launch_bound=args.launch_bound)
         by_name = {r["name"]: r for r in results["throughput"] if "step_ms" in r}
         tag = "bf16+cl" if gpu else "bf16"
         ratios = {}
