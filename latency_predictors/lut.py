@@ -226,6 +226,9 @@ class LayerMeasurer:
     scale).
     """
 
+    # The id of the quantiser whose layers it times (``quantized_layer_measurer``); "" for fp32 layers.
+    quantizer: str = ""
+
     def __init__(self, builder: LayerBuilder, backend: Backend, config: MeasureConfig, batch_size: int = 1,
                  space: SearchSpace | None = None) -> None:
         check_clock(config, backend.threads)
@@ -267,16 +270,17 @@ def layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfi
 
 def quantized_layer_measurer(builder: LayerBuilder, backend: Backend, config: MeasureConfig,
                              quantize: QuantizeFn, batch_size: int = 1, space: SearchSpace | None = None,
-                             precision: str = "int8") -> LayerMeasurer:
+                             precision: str = "int8", quantizer: str = "") -> LayerMeasurer:
     """The measure function of a table's ``precision`` entries: each layer built alone, exported to ONNX,
-    quantised by ``quantize`` (``nas.quantize.quantize_layer``) and timed by ONNX Runtime under the protocol.
-    ``backend`` must be ``onnxruntime`` on the CPU (``LatencyError`` otherwise). With ``load_reference`` the
-    reference stays the fp32 reference layer, so both precisions share one scale."""
+    quantised by ``quantize`` (``nas.quantize.quantize_layer``, whose id is ``quantizer``) and timed by ONNX
+    Runtime under the protocol. ``backend`` must be ``onnxruntime`` on the CPU (``LatencyError`` otherwise). With
+    ``load_reference`` the reference stays the fp32 reference layer, so both precisions share one scale."""
     try:
         quantized = quantized_backend(backend, quantize, precision)
     except ValueError as exc:
         raise LatencyError(str(exc)) from None
     measurer = LayerMeasurer(builder, quantized, config, batch_size, space)
+    measurer.quantizer = quantizer
     if config.load_reference and space is not None:
         measurer._reference_run = LayerMeasurer(builder, backend, config, batch_size, space).reference_run(space)
     return measurer
@@ -293,7 +297,9 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     ``save_every_s`` seconds, at the end, and when interrupted (by any exception).
 
     ``precision`` other than fp32 adds that precision's entries (``<key>@<precision>``, ``measure`` timing each
-    layer in it, e.g. ``LayerMeasurer`` over ``measure.quantized_backend``); fp32 entries keep their keys.
+    layer in it, e.g. ``LayerMeasurer`` over ``measure.quantized_backend``); fp32 entries keep their keys. Such
+    entries record ``measure.quantizer`` (the quantiser's id) where it has one, and an entry of another quantiser
+    is measured again.
     """
     resolutions = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
     layers = enumerate_layers(space, resolutions)
@@ -313,7 +319,13 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
             table.protocol = table.protocol or old.protocol
             if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
                 measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
-        todo = [layer for key, layer in layers.items() if precision_key(key, precision) not in table.entries]
+        quantizer = str(getattr(measure, "quantizer", "") or "") if precision != BASE_PRECISION else ""
+
+        def stale(key: str) -> bool:
+            entry = table.entries.get(precision_key(key, precision))
+            return entry is None or (bool(quantizer) and entry.get("quantizer") != quantizer)
+
+        todo = [layer for key, layer in layers.items() if stale(key)]
         desc = f"{space.name} on {device.id}" + ("" if precision == BASE_PRECISION else f" ({precision})")
         bar = _progress(len(layers), len(layers) - len(todo), desc, progress)
         last_save = time.monotonic()
@@ -327,6 +339,8 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                 entry = {"ms": m.latency_ms, "spread": m.spread, "kind": layer.kind, "noisy": m.noisy}
                 if precision != BASE_PRECISION:
                     entry["precision"] = precision
+                    if quantizer:
+                        entry["quantizer"] = quantizer
                 table.entries[precision_key(layer.key, precision)] = entry
                 base = getattr(measure, "reference_base_ms", None)
                 if base is not None and table.protocol is not None:

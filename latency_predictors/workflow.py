@@ -567,16 +567,18 @@ def quantized_policies(space: SearchSpace, archs: Sequence[Arch], precision: str
     return out
 
 
-def _quantized_key(arch: Arch, policy: Any) -> str:
-    return f"{arch.arch_id}|{policy}"
+def _quantized_key(arch: Arch, policy: Any, quantizer: str = "") -> str:
+    return f"{arch.arch_id}|{policy}" + (f"|{quantizer}" if quantizer else "")
 
 
 def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, archs: Sequence[Arch],
                       policies: Sequence[Any], model_fn: SubnetModelFn, config: MeasureConfig, *, runs: int = 2,
-                      chunk: int = 8, progress: bool = True) -> list[list[float]]:
+                      chunk: int = 8, progress: bool = True, quantizer: str = "") -> list[list[float]]:
     """Each subnet quantised under its policy (``model_fn``) and timed end to end ``runs`` times by ONNX Runtime on
     the CPU under the protocol, in this process; ``chunk`` subnets at a time, interleaved. Kept in
-    ``measurements/<space>.quantized.json`` (reused, resumable). Returns each subnet's runs (ms)."""
+    ``measurements/<space>.quantized.json`` (reused, resumable) under ``quantizer``, the id of what ``model_fn``
+    builds (``nas.quantize.QUANTIZER_ID``): a timing of another quantiser's model is not reused. Returns each
+    subnet's runs (ms)."""
     from tqdm import tqdm
 
     from .measure import check_clock, configure_allocator, device_lock, onnx_model_run, time_interleaved
@@ -596,7 +598,7 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
             if data.get("format") != QUANTIZED_FORMAT:
                 raise ValueError(f"not a {QUANTIZED_FORMAT} file")
             records = dict(data["records"])
-    keys = [_quantized_key(a, p) for a, p in zip(archs, policies)]
+    keys = [_quantized_key(a, p, quantizer) for a, p in zip(archs, policies)]
     todo = [i for i, k in enumerate(keys) if len(records.get(k, {}).get("runs", [])) < runs]
     configure_allocator()
     plain = replace(config, load_reference=False)
@@ -616,7 +618,7 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
                                           device.threads) for i in idx]
                 timed = [time_interleaved(run_fns, plain) for _ in range(runs)]
                 for j, i in enumerate(idx):
-                    records[keys[i]] = {"arch": archs[i].to_dict(), "policy": str(policies[i]),
+                    records[keys[i]] = {"arch": archs[i].to_dict(), "policy": str(policies[i]), "quantizer": quantizer,
                                         "runs": [m[j].latency_ms for m in timed],
                                         "spread": [m[j].spread for m in timed]}
                 save()
@@ -651,7 +653,7 @@ class QuantizedEvalReport:
 
 def evaluate_quantized(store: DeviceStore, device: Device, space: SearchSpace, model_fn: SubnetModelFn, n: int,
                        config: MeasureConfig, *, precision: str = "int8", resolutions: Sequence[int] | None = None,
-                       fit_n: int = QUANTIZED_FIT, progress: bool = True) -> QuantizedEvalReport:
+                       fit_n: int = QUANTIZED_FIT, progress: bool = True, quantizer: str = "") -> QuantizedEvalReport:
     """The table's (and its fitted corrections') accuracy on ``n`` fresh subnets quantised under ``precision``
     (``int8``: uniform; ``mixed``: random per-group policies), each measured twice end to end; ``table_linear``
     and ``residual`` are fitted on ``fit_n`` other quantised subnets (another seed)."""
@@ -673,7 +675,7 @@ def evaluate_quantized(store: DeviceStore, device: Device, space: SearchSpace, m
     # Check the table covers every subnet before anything is measured.
     table.predict(space, [*fit_archs, *archs], [*fit_policies, *policies])
     runs = measure_quantized(store, device, space, [*fit_archs, *archs], [*fit_policies, *policies], model_fn,
-                             config, progress=progress)
+                             config, progress=progress, quantizer=quantizer)
     fit_y = np.array([r[0] for r in runs[:len(fit_archs)]])
     measured = np.array([r[0] for r in runs[len(fit_archs):]])
     again = np.array([r[1] for r in runs[len(fit_archs):]])

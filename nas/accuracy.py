@@ -57,6 +57,7 @@ from search_spaces import (
 )
 
 from .errors import UsageError
+from .quantize._ptq import QUANTIZER_ID
 from .search_config import DEFAULT_QUANTIZATION_METHOD
 
 __all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SensitivityCache",
@@ -113,7 +114,9 @@ def _policy_key(policy: PrecisionPolicy | None, method: str) -> tuple[str | None
 class AccuracyCache:
     """Accuracies by (arch id, split, precision policy, calibration method), persisted as JSON lines.
 
-    fp32 (no policy, or fp32 throughout) is one subnet whatever the method: its lines carry neither field.
+    fp32 (no policy, or fp32 throughout) is one subnet whatever the method: its lines carry neither field. A
+    quantised line carries the quantiser's id (``nas.quantize.QUANTIZER_ID``); lines of another quantiser (or of
+    none, from before the id) are not read, so those subnets are evaluated again.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
@@ -122,6 +125,8 @@ class AccuracyCache:
         for row in _read_lines(self.path):
             try:
                 policy = row.get("policy")
+                if policy is not None and row.get("quantizer") != QUANTIZER_ID:
+                    continue
                 method = None if policy is None else str(row.get("quantization_method", DEFAULT_METHOD))
                 self._values[(row["arch_id"], row["split"], policy, method)] = float(row["accuracy"])
             except (ValueError, KeyError, TypeError):
@@ -146,7 +151,7 @@ class AccuracyCache:
             row: dict[str, Any] = {"arch_id": arch.arch_id, "split": split, "accuracy": float(acc),
                                    "arch": arch.to_dict()}
             if policy is not None:
-                row.update(policy=policy, quantization_method=used)
+                row.update(policy=policy, quantization_method=used, quantizer=QUANTIZER_ID)
             lines.append(json.dumps(row, sort_keys=True))
         _append_lines(self.path, lines)
 

@@ -40,7 +40,7 @@ def quantized_layer_measure(space: SearchSpace, device: Any, config: Any, precis
     from latency_predictors.lut import quantized_layer_measurer
     from latency_predictors.measure import backend_for
 
-    from .quantize import quantize_layer
+    from .quantize import QUANTIZER_ID, quantize_layer
 
     return quantized_layer_measurer(static_builder(), backend_for(device), config, quantize_layer, device.batch_size,
-                                    space, precision)
+                                    space, precision, QUANTIZER_ID)

@@ -228,7 +228,7 @@ def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, u
     from search_spaces import policy_or_none
 
     from .latency_builders import static_builder
-    from .quantize import quantized_subnet_model
+    from .quantize import QUANTIZER_ID, quantized_subnet_model
 
     store = device_store(store)
     config = measure_config or MeasureConfig()
@@ -257,7 +257,7 @@ def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, u
             if quantized:
                 runs = measure_quantized(store, device, space, [archs[i] for i in quantized],
                                          [policies[i] for i in quantized], quantized_subnet_model, config, runs=1,
-                                         progress=progress)
+                                         progress=progress, quantizer=QUANTIZER_ID)
                 for i, r in zip(quantized, runs):
                     out[i] = float(r[0])
             return out

@@ -235,7 +235,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
     from latency_predictors.workflow import evaluate_quantized, format_quantized_report
 
-    from ..quantize import quantized_subnet_model
+    from ..quantize import QUANTIZER_ID, quantized_subnet_model
 
     if not device.times_quantized:
         raise UsageError(f"--precision {args.precision}: quantised subnets are timed only by ONNX Runtime on the "
@@ -245,7 +245,7 @@ def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
     report = evaluate_quantized(store, device, space, lambda s, a, p: quantized_subnet_model(s, a, p),
                                 args.samples, _config(args), precision=args.precision,
                                 resolutions=_resolutions(space, args.resolutions), fit_n=args.fit_samples,
-                                progress=args.progress)
+                                progress=args.progress, quantizer=QUANTIZER_ID)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_quantized_report(report),
           file=args.stdout)
     return 0

@@ -34,6 +34,7 @@ from ._images import ImageSet, calibration_images, split_images
 from ._latency import quantized_subnet_model
 from ._ptq import (
     CALIBRATION_METHODS,
+    QUANTIZER_ID,
     SubnetQuantizer,
     calibrate_ranges,
     preprocess,
@@ -58,6 +59,7 @@ from ._search import (
 )
 
 __all__ = ["CALIBRATION_IMAGES", "CALIBRATION_METHODS", "DEFAULT_MEASURE", "FAKE_QUANT_TOLERANCE", "GRANULARITIES",
+           "QUANTIZER_ID",
            "QDQ_FORMAT", "Candidate", "GroupSensitivity", "ImageSet", "MethodChoice", "PolicySearch", "PreparedSubnet",
            "QuantizeReport", "SubnetQuantizer", "block_of_node", "calibration_images", "choose_method",
            "fake_quant_agreement", "group_units", "latencies_ms", "logits", "name_nodes", "nodes_to_exclude",

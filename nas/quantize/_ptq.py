@@ -38,8 +38,14 @@ if TYPE_CHECKING:
 
     from ..query import Normalization
 
-__all__ = ["CALIBRATION_METHODS", "SubnetQuantizer", "calibrate_ranges", "preprocess", "qdq_quantize", "quantize_layer",
-           "unshare_initializers"]
+__all__ = ["CALIBRATION_METHODS", "QUANTIZER_ID", "SubnetQuantizer", "calibrate_ranges", "preprocess", "qdq_quantize",
+           "quantize_layer", "unshare_initializers"]
+
+# What a quantised model of hwnas is: QDQ, int8 per-channel weights, uint8 activations, every Conv / Gemm with its
+# own initializers, calibrated by ``_CALIBRATOR_OPTIONS``. Kept with every cached quantised timing and accuracy
+# (``latency_predictors.workflow.measure_quantized``, ``nas.accuracy.AccuracyCache``): change it whenever the
+# models built change, and what was measured of the earlier ones is measured again instead of reused.
+QUANTIZER_ID = "qdq-u8s8-per-channel-2"
 
 # Calibration methods by the names hwnas uses (ONNX Runtime's ``CalibrationMethod`` members).
 CALIBRATION_METHODS = QUANTIZATION_METHODS  # one list, in nas.search_config (parsed with the config)

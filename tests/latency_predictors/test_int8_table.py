@@ -61,6 +61,27 @@ def test_int8_entries_are_added_beside_unchanged_fp32_entries(tmp_path, device):
     assert again.calls == {}
 
 
+def test_int8_entries_of_another_quantiser_are_measured_again(tmp_path, device):
+    path, _, _, _ = _tables(tmp_path, device)        # entries of a measure with no quantiser id (older tables)
+    first = Int8Measure()
+    first.quantizer = "q-1"
+    build_table(SPACE, device, path, first, resolutions=[24], progress=False, precision="int8")
+    keys = set(enumerate_layers(SPACE, [24]))
+    assert set(first.calls) == keys                      # no id recorded: every int8 entry timed again
+    assert {json.loads(path.read_text())["entries"][precision_key(k, "int8")]["quantizer"] for k in keys} == {"q-1"}
+    same = Int8Measure()
+    same.quantizer = "q-1"
+    build_table(SPACE, device, path, same, resolutions=[24], progress=False, precision="int8")
+    assert same.calls == {}
+    changed = Int8Measure()
+    changed.quantizer = "q-2"
+    build_table(SPACE, device, path, changed, resolutions=[24], progress=False, precision="int8")
+    assert set(changed.calls) == keys
+    fp32 = CountingMeasure()                             # fp32 entries do not depend on the quantiser
+    build_table(SPACE, device, path, fp32, resolutions=[24], progress=False)
+    assert fp32.calls == {}
+
+
 def test_table_without_precisions_loads_and_predicts_as_before(tmp_path, device):
     path = tmp_path / "old.json"
     build_table(SPACE, device, path, CountingMeasure(), resolutions=[24], progress=False)
@@ -193,6 +214,9 @@ def test_evaluate_quantized_measures_once_and_reports(tmp_path, monkeypatch):
     evaluate_quantized(store, device, SPACE, model_fn, 3, FAST, precision="mixed", resolutions=[24], fit_n=3,
                        progress=False)
     assert built == []                                   # measured subnets are reused
+    evaluate_quantized(store, device, SPACE, model_fn, 3, FAST, precision="mixed", resolutions=[24], fit_n=3,
+                       progress=False, quantizer="q-2")
+    assert len(built) == 6                               # ... but not the timings of another quantiser's models
 
 
 def test_cli_refuses_int8_on_torch_in_one_line(capsys, tmp_path):

@@ -17,6 +17,7 @@ from nas.data import load_dataset
 from nas.errors import UsageError
 from nas.fronts import FrontMember, MemoryFrontStore
 from nas.quantize import (
+    QUANTIZER_ID,
     _flow,
     group_units,
     prefix_policies,
@@ -163,6 +164,12 @@ def test_quantised_accuracy_is_measured_once_cached_and_is_the_nas_quantize_mode
     entropy = DirectEvaluator(_unusable(tmp_path), AccuracyCache(cache), workers=0, quantization_method="entropy")
     with pytest.raises(UsageError, match="no-such-supernet"):
         entropy.evaluate([arch], "val", [int8])
+    # So is another quantiser's model (nas.quantize.QUANTIZER_ID): its lines are not read; fp32 ones are.
+    assert {r["quantizer"] for r in rows[1:]} == {QUANTIZER_ID} and "quantizer" not in rows[0]
+    cache.write_text("".join(json.dumps({**r, "quantizer": "older"}) + "\n" if "policy" in r else
+                             json.dumps(r) + "\n" for r in rows))
+    older = AccuracyCache(cache)
+    assert older.get(arch.arch_id, "val", int8) is None and older.get(arch.arch_id, "val") == fp32_acc
 
 
 def test_fp32_path_is_unchanged(run, space, tmp_path, counted):
