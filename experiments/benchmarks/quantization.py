@@ -39,7 +39,8 @@ def main() -> int:
     parser.add_argument("--granularity", choices=("stage", "block"), default="stage")
     parser.add_argument("--front", default=None, metavar="DEVICE",
                         help="instead of --arch: members of this device's fp32 front in the run's study (up to "
-                             "--members, spread over its latency range)")
+                             "--members, spread over its latency range), with the policies the run's precision "
+                             "search tried on them ('search N' rows, where they differ from uniform and guided)")
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=100)
@@ -54,6 +55,7 @@ def main() -> int:
     named = {"smallest": smallest, "largest": largest}
     rows, results = [], []
     texts = list(args.arch)
+    searched: dict[str, list] = {}  # arch id -> the precision search's policies for it (with --front)
     if args.front is not None:  # the fp32 front of the run's study (what search.precisions: [fp32] stores)
         from nas.search import front_members
         from nas.study import load_study, study_trials
@@ -62,11 +64,16 @@ def main() -> int:
         if args.front not in config.search.devices:
             parser.error(f"--front {args.front!r} is not a device of the config: {', '.join(config.search.devices)}")
         k = list(config.search.devices).index(args.front)
-        table = study_trials(load_study(run, config.search), config.search.restrict(space)).fp32()
+        every = study_trials(load_study(run, config.search), config.search.restrict(space))
+        table = every.fp32()
         front = front_members(table.archs, table.accuracy, table.latency_ms[:, k],
                               config.search.budgets.get(args.front))
         picks = sorted({round(i * (len(front) - 1) / max(args.members - 1, 1)) for i in range(args.members)})
         texts = [arch_to_string(space, table.archs[front[i]]) for i in picks]
+        # The precision search's own choices for these subnets (its trials: uniform int8, per-stage mixes).
+        for i in range(len(every.archs)):
+            if every.policy(i) is not None:
+                searched.setdefault(every.archs[i].arch_id, []).append(every.policy(i))
     for text in texts:
         if text in named:
             arch = named[text](space)
@@ -85,6 +92,9 @@ def main() -> int:
             found = search_policy(quantizer, space, arch, val, bound, choice.method, args.granularity, search_measure)
             searches[bound] = found.to_dict()
             models[f"guided<= {bound:g}"] = (found.policy, bound)
+        for j, policy in enumerate(searched.get(arch.arch_id, [])):
+            if all(policy != other for other, _ in models.values()):
+                models[f"search {j + 1}"] = (policy, None)
         blobs = {name: quantizer.quantize(policy, choice.method) for name, (policy, _) in models.items()}
         timed = dict(zip(blobs, latencies_ms(list(blobs.values()), arch.resolution, measure)))
         entry = {"arch": prepared.arch_string, "method": choice.to_dict(), "searches": searches, "models": {}}
