@@ -3,6 +3,7 @@ real gloo ranks in spawned processes, the same subnets, their own data, the same
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -51,8 +52,11 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.all_gather(gathered, longer)
     if rank == 0:
         torch.save({"ddp": ddp, "step": step, "longer": longer, "other_rank": gathered[1]}, out)
-    dist.barrier()  # both ranks done before either tears gloo down (else: "terminate called", SIGABRT)
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks done (the results are saved) before either leaves
+    # Leave without tearing gloo down: its teardown after a DDP run aborted a rank now and then even after the
+    # barrier ("terminate called without an active exception", SIGABRT; seen in a fresh-clone run on 2 cores),
+    # after the work this test checks was done. os._exit skips that teardown; the exit status stays 0.
+    os._exit(0)
 
 
 def test_step_sync_matches_ddp_and_keeps_ranks_identical(tmp_path) -> None:
