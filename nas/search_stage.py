@@ -184,12 +184,12 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
 
 
 def search_is_complete(config: Any, run: Any) -> bool:
-    """True when the run's study has ``search.n_trials`` finished trials and its fronts are stored, of the
+    """True when the run's study has ``search.n_trials`` finished proposed trials and its fronts are stored, of the
     precisions ``search.precisions`` lists, with or without mixes as ``search.mixed_precision`` says (what ``nas
     run`` checks to skip the stage)."""
     from .fronts import get_front_store
     from .search_paths import search_paths
-    from .study import load_study
+    from .study import load_study, sampler_trials_done
 
     search = config.search
     paths = search_paths(run)
@@ -199,9 +199,7 @@ def search_is_complete(config: Any, run: Any) -> bool:
         study = load_study(run, search)
     except (UsageError, KeyError):
         return False
-    import optuna
-
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    done = sampler_trials_done(study)
     store = get_front_store(paths.fronts)
     # Fronts written for other precisions (before int8 was listed, or since it was dropped) are not this search's.
     precisions = store.get_meta("precisions", ["fp32"])

@@ -20,9 +20,11 @@ Two ways to run the trials, chosen by the storage:
   ``RUNNING`` with a heartbeat while it is evaluated, so each process sees the others' trials and none is
   done twice; ``n_trials`` is the total over all of them.
 
-Running the search again continues it: ``n_trials`` counts finished trials in total. The sampler's random
-state is not stored, so a continued search seeds its sampler from ``(seed, finished trials)``: it proposes
-new subnets instead of replaying its first ones.
+Running the search again continues it: ``n_trials`` counts the finished trials its sampler proposed, in total
+(``sampler_trials_done``; the budget refinements and the precision search add trials after it, which do not
+count, so raising ``n_trials`` by k adds k proposals). The sampler's random state is not stored, so a continued
+search seeds its sampler from ``(seed, finished trials)``: it proposes new subnets instead of replaying its first
+ones.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_counts, arch_
 
 from .errors import UsageError
 from .fronts import member_id
+from .refine import REFINED_ATTR
 from .search_config import SearchConfig
-from .search_params import decode_params, decode_policy, params_of, suggest_arch
+from .search_params import POLICY_PREFIX, decode_params, decode_policy, params_of, suggest_arch
 from .search_paths import JOURNAL_NAME, run_path, search_paths
 
 __all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_objectives", "create_sampler",
@@ -318,8 +321,18 @@ def _recover_stale(study: optuna.Study) -> int:
     return len(stale)
 
 
-def _n_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+def proposed_by_sampler(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is one the search's sampler proposed, what ``n_trials`` counts: not a trial added to the
+    study after the search (a budget's refinement, user attribute ``refined_for``; the precision search's,
+    ``precision.<group>`` parameters)."""
+    return REFINED_ATTR not in trial.user_attrs and not any(k.startswith(POLICY_PREFIX) for k in trial.params)
+
+
+def sampler_trials_done(study: optuna.Study) -> int:
+    """The finished trials the sampler proposed (``proposed_by_sampler``): the search's progress towards
+    ``n_trials``."""
+    return sum(proposed_by_sampler(t) for t in study.get_trials(deepcopy=False,
+                                                                  states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def working_copy(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
@@ -350,7 +363,7 @@ def check_objectives(archs: Sequence[Arch], accuracy: Sequence[float], latency_m
 def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: ArchBatchFn,
              latency: Mapping[str, ArchBatchFn], progress: Callable[[int, int], None] | None = None,
              sampler: optuna.samplers.BaseSampler | None = None) -> int:
-    """Run trials with ask/tell in batches until ``config.n_trials`` trials are finished in total.
+    """Run trials with ask/tell in batches until ``config.n_trials`` proposed trials are finished in total.
 
     A study in a database is shared with any other process searching it (``nas.study_shared.optimize_shared``);
     the rest of this docstring is about a journal file or an in-memory study. The sampler
@@ -367,7 +380,7 @@ def optimize(study: optuna.Study, space: SearchSpace, config: SearchConfig, accu
 
         return optimize_shared(study, space, config, accuracy, latency, progress, sampler)
     _recover_stale(study)
-    done_before = _n_complete(study)
+    done_before = sampler_trials_done(study)
     memory = working_copy(study, sampler or create_sampler(config, done_before))
     if not memory.get_trials(deepcopy=False):
         for params in anchor_params(space):

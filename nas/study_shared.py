@@ -7,15 +7,16 @@ Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one 
 1. Trials whose heartbeat stopped (``GRACE_S``: their process died) are marked failed; every trial is read,
    and the finished ones not yet known join this process's in-memory copy of the study, which its sampler
    proposes from (one read of the database per batch, not one per suggested parameter).
-2. Finished plus running trials are counted: once they reach ``n_trials`` no more are asked; the process waits
-   while other processes' trials still run (they finish, or go stale and are asked again).
+2. Finished plus running trials are counted (those the sampler proposed: ``nas.study.proposed_by_sampler``):
+   once they reach ``n_trials`` no more are asked; the process waits while other processes' trials still run
+   (they finish, or go stale and are asked again).
 3. A batch is reserved: each proposal is written as one ``RUNNING`` trial (its parameters and user attributes
    in one transaction, ``worker`` naming the process) with a heartbeat, recorded every ``HEARTBEAT_S`` by a
    thread while the batch is evaluated. Trials enqueued in the database (the largest and smallest subnets of
    a new study, or a user's ``study.enqueue_trial``) are claimed first, each by one process (Optuna's atomic
    ``WAITING`` -> ``RUNNING``).
-4. The total is exact: a reserved trial is surplus when ``n_trials`` finished or running trials precede it
-   (the database numbers trials in creation order under a lock on the study's row, so every process decides
+4. The total is exact: a reserved trial is surplus when ``n_trials`` finished or running proposed trials precede
+   it (the database numbers trials in creation order under a lock on the study's row, so every process decides
    the same), and is marked failed unevaluated, with user attribute ``surplus``. Only processes asking at the
    same moment near the end make one.
 5. The batch is evaluated (the objectives are batched, as in the journal mode) and each trial is told
@@ -119,7 +120,7 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
                          key=lambda t: t.number)
             memory.add_trials(new)
             known.update(t._trial_id for t in new)
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            complete = sum(t.state == TrialState.COMPLETE and st.proposed_by_sampler(t) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             left = config.n_trials - complete - running
             if left <= 0:
@@ -199,8 +200,10 @@ def _drop_surplus(batch: list[_Reserved], memory: optuna.Study, storage: Any, st
     """The trials of ``batch`` within the total; the others (``n_trials`` finished or running trials before
     them) are marked failed unevaluated. Trials are numbered in creation order, and a trial's number is
     committed only after every smaller one, so every process ranks them the same."""
+    from .study import proposed_by_sampler
+
     live = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    numbers = sorted(t.number for t in live)
+    numbers = sorted(t.number for t in live if proposed_by_sampler(t))
     number_of = {t._trial_id: t.number for t in live}
     kept = []
     for reserved in batch:

@@ -98,6 +98,23 @@ def test_same_study_name_with_another_supernet_is_refused_in_one_line(tmp_path, 
     assert states(load_study(tmp_path / "gamma", config_of(storage, study_name="shared"))) == {"COMPLETE": 16}
 
 
+def test_a_shared_study_counts_only_proposed_trials_towards_n_trials(tmp_path, toy):
+    from nas.refine import REFINED_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    checkpoint = make_run(tmp_path / "run", b"weights")
+    search(tmp_path / "run", toy, config_of(storage, n_trials=8), checkpoint)
+    study = load_study(tmp_path / "run", config_of(storage))
+    first = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    for budget in (5, 6, 7):  # what budget refinements add after the search
+        refined = {REFINED_ATTR: f"dev <= {budget} ms"}
+        study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                                  values=first.values, user_attrs=refined))
+    search(tmp_path / "run", toy, config_of(storage, n_trials=16), checkpoint)
+    study = load_study(tmp_path / "run", config_of(storage))
+    assert states(study) == {"COMPLETE": 19}  # 16 proposed (no surplus marked) and the 3 refinements
+
+
 def test_imported_run_is_identified_by_its_zoo_file(tmp_path):
     checkpoint = make_run(tmp_path / "run", b"converted weights")
     assert supernet_identity(checkpoint) == "sha256:" + __import__("hashlib").sha256(b"converted weights").hexdigest()

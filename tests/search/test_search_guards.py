@@ -218,6 +218,32 @@ def test_continued_search_is_reproducible(tmp_path, toy):
     assert runs[0] == runs[1]
 
 
+def test_trials_added_after_the_search_do_not_count_towards_n_trials(tmp_path, toy):
+    from nas.precision_search import POLICY_ATTR
+    from nas.refine import REFINED_ATTR
+    from nas.search_params import policy_distributions, policy_params
+    from nas.study import proposed_by_sampler, sampler_trials_done
+    from search_spaces import PrecisionPolicy, get_space
+
+    search(tmp_path, toy, {"n_trials": 16})
+    study, space = load_study(tmp_path), get_space(SPACE)
+    first = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    # What a budget refinement and the precision search add (nas.refine, nas.precision_search).
+    study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                              values=first.values, user_attrs={REFINED_ATTR: "dev <= 9 ms"}))
+    int8 = PrecisionPolicy.uniform(space, "int8")
+    study.add_trial(optuna.trial.create_trial(
+        params={**first.params, **policy_params(space, int8)},
+        distributions={**first.distributions, **policy_distributions(space)},
+        values=first.values, user_attrs={POLICY_ATTR: str(int8)}))
+    assert sampler_trials_done(load_study(tmp_path)) == 16
+    search(tmp_path, toy, {"n_trials": 16})  # done: nothing is added
+    assert len(load_study(tmp_path).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 18
+    search(tmp_path, toy, {"n_trials": 24})  # 8 more proposals (it added 6 when every trial counted)
+    trials = load_study(tmp_path).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 26 and sum(proposed_by_sampler(t) for t in trials) == 24
+
+
 # --- 10. a storage that cannot be opened is one line naming it ------------------------------------------------
 
 
