@@ -9,7 +9,7 @@ Example (YAML)::
     # or: devices: {local-cpu-1t-ort: null, pixel7-tflite: {max_latency_ms: 20}}
     search:
       sampler: nsga2            # nsga2 | tpe | random
-      n_trials: 500             # finished trials in total, across restarts
+      n_trials: 500             # finished proposals in total, across restarts (refinements and precision trials aside)
       seed: 0
       accuracy: predictor       # direct | predictor
       latency_budgets_ms: {local-cpu-1t-ort: 8.0}
