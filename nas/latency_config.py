@@ -11,6 +11,8 @@ Example (YAML)::
       repeats: 30
       quantile: 0.5           # quantile of the timed runs reported (0.5 = median)
       clock: wall             # wall | thread_cpu (one-thread devices on a busy machine)
+      load_reference: false   # time a fixed reference beside each measurement and report in its units (steadies
+                              # a drifting machine: with thread_cpu, eager PyTorch repeated 100% within +-10%)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class LatencySettings:
     repeats: int = _PROTOCOL.repeats
     quantile: float = _PROTOCOL.quantile
     clock: str = _PROTOCOL.clock
+    load_reference: bool = _PROTOCOL.load_reference
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> LatencySettings:
@@ -59,7 +62,7 @@ class LatencySettings:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             ok = True
-            if key == "table":
+            if key in ("table", "load_reference"):
                 ok = isinstance(value, bool)
             elif key == "resolutions":
                 ok = isinstance(value, (list, tuple)) and all(_is_int(r) and r > 0 for r in value)
@@ -75,7 +78,8 @@ class LatencySettings:
             elif key == "fit_from":
                 ok = value is None or (isinstance(value, str) and _DEVICE_ID.match(value) is not None)
             if not ok:
-                hint = {"table": "true or false", "resolutions": "a list of the space's resolutions",
+                hint = {"table": "true or false", "load_reference": "true or false",
+                        "resolutions": "a list of the space's resolutions",
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
                         "repeats": "an integer >= 1", "fit_from": "a device id (letters, digits, '.', '_', '-')"
                         }.get(key, "an integer >= 0")
@@ -89,7 +93,8 @@ class LatencySettings:
         return settings
 
     def measure_config(self) -> MeasureConfig:
-        return MeasureConfig(warmup=self.warmup, repeats=self.repeats, quantile=self.quantile, clock=self.clock)
+        return MeasureConfig(warmup=self.warmup, repeats=self.repeats, quantile=self.quantile, clock=self.clock,
+                             load_reference=self.load_reference)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}

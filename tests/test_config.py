@@ -63,6 +63,7 @@ def base(**overrides) -> dict:
     (base(latency={"repeats": 0}), ["latency.repeats", "0", ">= 1"]),
     (base(latency={"warmup": 2.5}), ["latency.warmup", "2.5"]),
     (base(latency={"quantile": float("nan")}), ["latency.quantile", "nan"]),
+    (base(latency={"load_reference": "yes"}), ["latency.load_reference", "yes", "true or false"]),
     (base(devices=[{"id": "d", "max_latency_ms": -1}]), ["devices[d].max_latency_ms", "> 0"]),
     (base(devices=[{"id": "d", "kind": "onnx"}]), ["devices[d]", "kind", "allowed: id, max_latency_ms"]),
     (base(latency={"resolutions": [30]}), ["latency.resolutions", "30", "24, 28, 32"]),
@@ -158,3 +159,11 @@ def test_run_refuses_a_transfer_source_with_nothing_to_transfer_before_any_work(
     fails_in_one_line(capsys, ["run", config, "--home", tmp_path / "home"], "latency.fit_from",
                       "unknown device 'phone'")
     assert not (tmp_path / "run").exists() and not ray.is_initialized()
+
+
+def test_latency_load_reference_reaches_the_measurement_protocol() -> None:
+    from nas.latency_config import LatencySettings
+
+    config = LatencySettings.parse({"load_reference": True, "clock": "thread_cpu"}).measure_config()
+    assert config.load_reference and config.clock == "thread_cpu"
+    assert not LatencySettings.parse({}).measure_config().load_reference  # MeasureConfig's default
