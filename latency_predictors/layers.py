@@ -8,6 +8,7 @@ space (at the chosen resolutions) can contain, each with what is needed to build
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -173,6 +174,11 @@ def network_macs(space: SearchSpace, arch: Arch) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (convolutions and the classifier)."""
     p = plan(space, arch)
     return stem_macs(p) + sum(block_macs(b) for b in p.blocks) + head_macs(p)
+
+
+def network_gmacs(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
+    """``network_macs`` of each arch, in billions (the MACs prior and the MACs column of the predictors)."""
+    return np.array([network_macs(space, a) / 1e9 for a in archs], dtype=float)
 
 
 def arch_features(space: SearchSpace, archs: list[Arch]) -> np.ndarray:

@@ -39,7 +39,7 @@ import numpy as np
 from search_spaces import Arch, PrecisionPolicy, SearchSpace, reading
 
 from .devices import LatencyError, atomic_write_json, read_versioned_json
-from .layers import arch_features, network_macs
+from .layers import arch_features, network_gmacs
 from .lut import LookupTable
 
 PREDICTOR_FORMAT = "hwnas-latency-predictor"
@@ -175,7 +175,7 @@ class FlopsPredictor(Predictor):
         self.ms_per_gmac = 0.0
 
     def _gmacs(self, archs: Sequence[Arch]) -> np.ndarray:
-        return np.array([network_macs(self.space, a) / 1e9 for a in archs])
+        return network_gmacs(self.space, archs)
 
     def _fit(self, archs: list[Arch], y: np.ndarray) -> None:
         x = self._gmacs(archs)
@@ -391,7 +391,7 @@ class ResidualPredictor(_FeaturePredictor):
             if self.table is None:
                 raise LatencyError("this 'residual' predictor's prior is a lookup table; load it with the table")
             return self._table_sums(archs)
-        return np.array([network_macs(self.space, a) / 1e9 for a in archs])
+        return network_gmacs(self.space, archs)
 
     def prior(self, archs: Sequence[Arch]) -> np.ndarray:
         """The unscaled prior of ``archs`` (table sum, GMACs or the source device's prediction)."""
@@ -421,7 +421,8 @@ class ResidualPredictor(_FeaturePredictor):
         candidates += [("blend", None), ("curve", None), ("blend_affine", None)] if self.blends_macs else \
             [("curve", None)]
         candidates += [("ridge", a) for a in self.alphas]
-        errors = [self._linear_cv(self._linear_columns(archs, prior, mode), y, folds)
+        gmacs = network_gmacs(self.space, archs) if self.blends_macs else None
+        errors = [self._linear_cv(self._linear_columns(prior, gmacs, mode), y, folds)
                   if mode in self.linear_modes else self._cv(x, lps, residual, folds, mode, alpha)
                   for mode, alpha in candidates]
         means = np.array([e.mean() for e in errors])
@@ -432,17 +433,19 @@ class ResidualPredictor(_FeaturePredictor):
                          if np.isfinite(v)}
         self.mode, self.alpha = candidates[choice]
         if self.mode in self.linear_modes:
-            self.weights = self._linear_solve(self._linear_columns(archs, prior, self.mode), y)
+            self.weights = self._linear_solve(self._linear_columns(prior, gmacs, self.mode), y)
         elif self.mode != "scale":
             solved = self._solve(x, lps, residual, self.mode, self.alpha)
             assert solved is not None  # a candidate that cannot be solved has an infinite CV error
             self.power, self.curvature, self.coef, self.intercept = solved
 
-    def _linear_columns(self, archs: Sequence[Arch], prior: np.ndarray, mode: str) -> np.ndarray:
-        """The columns a linear mode weighs: the prior, [GMACs], [a constant]."""
+    @staticmethod
+    def _linear_columns(prior: np.ndarray, gmacs: np.ndarray | None, mode: str) -> np.ndarray:
+        """The columns a linear mode weighs: the prior, [GMACs (``network_gmacs``)], [a constant]."""
         columns = [prior]
         if mode in ("blend", "blend_affine"):
-            columns.append(np.array([network_macs(self.space, a) / 1e9 for a in archs]))
+            assert gmacs is not None
+            columns.append(gmacs)
         if mode in ("affine", "blend_affine"):
             columns.append(np.ones_like(prior))
         return np.stack(columns, axis=1)
@@ -527,7 +530,8 @@ class ResidualPredictor(_FeaturePredictor):
         if self.mode == "scale":
             return self.scale * prior
         if self.mode in self.linear_modes:
-            return self._linear_columns(archs, prior, self.mode) @ self.weights
+            gmacs = network_gmacs(self.space, archs) if self.mode != "affine" else None
+            return self._linear_columns(prior, gmacs, self.mode) @ self.weights
         lps = (np.log(prior) - self.lp_mean) / self.lp_std
         correction = self.power * lps + self.curvature * lps ** 2 + self.intercept
         if self.mode == "ridge":

@@ -24,7 +24,7 @@ import numpy as np
 from search_spaces import Arch, SearchSpace, as_generator, encode_many, random_arch, reading
 
 from .devices import Device, DeviceStore, LatencyError, atomic_write_json
-from .layers import LayerBuilder, network_macs
+from .layers import LayerBuilder, network_gmacs, network_macs
 from .learned import PREDICTOR_KINDS, Predictor, TransferPredictor, load_predictor, make_predictor
 from .lut import LookupTable
 from .measure import MeasureConfig
@@ -75,7 +75,7 @@ def _spread_order(n: int) -> list[int]:
 
 
 def macs_prior(space: SearchSpace) -> Callable[[Sequence[Arch]], np.ndarray]:
-    return lambda archs: np.array([network_macs(space, a) / 1e9 for a in archs], dtype=float)
+    return lambda archs: network_gmacs(space, archs)
 
 
 def choose_archs(space: SearchSpace, n: int, seed: int, resolutions: Sequence[int] | None = None,

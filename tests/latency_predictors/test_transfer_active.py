@@ -82,9 +82,9 @@ def test_transfer_round_trips_with_its_source_and_needs_one(predictor_a, tmp_pat
 def device_c(archs, seed=0, noise=0.02):
     """A device that weighs arithmetic and per-block overhead differently from A: its latency is A's (which
     carries A's per-block costs) plus a term proportional to the MACs, which no power of A's latency gives."""
-    from latency_predictors.learned import network_macs
+    from latency_predictors.layers import network_gmacs
 
-    macs = np.array([network_macs(SPACE, a) / 1e9 for a in archs])
+    macs = network_gmacs(SPACE, archs)
     return (0.3 * device_a(archs, noise=0.0) + 40.0 * macs) * np.exp(
         noise * np.random.default_rng(seed).standard_normal(len(archs)))
 
