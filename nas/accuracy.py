@@ -449,7 +449,8 @@ class SupernetAccuracy:
         from supernets.training.device import DeviceError, Execution
 
         try:
-            execution = Execution.resolve(self.device, "fp32", channels_last=False)
+            # Subnets one after another: the default memory format for varying shapes.
+            execution = Execution.resolve(self.device, "fp32").for_shapes(True)
         except DeviceError as exc:
             raise UsageError(str(exc)) from exc
         try:

@@ -2,8 +2,9 @@
 
 ``device``: ``auto`` (CUDA when this process sees a GPU, else CPU), ``cpu`` or ``cuda``. ``precision``:
 ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds a gradient scaler), or ``auto`` (bf16 on CUDA, fp32 on
-CPU; measured on an H200 by ``experiments/benchmarks/gpu_check.py``). Channels-last memory format is used
-on CUDA for networks of fixed shapes unless turned off (see ``Execution``). The checks raise
+CPU; measured on an H200 by ``experiments/benchmarks/gpu_check.py`` and on this project's CPUs by
+``experiments/benchmarks/cpu_precision.py``). Channels-last memory format is used on the CPU always and on
+CUDA for networks of fixed shapes, unless turned off (see ``Execution``). The checks raise
 ``DeviceError`` (a ``ValueError``), which the command line reports as one line.
 """
 
@@ -27,6 +28,13 @@ class DeviceError(ValueError):
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX-512 BF16 or AMX tiles). Without them CPU autocast to
+    bf16 is emulated and slower than fp32."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def resolve_device(name: str, index: int | None = None) -> torch.device:
@@ -66,18 +74,24 @@ class Execution:
     # Channels-last for networks of fixed shapes (static networks, the supernet while only the resolution
     # varies).
     channels_last: bool = False
-    # Channels-last for the supernet while subnets vary. Off unless asked for: measured on an H200, cuDNN
-    # spends ~4.8 s on the first step of every new channels-last bf16 subnet (its kernels are planned per
-    # shape) against 93 ms in the default format; repeated subnets run at 59 vs 55 ms.
+    # Channels-last for the supernet while subnets vary (and for the subnets evaluated one after another).
+    # Off on CUDA unless asked for: measured on an H200, cuDNN spends ~4.8 s on the first step of every new
+    # channels-last bf16 subnet (its kernels are planned per shape) against 93 ms in the default format;
+    # repeated subnets run at 59 vs 55 ms. On by default on the CPU, where it is faster for new shapes too.
     elastic_channels_last: bool = False
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
                 index: int | None = None) -> Execution:
-        """``channels_last``: None means on CUDA for fixed shapes only; True or False applies everywhere."""
+        """``channels_last``: None means the measured default -- on the CPU always (oneDNN's kernels work in
+        channels-last; ``experiments/benchmarks/cpu_precision.py``), on CUDA for fixed shapes only; True or
+        False applies everywhere."""
         dev = resolve_device(device, index)
-        fixed = dev.type == "cuda" if channels_last is None else channels_last
-        return cls(dev, resolve_precision(precision, dev), fixed, bool(channels_last))
+        if channels_last is None:
+            fixed, varying = True, dev.type == "cpu"
+        else:
+            fixed = varying = channels_last
+        return cls(dev, resolve_precision(precision, dev), fixed, varying)
 
     def for_shapes(self, varying: bool) -> Execution:
         """This execution for networks whose shapes vary from step to step (``varying``) or not."""

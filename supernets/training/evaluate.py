@@ -71,6 +71,8 @@ def subnet_accuracy(supernet: nn.Module, arch: Arch, data: DataSource, split: st
     from supernets import extract
 
     net = extract(supernet, arch)
+    if execution is not None:
+        execution.module(net)  # the extracted network in the execution's memory format
     if bn_images > 0:
         prepare = execution.batch if execution is not None else (lambda x: x.to(next(net.parameters()).device))
         with execution.autocast() if execution is not None else contextlib.nullcontext():

@@ -96,7 +96,8 @@ class TrainSettings:
     device: str = "auto"
     # ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 with a grad scaler).
     precision: str = "auto"
-    # Channels-last memory format (None: on CUDA only).
+    # Channels-last memory format (None: on the CPU always, on CUDA for fixed shapes only; see
+    # ``supernets.training.device.Execution``).
     channels_last: bool | None = None
     # ``torch.compile`` the static networks of a run (the frozen teacher); the elastic supernet runs eager.
     compile: bool = False

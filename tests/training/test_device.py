@@ -4,6 +4,7 @@ training. GPU-only tests skip where CUDA is absent (CI)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -20,9 +21,10 @@ import yaml
 
 from nas.cli import main
 from nas.rundir import RunDir
-from search_spaces import get_space, largest
-from supernets import build_supernet
+from search_spaces import get_space, largest, sample
+from supernets import build_supernet, extract
 from supernets.training import DeviceError, Execution
+from supernets.training.evaluate import resize
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -51,7 +53,11 @@ def metrics(run: Path) -> list[dict]:
 @no_cuda
 def test_auto_picks_the_cpu_and_cuda_is_refused_here() -> None:
     execution = Execution.resolve("auto", "auto")
-    assert execution.device.type == "cpu" and execution.precision == "fp32" and not execution.channels_last
+    assert execution.device.type == "cpu" and execution.precision == "fp32"
+    # channels-last on the CPU for fixed and varying shapes alike (cpu_precision.py measured both faster)
+    assert execution.channels_last and execution.for_shapes(True).channels_last
+    off = Execution.resolve("cpu", "auto", channels_last=False)
+    assert not off.channels_last and not off.for_shapes(True).channels_last
     with pytest.raises(DeviceError, match="no CUDA device"):
         Execution.resolve("cuda")
     with pytest.raises(DeviceError, match="fp16 needs CUDA"):
@@ -77,6 +83,24 @@ def test_unknown_device_and_precision_are_refused_at_load(tmp_path, capsys) -> N
     assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "train.precision" in err and "bf16" in err
+
+
+def test_channels_last_supernet_computes_what_the_default_format_does() -> None:
+    space = get_space("ofa_mbv3_cifar")
+    torch.manual_seed(0)
+    plain = build_supernet(space).eval()
+    fast = Execution.resolve("cpu", "fp32")
+    last = fast.module(copy.deepcopy(plain))
+    assert any(p.ndim == 4 and p.shape[1] > 1 and not p.is_contiguous() for p in last.parameters())
+    x = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        for arch in (largest(space), *sample(space, 3, seed=1)):
+            xr = resize(x, arch.resolution)
+            expected = plain(xr, arch)
+            got = last(fast.batch(xr), arch)
+            assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+            net = fast.module(extract(last, arch))
+            assert torch.allclose(net(fast.batch(xr)), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_bf16_training_step_on_cpu_lowers_the_loss() -> None:
