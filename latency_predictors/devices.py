@@ -212,17 +212,29 @@ def capture_metadata(accelerator: str = "cpu") -> dict[str, str]:
     return meta
 
 
+def _cannot_write(path: Path, exc: OSError) -> LatencyError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return LatencyError(f"cannot write {str(path)!r} ({reason}); the device data folder (--home or $HWNAS_HOME) "
+                        f"must be a folder you can write to")
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``. A path that cannot be
+    written (a file where a folder should be, no permission, a full disk) is a ``LatencyError`` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from exc
         raise
 
 
@@ -255,6 +267,22 @@ class DeviceStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def check_writable(self) -> None:
+        """Refuse (``LatencyError``) a root that is not a folder this process can write (a file, or under one,
+        or read-only), before any work: the first write would otherwise fail only after measuring or reading."""
+        folder, what = self.root, "not a folder you can write to"
+        try:
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+                return
+            if folder.is_file():
+                what = "a file"
+        except (OSError, ValueError):  # a name too long to look up, a NUL in it
+            pass
+        raise LatencyError(f"device data folder {str(self.root)!r} is not usable: {str(folder)!r} is {what}; "
+                           f"give --home or HWNAS_HOME a folder you can write to")
 
     # paths
     def device_dir(self, device_id: str) -> Path:

@@ -11,8 +11,10 @@ head to ``Conv_1 + AvgPool2D + Conv_2 + Logits``. The result is an ordinary ``Lo
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,11 @@ from .devices import Device, LatencyError
 from .layers import enumerate_layers
 
 _FILE = re.compile(r"^(\d+)_lookup_table\.ya?ml$")
+# The ``source`` of the tables this module makes (``LookupTable.source``); an import replaces only its own.
+OFA_SOURCE = "ofa-import"
+# Values quoted in error messages: whole layer names (about 100 characters), anything else cut short.
+_quote = reprlib.Repr()
+_quote.maxstring, _quote.maxother = 160, 60
 
 
 def ofa_block_key(b: BlockPlan) -> str:
@@ -53,19 +60,56 @@ def read_ofa_tables(directory: str | os.PathLike[str]) -> dict[int, dict[str, di
     """``{resolution: {ofa key: {count, mean, std}}}`` from the YAML files of ``directory``."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise LatencyError(f"OFA lookup-table folder {directory} does not exist")
+        raise LatencyError(f"OFA lookup-table folder {directory} " + ("is not a folder" if directory.exists()
+                                                                     else "does not exist"))
     tables: dict[int, dict[str, dict[str, Any]]] = {}
     for path in sorted(directory.iterdir()):
         match = _FILE.match(path.name)
         if match:
-            with open(path) as handle:
-                data = yaml.safe_load(handle)
-            if not isinstance(data, dict):
-                raise LatencyError(f"{path} is not an OFA lookup table (expected a mapping)")
-            tables[int(match[1])] = data
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    data = yaml.safe_load(handle)
+            except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: bytes that are not UTF-8
+                raise LatencyError(f"{path} is not a readable OFA lookup table ({_reason(exc)})") from None
+            tables[int(match[1])] = _checked_table(path, data)
     if not tables:
         raise LatencyError(f"no '<resolution>_lookup_table.yaml' files in {directory}")
     return tables
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why a YAML file could not be read (a YAML error's text spans lines and repeats the path)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return exc.problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _checked_table(path: Path, data: Any) -> dict[str, dict[str, Any]]:
+    """``data`` when it is an OFA table: layer names mapped to ``{count, mean, std}`` with a finite mean >= 0 (ms);
+    anything else is refused here, so no NaN or text reaches a saved table."""
+    if not isinstance(data, dict) or not data:
+        raise LatencyError(f"{path} is not an OFA lookup table (expected a mapping of layer names to "
+                           f"{{count, mean, std}}, got {_quote.repr(data)})")
+    for key, entry in data.items():
+        mean = entry.get("mean") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not isinstance(entry, dict):
+            problem = f"is {_quote.repr(entry)}, not {{count, mean, std}}"
+        elif isinstance(mean, bool) or not isinstance(mean, (int, float)) or not _finite(mean) or mean < 0:
+            problem = f"has mean {_quote.repr(mean)}, not a finite number of milliseconds >= 0"
+        else:
+            continue
+        raise LatencyError(f"{path} is not a usable OFA lookup table: entry {_quote.repr(key)} {problem}")
+    return data
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def import_ofa_tables(directory: str | os.PathLike[str], space: SearchSpace, device: Device):
@@ -85,6 +129,7 @@ def import_ofa_tables(directory: str | os.PathLike[str], space: SearchSpace, dev
     values: dict[str, list[float]] = {}
     kinds: dict[str, tuple[str, list[str]]] = {}
     missing: set[str] = set()
+    found: dict[int, int] = {}  # layers each resolution's file gave
     for r in resolutions:
         table = raw[r]
         for key, layer in enumerate_layers(space, [r]).items():
@@ -98,6 +143,7 @@ def import_ofa_tables(directory: str | os.PathLike[str], space: SearchSpace, dev
             if all(k in table for k in ofa_keys):
                 values.setdefault(key, []).append(sum(float(table[k]["mean"]) for k in ofa_keys))
                 kinds[key] = (layer.kind, ofa_keys)
+                found[r] = found.get(r, 0) + 1
             else:
                 missing.add(key)
     # A layer whose shapes occur at several resolutions (176 and 192 both end at 6 x 6) was timed once per
@@ -108,5 +154,9 @@ def import_ofa_tables(directory: str | os.PathLike[str], space: SearchSpace, dev
     if not entries:
         raise LatencyError(f"none of the layers of space {space.name!r} appear in the OFA tables of "
                            f"{directory}; they were measured for another network (e.g. ofa_mbv3_w1.2)")
+    empty = [r for r in resolutions if not found.get(r)]
+    if empty:
+        raise LatencyError(f"the OFA tables of {directory} for resolution(s) {', '.join(map(str, empty))} hold none "
+                           f"of the layers of space {space.name!r}; they are not tables of this network")
     return LookupTable(space=space.name, device=device, resolutions=resolutions, entries=entries,
-                       protocol=None, source="ofa-import", complete=not missing)
+                       protocol=None, source=OFA_SOURCE, complete=not missing)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from functools import wraps
 
@@ -31,9 +32,12 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argp
 
 
 def _store(args: argparse.Namespace):
+    """The device store of ``--home`` / ``$HWNAS_HOME``, refused at once when it cannot be written."""
     from latency_predictors import DeviceStore, default_root
 
-    return DeviceStore(args.home or default_root())
+    store = DeviceStore(args.home or default_root())
+    store.check_writable()
+    return store
 
 
 def _space(name: str):
@@ -52,9 +56,10 @@ def _resolutions(space, values: list[int] | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(values)))
 
 
-def _local_device(store, device_id: str, backend: str | None = None):
-    """The device to measure on. ``--backend`` names the backend of a device whose id does not follow
-    the local grammar (``lab-server``); for a grammar id it must agree with the id."""
+def _local_device(store, device_id: str, backend: str | None = None, clock: str = "wall"):
+    """The device to measure on, saved (with this machine's facts) only once every check has passed.
+    ``--backend`` names the backend of a device whose id does not follow the local grammar (``lab-server``);
+    for a grammar id it must agree with the id."""
     from latency_predictors import BACKENDS, Device, UnknownDeviceError, parse_device_id
 
     if backend is not None and backend not in BACKENDS:
@@ -64,31 +69,35 @@ def _local_device(store, device_id: str, backend: str | None = None):
         raise UsageError(f"device {device_id!r} runs {parsed.backend}, not {backend}; name the device after "
                          f"its backend (e.g. local-cpu-1t-ort / local-cpu-1t-torch)")
     try:
-        device = store.resolve(device_id)
+        device = store.get(device_id)
     except UnknownDeviceError:
-        if backend is None:
+        if parsed is None and backend is None:
             raise
-        device = store.save(Device(id=device_id, backend=backend))
+        device = parsed if parsed is not None else Device(id=device_id, backend=backend)
     if not device.is_local:
         raise UsageError(f"device {device_id!r} has no local backend (imported data); measure on a local "
                          f"device such as local-cpu-1t-ort")
-    return store.refresh_metadata(device)
+    if clock == "thread_cpu" and device.threads != 1:
+        raise UsageError(f"--clock thread_cpu needs a one-thread device; {device.id!r} has {device.threads}")
+    return store.refresh_metadata(device)  # refuses hardware this machine lacks, then saves
 
 
 def _measured_device(args: argparse.Namespace, store, backend: str | None = None):
-    device = _local_device(store, args.device, backend)
-    if args.clock == "thread_cpu" and device.threads != 1:
-        raise UsageError(f"--clock thread_cpu needs a one-thread device; {device.id!r} has {device.threads}")
-    return device
+    return _local_device(store, args.device, backend, args.clock)
 
 
 def _config(args: argparse.Namespace):
+    """The measurement protocol of the flags; called before the device is recorded, so bad flags change nothing."""
     from latency_predictors import MeasureConfig
 
     if args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+        raise UsageError(f"--repeats must be >= 1 and --warmup >= 0 (got --repeats {args.repeats}, "
+                         f"--warmup {args.warmup})")
     if not 0 < args.quantile <= 0.5:
-        raise UsageError("--quantile must be in (0, 0.5]")
+        raise UsageError(f"--quantile must be in (0, 0.5] (got {args.quantile})")
+    if not (math.isfinite(args.noise_threshold) and args.noise_threshold >= 0):
+        raise UsageError(f"--noise-threshold must be a finite number >= 0, a spread (IQR/median) such as 0.05 "
+                         f"(got {args.noise_threshold})")
     return MeasureConfig(warmup=args.warmup, repeats=args.repeats, noise_threshold=args.noise_threshold,
                          quantile=args.quantile, load_reference=args.load_reference, clock=args.clock)
 
@@ -102,13 +111,13 @@ def build_cmd(args: argparse.Namespace) -> int:
 
     configure_allocator()
     space = _space(args.space)
-    store = _store(args)
+    config = _config(args)
+    resolutions = _resolutions(space, args.resolutions)
     precisions = _precisions(args.precisions)
+    store = _store(args)
     if precisions != ("fp32",):
         _check_quantized_backend(store, args.device, args.backend, precisions)
     device = _measured_device(args, store, args.backend)
-    config = _config(args)
-    resolutions = _resolutions(space, args.resolutions)
     path = store.table_path(device.id, space.name)
     where = ""
     if "fp32" in precisions:
@@ -141,8 +150,10 @@ def _precisions(values: list[str] | None) -> tuple[str, ...]:
     return chosen
 
 
-def _check_quantized_backend(store, device_id: str, backend: str | None, precisions: tuple[str, ...]) -> None:
-    """Only ONNX Runtime on the CPU times quantised layers: refuse any other device before measuring anything."""
+def _check_quantized_backend(store, device_id: str, backend: str | None, precisions: tuple[str, ...],
+                             flag: str = "--precisions") -> None:
+    """Only ONNX Runtime on the CPU times quantised layers: refuse any other device before measuring anything
+    (and before the device is recorded)."""
     from latency_predictors import UnknownDeviceError, parse_device_id
 
     parsed = parse_device_id(device_id)
@@ -153,12 +164,43 @@ def _check_quantized_backend(store, device_id: str, backend: str | None, precisi
             known = store.resolve(device_id)
             runs, accelerator = known.backend, known.accelerator
         except UnknownDeviceError:
+            if backend is None:
+                return  # an unknown id without --backend: _local_device refuses it, naming the known ones
             runs, accelerator = backend, "cpu"
     quantized = ", ".join(p for p in precisions if p != "fp32")
     if runs != "onnxruntime" or accelerator != "cpu":
         where = f"{runs}" + ("" if accelerator == "cpu" else f" on {accelerator}")
-        raise UsageError(f"--precisions {quantized}: quantised layers are timed only by ONNX Runtime on the CPU "
+        raise UsageError(f"{flag} {quantized}: quantised layers are timed only by ONNX Runtime on the CPU "
                          f"(a local-...-ort device); {device_id!r} runs {where}")
+
+
+def _check_import_target(store, device_id: str, space_name: str) -> None:
+    """OFA tables were timed elsewhere, so they go under a device of their own: refuse an id of this machine's
+    devices (the local grammar, or a stored device with a backend) and a table that no OFA import wrote (the
+    measured numbers would be lost). Called before the YAML files are read."""
+    from latency_predictors import LookupTable, UnknownDeviceError, parse_device_id
+    from latency_predictors.ofa_import import OFA_SOURCE
+
+    store.device_dir(device_id)  # checks the id
+    try:
+        local = parse_device_id(device_id) is not None
+    except UnknownDeviceError:  # the local grammar with a backend or hardware word no local device has
+        local = True
+    if not local:
+        try:
+            local = store.get(device_id).is_local
+        except UnknownDeviceError:
+            pass
+    if local:
+        raise UsageError(f"device {device_id!r} is a local device (measured on this machine); OFA tables were "
+                         f"timed elsewhere, so import them under another device id, e.g. note10")
+    path = store.table_path(device_id, space_name)
+    if path.exists():
+        source = LookupTable.load(path).source
+        if source != OFA_SOURCE:
+            raise UsageError(f"device {device_id!r} already has a {source} table of {space_name!r} ({path}), "
+                             f"which an import would replace: import the OFA tables under another device id, "
+                             f"e.g. note10")
 
 
 @_user_errors
@@ -167,17 +209,17 @@ def import_ofa_cmd(args: argparse.Namespace) -> int:
 
     space = _space(args.space)
     store = _store(args)
+    _check_import_target(store, args.device, space.name)
     try:
         device, known = store.get(args.device), True
     except UnknownDeviceError:
-        store.device_dir(args.device)  # checks the id
         device, known = Device(id=args.device, backend=None).with_metadata(
             {"source": "Once-for-All lookup tables", "imported_from": str(args.directory)}), False
     table = import_ofa_tables(args.directory, space, device)
     if not known:  # registered only once its tables were read
         store.save(device)
     path = store.table_path(device.id, space.name)
-    table.save(path)
+    table.save(path)  # atomic: the earlier import stays whole until the new one is written
     note = "" if table.complete else " (incomplete: some layers have no OFA entry)"
     print(f"imported {len(table.entries)} layers of {space.name} at resolutions "
           f"{', '.join(map(str, table.resolutions))} for device {device.id}{note} -> {path}")
@@ -185,25 +227,34 @@ def import_ofa_cmd(args: argparse.Namespace) -> int:
 
 
 def _sampling_setup(args: argparse.Namespace):
-    """Space, store and measured device of ``fit`` / ``eval`` (which time ``--samples`` whole subnets)."""
+    """Space, protocol, resolutions and store of ``fit`` / ``eval`` (which time ``--samples`` whole subnets), the
+    flags checked before anything is written; the device comes after the command's own checks."""
     space = _space(args.space)
-    store = _store(args)
     if args.samples < 3:
-        raise UsageError("--samples must be at least 3")
-    return space, store, _measured_device(args, store)
+        raise UsageError(f"--samples must be at least 3 (got {args.samples})")
+    config = _config(args)
+    resolutions = _resolutions(space, args.resolutions)
+    return space, config, resolutions, _store(args)
 
 
 @_user_errors
 def fit_cmd(args: argparse.Namespace) -> int:
-    from latency_predictors.workflow import fit_device, format_fit
+    from latency_predictors.workflow import fit_device, format_fit, source_predictors
 
     from ..latency_builders import static_builder
 
-    space, store, device = _sampling_setup(args)
+    space, config, resolutions, store = _sampling_setup(args)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0 (got {args.seed})")
     if args.from_kind is not None and args.source is None:
         raise UsageError("--from-kind needs --from DEVICE")
-    report = fit_device(store, device, space, static_builder(), args.samples, _config(args),
-                        resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
+    if args.source is not None:  # read only: refused before this device is recorded (fit_device checks again)
+        if args.source == args.device:
+            raise UsageError(f"--from names the device being fitted ({args.device!r}); name another device")
+        source_predictors(store, args.source, space, args.from_kind, args.device)
+    device = _measured_device(args, store)
+    report = fit_device(store, device, space, static_builder(), args.samples, config,
+                        resolutions=resolutions, use_ray=not args.no_ray,
                         progress=args.progress, seed=args.seed, choose=args.choose, source=args.source,
                         source_kind=args.from_kind)
     if args.json:
@@ -220,19 +271,23 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     from ..latency_builders import static_builder
 
-    space, store, device = _sampling_setup(args)
+    space, config, resolutions, store = _sampling_setup(args)
     if args.draws < 1:
-        raise UsageError("--draws must be at least 1")
+        raise UsageError(f"--draws must be at least 1 (got {args.draws})")
     if args.precision != "fp32":
-        return _eval_quantized(args, space, store, device)
-    report = evaluate_predictors(store, device, space, static_builder(), args.samples, _config(args),
-                                 resolutions=_resolutions(space, args.resolutions), use_ray=not args.no_ray,
+        if args.fit_samples < 3:
+            raise UsageError(f"--fit-samples must be at least 3 (got {args.fit_samples})")
+        _check_quantized_backend(store, args.device, None, (args.precision,), flag="--precision")
+        return _eval_quantized(args, space, config, resolutions, store, _measured_device(args, store))
+    device = _measured_device(args, store)
+    report = evaluate_predictors(store, device, space, static_builder(), args.samples, config,
+                                 resolutions=resolutions, use_ray=not args.no_ray,
                                  progress=args.progress, curve_draws=args.draws)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
     return 0
 
 
-def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
+def _eval_quantized(args: argparse.Namespace, space, config, resolutions, store, device) -> int:
     from latency_predictors.workflow import evaluate_quantized, format_quantized_report
 
     from ..quantize import QUANTIZER_ID, quantized_subnet_model
@@ -240,11 +295,9 @@ def _eval_quantized(args: argparse.Namespace, space, store, device) -> int:
     if not device.times_quantized:
         raise UsageError(f"--precision {args.precision}: quantised subnets are timed only by ONNX Runtime on the "
                          f"CPU (a local-...-ort device); {device.id!r} runs {device.backend}")
-    if args.fit_samples < 3:
-        raise UsageError("--fit-samples must be at least 3")
     report = evaluate_quantized(store, device, space, lambda s, a, p: quantized_subnet_model(s, a, p),
-                                args.samples, _config(args), precision=args.precision,
-                                resolutions=_resolutions(space, args.resolutions), fit_n=args.fit_samples,
+                                args.samples, config, precision=args.precision,
+                                resolutions=resolutions, fit_n=args.fit_samples,
                                 progress=args.progress, quantizer=QUANTIZER_ID)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_quantized_report(report),
           file=args.stdout)
