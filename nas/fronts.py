@@ -21,6 +21,9 @@ SQLite layout (``format`` 2 in table ``meta``)::
 
 ``policy`` is NULL for fp32 members. A format-1 file (no ``member_id`` or ``policy``: every member fp32,
 keyed by arch id) is migrated in place when opened, in one transaction; a newer format is a ``UsageError``.
+A damaged file (not a database, truncated, a row whose values are not what was written) is a
+``DamagedFileError`` naming it when it is opened or read; opening a store that should exist (``create=False``)
+never writes into such a file.
 
 Accuracies are fractions in [0, 1]; latencies in milliseconds.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -40,18 +44,34 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, precision_label
+from search_spaces import (
+    READ_ERRORS,
+    Arch,
+    DamagedFileError,
+    UnknownSpaceError,
+    get_space,
+    policy_from_string,
+    policy_to_string,
+    precision_label,
+    reading,
+)
 
-from .errors import UsageError
+from .errors import BusyError, UsageError
 from .pareto import non_dominated_mask
 
-__all__ = ["FORMAT_VERSION", "FrontMember", "FrontStore", "Measurement", "MemoryFrontStore", "ReferencePoint",
-           "SQLiteFrontStore", "get_front_store", "member_id", "non_dominated"]
+__all__ = ["FORMAT_VERSION", "FRONTS_REMEDY", "FrontMember", "FrontStore", "Measurement", "MemoryFrontStore",
+           "ReferencePoint", "SQLiteFrontStore", "check_front_store", "get_front_store", "member_id", "non_dominated"]
 
 FORMAT_VERSION = 2
 # Formats this version opens: older ones are migrated in place.
 _MIGRATED_FORMATS = (1,)
 _POLICY_PREFIX = "p:"
+# What to do about a damaged store: its members are derived data, the run's study still holds the trials.
+FRONTS_REMEDY = ("move it away; the run's search journal still holds the trials, so `nas search CONFIG` writes the "
+                 "fronts again")
+# What SQLite and the rows it returns raise for a damaged store: not a database, a malformed image, a row whose
+# arch or numbers do not parse.
+_FRONT_READ_ERRORS = (*READ_ERRORS, sqlite3.DatabaseError)
 
 
 def member_id(arch_id: str, policy: str | None) -> str:
@@ -68,6 +88,19 @@ def _checked_policy(policy: str | None, what: str) -> str | None:
         raise ValueError(f"{what} policy {policy!r} is not a precision policy string ({_POLICY_PREFIX}...; None "
                          f"for fp32 throughout)")
     return None if precision_label(policy) == "fp32" else policy
+
+
+def _member_policy(policy: str | None, arch: Arch, what: str) -> str | None:
+    """``_checked_policy``, and for an arch of a registered space the policy parsed against it (canonical form):
+    a string such as ``p:zz`` is a ``ValueError`` naming the bad group, not a member of precision ``z``."""
+    policy = _checked_policy(policy, what)
+    if policy is None:
+        return None
+    try:
+        space = get_space(arch.space)
+    except UnknownSpaceError:  # a space registered elsewhere (tests): the prefix check above is what we can do
+        return policy
+    return policy_to_string(policy_from_string(space, policy, arch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +126,7 @@ class FrontMember:
     policy: str | None = None
 
     def __post_init__(self) -> None:  # a uniform fp32 policy is no policy: one subnet, one member id
-        object.__setattr__(self, "policy", _checked_policy(self.policy, f"front member {self.arch_id}:"))
+        object.__setattr__(self, "policy", _member_policy(self.policy, self.arch, f"front member {self.arch_id}:"))
 
     @property
     def latency_ms(self) -> float:
@@ -298,42 +331,115 @@ def _nan_to_none(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
+def _number(value: Any, what: str, low: float = -math.inf, high: float = math.inf, *, integer: bool = False,
+            positive: bool = False, optional: bool = False, missing: Any = None) -> Any:
+    """A stored number as written: finite, in [low, high], above 0 where ``positive``, an int where ``integer``;
+    None (returned as ``missing``) only where ``optional``. Anything else is a ``ValueError`` naming it, which
+    the reads turn into ``DamagedFileError``: a row edited or corrupted by hand, such as ``macs = 'x'``."""
+    if value is None and optional:
+        return missing
+    kinds = (int,) if integer else (int, float)
+    if not (isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high and (value > 0 or not positive)):
+        expected = ("an integer" if integer else "a positive number" if positive else "a finite number") + \
+            (f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else
+             f" >= {low:g}" if math.isfinite(low) else "")
+        raise ValueError(f"{what} is {value!r}; expected {expected}")
+    return value
+
+
+def _text(value: Any, what: str, optional: bool = False) -> Any:
+    if (value is None and optional) or isinstance(value, str):
+        return value
+    raise ValueError(f"{what} is {value!r}; expected text")
+
+
+def _member_from_row(r: Sequence[Any]) -> FrontMember:
+    """A ``members`` row (``_MEMBER_COLUMNS``) as a member, every column checked (``_number``, ``_text``)."""
+    what = f"member {r[1]!r} of {r[0]!r}:"
+    return FrontMember(
+        device=_text(r[0], "member device"), arch_id=_text(r[2], f"{what} arch_id"), policy=r[3],
+        arch=Arch.from_dict(json.loads(r[4])), arch_string=_text(r[5], f"{what} arch_string"),
+        val_accuracy=_number(r[6], f"{what} val_accuracy", 0.0, 1.0),
+        test_accuracy=_number(r[7], f"{what} test_accuracy", 0.0, 1.0, optional=True),
+        predicted_latency_ms=_number(r[8], f"{what} predicted_latency_ms", positive=r[9] is None),
+        measured_latency_ms=_number(r[9], f"{what} measured_latency_ms", positive=True, optional=True),
+        macs=_number(r[10], f"{what} macs", 0, integer=True), params=_number(r[11], f"{what} params", 0, integer=True),
+        checkpoint=_text(r[12], f"{what} checkpoint", optional=True),
+        trial_number=_number(r[13], f"{what} trial_number", 0, integer=True, optional=True))
+
+
 class SQLiteFrontStore(FrontStore):
     """A SQLite file; every write runs inside one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
 
     Opening a format-1 file migrates it to format 2 in place, in one transaction (its members and
-    measurements become fp32 ones); a file of a newer format is a ``UsageError``.
+    measurements become fp32 ones); a file of a newer format is a ``UsageError``. A damaged file (not a
+    database, malformed, a bad row) is a ``DamagedFileError`` naming it, when opened or read. ``create=False``
+    opens a store that should exist: a missing file is ``FileNotFoundError``, and an empty file or one without
+    a front store's ``format`` is damaged; nothing is written into it (no schema).
     """
 
     def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise FileNotFoundError(str(self.path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False)
+        if not create and self.path.is_file() and self.path.stat().st_size == 0:
+            raise DamagedFileError(self.path, "front store", "an empty file", FRONTS_REMEDY)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         self._lock = threading.RLock()
         self._depth = 0
+        with self._reading():
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0,
+                                         check_same_thread=False)
         try:
-            with self.transaction():
-                version = self._stored_format()
-                readable = ", ".join(map(str, (*_MIGRATED_FORMATS, FORMAT_VERSION)))
-                if version in _MIGRATED_FORMATS:
-                    self._migrate_from_1()
-                elif isinstance(version, int) and version > FORMAT_VERSION:
-                    raise UsageError(f"front store {self.path} is format {version}, written by a newer hwnas; this "
-                                     f"version reads formats {readable}: upgrade hwnas to read it")
-                elif version is not None and version != FORMAT_VERSION:
-                    raise ValueError(f"{self.path}: front store format {version!r}; this version reads formats "
-                                     f"{readable}")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                if version is None:
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)",
-                                       (json.dumps(FORMAT_VERSION),))
+            if existed:  # every page read once: a truncated or overwritten file fails here, not mid-write
+                with self._reading():
+                    check = self._conn.execute("PRAGMA quick_check").fetchone()
+                    if check is None or check[0] != "ok":
+                        raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+            self._open(create)
         except BaseException:
             self._conn.close()
             raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Reads of the file: what a damaged one raises becomes ``DamagedFileError`` naming it; a database still
+        locked by another process after the timeout is not damage (``BusyError``)."""
+        with reading(self.path, "front store", FRONTS_REMEDY, _FRONT_READ_ERRORS):
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise BusyError(f"front store {self.path} is locked by another process ({exc}); run the "
+                                    f"command again when it has finished") from exc
+                raise
+
+    def _open(self, create: bool) -> None:
+        """Check the stored format (migrating format 1); with ``create``, write the schema of a new file."""
+        with self.transaction():
+            readable = ", ".join(map(str, (*_MIGRATED_FORMATS, FORMAT_VERSION)))
+            with self._reading():  # the migration's and schema's failures below are writes, not damage
+                version = self._stored_format()
+                if version is None and not create:
+                    raise ValueError("no front store format in table meta")
+                if version is not None and version not in _MIGRATED_FORMATS and version != FORMAT_VERSION and \
+                        not (isinstance(version, int) and version > FORMAT_VERSION):
+                    raise ValueError(f"front store format {version!r}; this version reads formats {readable}")
+            if version in _MIGRATED_FORMATS:
+                self._migrate_from_1()
+            elif isinstance(version, int) and version > FORMAT_VERSION:
+                raise UsageError(f"front store {self.path} is format {version}, written by a newer hwnas; this "
+                                 f"version reads formats {readable}: upgrade hwnas to read it")
+            if create:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+            if version is None:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)",
+                                   (json.dumps(FORMAT_VERSION),))
 
     def _stored_format(self) -> Any:
         """The ``format`` in ``meta``; None for a new file (no ``meta`` table or no ``format`` row)."""
@@ -395,18 +501,14 @@ class SQLiteFrontStore(FrontStore):
                                    f"({', '.join('?' * len(_MEMBER_COLUMNS))})", rows)
 
     def front(self, device: str) -> list[FrontMember]:
-        with self._lock:
+        with self._lock, self._reading():
             rows = self._conn.execute(f"SELECT {', '.join(_MEMBER_COLUMNS)} FROM members WHERE device = ?",
                                       (device,)).fetchall()
-        members = [FrontMember(device=r[0], arch_id=r[2], policy=r[3], arch=Arch.from_dict(json.loads(r[4])),
-                               arch_string=r[5], val_accuracy=r[6], test_accuracy=r[7], predicted_latency_ms=r[8],
-                               measured_latency_ms=r[9], macs=r[10], params=r[11], checkpoint=r[12],
-                               trial_number=r[13])
-                   for r in rows]
+            members = [_member_from_row(r) for r in rows]
         return sorted(members, key=lambda m: (m.latency_ms, -m.val_accuracy))
 
     def devices(self) -> list[str]:
-        with self._lock:
+        with self._lock, self._reading():
             return [r[0] for r in self._conn.execute("SELECT DISTINCT device FROM members ORDER BY device")]
 
     def write_references(self, device: str, points: Sequence[ReferencePoint]) -> None:
@@ -417,11 +519,14 @@ class SQLiteFrontStore(FrontStore):
                                      _nan_to_none(p.accuracy), float(p.latency_ms)) for p in points])
 
     def references(self, device: str) -> list[ReferencePoint]:
-        with self._lock:
+        with self._lock, self._reading():
             rows = self._conn.execute("SELECT device, name, arch_json, accuracy, latency_ms FROM reference_points "
                                       "WHERE device = ? ORDER BY name", (device,)).fetchall()
-        return [ReferencePoint(device=r[0], name=r[1], arch=Arch.from_dict(json.loads(r[2])),
-                               accuracy=float("nan") if r[3] is None else r[3], latency_ms=r[4]) for r in rows]
+            return [ReferencePoint(device=r[0], name=r[1], arch=Arch.from_dict(json.loads(r[2])),
+                                   accuracy=_number(r[3], f"reference {r[1]!r} of {device!r}: accuracy",
+                                                    optional=True, missing=float("nan")),
+                                   latency_ms=_number(r[4], f"reference {r[1]!r} of {device!r}: latency_ms"))
+                    for r in rows]
 
     def write_measurements(self, measurements: Sequence[Measurement]) -> None:
         with self.transaction():
@@ -431,19 +536,23 @@ class SQLiteFrontStore(FrontStore):
                                      float(m.measured_latency_ms)) for m in measurements])
 
     def measurements(self, device: str) -> list[Measurement]:
-        with self._lock:
+        with self._lock, self._reading():
             rows = self._conn.execute("SELECT device, arch_id, predicted_latency_ms, measured_latency_ms, policy "
                                       "FROM measurements WHERE device = ? ORDER BY member_id", (device,)).fetchall()
-        return [Measurement(*r) for r in rows]
+            return [Measurement(r[0], _text(r[1], "measurement arch_id"),
+                                _number(r[2], f"measurement of {r[1]} on {device!r}: predicted_latency_ms"),
+                                _number(r[3], f"measurement of {r[1]} on {device!r}: measured_latency_ms",
+                                        positive=True),
+                                r[4]) for r in rows]
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction():
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        with self._lock:
+        with self._lock, self._reading():
             row = self._conn.execute("SELECT value_json FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+            return default if row is None else json.loads(row[0])
 
 
 def get_front_store(store: FrontStore | str | os.PathLike[str] | None = None, create: bool = True) -> FrontStore:
@@ -453,6 +562,23 @@ def get_front_store(store: FrontStore | str | os.PathLike[str] | None = None, cr
     if isinstance(store, FrontStore):
         return store
     return SQLiteFrontStore(store, create=create)
+
+
+def check_front_store(path: str | os.PathLike[str]) -> None:
+    """Read the whole front store at ``path`` when there is one, writing nothing: a damaged file is a
+    ``DamagedFileError`` naming it (what a search checks before its trials, not when it writes its fronts);
+    no file, or an empty one (a store opened but never written), is fine: the search writes it."""
+    path = Path(path)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    store = SQLiteFrontStore(path, create=False)
+    try:
+        for device in store.devices():
+            store.front(device)
+            store.references(device)
+            store.measurements(device)
+    finally:
+        store.close()
 
 
 def with_measured(member: FrontMember, measured_ms: float) -> FrontMember:

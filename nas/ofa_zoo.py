@@ -199,17 +199,37 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+# The longest reason from torch.load kept in a message (its first sentence, cut at a word if longer).
+_REASON_CHARS = 160
+
+
+def _short_reason(exc: BaseException, limit: int = _REASON_CHARS) -> str:
+    """The first sentence of ``exc``'s message (its type when it has none), cut at a word boundary with an
+    ellipsis when longer than ``limit``: torch.load's reasons run to paragraphs. Of a weights-only refusal,
+    the unpickler's own reason (``Unsupported global: ...``) is kept, not its advice to load unsafely."""
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("WeightsUnpickler error:", 1)[-1].strip()
+    text = " ".join(re.split(r"\n\s*\n", raw, maxsplit=1)[0].split())  # its first paragraph, on one line
+    if not text:
+        return type(exc).__name__
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return f"{cut}..."
+
+
 def _read_torch_file(path: Path, what: str) -> Any:
     import torch
 
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give the file itself (e.g. {path}/FILE.pth)")
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means it is not such a file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path} is not a readable {what} (torch.load with weights_only failed: "
-                         f"{reason[:120]})") from None
+                         f"{_short_reason(exc)})") from None
 
 
 def load_ofa_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -468,16 +488,21 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
                                   space_name: str | None = None) -> ImportedPredictor:
     """Write Once-for-All's tutorial predictor into ``RUN/search/accuracy_predictor.json`` (JSON, no pickle).
 
-    The space is ``space_name``, else that of the run's imported supernet, else ``ofa_mbv3_w1.2``.
+    The space is ``space_name``, else that of the run's imported supernet, else ``ofa_mbv3_w1.2``. A predictor
+    the run's search fitted (a file without an ``imported`` record, told apart as ``_import_plan`` does) is
+    refused before anything is read; an earlier import is replaced.
     """
     from search_spaces import get_space
 
     from .accuracy import PREDICTOR_NAME
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    target = run.search / PREDICTOR_NAME
+    if target.is_file() and _imported_sha(target) is None:  # as the config route (``_import_plan``) refuses it
+        raise UsageError(f"run {run.root} already holds an accuracy predictor not imported (fitted by its search: "
+                         f"{target}); import into another --run-dir, or move that file away first")
     if space_name is None:
-        record = run.root / IMPORT_RECORD_NAME
-        space_name = json.loads(record.read_text())["space"] if record.is_file() else "ofa_mbv3_w1.2"
+        space_name = _import_record(run).get("space", "ofa_mbv3_w1.2")
     if space_name not in OFA_SUPERNET_SPACES:
         raise UsageError(f"space {space_name!r} is not one Once-for-All's predictor scores; allowed: "
                          f"{', '.join(OFA_SUPERNET_SPACES)}")
@@ -488,7 +513,7 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
     digest = sha256_file(source)
     data = {**predictor.to_dict(), "imported": {"source": "once-for-all", "kind": "accuracy-predictor",
                                                 "file": source, "sha256": digest}}
-    target = atomic_write_json(run.search / PREDICTOR_NAME, data, indent=None)
+    target = atomic_write_json(target, data, indent=None)
     return ImportedPredictor(path=target, space=space.name, resolutions=predictor.resolutions, source=source,
                              sha256=digest)
 
@@ -496,13 +521,34 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
 # --- an experiment config's ``supernet: {import: ofa, ...}`` --------------------------------------------------
 
 
+def _import_record(run: RunDir) -> dict[str, Any]:
+    """The run's ``import.json`` (what ``import_ofa_supernet`` wrote); empty when there is none. A damaged one
+    is a ``DamagedFileError`` naming it."""
+    from search_spaces import reading
+
+    record = run.root / IMPORT_RECORD_NAME
+    if not record.is_file():
+        return {}
+    with reading(record, "import record", "import the supernet again (`nas import ofa-supernet ... --run-dir "
+                 f"{run.root}`) to rewrite it, or give --space"):
+        data = json.loads(record.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("space", ""), str):
+            raise ValueError(f"expected a JSON object with the space's name; got {str(data)[:60]}")
+    return data
+
+
 def _imported_sha(path: Path) -> str | None:
-    """The zoo file's sha256 recorded in an imported supernet checkpoint or predictor file (None: not imported)."""
+    """The zoo file's sha256 recorded in an imported supernet checkpoint or predictor file (None: not imported).
+    A predictor file that cannot be read is a ``DamagedFileError`` naming it (it may be a fitted one)."""
+    from search_spaces import reading
+
     if not path.is_file():
         return None
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return (data.get("imported") or {}).get("sha256")
+        with reading(path, "accuracy predictor", "move it away if it is not needed (a search that fits its own "
+                     "predictor writes it again)"):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return (data.get("imported") or {}).get("sha256")
     from supernets.training.checkpoint import CheckpointError, read_supernet_file
 
     try:

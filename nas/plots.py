@@ -19,10 +19,21 @@ import numpy as np
 from .errors import UsageError
 from .pareto import hypervolume_2d, reference_point
 
-__all__ = ["PRECISION_MARKERS", "DevicePanel", "PlotData", "draw", "plot_data", "plot_run"]
+__all__ = ["PLOT_SUFFIX", "PRECISION_MARKERS", "DevicePanel", "PlotData", "check_plot_path", "draw", "plot_data",
+           "plot_run"]
 
 # The marker of a front member by its precision (``FrontMember.precision``), in legend order.
 PRECISION_MARKERS = {"fp32": "o", "int8": "^", "mixed": "s"}
+# What ``draw`` writes: PNG only, so a file's name says what it holds.
+PLOT_SUFFIX = ".png"
+
+
+def check_plot_path(out: str | os.PathLike[str], option: str = "out") -> Path:
+    """``UsageError`` unless ``out`` names a PNG file (ends in ``.png``): a plot is written as PNG bytes only."""
+    path = Path(out)
+    if path.suffix.lower() != PLOT_SUFFIX:
+        raise UsageError(f"{option} {str(out)!r}: a plot is written as PNG; the file name must end in {PLOT_SUFFIX}")
+    return path
 
 
 class DevicePanel(NamedTuple):
@@ -95,7 +106,8 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
 
 
 def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
-    """Draw ``data`` into a PNG at ``out`` (atomic write)."""
+    """Draw ``data`` into a PNG at ``out`` (atomic write; ``out`` must end in ``.png``)."""
+    check_plot_path(out)
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -24,7 +24,7 @@ from search_spaces import READ_ERRORS, reading
 
 from . import hwnas_version
 from .errors import UsageError
-from .fronts import FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
+from .fronts import FRONTS_REMEDY, FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
 from .search_paths import run_path, search_paths
 
 if TYPE_CHECKING:
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy", "check_quantized_export",
-           "export_member", "export_quantized_member", "export_subnet", "ofa_config_of", "open_fronts", "query_front",
-           "run_calibration", "subnet_of", "suffixes_text"]
+           "check_outside_run_results", "export_member", "export_quantized_member", "export_subnet", "ofa_config_of",
+           "open_fronts", "query_front", "run_calibration", "subnet_of", "suffixes_text"]
 
 EXPORT_SUFFIXES = (".onnx", ".pt2", ".pt")
 ONNX_TOLERANCE = 1e-4
@@ -48,7 +48,6 @@ PT2_METADATA_FILE = "hwnas.json"
 CHECK_IMAGES = 8
 
 
-_FRONTS_REMEDY = "move it away and run `nas search CONFIG` again to rewrite the fronts from the run's study"
 # What SQLite and the rows it returns raise for a damaged store: not a database, a malformed image, a
 # row whose arch or numbers do not parse.
 _FRONT_READ_ERRORS = (*READ_ERRORS, sqlite3.DatabaseError)
@@ -56,7 +55,8 @@ _FRONT_READ_ERRORS = (*READ_ERRORS, sqlite3.DatabaseError)
 
 class _CheckedFrontStore(FrontStore):
     """A run's front store whose reads raise ``DamagedFileError`` naming the file when it is damaged
-    (truncated, not a database, a bad row). (Until ``SQLiteFrontStore`` raises it itself.)"""
+    (truncated, not a database, a bad row: ``SQLiteFrontStore`` checks every column; this catches the rest),
+    with members' checkpoints resolved against the run folder."""
 
     def __init__(self, path: Path, run_root: Path) -> None:
         self.path = path
@@ -65,19 +65,14 @@ class _CheckedFrontStore(FrontStore):
             self._store = get_front_store(path, create=False)
 
     def _reading(self):
-        return reading(self.path, "front store", _FRONTS_REMEDY, _FRONT_READ_ERRORS)
+        return reading(self.path, "front store", FRONTS_REMEDY, _FRONT_READ_ERRORS)
 
     def _read(self, method: Callable[..., Any], *args: Any) -> Any:
         with self._reading():
             return method(*args)
 
     def front(self, device: str) -> list[FrontMember]:
-        with self._reading():
-            members = self._store.front(device)
-            for m in members:  # a bad row: numbers that are not numbers
-                if not (0.0 <= float(m.val_accuracy) <= 1.0 and float(m.latency_ms) > 0):
-                    raise ValueError(f"member {m.member_id} of {device!r} has accuracy {m.val_accuracy!r} and "
-                                     f"latency {m.latency_ms!r} ms")
+        members = self._read(self._store.front, device)
         # Checkpoints are stored relative to the run folder (older stores: absolute): resolve them here.
         return [dataclasses.replace(m, checkpoint=str(self.run_root / m.checkpoint))
                 if m.checkpoint and not Path(m.checkpoint).is_absolute() else m for m in members]
@@ -118,9 +113,35 @@ def open_fronts(run_dir: Any) -> FrontStore:
     if not path.exists():
         if not run_path(run_dir).exists():
             raise UsageError(f"no run folder {str(run_path(run_dir))!r}")
+        if not run_path(run_dir).is_dir():
+            raise UsageError(f"{str(run_path(run_dir))!r} is a file, not a run folder; give the run's folder "
+                             f"(the config's run_dir, or runs/<name>)")
         raise UsageError(f"run {str(run_path(run_dir))!r} has no fronts (fronts/fronts.sqlite); "
                          f"run `nas search` first")
     return _CheckedFrontStore(path, run_path(run_dir))
+
+
+def check_outside_run_results(out: str | os.PathLike[str], run_dir: Any, option: str) -> Path:
+    """``UsageError`` when the output file ``out`` (of ``option``: ``--export``, ``--out``) would replace what the
+    run keeps: anything under its ``checkpoints/``, ``fronts/`` or ``search/`` folder, its config copy, metrics,
+    import record or lock files. (Folders for outputs, ``plots/`` and ``exports/``, are fine.) Returns the path."""
+    from .ofa_zoo import IMPORT_RECORD_NAME
+    from .rundir import RunDir
+
+    path = Path(out)
+    try:
+        run = RunDir(run_path(run_dir))
+        target = path.expanduser().resolve()
+    except (OSError, ValueError, UsageError):  # a name no file system holds: check_writable says so
+        return path
+    folders = (run.checkpoints, run.fronts, run.search)
+    files = (run.config_copy, run.metrics, run.train_lock, run.root / IMPORT_RECORD_NAME)
+    inside = next((f for f in folders if target == f or f in target.parents), None)
+    if inside is not None or target in files:
+        where = f"into the run's {inside.name}/ folder" if inside is not None else f"over the run's {target.name}"
+        raise UsageError(f"{option} {str(out)!r} would write {where} ({run.root}), which keeps the run's results; "
+                         f"write it elsewhere, e.g. into {run.exports}/ or {run.plots}/")
+    return path
 
 
 def check_min_accuracy(min_accuracy: float | None) -> None:

@@ -23,7 +23,7 @@ import optuna
 from search_spaces import Arch, SearchSpace, arch_to_string, get_space
 
 from .errors import UsageError
-from .fronts import FrontMember, ReferencePoint, get_front_store
+from .fronts import FrontMember, ReferencePoint, check_front_store, get_front_store
 from .pareto import pareto_indices
 from .precision_search import check_precisions, search_precisions
 from .refine import refine_budgets
@@ -93,6 +93,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         BusyError: another process is searching this run (``search_lock``).
         UsageError: a device's latency budget is met by no subnet found (the fronts stored before are kept);
             the study holds another space's, devices' or supernet's trials.
+        DamagedFileError: the run's front store is damaged (found before the first trial; nothing written).
     """
     space = config.restrict(get_space(space))
     missing = [d for d in config.devices if d not in latency_predictors]
@@ -103,6 +104,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     lat_fns = {d: as_batch_fn(latency_predictors[d]) for d in config.devices}
     check_precisions(config, space, latency_predictors, final_evaluator)
     with search_lock(run_dir):
+        check_front_store(search_paths(run_dir).fronts)  # a damaged store fails now, not after the trials
         study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint))
         optimize(study, space, config, acc_fn, lat_fns, progress)
         refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
@@ -135,7 +137,8 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     All devices' fronts replace the stored ones in one transaction, and only when every one is complete:
     a device whose budget no subnet meets is a ``UsageError`` naming the fastest subnet found, and the
     store is left as it was. Members keep the latency measured on their device by hardware in the loop
-    (the store's measurements, by arch id and device).
+    (the store's measurements, by arch id and device). A damaged store is a ``DamagedFileError`` naming it,
+    raised when it is opened or read, before anything is written into it.
     """
     from search_spaces import largest, smallest
 

@@ -7,9 +7,12 @@ import argparse
 
 def run(args: argparse.Namespace) -> int:
     from ..io import check_writable
-    from ..plots import plot_run
+    from ..plots import check_plot_path, plot_run
+    from ..query import check_outside_run_results
 
-    if args.out is not None:
+    if args.out is not None:  # checked before anything is read or drawn
+        check_plot_path(args.out, "--out")
+        check_outside_run_results(args.out, args.run, "--out")
         check_writable(args.out)
     path = plot_run(args.run, args.out)
     print(f"wrote {path}")
@@ -22,5 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw the accuracy-latency front of every device of a run (all evaluated subnets faint "
                     "behind, largest and smallest subnets marked) and the hypervolume against trials.")
     p.add_argument("run", metavar="RUN", help="the run folder")
-    p.add_argument("--out", metavar="FILE.png", default=None, help="output file (default RUN/plots/fronts.png)")
+    p.add_argument("--out", metavar="FILE.png", default=None,
+                   help="output PNG file, its name ending in .png (default RUN/plots/fronts.png); not inside the "
+                        "run's checkpoints/, fronts/ or search/")
     p.set_defaults(handler=run)

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..query import (
         EXPORT_SUFFIXES,
         check_min_accuracy,
+        check_outside_run_results,
         check_quantized_export,
         export_member,
         ofa_config_of,
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         if Path(args.export).suffix not in EXPORT_SUFFIXES:
             raise UsageError(f"--export {args.export!r}: the file name must end in {suffixes_text()}")
+        check_outside_run_results(args.export, args.run, "--export")
         check_writable(args.export)
     store = open_fronts(args.run)
     member = query_front(args.run, args.device, args.max_latency_ms, args.min_accuracy, store=store)
@@ -118,5 +120,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", action="store_true", help="the chosen subnet as a one-row CSV (columns of `nas fronts`)")
     p.add_argument("--export", metavar="FILE", default=None,
                    help="write the subnet to FILE.onnx, FILE.pt2 (torch.export) or FILE.pt (state dict); a "
-                        "member with an int8 or mixed precision policy: FILE.onnx only (the quantised QDQ model)")
+                        "member with an int8 or mixed precision policy: FILE.onnx only (the quantised QDQ model); "
+                        "not inside the run's checkpoints/, fronts/ or search/")
     p.set_defaults(handler=run)

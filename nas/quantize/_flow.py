@@ -168,7 +168,8 @@ def _quantizer(space: SearchSpace, arch: Arch, net: Any, data: Any, *, seed: int
 
 def _check_max_images(max_images: int | None) -> None:
     if max_images is not None and max_images < 1:
-        raise UsageError(f"max images: {max_images} is not allowed; must be >= 1")
+        raise UsageError(f"--max-images (images per split to evaluate on): {max_images} is not allowed; must be "
+                         f">= 1 (or leave it out for every image)")
 
 
 @dataclass(frozen=True)

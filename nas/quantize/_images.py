@@ -62,7 +62,8 @@ def _pixels(data: Any, split: str, resolution: int, limit: int | None, order: np
 def calibration_images(data: Any, resolution: int, num_images: int, seed: int = 0) -> ImageSet:
     """``num_images`` seeded training images, not augmented: what static quantisation calibrates on."""
     if num_images < 1:
-        raise UsageError(f"calibration images: {num_images} is not allowed; must be >= 1")
+        raise UsageError(f"--calibration-images (training images to calibrate on): {num_images} is not allowed; "
+                         f"must be >= 1")
     n = data.size("train")
     if n == 0:
         raise UsageError("the dataset has no training images to calibrate the quantisation on")
