@@ -129,6 +129,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--arch", "smallest", "--out-suffix"], "must end in .onnx"),
         (["--arch", "smallest"], "has no trained supernet"),
         (["--arch", "r24/k3"], "arch string has 1 stages"),
+        # checked before the run is opened: these name the option, not the missing supernet
+        (["--arch", "smallest", "--max-loss", "-1"], "--max-loss must be a finite number"),
+        (["--arch", "smallest", "--max-loss", "nan"], "--max-loss must be a finite number"),
+        (["--arch", "smallest", "--calibration-images", "0"], "--calibration-images"),
     ]
     for extra, named in cases:
         out = str(tmp_path / ("m.txt" if "--out-suffix" in extra else "m.onnx"))

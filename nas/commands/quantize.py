@@ -44,13 +44,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..io import check_writable
-    from ..quantize import prepare_subnet, quantize_subnet
+    from ..quantize import check_calibration_count, check_max_loss, prepare_subnet, quantize_subnet
     from ..rundir import RunDir
 
     if Path(args.out).suffix != ".onnx":
         raise UsageError(f"--out {args.out!r}: the file name must end in .onnx")
     if args.policy is not None and args.max_loss is not None:
         raise UsageError("give --policy or --max-loss, not both")
+    if args.max_loss is not None:
+        check_max_loss(args.max_loss)
+    check_calibration_count(args.calibration_images)
     config = load_config(args.config)
     space = config.get_space()
     named = {"largest": largest, "smallest": smallest}

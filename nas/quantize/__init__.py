@@ -30,7 +30,7 @@ from ._flow import (
     subnet_quantizer,
 )
 from ._groups import block_of_node, name_nodes, nodes_to_exclude
-from ._images import ImageSet, calibration_images, split_images
+from ._images import ImageSet, calibration_images, check_calibration_count, split_images
 from ._latency import quantized_subnet_model
 from ._ptq import (
     CALIBRATION_METHODS,
@@ -49,6 +49,7 @@ from ._search import (
     GroupSensitivity,
     MethodChoice,
     PolicySearch,
+    check_max_loss,
     choose_method,
     group_units,
     policy_of,
@@ -61,7 +62,8 @@ from ._search import (
 __all__ = ["CALIBRATION_IMAGES", "CALIBRATION_METHODS", "DEFAULT_MEASURE", "FAKE_QUANT_TOLERANCE", "GRANULARITIES",
            "QUANTIZER_ID",
            "QDQ_FORMAT", "Candidate", "GroupSensitivity", "ImageSet", "MethodChoice", "PolicySearch", "PreparedSubnet",
-           "QuantizeReport", "SubnetQuantizer", "block_of_node", "calibration_images", "choose_method",
+           "QuantizeReport", "SubnetQuantizer", "block_of_node", "calibration_images", "check_calibration_count",
+           "check_max_loss", "choose_method",
            "fake_quant_agreement", "group_units", "latencies_ms", "logits", "name_nodes", "nodes_to_exclude",
            "policy_of", "prefix_policies", "prepare_member", "prepare_net", "prepare_subnet", "quantize_subnet",
            "search_policy", "sensitivities", "split_images", "subnet_quantizer", "top1", "unit_name",

@@ -15,7 +15,7 @@ from latency_predictors.measure import MeasureConfig
 from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_to_string, plan, policy_from_string, policy_to_string
 
 from ..errors import UsageError
-from ._images import ImageSet, calibration_images, split_images
+from ._images import ImageSet, calibration_images, check_calibration_count, split_images
 from ._ptq import SubnetQuantizer, check_method
 from ._runtime import DEFAULT_MEASURE, FAKE_QUANT_TOLERANCE, fake_quant_agreement, latencies_ms, top1
 from ._search import GRANULARITIES, MethodChoice, PolicySearch, choose_method, search_policy
@@ -64,6 +64,7 @@ def prepare_subnet(config: Any, run: Any, arch: Arch, *, calibration: int = CALI
         raise UsageError("the config has no dataset to calibrate and evaluate on; add a dataset section "
                          "(e.g. {kind: digits})")
     _check_max_images(max_images)
+    check_calibration_count(calibration)
     check_dataset(config.dataset)
     try:
         execution = Execution.resolve(config.train.device, "fp32", channels_last=False)

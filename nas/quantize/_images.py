@@ -59,11 +59,16 @@ def _pixels(data: Any, split: str, resolution: int, limit: int | None, order: np
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def calibration_images(data: Any, resolution: int, num_images: int, seed: int = 0) -> ImageSet:
-    """``num_images`` seeded training images, not augmented: what static quantisation calibrates on."""
+def check_calibration_count(num_images: int) -> None:
+    """Refuse a calibration image count below one (before any work: the command checks it up front)."""
     if num_images < 1:
         raise UsageError(f"--calibration-images (training images to calibrate on): {num_images} is not allowed; "
                          f"must be >= 1")
+
+
+def calibration_images(data: Any, resolution: int, num_images: int, seed: int = 0) -> ImageSet:
+    """``num_images`` seeded training images, not augmented: what static quantisation calibrates on."""
+    check_calibration_count(num_images)
     n = data.size("train")
     if n == 0:
         raise UsageError("the dataset has no training images to calibrate the quantisation on")

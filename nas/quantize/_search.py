@@ -203,6 +203,14 @@ def sensitivities(quantizer: SubnetQuantizer, space: SearchSpace, arch: Arch, im
     return out
 
 
+def check_max_loss(max_loss_points: float) -> None:
+    """Refuse an accuracy-loss bound that is not a finite number of points >= 0 (the command checks it before
+    loading anything)."""
+    if not (math.isfinite(max_loss_points) and max_loss_points >= 0):
+        raise UsageError(f"--max-loss must be a finite number of accuracy points >= 0 (e.g. 0.5); got "
+                         f"{max_loss_points:g}")
+
+
 def search_policy(quantizer: SubnetQuantizer, space: SearchSpace, arch: Arch, images: ImageSet,
                   max_loss_points: float, method: str = "minmax", granularity: str = "stage",
                   measure: MeasureConfig = DEFAULT_MEASURE) -> PolicySearch:
@@ -213,9 +221,7 @@ def search_policy(quantizer: SubnetQuantizer, space: SearchSpace, arch: Arch, im
     it evaluated; their ONNX Runtime latencies (one thread, interleaved, ``measure``) decide. fp32 (the empty
     prefix) is always feasible, so there is always an answer.
     """
-    if not (math.isfinite(max_loss_points) and max_loss_points >= 0):
-        raise UsageError(f"--max-loss must be a finite number of accuracy points >= 0 (e.g. 0.5); got "
-                         f"{max_loss_points:g}")
+    check_max_loss(max_loss_points)
     units = group_units(space, arch, granularity)
     sens = sensitivities(quantizer, space, arch, images, units, method)
     order = [u for _, u in sorted(zip(sens, units), key=lambda pair: (pair[0].kl, units.index(pair[1])))]
