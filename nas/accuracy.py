@@ -61,7 +61,8 @@ from .quantize._ptq import QUANTIZER_ID
 from .search_config import DEFAULT_QUANTIZATION_METHOD
 
 __all__ = ["AccuracyCache", "AccuracyPredictor", "DirectEvaluator", "PredictorReport", "SensitivityCache",
-           "SubnetEvaluation", "SupernetAccuracy", "evaluate_subnets", "fit_accuracy_predictor"]
+           "SubnetEvaluation", "SupernetAccuracy", "check_run_supernet", "evaluate_subnets",
+           "fit_accuracy_predictor"]
 
 CACHE_NAME = "accuracy.jsonl"
 SENSITIVITY_NAME = "sensitivity.jsonl"
@@ -402,6 +403,49 @@ class DirectEvaluator:
             self._actors = []
 
 
+IMPORTED_HASH_PREFIX = "ofa-import-"  # an imported supernet's ``config_hash`` (``nas.ofa_zoo.import_ofa_supernet``)
+
+
+def check_run_supernet(config: Any, run: Any) -> None:
+    """``UsageError`` unless the run's ``supernet.pt`` is the one ``config`` describes, so nothing is searched,
+    evaluated or skipped as done on another experiment's weights (another seed may put test images in its
+    training split). What ``nas train`` checks before it calls a run trained, for every later stage:
+
+    * trained: the checkpoint's space and ``config_hash`` are the config's (``check_identity``, the same check
+      and message as training's);
+    * imported from Once-for-All's zoo (its hash ``ofa-import-<sha256>``, no training settings): its space is
+      the config's and, when the config's ``supernet`` section names a zoo file that is there, it came from
+      that file;
+    * a config that imports, on a run whose supernet was trained: refused.
+
+    A missing checkpoint is left to the caller (each names the command that makes one).
+    """
+    from supernets.training.checkpoint import CheckpointError, check_identity, read_supernet_file
+
+    path = run.supernet_checkpoint
+    try:
+        data = read_supernet_file(path)
+        held = str(data.get("config_hash", ""))
+        if not held.startswith(IMPORTED_HASH_PREFIX) and config.supernet is None:
+            check_identity(data, path, config.space, config.config_hash)
+            return
+        check_identity(data, path, config.space, held)  # an import has no training identity: its space only
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    if config.supernet is None:
+        return
+    if not held.startswith(IMPORTED_HASH_PREFIX):
+        raise UsageError(f"run {run.root} holds a trained supernet, and the config imports {config.supernet.path}: "
+                         f"use another run_dir")
+    from .ofa_zoo import sha256_file
+
+    source = Path(config.supernet.path)
+    sha = ((data.get("summary") or {}).get("imported") or {}).get("sha256")
+    if source.is_file() and sha != sha256_file(source):
+        raise UsageError(f"run {run.root} holds a supernet imported from another file (sha256 {str(sha)[:16]}...); "
+                         f"the config imports {source}: use another run_dir")
+
+
 @dataclass(frozen=True)
 class SupernetAccuracy:
     """Picklable factory of ``(arch, split) -> accuracy`` from a supernet checkpoint and a data source.
@@ -675,13 +719,13 @@ def evaluate_subnets(config: Any, run: Any, archs: Sequence[Arch], split: str = 
     if not run.supernet_checkpoint.is_file():
         raise UsageError(f"run {run.root} has no supernet ({run.supernet_checkpoint}); run `nas train CONFIG` "
                          f"first (it imports the supernet when the config names one)")
+    check_run_supernet(config, run)  # another config's supernet (seed, split) is refused, as `nas train` does
     check_dataset(config.dataset)
     space = config.get_space()
     factory = SupernetAccuracy(str(run.supernet_checkpoint),
                                functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
                                bn_images=config.train.bn_recal_images, max_images=max_images, seed=config.seed,
                                device=config.train.device)
-    factory.check()
     data = factory.data_factory()
     images = data.size(split) if max_images is None else min(data.size(split), max_images)
     fn = factory.with_data(data)

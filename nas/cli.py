@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument("-q", "--quiet", action="store_true", default=default,
-                        help="no progress bars or progress lines: results and errors only")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default,
-                        help="show Ray's own output on the console (default: in the run folder's logs/ray.log)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars or progress lines: results and errors only")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="show Ray's own output on the console (default: in the run folder's logs/ray.log)")
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -77,6 +78,15 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
     return list(seen.values())
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The error a Ray task or actor raised, for one wrapped in Ray's (whose text is the remote traceback)."""
+    exceptions = sys.modules.get("ray.exceptions")  # only a command that used Ray can get one of its errors
+    while exceptions is not None and isinstance(exc, exceptions.RayError) and \
+            isinstance(getattr(exc, "cause", None), BaseException) and exc.cause is not exc:
+        exc = exc.cause
+    return exc
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       line: str | None = None) -> str:
     return f"nas: warning: {message}\n"
@@ -87,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
+        return 2
+    if args.quiet and args.verbose:  # one before the command, one after it (each parser refuses both itself)
+        print("nas: error: -q/--quiet and -v/--verbose cannot be given together; give one", file=sys.stderr)
         return 2
     # ``args.stdout`` is where a command prints its result. With ``--json`` it is the only thing on stdout:
     # everything else printed meanwhile (training lines, Ray's forwarded logs) goes to stderr.
@@ -100,15 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.redirect_stdout(sys.stderr):
                 return int(args.handler(args) or 0)
         return int(args.handler(args) or 0)
-    except _user_error_types() as exc:
-        print(f"nas: error: {exc}", file=sys.stderr)
+    except _user_error_types() as exc:  # also Ray's error for one raised in a task (a subclass of both)
+        print(f"nas: error: {_cause(exc)}", file=sys.stderr)
         return 2
     except RetryableError as exc:
-        print(f"nas: error: {exc}", file=sys.stderr)
+        print(f"nas: error: {_cause(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into a reader that stopped early (`nas spaces --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:  # Ray's error for one of ours that it could not re-raise as a subclass
+        cause = _cause(exc)
+        if cause is exc or not isinstance(cause, (*_user_error_types(), RetryableError)):
+            raise
+        print(f"nas: error: {cause}", file=sys.stderr)
+        return 1 if isinstance(cause, RetryableError) else 2
     except KeyboardInterrupt:
         print("nas: interrupted; finished work is saved, run the same command again to continue",
               file=sys.stderr)

@@ -65,10 +65,25 @@ class Pipeline:
             raise UsageError("config: no devices; add e.g. `devices: [local-cpu-1t-ort]`")
         self.latency = config.latency
         self.store = DeviceStore(home if home is not None else default_root())
-        self._check_fit_from()
-        self._check_precisions()
         self.paths = search_paths(run)
         self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
+        # Every input is checked now, before any stage trains, imports or measures (and nothing is saved).
+        self._check_devices()
+        self._check_fit_from()
+        self._check_precisions()
+        self._check_accuracy_predictor()
+        self._latency_missing()  # a device not local, with no table or predictor to search with
+        self._check_storage()
+
+    def _trained(self) -> bool:
+        """The run holds this config's trained supernet; one trained from another config (seed, data, training
+        settings) is a ``UsageError``, never "done" (``nas.accuracy.check_run_supernet``, as ``nas train``)."""
+        from .accuracy import check_run_supernet
+
+        if not self.run.is_trained():
+            return False
+        check_run_supernet(self.config, self.run)
+        return True
 
     # -- stage bodies ---------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -76,8 +91,47 @@ class Pipeline:
 
         train(self.config, self.run, progress=self.progress, verbose=self.verbose, quiet=self.quiet)
 
+    def _device(self, device_id: str) -> Any:
+        """The device as stored, or the local device its id names (recorded by the stage that measures it)."""
+        from .search_stage import known_device
+
+        return known_device(self.store, device_id)
+
     def _local_devices(self) -> list[Any]:
-        return [d for d in (self.store.resolve(i) for i in self.search.devices) if d.is_local]
+        return [d for d in (self._device(i) for i in self.search.devices) if d.is_local]
+
+    def _check_devices(self) -> None:
+        """Every device is stored or a valid local id, and each local one can be timed on this machine (the
+        latency and hardware-in-the-loop stages measure them)."""
+        from latency_predictors import check_measurable
+
+        for device in self._local_devices():
+            check_measurable(device)
+
+    def _check_accuracy_predictor(self) -> None:
+        """With ``search.accuracy: predictor`` and an imported predictor (in the run already, or one the config's
+        ``supernet`` section imports), ``search.resolutions`` must be ones it covers (as the search stage checks)."""
+        from .ofa_zoo import OFA_PREDICTOR_RESOLUTIONS, OFAAccuracyPredictor, covers_resolutions
+        from .search_stage import predictor_space
+
+        if self.search.accuracy != "predictor":
+            return
+        space = self.search.restrict(self.space)
+        if self.paths.accuracy_predictor.is_file():
+            if covers_resolutions(self.paths.accuracy_predictor):
+                predictor_space(OFAAccuracyPredictor.load(self.paths.accuracy_predictor).resolutions, self.search,
+                                space)
+        elif self.config.supernet is not None and self.config.supernet.accuracy_predictor is not None:
+            predictor_space(OFA_PREDICTOR_RESOLUTIONS, self.search, space)
+
+    def _check_storage(self) -> None:
+        """``search.storage`` opens (a database), or the run's journal holds no damaged record."""
+        from .study import check_journal, storage_for
+
+        if self.search.storage:
+            storage_for(self.search, self.run)
+        else:
+            check_journal(self.paths.journal)
 
     def _check_fit_from(self) -> None:
         """``latency.fit_from`` names a device fitted earlier in this config, or one with a stored predictor or
@@ -104,7 +158,7 @@ class Pipeline:
         from latency_predictors.workflow import load_table
 
         for device_id in self.search.devices:
-            device = self.store.resolve(device_id)
+            device = self._device(device_id)
             if device.is_local:
                 if not self.latency.table:
                     raise UsageError("search.precisions lists int8, whose latency comes from the int8 entries of each "
@@ -129,7 +183,7 @@ class Pipeline:
         missing = []
         wanted = set(self.latency.resolutions or self.space.resolutions)
         for device_id in self.search.devices:
-            device = self.store.resolve(device_id)
+            device = self._device(device_id)
             table = load_table(self.store, device, self.space)
             if not device.is_local:
                 if table is None and not load_predictors(self.store, device, self.space):
@@ -220,7 +274,7 @@ class Pipeline:
 
             first = Stage("import", lambda: is_imported(self.config.supernet, self.space.name, self.run), self._train)
         else:
-            first = Stage("train", self.run.is_trained, self._train)
+            first = Stage("train", self._trained, self._train)
         return [
             first,
             Stage("latency", lambda: not self._latency_missing(), self._latency),

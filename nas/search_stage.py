@@ -27,6 +27,25 @@ def device_store(store: Any = None) -> Any:
     return DeviceStore(store if store is not None else default_root())
 
 
+def known_device(store: Any, device_id: str) -> Any:
+    """The device ``device_id`` as ``DeviceStore.resolve`` finds it, without saving a record for a new local id
+    (what checks before any work use: bad input must leave ``$HWNAS_HOME`` as it was; the stage that measures
+    records the device, ``DeviceStore.refresh_metadata``).
+
+    Raises:
+        UnknownDeviceError: neither stored nor a valid local id (the message names the known ones).
+    """
+    from latency_predictors import UnknownDeviceError, parse_device_id
+
+    try:
+        return store.get(device_id)
+    except UnknownDeviceError:
+        device = parse_device_id(device_id)
+        if device is None:
+            raise
+        return device
+
+
 def load_latency_predictors(space: Any, device_ids: Sequence[str], store: Any = None) -> dict[str, Any]:
     """Device id to its best latency predictor for ``space`` from the device store (``$HWNAS_HOME``).
 
@@ -39,7 +58,7 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], store: Any = 
     store = device_store(store)
     chosen: dict[str, Any] = {}
     for device_id in device_ids:
-        device = store.resolve(device_id)
+        device = known_device(store, device_id)
         predictors = load_predictors(store, device, space)
         if not predictors:
             raise UsageError(f"no latency table or predictor for space {space.name!r} on device {device_id!r}; "
@@ -72,13 +91,15 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
         latency_predictors: device id to predictor; default: loaded from ``store`` (a ``DeviceStore`` or its
             folder; default ``$HWNAS_HOME`` or ``~/.hwnas``).
 
-    Everything that can be checked is checked before any work starts: the config's numbers (and
-    ``n_trials``), the trained supernet, the study's storage, and that no other process searches this run
-    (the run's ``search_lock``, held until the fronts are written).
+    Everything that can be checked is checked before any work starts, and before anything is written to the
+    run (``check_search``): the config's numbers (and ``n_trials``), the study's storage, the run's supernet
+    (this config's, ``nas.accuracy.check_run_supernet``), the predictors and budgets. A run another process is
+    searching is refused first (the run's ``search_lock``, held until the fronts are written).
     """
+    import contextlib
+
     from .rundir import RunDir
-    from .search_paths import search_lock
-    from .study import storage_for
+    from .search_paths import search_lock, search_paths
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     search = config.search.with_n_trials(n_trials)
@@ -88,47 +109,87 @@ def search_stage(config: Any, run: Any, *, n_trials: int | None = None, latency_
         raise UsageError(f"run {run.root} has no trained supernet ({run.supernet_checkpoint}); "
                          f"run `nas train CONFIG` first")
     space = search.restrict(config.get_space())
-    with search_lock(run):
-        storage_for(search, run)  # a storage that cannot be opened fails here, before any work
-        return _search_locked(config, run, search, space, latency_predictors, progress, store)
+    with contextlib.ExitStack() as held:
+        if search_paths(run).lock.exists():  # a run being searched is refused at once, naming the holder
+            held.enter_context(search_lock(run))
+        objective, space, predictors = check_search(config, run, search, space, latency_predictors, store)
+        held.enter_context(search_lock(run))  # made only now: bad input leaves the run folder as it was
+        return _search_locked(config, run, search, space, objective, predictors, progress)
+
+
+def predictor_space(resolutions: Sequence[int], search: Any, space: Any) -> Any:
+    """``space`` limited to the ``resolutions`` an imported accuracy predictor covers; ``search.resolutions`` it
+    does not cover are a ``UsageError`` (checked before any work: ``nas run`` before importing it)."""
+    import dataclasses
+
+    outside = [r for r in search.resolutions if r not in resolutions]
+    if outside:
+        raise UsageError(f"search.resolutions {outside} are not covered by the imported accuracy predictor; "
+                         f"allowed: {', '.join(map(str, resolutions))}")
+    covered = tuple(r for r in space.resolutions if r in resolutions)
+    if not covered:
+        raise UsageError(f"the imported accuracy predictor covers resolutions "
+                         f"{', '.join(map(str, resolutions))}, none of which the search may pick "
+                         f"({', '.join(map(str, space.resolutions))})")
+    return dataclasses.replace(space, resolutions=covered)
 
 
 def load_search_accuracy_predictor(path: Any, search: Any, space: Any) -> tuple[Any, Any]:
     """``(predictor, space)``: the run's saved accuracy predictor, and ``space`` limited to the resolutions it
     covers when it says which (Once-for-All's imported predictor); ``search.resolutions`` it does not cover
     are a ``UsageError``."""
-    import dataclasses
-
     from .accuracy import AccuracyPredictor
     from .ofa_zoo import OFAAccuracyPredictor, covers_resolutions
 
     if not covers_resolutions(path):
         return AccuracyPredictor.load(path), space
     predictor = OFAAccuracyPredictor.load(path)
-    outside = [r for r in search.resolutions if r not in predictor.resolutions]
-    if outside:
-        raise UsageError(f"search.resolutions {outside} are not covered by the imported accuracy predictor; "
-                         f"allowed: {', '.join(map(str, predictor.resolutions))}")
-    covered = tuple(r for r in space.resolutions if r in predictor.resolutions)
-    if not covered:
-        raise UsageError(f"the imported accuracy predictor covers resolutions "
-                         f"{', '.join(map(str, predictor.resolutions))}, none of which the search may pick "
-                         f"({', '.join(map(str, space.resolutions))})")
-    return predictor, dataclasses.replace(space, resolutions=covered)
+    return predictor, predictor_space(predictor.resolutions, search, space)
 
 
-def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
-                   progress: bool, store: Any) -> dict[str, list]:
-    import dataclasses
+def check_budgets(search: Any, space: Any, predictors: Mapping[str, Any], mixed: Mapping[str, Any]) -> None:
+    """``UsageError`` for a device budget (``max_latency_ms`` / ``search.latency_budgets_ms``) below the predicted
+    latency of the space's smallest subnet, the fastest a latency table predicts (in each precision the fronts
+    may hold: ``mixed`` is ``check_precisions``' per-device ``(archs, policies) -> ms``): no subnet could meet it,
+    and the search would say so only at its end. Per-stage mixes of precisions are not checked (one may be faster
+    than both)."""
+    from search_spaces import PrecisionPolicy, arch_to_string, smallest
 
-    from .accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
-    from .data import load_dataset
-    from .io import atomic_write_json
+    from .study import as_batch_fn
+
+    if search.mixed_precision:
+        return
+    fastest = smallest(space)
+    for device, budget in search.budgets.items():
+        candidates = []
+        if "fp32" in search.precisions:
+            candidates.append(float(as_batch_fn(predictors[device])([fastest])[0]))
+        if search.quantized:
+            candidates.append(float(mixed[device]([fastest], [PrecisionPolicy.uniform(space, "int8")])[0]))
+        ms = min(candidates)
+        if ms > budget:
+            raise UsageError(f"no subnet meets the latency budget of {budget:g} ms on device {device!r}: the "
+                             f"smallest subnet ({arch_to_string(space, fastest)}) is predicted at {ms:.4g} ms; "
+                             f"set devices[{device}].max_latency_ms (or search.latency_budgets_ms) to at least "
+                             f"that")
+
+
+def check_search(config: Any, run: Any, search: Any, space: Any, latency_predictors: Mapping[str, Any] | None,
+                 store: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Every check of the search stage that reads only: ``(objective, space, predictors)``, where ``objective``
+    is the run's saved accuracy predictor when the search uses it (else None) and ``space`` is limited to the
+    resolutions that predictor covers."""
+    from .accuracy import check_run_supernet
     from .precision_search import check_precisions
-    from .search import run_search
     from .search_paths import search_paths
+    from .study import check_journal, storage_for
 
     paths = search_paths(run)
+    if search.storage:
+        storage_for(search, run)  # a database that cannot be opened (touches nothing in the run)
+    else:
+        check_journal(paths.journal)  # a damaged record (not a torn last line, mended under the lock)
+    check_run_supernet(config, run)  # damaged, another config's (seed, data, training), another space's
     objective: Any = None
     if config.dataset is None and not (search.accuracy == "predictor" and paths.accuracy_predictor.is_file()):
         raise UsageError(f"the config has no dataset, so subnets cannot be evaluated: search.accuracy must be "
@@ -138,6 +199,24 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
         objective, space = load_search_accuracy_predictor(paths.accuracy_predictor, search, space)
     predictors = dict(latency_predictors) if latency_predictors is not None else \
         load_latency_predictors(space, search.devices, store)
+    if all(d in predictors for d in search.devices):  # run_search names a missing one
+        # int8 needs data to measure quantised subnets on (the evaluator's stand-in here) and tables that read it.
+        mixed = check_precisions(search, space, predictors, config.dataset)
+        check_budgets(search, space, predictors, mixed)
+    return objective, space, predictors
+
+
+def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: Any, predictors: dict[str, Any],
+                   progress: bool) -> dict[str, list]:
+    import dataclasses
+
+    from .accuracy import AccuracyCache, DirectEvaluator, SupernetAccuracy, fit_accuracy_predictor
+    from .data import load_dataset
+    from .io import atomic_write_json
+    from .search import run_search
+    from .search_paths import search_paths
+
+    paths = search_paths(run)
     train = config.train
     evaluator = None
     if config.dataset is not None:
@@ -149,11 +228,7 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, latency_predi
                              device=train.device, quantization_method=search.quantization_method),
             AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
             gpus_per_worker=config.ray.gpus_per_worker)
-        evaluator.factory.check()  # a damaged checkpoint is one line now, even when every accuracy is cached
-    else:  # no data: the checkpoint is still read now, so a damaged one is one line before the search
-        SupernetAccuracy(str(run.supernet_checkpoint), lambda: None).check()
     try:
-        check_precisions(search, space, predictors, evaluator)  # int8 needs data and tables that read it: now
         if search.accuracy == "direct":
             objective = evaluator
         elif objective is None:  # no predictor saved yet: fit one on directly evaluated subnets

@@ -50,9 +50,9 @@ from .search_config import SearchConfig
 from .search_params import POLICY_PREFIX, decode_params, decode_policy, params_of, suggest_arch
 from .search_paths import JOURNAL_NAME, run_path, search_paths
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_objectives", "create_sampler",
-           "is_shared", "load_study", "metric_names", "open_study", "optimize", "sampler_seed", "storage_for",
-           "study_name_for", "study_trials", "supernet_identity"]
+__all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_journal", "check_objectives",
+           "create_sampler", "is_shared", "load_study", "metric_names", "open_study", "optimize", "sampler_seed",
+           "storage_for", "study_name_for", "study_trials", "supernet_identity"]
 
 # A database storage's heartbeat: each process records one per running trial every HEARTBEAT_S seconds; a
 # RUNNING trial without one for GRACE_S seconds belongs to a process that died, and is marked failed.
@@ -114,12 +114,15 @@ STORAGE_ALLOWED = ("a SQLAlchemy database URL Optuna can open and write, e.g. sq
                    "postgresql://USER@HOST/DB, or no search.storage for a journal file in the run folder")
 
 
-def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStorage:
-    """The configured storage (opened), or a journal file in the run folder.
+def storage_for(config: SearchConfig, run_dir: Any, repair: bool = False) -> optuna.storages.BaseStorage:
+    """The configured storage (opened), or a journal file in the run folder (checked by ``check_journal``; with
+    ``repair``, which only the holder of the run's ``search_lock`` may ask for, a last record cut off by a kill
+    is mended first).
 
     Raises:
         UsageError: ``search.storage`` cannot be opened (an unknown scheme, a missing driver, a database
             file that cannot be created or written); the message names the value and what is allowed.
+        DamagedFileError: the journal holds a line that is not a record (beyond a torn last one).
     """
     if config.storage:
         try:
@@ -131,8 +134,76 @@ def storage_for(config: SearchConfig, run_dir: Any) -> optuna.storages.BaseStora
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = search_paths(run_dir).journal
+    check_journal(path, repair=repair)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+JOURNAL_REMEDY = ("move it away to start the search over (the run's supernet and stored fronts are kept), or "
+                  "restore it from a copy")
+
+
+def check_journal(path: Path, repair: bool = False) -> None:
+    """Refuse a study journal with a line that is not a record, which Optuna's ``JournalFileBackend`` would
+    fail on (``JSONDecodeError``) on every read once another line follows it.
+
+    Optuna appends each batch of records in one write ending with a newline, so a kill leaves at most a last
+    line without one, which Optuna skips when reading but would glue the next record onto. With ``repair``
+    (the caller holds the run's ``search_lock``: no other process appends) that line is mended: dropped when
+    it is a torn record, given its newline when it is a whole one; the file is replaced atomically and the
+    original kept beside it (``study.journal.torn``, then ``.torn.1``...). Readers leave it alone: it may be a
+    record being written now.
+
+    Raises:
+        DamagedFileError: a complete line (ending with a newline) that is not a journal record; it names the
+            line and the file (records after it would be lost, so nothing is dropped silently).
+    """
+    from search_spaces import DamagedFileError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DamagedFileError(path, "search journal", exc.strerror or type(exc).__name__, JOURNAL_REMEDY) from None
+    cut = data.rfind(b"\n") + 1  # the complete lines end here; what follows was cut by a kill
+    for number, line in enumerate(data[:cut].split(b"\n")[:-1], start=1):
+        if _journal_record(line) is None:
+            raise DamagedFileError(path, "search journal", f"line {number} is not a journal record",
+                                   JOURNAL_REMEDY)
+    tail = data[cut:]
+    if not tail or not repair:
+        return
+    import shutil
+
+    from .io import atomic_write_bytes
+
+    whole = _journal_record(tail) is not None
+    backup = path.with_name(f"{path.name}.torn")
+    copies = 0
+    while backup.exists():
+        copies += 1
+        backup = path.with_name(f"{path.name}.torn.{copies}")
+    try:
+        shutil.copy2(path, backup)
+    except OSError as exc:
+        raise UsageError(f"search journal {path}: its last record was cut off (by a kill), and a copy cannot be "
+                         f"kept at {backup} ({exc.strerror or type(exc).__name__}) before mending it; make the "
+                         f"folder writable, or {JOURNAL_REMEDY}") from None
+    atomic_write_bytes(path, data + b"\n" if whole else data[:cut])
+    shutil.copymode(backup, path)  # as the original was (the atomic write's temporary file is private)
+    done = "gave its last record the newline a kill cut off" if whole else \
+        f"dropped its last record, cut off by a kill ({len(tail)} bytes)"
+    warnings.warn(f"search journal {path}: {done}; the original is kept as {backup}", stacklevel=2)
+
+
+def _journal_record(line: bytes) -> dict[str, Any] | None:
+    """The journal record a line holds (a JSON object with an ``op_code``), else None."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) and "op_code" in record else None
 
 
 def _open_database(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
@@ -225,7 +296,7 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not config.devices:
         raise UsageError("search: no target devices; list at least one under 'devices'")
-    storage = storage_for(config, run_dir)
+    storage = storage_for(config, run_dir, repair=True)  # its callers hold the run's search_lock
     name = study_name_for(config, run_dir, storage)
     sampler = sampler or create_sampler(config)
     try:  # the one process whose create_study succeeds sets the study up (several may start at once)
