@@ -280,6 +280,21 @@ def build_imported_supernet(path: str | os.PathLike[str], space_name: str):
     return space, supernet.eval(), sha256_file(path)
 
 
+def _check_import_target(run: RunDir) -> None:
+    """Refuse a run whose supernet was trained here, or is being trained (its checkpoints would be mixed with
+    the import's); an earlier import may be replaced."""
+    from supernets.training.checkpoint import read_supernet_file
+
+    if run.supernet_checkpoint.is_file():
+        existing = read_supernet_file(run.supernet_checkpoint)
+        if not str(existing.get("config_hash", "")).startswith("ofa-import-"):
+            raise UsageError(f"run {run.root} already holds a trained supernet; import into another --run-dir")
+    for partial in (run.latest_checkpoint, run.teacher_checkpoint):
+        if partial.exists():
+            raise UsageError(f"run {run.root} has a supernet in training ({partial.relative_to(run.root)}); "
+                             f"import into another --run-dir")
+
+
 def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
                         run_dir: str | os.PathLike[str] | RunDir) -> ImportedSupernet:
     """Write a run folder whose supernet is the zoo checkpoint ``path`` mapped onto ``space_name``.
@@ -287,22 +302,32 @@ def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
     Everything is checked before anything is written; an existing supernet in ``run_dir`` is replaced
     only when it came from an import (a trained run is refused).
     """
-    from supernets.training.checkpoint import read_supernet_file, save_supernet
+    from supernets.training import FileLock, LockBusyError
+    from supernets.training.checkpoint import save_supernet
+
+    from .search_paths import search_lock
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if run.supernet_checkpoint.is_file():
-        existing = read_supernet_file(run.supernet_checkpoint)
-        if not str(existing.get("config_hash", "")).startswith("ofa-import-"):
-            raise UsageError(f"run {run.root} already holds a trained supernet; import into another --run-dir")
+    _check_import_target(run)
     space, supernet, digest = build_imported_supernet(path, space_name)
     source = str(Path(path).expanduser().resolve())
     config_hash = f"ofa-import-{digest[:16]}"
     provenance = {"source": "once-for-all", "kind": "supernet", "file": source, "sha256": digest,
                   "space": space.name, "tensors": len(supernet.state_dict())}
     run.create()
-    checkpoint = save_supernet(run.supernet_checkpoint, supernet, space, config_hash,
-                               summary={"imported": provenance})
-    record = atomic_write_json(run.root / IMPORT_RECORD_NAME, {**provenance, "config_hash": config_hash})
+    # Neither a training nor a search of the run may run while its supernet is swapped.
+    try:
+        lock = FileLock(run.train_lock, f"run {run.root}").acquire()
+    except LockBusyError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        with search_lock(run):
+            _check_import_target(run)  # again, now that nobody else can write the run
+            checkpoint = save_supernet(run.supernet_checkpoint, supernet, space, config_hash,
+                                       summary={"imported": provenance})
+            record = atomic_write_json(run.root / IMPORT_RECORD_NAME, {**provenance, "config_hash": config_hash})
+    finally:
+        lock.release()
     return ImportedSupernet(run_dir=run.root, checkpoint=checkpoint, record=record, space=space.name,
                             source=source, sha256=digest, tensors=provenance["tensors"], config_hash=config_hash)
 

@@ -145,8 +145,12 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     if counts_fn is None:
         from search_spaces import arch_counts as counts_fn  # noqa: N813
     table = study_trials(study, space)
-    if "fp32" not in config.precisions:  # fronts of quantised subnets only
-        table = table.subset([i for i in range(len(table.archs)) if table.policy(i) is not None])
+    # Only the precisions the config lists: a study that once had int8 trials keeps them, but a config that
+    # narrows search.precisions to fp32 (or to int8) fronts only what it asks for.
+    quantized_ok, fp32_ok = any(p != "fp32" for p in config.precisions), "fp32" in config.precisions
+    keep = [i for i in range(len(table.archs)) if (quantized_ok if table.policy(i) is not None else fp32_ok)]
+    if len(keep) < len(table.archs):
+        table = table.subset(keep)
     archs, acc, lats, keys = table.archs, table.accuracy, table.latency_ms, table.keys()
     budgets = config.budgets
     chosen = {d: front_members(archs, acc, lats[:, k], budgets.get(d), keys) for k, d in enumerate(config.devices)}

@@ -6,9 +6,10 @@ expensive objective) is computed once and reused by every device's front; the la
 predictors. The first two trials of a new study are the largest and the smallest subnets.
 
 The study is named after the run (its folder's name) unless ``search.study_name`` says otherwise, and it
-records what it searched: the space, the devices and the supernet (``supernet_identity``: the sha256 of the
-checkpoint, or of the Once-for-All file an imported run came from). A study of another space, other devices
-or another supernet is refused with one line, so a storage shared by several runs never mixes their trials.
+records what it searched: the space, its resolutions, the devices and the supernet (``supernet_identity``:
+the sha256 of the checkpoint, or of the Once-for-All file an imported run came from). A study of another space,
+other resolutions, other devices or another supernet is refused with one line, so a storage shared by several
+runs never mixes their trials.
 
 Two ways to run the trials, chosen by the storage:
 
@@ -306,7 +307,10 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         created = False
-    expected: dict[str, Any] = {"space": space.name, "devices": list(config.devices)}
+    # The resolutions searched shape the study's parameters (one resolution: no `resolution` parameter), so a
+    # study's trials decode only in the space they were asked in.
+    expected: dict[str, Any] = {"space": space.name, "devices": list(config.devices),
+                                "resolutions": [int(r) for r in space.resolutions]}
     if supernet:
         expected["supernet"] = supernet
     attrs = study.user_attrs
@@ -323,9 +327,12 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
             for params in anchor_params(space):  # claimed by whichever process asks first (nas.study_shared)
                 study.enqueue_trial(params, skip_if_exists=True)
         attrs = study.user_attrs  # read back: another process may have set up the same study just now
-    elif supernet and "supernet" not in attrs:  # set up before studies recorded their supernet
-        study.set_user_attr("supernet", supernet)
-        attrs = study.user_attrs
+    else:  # set up before studies recorded their supernet / resolutions
+        missing = [key for key in ("supernet", "resolutions") if key in expected and key not in attrs]
+        for key in missing:
+            study.set_user_attr(key, expected[key])
+        if missing:
+            attrs = study.user_attrs
     _check_identity(config, name, attrs, expected)
     return study
 
@@ -346,6 +353,11 @@ def _check_identity(config: SearchConfig, name: str, attrs: Mapping[str, Any], e
         raise UsageError(f"study {name!r} in {where} searched space {attrs.get('space')!r} on devices "
                          f"{attrs.get('devices')}; this config has {expected['space']!r} on {expected['devices']}: "
                          f"set search.study_name to another name (or use another run folder)")
+    searched = attrs.get("resolutions")
+    if searched is not None and list(searched) != expected["resolutions"]:
+        raise UsageError(f"study {name!r} in {where} searched resolutions {list(searched)}; this config searches "
+                         f"{expected['resolutions']} (search.resolutions): set search.study_name to another name "
+                         f"(or use another run folder), or search the same resolutions")
     stored = attrs.get("supernet")
     if "supernet" in expected and stored and stored != expected["supernet"]:
         raise UsageError(f"study {name!r} in {where} holds the trials of supernet {stored}, and this run's supernet "

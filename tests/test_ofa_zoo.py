@@ -198,3 +198,35 @@ def test_wrong_predictor_files_are_one_line(tmp_path, capsys):
     fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", junk, "--run-dir", tmp_path / "run"],
                        "not a readable Once-for-All accuracy predictor")
     assert not (tmp_path / "run").exists()
+
+
+def test_import_refuses_a_run_in_training_or_locked(tmp_path, capsys):
+    from nas.search_paths import search_lock
+    from supernets.training import FileLock
+
+    # A run stopped part-way through training: its checkpoints would be mixed with the import's.
+    partial = RunDir(tmp_path / "partial").create()
+    partial.checkpoints.mkdir(parents=True, exist_ok=True)
+    partial.latest_checkpoint.write_bytes(b"a training's latest checkpoint")
+    assert main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                 "--run-dir", str(partial.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in training" in err and "latest.pt" in err
+    assert not partial.supernet_checkpoint.exists()
+    # A run whose training or search is running (another process holds its lock).
+    for name, hold in (("training", lambda run: FileLock(run.train_lock, "run").acquire()),
+                       ("searching", None)):
+        run = RunDir(tmp_path / name).create()
+        if hold is not None:
+            lock = hold(run)
+            try:  # flock: a second handle in this process is refused like another process
+                code = main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                             "--run-dir", str(run.root)])
+            finally:
+                lock.release()
+            assert code == 2 and "train.lock" in capsys.readouterr().err
+            assert not run.supernet_checkpoint.exists()
+        else:  # the search lock is re-entrant in a process: taking it here and importing succeeds
+            with search_lock(run.root):
+                assert main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                             "--run-dir", str(run.root)]) == 0

@@ -222,3 +222,16 @@ def test_budgets_are_refined_at_int8_with_cheap_objectives(tmp_path, toy):
     run_search(config, tmp_path / "run", accuracy, {"cpu": latency}, space="ofa_mbv3_cifar",
                final_evaluator=ToyEvaluator(toy), counts_fn=stub_counts)
     assert len(load_study(tmp_path / "run").get_trials()) == len(trials)
+
+
+def test_narrowing_precisions_to_fp32_fronts_only_fp32(tmp_path, toy):
+    evaluator = ToyEvaluator(toy)
+    lat = {"cpu": ToyMixedLatency(toy)}
+    both = run_search(_config(precisions=["fp32", "int8"], precision_candidates=4), tmp_path / "run", toy.accuracy,
+                      lat, space="ofa_mbv3_cifar", final_evaluator=evaluator, counts_fn=stub_counts)
+    assert {m.precision for m in both["cpu"]} == {"fp32", "int8"}
+    # The study keeps its int8 trials, but a config that lists fp32 alone gets a front of fp32 subnets.
+    fp32 = run_search(_config(precisions=["fp32"]), tmp_path / "run", toy.accuracy, lat, space="ofa_mbv3_cifar",
+                      final_evaluator=evaluator, counts_fn=stub_counts)
+    assert fp32["cpu"] and all(m.precision == "fp32" and m.policy is None for m in fp32["cpu"])
+    assert any(POLICY_ATTR in t.user_attrs for t in load_study(tmp_path / "run").get_trials())

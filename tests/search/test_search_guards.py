@@ -268,3 +268,17 @@ def test_sqlite_storage_works(tmp_path, toy):
     search(tmp_path / "run", toy, {"n_trials": 8, "storage": storage})
     assert os.path.getsize(tmp_path / "study.db") > 0
     assert len(complete(load_study(tmp_path / "run", SearchConfig.parse({"storage": storage}, ["dev"])))) == 8
+
+
+def test_a_study_of_other_resolutions_is_refused_and_its_fronts_kept(tmp_path, toy):
+    run = tmp_path / "run"
+    search(run, toy, {"n_trials": 16})
+    fronts = run / "fronts" / "fronts.sqlite"
+    before = fronts.read_bytes()
+    # With one resolution the study's trials have no `resolution` parameter: old trials would decode as r32.
+    with pytest.raises(UsageError, match=r"searched resolutions \[24, 28, 32\].*searches \[32\]"):
+        search(run, toy, {"n_trials": 24, "resolutions": [32]})
+    assert fronts.read_bytes() == before
+    assert len(complete(load_study(run))) == 16
+    search(run, toy, {"n_trials": 20})  # the same resolutions continue the study
+    assert len(complete(load_study(run))) == 20
