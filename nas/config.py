@@ -177,6 +177,22 @@ def _check_keys(raw: Mapping[str, Any], where: str, allowed: typing.Iterable[str
             raise UsageError(f"{where}: unknown key {key!r}; allowed: {_fmt_allowed(allowed)}")
 
 
+INT_LIMIT = 2**63 - 1
+"""Largest integer a config may hold (every count ends up in a numpy or torch int64)."""
+
+SEED_LIMIT = 2**32 - 1
+"""Largest seed (numpy's legacy and scikit-learn's ``random_state`` limit); seeds are >= 0 (numpy's
+``default_rng`` refuses negative ones)."""
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a 400-digit number in a one-line error helps nobody)."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"a number of about {round(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """``value`` checked against a simple annotation (int, float, str, bool, optional of those)."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -188,15 +204,31 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if kind is bool and isinstance(value, bool):
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_LIMIT:
+                raise UsageError(f"{key}: {_shown(value)} is not allowed; expected an integer of at most "
+                                 f"{INT_LIMIT}")
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UsageError(f"{key}: {value!r} is not allowed; expected a finite number")
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float's range
+                number = math.inf
+            if not math.isfinite(number):
+                raise UsageError(f"{key}: {_shown(value)} is not allowed; expected a finite number")
+            return number
         if kind is str and isinstance(value, str):
             return value
     names = " or ".join("null" if k is type(None) else k.__name__ for k in options)
-    raise UsageError(f"{key}: {value!r} is not allowed; expected {names}")
+    raise UsageError(f"{key}: {_shown(value)} is not allowed; expected {names}")
+
+
+def check_seed(value: Any, key: str) -> int:
+    """``value`` as a seed (an integer in [0, ``SEED_LIMIT``]); ``UsageError`` naming ``key`` otherwise. The one
+    seed check: the config's ``seed`` and the command line's ``--seed`` options."""
+    seed = _coerce(value, int, key)
+    if not 0 <= seed <= SEED_LIMIT:
+        raise UsageError(f"{key}: {seed} is not allowed; a seed is an integer from 0 to {SEED_LIMIT}")
+    return seed
 
 
 def _parse_dataclass(cls: type, raw: Any, where: str, skip: tuple[str, ...] = (),
@@ -230,13 +262,18 @@ def _fraction(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _held_out_fraction(value: Any) -> str | None:
+    """A part held out as a split that must not be empty (the test split of data without one of its own)."""
+    return None if 0 < value < 1 else "must be in (0, 1): a split that holds no images would be scored as 0"
+
+
 def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda value: None if value in allowed else f"allowed: {_fmt_allowed(allowed)}"
 
 
 def parse_dataset(raw: Any) -> DatasetConfig:
     return DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
-        "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _fraction,
+        "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _held_out_fraction,
         "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _non_negative,
         "image_size": _positive, "loader_workers": _non_negative,
     }))
@@ -351,9 +388,11 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
         raise UsageError(f"name: {name!r} is not allowed; a plain folder name (letters, digits, -, _)")
     kwargs: dict[str, Any] = {"name": name, "space": _coerce(raw["space"], str, "space"), "source": source}
     if "seed" in raw:
-        kwargs["seed"] = _coerce(raw["seed"], int, "seed")
+        kwargs["seed"] = check_seed(raw["seed"], "seed")
     if "run_dir" in raw:
         kwargs["run_dir"] = _coerce(raw["run_dir"], str | None, "run_dir")
+        if kwargs["run_dir"] == "":
+            raise UsageError("run_dir: '' is not allowed; a folder path, or null for runs/<name>")
     config = ExperimentConfig(**kwargs)
     space = config.get_space()
     typed = {key: parser(raw.get(key), space) for key, parser in SECTION_PARSERS.items()}
@@ -366,7 +405,20 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
     config = dataclasses.replace(config, **typed)
     _check_resolutions(config, space)
     _check_data_for_import(config)
+    _check_validation_split(config)
     return config
+
+
+def _check_validation_split(config: ExperimentConfig) -> None:
+    """A config that trains validates after every epoch: its ``val_fraction`` must hold images out.
+
+    An imported supernet is not trained, so 0 is allowed there (``nas eval`` on the test split keeps every
+    training image for batch-norm recalibration); work that scores subnets on the validation split checks its
+    size where it starts (``nas.data.check_split_sizes``), which also catches a fraction that rounds to no image.
+    """
+    if config.supernet is None and config.dataset is not None and config.dataset.val_fraction == 0:
+        raise UsageError("dataset.val_fraction: 0.0 is not allowed; must be in (0, 1): training scores subnets "
+                         "on that part of the training images after every epoch")
 
 
 def _check_resolutions(config: ExperimentConfig, space: SearchSpace) -> None:
@@ -388,17 +440,23 @@ def load_config(path: str | Path, *, epochs_scale: float | None = None) -> Exper
     """Read and validate an experiment config file; ``epochs_scale`` overrides ``train.epochs_scale``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config {path} is not UTF-8 text (byte {exc.start}); a config is a YAML text file") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; lists nested thousands deep
+        raise UsageError(f"config {path} cannot be read: {str(exc).splitlines()[0][:120]}") from exc
     config = parse_config(raw, source=str(path))
     if epochs_scale is not None:
-        if epochs_scale <= 0:
-            raise UsageError(f"--epochs-scale: {epochs_scale} is not allowed; must be > 0")
+        epochs_scale = _coerce(epochs_scale, float, "--epochs-scale")  # nan and inf: one line, as in the file
+        problem = _positive(epochs_scale)
+        if problem:
+            raise UsageError(f"--epochs-scale: {epochs_scale} is not allowed; {problem}")
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs_scale=epochs_scale))
     return config
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,10 +164,16 @@ class ImageData:
 # Splitting and resizing.
 
 
+def _held(n: int, fraction: float) -> int:
+    """How many of ``n`` images a split of ``fraction`` holds out (the one rounding rule: ``split_sizes``
+    predicts what ``_split`` cuts)."""
+    return int(round(n * fraction))
+
+
 def _split(n: int, fraction: float, seed: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded permutation of ``range(n)`` cut into (kept, held out ``fraction``)."""
     order = np.random.default_rng([seed, salt]).permutation(n)
-    held = int(round(n * fraction))
+    held = _held(n, fraction)
     return np.sort(order[held:]), np.sort(order[:held])
 
 
@@ -265,8 +271,6 @@ def cifar10_files(path: Path) -> list[Path]:
 def check_cifar10_files(path: Path) -> None:
     """Raise ``UsageError`` naming the first missing, truncated or malformed shard (reads no pixels of npz
     shards: their zip directory and array headers only)."""
-    import zipfile
-
     for file in cifar10_files(path):
         if not file.is_file():
             raise UsageError(f"CIFAR-10 shard {file} is missing")
@@ -275,40 +279,51 @@ def check_cifar10_files(path: Path) -> None:
                 handle.seek(0, os.SEEK_END)
                 if handle.tell() == 0 or (handle.seek(-1, os.SEEK_END) and handle.read(1) != b"."):
                     raise UsageError(f"CIFAR-10 shard {file} is truncated (it does not end as a pickle does)")
-            continue
-        try:
-            with zipfile.ZipFile(file) as archive:
-                names = set(archive.namelist())
-                if not {"x.npy", "y.npy"} <= names:
-                    raise UsageError(f"CIFAR-10 shard {file} lacks the arrays x and y (has {sorted(names)})")
-                with archive.open("x.npy") as handle:
-                    version = np.lib.format.read_magic(handle)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                        else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(handle)
-                size = archive.getinfo("x.npy").file_size
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise UsageError(f"CIFAR-10 shard {file} is truncated or not an npz file ({exc})") from exc
-        if len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3) or dtype != np.uint8:
-            raise UsageError(f"CIFAR-10 shard {file}: x has shape {shape} {dtype}, expected (N, 32, 32, 3) uint8")
-        if size < int(np.prod(shape)):
-            raise UsageError(f"CIFAR-10 shard {file} is truncated")
+        else:
+            _npz_images(file)
+
+
+def _npz_images(file: Path) -> int:
+    """The number of images of an npz CIFAR-10 shard, from its zip directory and ``x`` header (no pixels read);
+    ``UsageError`` naming a truncated or malformed shard."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = set(archive.namelist())
+            if not {"x.npy", "y.npy"} <= names:
+                raise UsageError(f"CIFAR-10 shard {file} lacks the arrays x and y (has {sorted(names)})")
+            with archive.open("x.npy") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(handle)
+            size = archive.getinfo("x.npy").file_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"CIFAR-10 shard {file} is truncated or not an npz file ({exc})") from exc
+    if len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3) or dtype != np.uint8:
+        raise UsageError(f"CIFAR-10 shard {file}: x has shape {shape} {dtype}, expected (N, 32, 32, 3) uint8")
+    if size < int(np.prod(shape)):
+        raise UsageError(f"CIFAR-10 shard {file} is truncated")
+    return int(shape[0])
+
+
+def _read_cifar10_shard(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one CIFAR-10 shard of either format; ``UsageError`` naming a shard that cannot be read."""
+    try:
+        if file.suffix != ".npz":
+            return _read_cifar_batch(file)
+        with np.load(file, allow_pickle=False) as f:
+            return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
+    except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"cannot read CIFAR-10 shard {file}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_cifar10_arrays(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """((train x, y), (test x, y)) as uint8 NCHW tensors and int64 labels, from either format."""
-    def read(file: Path) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            if file.suffix != ".npz":
-                return _read_cifar_batch(file)
-            with np.load(file, allow_pickle=False) as f:
-                return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
-        except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as exc:
-            raise UsageError(f"cannot read CIFAR-10 shard {file}: {type(exc).__name__}: {exc}") from exc
-
     files = cifar10_files(path)
-    shards = [read(f) for f in files[:-1]]
-    test = read(files[-1])
+    shards = [_read_cifar10_shard(f) for f in files[:-1]]
+    test = _read_cifar10_shard(files[-1])
     x = np.concatenate([s[0] for s in shards])
     y = np.concatenate([s[1] for s in shards])
     return (torch.from_numpy(x), torch.from_numpy(y)), (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
@@ -318,21 +333,29 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """``(file, label)`` of every image under ``root/<class>/``, in class and name order."""
+    found = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            found += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
 def _read_folder(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
     images, labels = [], []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+    for file, label in _image_files(root, classes):
+        try:
             with Image.open(file) as image:
                 rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-            labels.append(label)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # OSError: UnidentifiedImageError too
+            reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot read image {file} ({reason[:160]}); remove or replace it") from exc
+        images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+        labels.append(label)
     if not images:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
@@ -405,3 +428,64 @@ def load_dataset(cfg: DatasetConfig, resolution: int, seed: int = 0) -> ImageDat
     x, y = _read_folder(train_root, classes, size)
     test = _read_folder(test_root, classes, size) if test_root is not None else None
     return _assemble(cfg, seed, x, y, test, len(classes), size, default_flip=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Split sizes, known before any work.
+
+_SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+_SPLIT_FIXES = {
+    "train": "lower train.batch_size or raise dataset.max_train_images",
+    "val": "raise dataset.val_fraction (the part of the training images held out for validation)",
+    "test": "raise dataset.test_fraction or dataset.max_test_images",
+}
+
+
+def _source_sizes(cfg: DatasetConfig) -> tuple[int, int | None]:
+    """(training images, the data's own test images or None when a test split is held out of them)."""
+    if cfg.kind == "digits":
+        return len(load_digits_arrays()[1]), None
+    if cfg.kind == "cifar10":
+        counts = [_npz_images(f) if f.suffix == ".npz" else len(_read_cifar10_shard(f)[1])
+                  for f in cifar10_files(resolve_cifar10_path(cfg))]
+        return sum(counts[:-1]), counts[-1]
+    train_root, test_root, classes = _folder_layout(cfg)
+    return len(_image_files(train_root, classes)), None if test_root is None else len(_image_files(test_root, classes))
+
+
+def split_sizes(cfg: DatasetConfig, seed: int = 0) -> dict[str, int]:
+    """Images in the ``train``, ``val`` and ``test`` splits ``load_dataset(cfg, ..., seed)`` gives, read from
+    file lists and shard headers (no image is decoded; digits and pickled CIFAR-10 batches are small enough to
+    load). ``UsageError`` when the data cannot be found."""
+    if cfg.kind == "folder" and cfg.stream:  # its index lists the files without decoding them
+        data = load_dataset(cfg, cfg.image_size or 1, seed)
+        return {split: data.size(split) for split in _SPLIT_NAMES}
+    check_dataset(cfg)
+    train, test = _source_sizes(cfg)
+    if test is None:
+        test = _held(train, cfg.test_fraction)
+        train -= test
+    val = _held(train, cfg.val_fraction)
+    train -= val
+    if cfg.max_train_images is not None:
+        train = min(train, cfg.max_train_images)
+    if cfg.max_test_images is not None:
+        test = min(test, cfg.max_test_images)
+    return {"train": train, "val": val, "test": test}
+
+
+def check_split_sizes(cfg: DatasetConfig, seed: int, least: Mapping[str, tuple[int, str]]) -> dict[str, int]:
+    """``split_sizes``, or ``UsageError`` when a split holds fewer images than the work needs (a split held out
+    by a fraction that rounds to no image, a training split smaller than one batch): refused before the work
+    starts rather than an empty split scored as 0 or a worker failing after the run folder was made.
+
+    Args:
+        least: per split, the fewest images and what needs them, e.g.
+            ``{"train": (64, "one batch of 64"), "val": (1, "the validation after every epoch")}``.
+    """
+    sizes = split_sizes(cfg, seed)
+    for split, (count, needed_by) in least.items():
+        if sizes[split] < count:
+            raise UsageError(f"dataset: the {_SPLIT_NAMES[split]} split holds {sizes[split]} image(s), and "
+                             f"{needed_by} needs {count}; {_SPLIT_FIXES[split]}")
+    return sizes

@@ -17,7 +17,6 @@ Example (YAML)::
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -53,10 +52,16 @@ class LatencySettings:
     load_reference: bool = _PROTOCOL.load_reference
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None) -> LatencySettings:
-        raw = dict(raw or {})
+    def parse(cls, raw: Any) -> LatencySettings:
+        """The section as written (None: every default); ``UsageError`` naming the key and what is allowed."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise UsageError(f"latency must be a mapping of keys to values (e.g. latency: {{table: true}}), "
+                             f"got {type(raw).__name__}")
+        raw = dict(raw)
         allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - allowed)
+        unknown = sorted(str(k) for k in set(raw) - allowed)  # keys may be numbers in YAML
         if unknown:
             raise UsageError(f"latency: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         values: dict[str, Any] = {}
@@ -70,8 +75,9 @@ class LatencySettings:
             elif key in ("fit_samples", "warmup", "repeats"):
                 ok = _is_int(value) and value >= (1 if key == "repeats" else 0)
             elif key == "quantile":
-                ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                      and 0 < value <= 0.5)
+                # The range test first: it also refuses nan and inf, and compares an integer too large for a
+                # float exactly (``math.isfinite(10**400)`` raises OverflowError).
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 0.5
                 value = float(value) if ok else value
             elif key == "clock":
                 ok = value in CLOCKS
@@ -83,7 +89,8 @@ class LatencySettings:
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
                         "repeats": "an integer >= 1", "fit_from": "a device id (letters, digits, '.', '_', '-')"
                         }.get(key, "an integer >= 0")
-                raise UsageError(f"latency.{key}: {value!r} is not allowed; {hint}")
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."  # a 400-digit number
+                raise UsageError(f"latency.{key}: {shown} is not allowed; {hint}")
             values[key] = value
         settings = cls(**values)
         if settings.fit_from is not None and settings.fit_samples < 3:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
-from .io import atomic_write_text
+from .io import atomic_write_text, check_writable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,6 +40,9 @@ def _checked_root(root: str | os.PathLike[str]) -> Path:
     text = os.fspath(root)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if not text:  # Path("") is the current folder: a run would be written among whatever is there
+        raise UsageError("run folder '' is not allowed; give a folder path (--run-dir, the config's run_dir) or "
+                         "leave it out for runs/<name>")
     if "\0" in text:
         raise UsageError(f"run folder {text!r} contains a NUL character; name the run (the config's name or "
                          f"--run-dir) with letters, digits, - and _")
@@ -88,7 +91,31 @@ class RunDir:
         return f"RunDir({str(self.root)!r})"
 
     def create(self) -> RunDir:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        """Make the run folder and ``checkpoints/``; ``UsageError`` naming the path when that is impossible (a
+        file in the way, no permission)."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            in_way = _file_in_way(self.checkpoints)
+            reason = f"{in_way} is a file" if in_way is not None else (exc.strerror or str(exc))
+            raise UsageError(f"cannot create run folder {self.checkpoints} ({reason}); choose another --run-dir "
+                             f"or move what is in the way") from exc
+        return self
+
+    def check_writable(self) -> RunDir:
+        """Fail before any work when a file training writes cannot be written: ``UsageError`` naming it (a file
+        where the run folder or ``checkpoints/`` should be, a folder where a checkpoint should be, no
+        permission). Without it the last epoch's work is lost when the supernet cannot be saved."""
+        for path in (self.config_copy, self.metrics, self.train_lock, self.writer_lock, self.latest_checkpoint,
+                     self.teacher_checkpoint, self.supernet_checkpoint, self.logs / "ray.log"):
+            try:
+                check_writable(path)
+            except UsageError as exc:
+                in_way = _file_in_way(path.parent)
+                reason = ("it is a folder" if path.is_dir() else f"{in_way} is a file" if in_way is not None
+                          else getattr(exc.__cause__, "strerror", None) or str(exc.__cause__))
+                raise UsageError(f"run {self.root} cannot be written: {path} ({reason}); move what is in the way "
+                                 f"or choose another --run-dir") from exc
         return self
 
     # Training.
@@ -161,6 +188,17 @@ class RunDir:
 
     def is_trained(self) -> bool:
         return self.supernet_checkpoint.is_file()
+
+
+def _file_in_way(folder: Path) -> Path | None:
+    """The file (not a folder) at ``folder`` or at one of its parents, if any: what keeps it from being made."""
+    for path in (folder, *folder.parents):
+        try:
+            if path.exists():
+                return None if path.is_dir() else path
+        except OSError:
+            return None
+    return None
 
 
 def load_supernet(run_dir: str | os.PathLike[str] | RunDir) -> tuple[SearchSpace, nn.Module]:

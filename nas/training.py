@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig
-from .data import check_dataset, load_dataset, num_classes
+from .data import check_split_sizes, load_dataset, num_classes
 from .errors import RetryableError, UsageError
 from .rundir import RunDir
 
@@ -34,6 +34,7 @@ def import_supernet(config: ExperimentConfig, run: RunDir) -> None:
     """The ``train`` stage of a config that imports its supernet (``supernet: {import: ofa, ...}``)."""
     from .ofa_zoo import import_for_config
 
+    run.check_writable()
     done = import_for_config(config.supernet, config.space, run)
     run.create()
     run.write_config(config)
@@ -88,6 +89,7 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
             position = f"after epoch {state['completed_epochs']} of {total}"
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
+    run.check_writable()  # a folder where supernet.pt goes would otherwise be found after the last epoch
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     dataset = config.dataset  # workers run elsewhere: give them an absolute data path
     if dataset.path:
@@ -100,7 +102,11 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
         fail_at_epoch=int(fail_at) if fail_at else None, fail_marker=os.environ.get(FAIL_MARKER_ENV),
         progress=progress, writer_lock_path=str(run.writer_lock),
     )
-    check_dataset(config.dataset)
+    workers = config.ray.num_workers if config.ray.enabled else 1
+    check_split_sizes(config.dataset, config.seed, {
+        "train": (config.train.batch_size * workers,
+                  f"one batch of train.batch_size {config.train.batch_size} on each of {workers} worker(s)"),
+        "val": (1, "the validation after every epoch")})
     try:
         check_placement(job, config.ray)
     except DeviceError as exc:
@@ -115,6 +121,9 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
         lock = FileLock(run.train_lock, f"run {run.root}").acquire()
     except LockBusyError as exc:
         raise UsageError(str(exc)) from exc
+    except OSError as exc:  # the run folder cannot be made (checked above as far as permissions tell)
+        raise UsageError(f"cannot create run folder {run.root} ({exc.strerror or exc}); choose another "
+                         f"--run-dir") from exc
     try:
         _train_locked(config, run, job, space, phases, total, position, verbose, quiet)
     finally:
@@ -133,6 +142,7 @@ def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, p
         run_in_process,
         run_on_ray,
     )
+    from supernets.training.loop import TrainingInputError
 
     run.create()
     run.write_config(config)
@@ -150,7 +160,7 @@ def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, p
         raise UsageError(f"out of device memory at train.batch_size {config.train.batch_size}: "
                          f"{str(exc).splitlines()[0]}; use a smaller train.batch_size (in a new run folder: the batch "
                          f"size is part of a run's identity)") from exc
-    except (LockBusyError, TrainingDivergedError) as exc:
+    except (LockBusyError, TrainingDivergedError, TrainingInputError) as exc:
         raise UsageError(str(exc)) from exc
     except TrainingFailedError as exc:
         if exc.user_error:

@@ -18,7 +18,7 @@ Example (``mnasnet``): ``r224/w1.25:d2:mb_k5_e6_se0.25_id/...``.
 
 from __future__ import annotations
 
-from ._arch import Arch, ArchError, BlockArch, StageArch, validate
+from ._arch import Arch, ArchError, BlockArch, StageArch, _check, validate
 from ._space import SearchSpace, StageSpec
 
 _OP_TOKENS = {"conv": "conv", "sepconv": "sep", "mbconv": "mb"}
@@ -64,6 +64,14 @@ def _parse_number(token: str, prefix: str, where: str) -> float:
         raise ArchError(f"{where}: cannot read a number from token {token!r}") from None
 
 
+def _parse_int(token: str, prefix: str, where: str) -> int:
+    """The whole number after ``prefix`` (plain digits: ``k3.5`` is not kernel 3, ``d2_0`` not depth 20)."""
+    digits = token[len(prefix):]
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:  # more digits: no space has such sizes
+        raise ArchError(f"{where}: cannot read a whole number from token {token!r}")
+    return int(digits)
+
+
 def _parse_block(spec: StageSpec, text: str, where: str) -> BlockArch:
     op = spec.op_types[0] if len(spec.op_types) == 1 else None
     kernel = spec.kernel_sizes[0] if len(spec.kernel_sizes) == 1 else None
@@ -78,7 +86,7 @@ def _parse_block(spec: StageSpec, text: str, where: str) -> BlockArch:
         elif token.startswith("se"):
             se = _parse_number(token, "se", where)
         elif token.startswith("k"):
-            kernel = int(_parse_number(token, "k", where))
+            kernel = _parse_int(token, "k", where)
         elif token.startswith("e"):
             expand = _parse_number(token, "e", where)
         else:
@@ -102,8 +110,8 @@ def arch_from_string(space: SearchSpace, text: str) -> Arch:
     if not parts[0].startswith("r"):
         raise ArchError(f"arch string must start with r<resolution>, got {parts[0]!r}")
     try:
-        resolution = int(parts[0][1:])
-    except ValueError:
+        resolution = _parse_int(parts[0], "r", "arch string")
+    except ArchError:
         raise ArchError(f"cannot read the resolution from {parts[0]!r}") from None
     if len(parts) - 1 != len(space.stages):
         raise ArchError(f"arch string has {len(parts) - 1} stages; space {space.name!r} has "
@@ -119,7 +127,8 @@ def arch_from_string(space: SearchSpace, text: str) -> Arch:
             head, _, body = token.partition(":")
             if not head.startswith("d") or not body:
                 raise ArchError(f"{where}: expected d<depth>:<block>, got {token!r}")
-            depth = int(_parse_number(head, "d", where))
+            depth = _parse_int(head, "d", where)
+            _check(where, "depth", depth, spec.depths)  # before the blocks are repeated that many times
             blocks = (_parse_block(spec, body, where),) * depth
         else:
             if not token:

@@ -18,6 +18,7 @@ from search_spaces import (
     smallest,
 )
 
+from ..config import check_seed
 from ..errors import UsageError
 
 
@@ -93,7 +94,7 @@ def select_archs(space: SearchSpace, args: argparse.Namespace) -> list[Arch]:
         return [from_ofa_config(space, config)]
     if args.sample < 1:
         raise UsageError(f"--sample must be >= 1, got {args.sample}")
-    return sample(space, args.sample, args.seed)
+    return sample(space, args.sample, check_seed(args.seed, "--seed"))
 
 
 def run(args: argparse.Namespace) -> int:

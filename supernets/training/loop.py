@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,12 @@ class TrainingDivergedError(RuntimeError):
     before the epoch is checkpointed, so the last good checkpoint stays."""
 
 
+class TrainingInputError(ValueError):
+    """The data and the settings do not fit (a training split smaller than one batch): running again fails the
+    same way, so it is bad input to report in one line, not a failure to retry. ``nas.training`` refuses it
+    before the run folder is made; this is the backstop in the worker."""
+
+
 def _check_finite(total: torch.Tensor, count: int, phase: Phase, position: Position, step: int) -> float:
     """The mean loss so far (a host sync); ``TrainingDivergedError`` when it is not finite."""
     mean = float(total) / max(count, 1)
@@ -130,32 +138,82 @@ def _load_teacher(job: TrainJob) -> nn.Module:
     return teacher
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The metrics lines of a run (an unreadable last line, from a kill mid-write, is dropped)."""
-    if not Path(path).exists():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+def _read_metrics(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int, bool]:
+    """``(rows, damaged lines, unterminated)`` of a metrics file: every line that is a JSON object is a row; any
+    other line (bad bytes, garbage, a list) is damaged, except a last line without its newline (unterminated:
+    torn by a kill mid-write, dropped unless it is a whole object; a line appended to it would be lost)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0, False
+    lines = data.split(b"\n")
+    torn = lines.pop() != b""  # the part after the last newline: empty in a whole file
+    rows, damaged = [], 0
+    for line in lines:
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged += 1
+    if torn:
+        try:
+            row = json.loads(data[data.rfind(b"\n") + 1:].decode("utf-8"))
+        except (ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict):  # whole but for its newline (written by hand): keep it
+            rows.append(row)
+    return rows, damaged, torn
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The metrics rows of a run, read tolerantly.
+
+    The metrics file is a log of what each epoch scored; the run's state is in its checkpoints. So a damaged
+    line (not a JSON object) is skipped with a warning instead of raising: raising would make every resume of
+    the run fail on the log until someone edits it by hand, while skipping loses nothing the training needs
+    (only that epoch's scores, which ``_trim_metrics`` keeps in a copy). A torn last line from a kill mid-write
+    is dropped silently, as before.
+    """
+    rows, damaged, _ = _read_metrics(path)
+    if damaged:
+        warnings.warn(f"{path}: {damaged} damaged line(s) skipped (not JSON objects); the scores of those epochs "
+                      f"are missing from the metrics, training is not affected", stacklevel=2)
     return rows
 
 
 def _trim_metrics(path: str, completed: int) -> None:
-    """Keep one line per epoch already covered by the checkpoint (a kill may leave extra lines)."""
-    rows = read_metrics(path)
+    """Keep one line per epoch already covered by the checkpoint (a kill may leave extra lines or a torn one;
+    new lines must not be appended to a torn one).
+
+    Damaged lines are dropped too, after a warning; the file as it was is kept first as
+    ``metrics.jsonl.damaged`` (``.damaged.1``, ... when that exists), so nothing it held is lost.
+    """
+    rows, damaged, torn = _read_metrics(path)
     kept: dict[int, dict[str, Any]] = {}
     for row in rows:
         g = row.get("global_epoch")
-        if isinstance(g, int) and g < completed and g not in kept:
+        if isinstance(g, int) and not isinstance(g, bool) and 0 <= g < completed and g not in kept:
             kept[g] = row
-    if len(kept) != len(rows):
-        text = "".join(json.dumps(kept[g], sort_keys=True) + "\n" for g in sorted(kept))
-        tmp = f"{path}.tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, path)
+    if len(kept) == len(rows) and not damaged and not torn:
+        return
+    if damaged:
+        backup = Path(f"{path}.damaged")
+        number = 0
+        while backup.exists():
+            number += 1
+            backup = Path(f"{path}.damaged.{number}")
+        shutil.copyfile(path, backup)
+        warnings.warn(f"{path}: {damaged} damaged line(s) dropped (not JSON objects); the file as it was is kept "
+                      f"as {backup}; training is not affected", stacklevel=2)
+    text = "".join(json.dumps(kept[g], sort_keys=True) + "\n" for g in sorted(kept))
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(text)
+    os.replace(tmp, path)
 
 
 def _append_metrics(path: str, row: dict[str, Any]) -> None:
@@ -326,7 +384,9 @@ def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | Non
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
     if steps < 1:
-        raise ValueError(f"the training split is smaller than one batch of {settings.batch_size} per worker")
+        raise TrainingInputError(f"the training split is smaller than one batch of "
+                                 f"train.batch_size {settings.batch_size} on each of {world_size} worker(s); "
+                                 f"lower train.batch_size or use more training images")
     if rank == 0 and log is not None:
         log(f"training on {execution.describe()}, {world_size} worker{'s' if world_size > 1 else ''}, "
             f"{steps} steps of {settings.batch_size} images per worker per epoch")
