@@ -707,7 +707,7 @@ def evaluate_subnets(config: Any, run: Any, archs: Sequence[Arch], split: str = 
 
     from search_spaces import arch_to_string
 
-    from .data import check_dataset, load_dataset
+    from .data import check_dataset, check_split_sizes, load_dataset
 
     if config.dataset is None:
         raise UsageError("the config has no dataset to evaluate on; add a dataset section (e.g. {kind: folder, "
@@ -721,6 +721,7 @@ def evaluate_subnets(config: Any, run: Any, archs: Sequence[Arch], split: str = 
                          f"first (it imports the supernet when the config names one)")
     check_run_supernet(config, run)  # another config's supernet (seed, split) is refused, as `nas train` does
     check_dataset(config.dataset)
+    check_split_sizes(config.dataset, config.seed, {split: (1, f"nas eval --split {split}")})
     space = config.get_space()
     factory = SupernetAccuracy(str(run.supernet_checkpoint),
                                functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),

@@ -308,6 +308,7 @@ def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
     from .search_paths import search_lock
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.check_writable()
     _check_import_target(run)
     space, supernet, digest = build_imported_supernet(path, space_name)
     source = str(Path(path).expanduser().resolve())

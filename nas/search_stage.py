@@ -197,6 +197,14 @@ def check_search(config: Any, run: Any, search: Any, space: Any, latency_predict
                          f"imports one)")
     if search.accuracy == "predictor" and paths.accuracy_predictor.is_file():
         objective, space = load_search_accuracy_predictor(paths.accuracy_predictor, search, space)
+    elif config.dataset is not None:  # subnets evaluated on the data (directly, or to fit the predictor)
+        from .data import check_split_sizes
+
+        check_split_sizes(config.dataset, config.seed, {"val": (1, "the search's accuracy of subnets"),
+                                                        "test": (1, "the fronts' test accuracy")})
+    from .fronts import check_front_store
+
+    check_front_store(paths.fronts)  # a damaged store fails now, before any predictor fit or trial
     predictors = dict(latency_predictors) if latency_predictors is not None else \
         load_latency_predictors(space, search.devices, store)
     if all(d in predictors for d in search.devices):  # run_search names a missing one
@@ -275,7 +283,9 @@ def search_is_complete(config: Any, run: Any) -> bool:
     except (UsageError, KeyError):
         return False
     done = sampler_trials_done(study)
-    store = get_front_store(paths.fronts)
+    if paths.fronts.stat().st_size == 0:
+        return False
+    store = get_front_store(paths.fronts, create=False)
     # Fronts written for other precisions (before int8 was listed, or since it was dropped) are not this search's.
     precisions = store.get_meta("precisions", ["fp32"])
     return (done >= search.n_trials and set(search.devices) <= set(store.devices())

@@ -241,11 +241,11 @@ def _sampling_setup(args: argparse.Namespace):
 def fit_cmd(args: argparse.Namespace) -> int:
     from latency_predictors.workflow import fit_device, format_fit, source_predictors
 
+    from ..config import check_seed
     from ..latency_builders import static_builder
 
     space, config, resolutions, store = _sampling_setup(args)
-    if args.seed < 0:
-        raise UsageError(f"--seed must be an integer >= 0 (got {args.seed})")
+    check_seed(args.seed, "--seed")
     if args.from_kind is not None and args.source is None:
         raise UsageError("--from-kind needs --from DEVICE")
     if args.source is not None:  # read only: refused before this device is recorded (fit_device checks again)
