@@ -117,14 +117,19 @@ class AccuracyCache:
 
     fp32 (no policy, or fp32 throughout) is one subnet whatever the method: its lines carry neither field. A
     quantised line carries the quantiser's id (``nas.quantize.QUANTIZER_ID``); lines of another quantiser (or of
-    none, from before the id) are not read, so those subnets are evaluated again.
+    none, from before the id) are not read, so those subnets are evaluated again. With ``supernet`` (its
+    ``nas.study.supernet_identity``) lines carry it, and lines of another supernet (an import replaced since) are
+    not read; lines written before the field are read.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, supernet: str | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.supernet = supernet
         self._values: dict[tuple[str, str, str | None, str | None], float] = {}
         for row in _read_lines(self.path):
             try:
+                if supernet is not None and row.get("supernet", supernet) != supernet:
+                    continue
                 policy = row.get("policy")
                 if policy is not None and row.get("quantizer") != QUANTIZER_ID:
                     continue
@@ -151,6 +156,8 @@ class AccuracyCache:
             self._values[(arch.arch_id, split, policy, used)] = float(acc)
             row: dict[str, Any] = {"arch_id": arch.arch_id, "split": split, "accuracy": float(acc),
                                    "arch": arch.to_dict()}
+            if self.supernet is not None:
+                row["supernet"] = self.supernet
             if policy is not None:
                 row.update(policy=policy, quantization_method=used, quantizer=QUANTIZER_ID)
             lines.append(json.dumps(row, sort_keys=True))

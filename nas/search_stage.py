@@ -223,6 +223,7 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: An
     from .io import atomic_write_json
     from .search import run_search
     from .search_paths import search_paths
+    from .study import supernet_identity
 
     paths = search_paths(run)
     train = config.train
@@ -234,7 +235,8 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: An
                              bn_images=train.bn_recal_images,
                              max_images=getattr(train, "max_val_images", None), seed=config.seed,
                              device=train.device, quantization_method=search.quantization_method),
-            AccuracyCache(paths.accuracy_cache), workers=search.eval_workers,
+            AccuracyCache(paths.accuracy_cache, supernet_identity(run.supernet_checkpoint)),
+            workers=search.eval_workers,
             gpus_per_worker=config.ray.gpus_per_worker)
     try:
         if search.accuracy == "direct":

@@ -45,6 +45,17 @@ def test_cache_evaluates_each_arch_once_across_restarts(tmp_path):
     assert len(AccuracyCache(tmp_path / "accuracy.jsonl")) == 9
 
 
+def test_cache_keeps_the_accuracies_of_one_supernet(tmp_path):
+    archs = sample(SPACE, 3, 0)
+    path = tmp_path / "accuracy.jsonl"
+    AccuracyCache(path).put_many([(archs[0], "val", 0.5)])  # a line from before the supernet field
+    AccuracyCache(path, supernet="a").put_many([(archs[1], "val", 0.6)])
+    assert AccuracyCache(path, supernet="a").get(archs[1].arch_id) == 0.6
+    assert AccuracyCache(path, supernet="a").get(archs[0].arch_id) == 0.5  # older lines are read
+    replaced = AccuracyCache(path, supernet="b")  # the run's supernet was replaced (a new import)
+    assert replaced.get(archs[1].arch_id) is None and replaced.get(archs[0].arch_id) == 0.5
+
+
 def test_predictor_fits_reports_and_round_trips(tmp_path):
     toy = ToyObjectives()
     predictor, report = fit_accuracy_predictor(SPACE, toy.accuracy, n_samples=60, holdout=0.25, seed=0,
