@@ -37,14 +37,16 @@ code always receives the root explicitly)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import re
+import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -218,9 +220,30 @@ def _cannot_write(path: Path, exc: OSError) -> LatencyError:
                         f"must be a folder you can write to")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``. A path that cannot be
-    written (a file where a folder should be, no permission, a full disk) is a ``LatencyError`` naming it."""
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (``os.umask`` sets it to read it,
+    which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file (``0o666`` less the umask): temporary files (``mkstemp``: 0600) get it
+    before they are renamed into place, so a table or predictor is as readable as any other file written here."""
+    return 0o666 & ~_umask()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a crash
+    leaves the old file or the new one, never a torn one. A path that cannot be written (a file where a folder
+    should be, no permission, a full disk) is a ``LatencyError`` naming it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,14 +251,61 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except OSError as exc:
         raise _cannot_write(path, exc) from exc
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _cannot_write(path, exc) from exc
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``atomic_write_bytes`` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new, empty hidden folder beside ``folder`` to fill, then move in with ``swap_folder``; removed with
+    whatever it holds when the block ends without that (an error, an interruption)."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        new = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.new-"))
+        os.chmod(new, 0o777 & ~_umask())
+    except OSError as exc:
+        raise _cannot_write(folder, exc) from exc
+    try:
+        yield new
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def swap_folder(new: Path, folder: str | os.PathLike[str]) -> None:
+    """Put the filled folder ``new`` (``staged_folder``) in the place of ``folder``, whose old content goes
+    whole: readers see the old set or the new one, never a mix (between the two renames, for a moment, none).
+    Callers serialise swaps of one folder (two renames are not one atomic step)."""
+    folder = Path(folder)
+    old = None
+    try:
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            os.replace(folder, old)  # over the empty folder just made
+        os.replace(new, folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if old is not None and folder.exists():
+                old.rmdir()  # the first rename failed: the placeholder is still empty
+            elif old is not None:
+                os.replace(old, folder)  # the second failed: the old content goes back
+        raise _cannot_write(folder, exc) from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -361,7 +431,9 @@ class DeviceStore:
         folder = self.device_dir(device_id) / "predictors"
         if not folder.is_dir():
             return {}
-        return {p.name: sorted(f.stem for f in p.glob("*.json")) for p in sorted(folder.iterdir()) if p.is_dir()}
+        # Hidden folders are a refit's new or old predictors being swapped (``workflow.fit_device``).
+        return {p.name: sorted(f.stem for f in p.glob("*.json")) for p in sorted(folder.iterdir())
+                if p.is_dir() and not p.name.startswith(".")}
 
     def describe(self) -> list[dict[str, Any]]:
         """Every stored device with its tables and predictors (the ``nas devices`` listing)."""

@@ -7,7 +7,7 @@ File format (JSON, ``format: "hwnas-latency-table"``, ``version: 1``)::
       "space": "ofa_mbv3_cifar",              # space name
       "device": {"id": ..., "backend": ..., "threads": ..., "batch_size": ..., "metadata": {...}},
       "resolutions": [24, 28, 32],            # resolutions the table covers
-      "protocol": {"warmup": ..., "repeats": ..., ...},   # MeasureConfig used (null when imported)
+      "protocol": {"warmup": ..., "repeats": ..., ...},   # MeasureConfig of the first build (null when imported)
       "source": "measured" | "ofa-import",
       "complete": true,                       # every enumerated layer has an entry
       "entries": {"<layer key>": {"ms": 0.123, "spread": 0.02, "kind": "block"}, ...}
@@ -286,6 +286,26 @@ def quantized_layer_measurer(builder: LayerBuilder, backend: Backend, config: Me
     return measurer
 
 
+# The protocol's settings that change what a layer's entry means: entries measured under different values of any
+# of them are not on one scale (the others only decide how hard a noisy series is retried).
+COMPARABLE_SETTINGS = ("warmup", "repeats", "quantile", "clock", "load_reference")
+
+
+def check_same_protocol(path: str | os.PathLike[str], stored: dict[str, Any], protocol: MeasureConfig) -> None:
+    """Refuse (``LatencyError``, naming each differing setting) to add entries to the table at ``path``, measured
+    with ``stored``, under a ``protocol`` whose ``COMPARABLE_SETTINGS`` differ: a table is one protocol, so its
+    sums compare subnets on one scale. Settings an older table did not record count as their defaults."""
+    had = {**asdict(MeasureConfig()), **stored}
+    wanted = asdict(protocol)
+    differ = [k for k in COMPARABLE_SETTINGS if had[k] != wanted[k]]
+    if differ:
+        raise LatencyError(f"lookup table {str(path)!r} was measured with "
+                           + ", ".join(f"{k} {had[k]}" for k in differ) + "; this build asks for "
+                           + ", ".join(f"{k} {wanted[k]}" for k in differ)
+                           + ": one table keeps one protocol, so build with the table's settings, or move the "
+                             "table away to measure a new one")
+
+
 def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str], measure: MeasureFn, *,
                 resolutions: Iterable[int] | None = None, protocol: MeasureConfig | None = None,
                 lock_path: str | os.PathLike[str] | None = None, progress: bool = True,
@@ -293,7 +313,9 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     """Measure every layer of ``space`` at ``resolutions`` with ``measure``, saving to ``path`` as it goes.
 
     An existing table at ``path`` (same space and device) is resumed: its entries are kept and only the
-    missing layers are measured; resolutions accumulate. The file is saved at least every
+    missing layers are measured; resolutions accumulate. The table keeps the protocol of its first build (and its
+    load reference's base, so later entries share its scale); adding entries under a protocol that differs in a
+    ``COMPARABLE_SETTINGS`` is refused before anything is measured. The file is saved at least every
     ``save_every_s`` seconds, at the end, and when interrupted (by any exception).
 
     ``precision`` other than fp32 adds that precision's entries (``<key>@<precision>``, ``measure`` timing each
@@ -309,6 +331,7 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     with device_lock(lock_path) if lock_path else _null_context():
         table = LookupTable(space=space.name, device=device, resolutions=resolutions,
                             protocol=asdict(protocol) if protocol else None)
+        stored: dict[str, Any] | None = None  # the existing table's protocol
         if path.is_file():
             old = LookupTable.load(path)
             if old.space != space.name or old.device.id != device.id:
@@ -316,9 +339,11 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                                    f"{space.name!r} on {device.id!r}")
             table.entries = old.entries
             table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
-            table.protocol = table.protocol or old.protocol
-            if old.protocol and old.protocol.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
-                measure.reference_base_ms = float(old.protocol["reference_base_ms"])  # type: ignore[attr-defined]
+            stored = old.protocol
+            if stored:  # the table keeps the protocol of its first build, reference base included
+                table.protocol = {**(table.protocol or {}), **stored}
+            if stored and stored.get("reference_base_ms") and hasattr(measure, "reference_base_ms"):
+                measure.reference_base_ms = float(stored["reference_base_ms"])  # type: ignore[attr-defined]
         quantizer = str(getattr(measure, "quantizer", "") or "") if precision != BASE_PRECISION else ""
 
         def stale(key: str) -> bool:
@@ -326,6 +351,8 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
             return entry is None or (bool(quantizer) and entry.get("quantizer") != quantizer)
 
         todo = [layer for key, layer in layers.items() if stale(key)]
+        if todo and protocol is not None and stored:
+            check_same_protocol(path, stored, protocol)
         desc = f"{space.name} on {device.id}" + ("" if precision == BASE_PRECISION else f" ({precision})")
         bar = _progress(len(layers), len(layers) - len(todo), desc, progress)
         last_save = time.monotonic()
@@ -349,9 +376,10 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                 if time.monotonic() - last_save > save_every_s:
                     table.save(path)
                     last_save = time.monotonic()
-            table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
         finally:
             bar.close()
+            # From the entries, also when interrupted: an unfinished int8 pass leaves a complete fp32 table complete.
+            table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
             table.save(path)
             if noisy:
                 warnings.warn(f"{noisy} of the {len(todo)} layers measured stayed noisy (their entries say "

@@ -30,6 +30,8 @@ import ctypes
 import fcntl
 import io
 import os
+import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -447,24 +449,49 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], backend: Bac
 
 
 @contextlib.contextmanager
-def device_lock(path: str | os.PathLike[str], timeout_s: float | None = None) -> Iterator[None]:
+def device_lock(path: str | os.PathLike[str], timeout_s: float | None = None, *, what: str = "device",
+                notice_after_s: float = 1.0) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``path`` so measurements on one device never overlap.
 
-    Blocks until the lock is free (or raises ``TimeoutError`` after ``timeout_s``).
+    Blocks until the lock is free (or raises ``TimeoutError`` after ``timeout_s``). While held, the file names
+    its holder (pid and host), so a process that has waited ``notice_after_s`` says once, on stderr, whom it
+    waits for (``what`` names the lock in that line) instead of hanging silently.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        start = time.monotonic()
+        told = False
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"device lock {path} is held by another measurement") from None
+                waited = time.monotonic() - start
+                if timeout_s is not None and waited > timeout_s:
+                    raise TimeoutError(f"{what} lock {path} is held by {lock_holder(path)}") from None
+                if not told and waited >= notice_after_s:
+                    print(f"waiting for the {what} lock {path}, held by {lock_holder(path)}", file=sys.stderr,
+                          flush=True)
+                    told = True
                 time.sleep(0.05)
+        try:
+            handle.truncate(0)  # "a+": the write lands at the (new) end, the start
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        except OSError:  # naming the holder is a courtesy; the lock itself is held
+            pass
         try:
             yield
         finally:
+            with contextlib.suppress(OSError):
+                handle.truncate(0)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def lock_holder(path: str | os.PathLike[str]) -> str:
+    """Who holds the ``device_lock`` at ``path`` (``pid N on HOST``), as far as its file tells."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or "another process"
+    except (OSError, UnicodeDecodeError):
+        return "another process"

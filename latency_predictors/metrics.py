@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,8 +137,6 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -
 
     if not rows:
         return
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -150,6 +148,8 @@ def scatter_plot(path: str | os.PathLike[str], measured_ms: Sequence[float],
                  predictions: Mapping[str, Sequence[float]], title: str) -> None:
     """Predicted-vs-measured scatter, one colour per predictor, with the +-10% band."""
     import matplotlib
+
+    from .devices import atomic_write_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -171,8 +171,11 @@ def scatter_plot(path: str | os.PathLike[str], measured_ms: Sequence[float],
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    # Rendered in memory, then written atomically under a unique temporary name: two evaluations of one space
+    # on one device never write the same temporary file, and a failure leaves none behind.
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -269,7 +269,13 @@ def _record(arch: Arch, data: dict[str, Any], on_result: Callable[[Arch, Measure
 class MeasurementLog:
     """End-to-end measurements of one space on one device, kept in a JSON file so that fitting and
     evaluation reuse them and resume after an interruption. Each arch may hold several runs (separate
-    measurements, used for the repeatability figure)."""
+    measurements, used for the repeatability figure).
+
+    Several processes may share the file (a ``fit`` and an ``eval`` on one device, two runs sharing
+    ``$HWNAS_HOME``): every write happens under the log's own lock (``.<name>.lock`` beside it) and starts from
+    the file as it is then, so no process's records overwrite another's; ``ensure`` holds that lock for a whole
+    pass and plans it from the file, so what another process measured is not measured again.
+    """
 
     def __init__(self, path: str | os.PathLike[str], space: str, device: str,
                  protocol: MeasureConfig | None = None) -> None:
@@ -280,27 +286,55 @@ class MeasurementLog:
         # Latency of the reference workload in the first load-referenced measurement: relative results are
         # scaled by it, so all of them share one scale.
         self.reference_base_ms: float | None = None
-        if self.path.is_file():
-            with reading(self.path, "latency measurement log", "move it away and measure again"):
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                if not isinstance(data, dict):
-                    raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-                records, base = dict(data["records"]), data.get("reference_base_ms")
-            if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != space:
-                raise LatencyError(f"{self.path} is not a measurement log of space {space!r}")
-            self.records = records
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._held = 0  # depth of this instance's hold on the lock (``ensure`` holds it while ``add`` writes)
+        self._reload()
+
+    def _reload(self) -> None:
+        """Take the records (and the reference base, once set) from the file as it is now."""
+        if not self.path.is_file():
+            return
+        with reading(self.path, "latency measurement log", "move it away and measure again"):
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            records, base = dict(data["records"]), data.get("reference_base_ms")
+        if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != self.space:
+            raise LatencyError(f"{self.path} is not a measurement log of space {self.space!r}")
+        self.records = records
+        if base is not None:
             self.reference_base_ms = base
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The log's lock, re-entrant within this instance (``add`` called back from inside ``ensure``)."""
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        with device_lock(self._lock_path, what="measurement log"):
+            self._held = 1
+            try:
+                yield
+            finally:
+                self._held = 0
 
     def runs(self, arch: Arch) -> list[dict[str, Any]]:
         return self.records.get(arch.arch_id, {}).get("runs", [])
 
     def add(self, arch: Arch, m: Measurement) -> None:
-        record = self.records.setdefault(arch.arch_id, {"arch": arch.to_dict(), "runs": []})
-        data = m.to_dict()
-        if "relative" in data and self.reference_base_ms is None:
-            self.reference_base_ms = float(data["reference_ms"])
-        record["runs"].append(data)
-        self.save()
+        """Append a run of ``arch`` to the file as it is now (another process's records stay)."""
+        with self._locked():
+            self._reload()
+            record = self.records.setdefault(arch.arch_id, {"arch": arch.to_dict(), "runs": []})
+            data = m.to_dict()
+            if "relative" in data and self.reference_base_ms is None:
+                self.reference_base_ms = float(data["reference_ms"])
+            record["runs"].append(data)
+            self._write()
 
     def latency_ms(self, arch: Arch, run: int = 0) -> float:
         """The run's latency: load-referenced runs as ``relative * reference_base_ms``, others as timed."""
@@ -310,14 +344,33 @@ class MeasurementLog:
         return float(data["latency_ms"])
 
     def save(self) -> None:
+        """Write the records, merged with the file's: an arch keeps the longer of its two run lists (runs are
+        only ever appended), the file's reference base wins once it has one."""
+        with self._locked():
+            mine, base = self.records, self.reference_base_ms
+            self.records = {}
+            self._reload()
+            for arch_id, record in mine.items():
+                theirs = self.records.get(arch_id)
+                if theirs is None or len(theirs.get("runs", [])) < len(record.get("runs", [])):
+                    self.records[arch_id] = record
+            if self.reference_base_ms is None:
+                self.reference_base_ms = base
+            self._write()
+
+    def _write(self) -> None:
         atomic_write_json(self.path, {"format": MEASUREMENTS_FORMAT, "version": 1, "space": self.space,
                                       "device": self.device, "protocol": self.protocol,
                                       "reference_base_ms": self.reference_base_ms, "records": self.records})
 
     def ensure(self, space: SearchSpace, archs: Sequence[Arch], runs: int, builder: LayerBuilder,
                device: Device, config: MeasureConfig, **kwargs: Any) -> None:
-        """Measure until every arch has ``runs`` runs; each pass measures only what is missing."""
+        """Measure until every arch has ``runs`` runs; each pass measures only what is missing. A pass holds the
+        log's lock and starts from the file, so a second process on the same log waits, then measures only what
+        the first left missing."""
         for r in range(1, runs + 1):
-            todo = [a for a in archs if len(self.runs(a)) < r]
-            if todo:
-                measure_archs(space, todo, builder, device, config, on_result=self.add, **kwargs)
+            with self._locked():
+                self._reload()
+                todo = [a for a in archs if len(self.runs(a)) < r]
+                if todo:
+                    measure_archs(space, todo, builder, device, config, on_result=self.add, **kwargs)

@@ -23,11 +23,11 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace, as_generator, encode_many, random_arch, reading
 
-from .devices import Device, DeviceStore, LatencyError, atomic_write_json
+from .devices import Device, DeviceStore, LatencyError, atomic_write_json, staged_folder, swap_folder
 from .layers import LayerBuilder, network_gmacs, network_macs
 from .learned import PREDICTOR_KINDS, Predictor, TransferPredictor, load_predictor, make_predictor
 from .lut import LookupTable
-from .measure import MeasureConfig
+from .measure import MeasureConfig, device_lock
 from .metrics import accuracy, accuracy_curve, learning_curve, scatter_plot, write_csv
 from .remote import MeasurementLog
 
@@ -253,21 +253,64 @@ def fit_device(store: DeviceStore, device: Device, space: SearchSpace, builder: 
         if origin is not None:
             kinds = [*kinds, "transfer"]
     fitted: dict[str, Predictor] = {}
-    folder = store.predictor_dir(device.id, space.name)
     for kind in kinds:
         predictor = make_predictor(kind, space, table, source=origin, source_device=source or "",
                                    candidates=candidates)
         predictor.fit(measured, y)
-        predictor.save(folder / f"{kind}.json")
         fitted[kind] = predictor
     curve_kind = "transfer" if "transfer" in fitted else "residual" if "residual" in fitted else next(iter(fitted))
     curve = learning_curve(fitted[curve_kind].fresh, measured, y, seed=seed)
     report = FitReport(space.name, device.id, len(measured), choose, prior_name, fitted, source, curve_kind, curve)
-    atomic_write_json(_fit_set_path(store, device, space), {"seed": seed, "samples": n,
-                                                            "arch_ids": [a.arch_id for a in measured],
-                                                            **{k: v for k, v in report.to_dict().items()
-                                                               if k not in ("space", "device", "samples")}})
+    _commit_fit(store, device.id, space.name, fitted, {"seed": seed, "samples": n,
+                                                       "arch_ids": [a.arch_id for a in measured],
+                                                       **{k: v for k, v in report.to_dict().items()
+                                                          if k not in ("space", "device", "samples")}})
     return report
+
+
+def _commit_fit(store: DeviceStore, device_id: str, space_name: str, fitted: dict[str, Predictor],
+                record: dict[str, Any]) -> None:
+    """Save a fit all at once: the predictors into a new folder that then takes the old one's place whole (a
+    refit never leaves a mix of old and new predictors, nor old kinds the new fit did not make), and the fit
+    record last, the mark that the fit finished (``fit_is_complete``). The old record goes before the swap, so
+    an interruption in between leaves no record and the fit counts as not done."""
+    folder = store.predictor_dir(device_id, space_name)
+    record_path = _fit_record_path(store, device_id, space_name)
+    with staged_folder(folder) as new:
+        for kind, predictor in fitted.items():
+            predictor.save(new / f"{kind}.json")
+        # Two fits of one space on one device may finish together: their swaps and records take turns.
+        with device_lock(folder.with_name(f".{folder.name}.lock"), what="predictor folder"):
+            try:
+                record_path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise LatencyError(f"cannot replace {str(record_path)!r} ({exc.strerror or exc}); the device "
+                                   f"data folder (--home or $HWNAS_HOME) must be a folder you can write to") from exc
+            swap_folder(new, folder)
+            atomic_write_json(record_path, record)
+
+
+def fit_is_complete(store: DeviceStore, device_id: str, space_name: str, samples: int,
+                    source: str | None = None) -> bool:
+    """Whether a fit of ``space_name`` on ``device_id`` finished on at least ``samples`` subnets (with ``source``,
+    one that fitted a ``transfer`` predictor from that device): its fit record exists (``fit_device`` writes it
+    last, after the predictors) and every predictor it lists is saved. Ask this, not whether some predictor file
+    exists: an interrupted fit leaves no record, or the previous finished fit's with that fit's predictors.
+    A damaged record is a ``DamagedFileError`` naming it."""
+    path = _fit_record_path(store, device_id, space_name)
+    if not path.is_file():
+        return False
+    with reading(path, "latency fit record", "move it away and run 'nas latency fit' again"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+        fitted_on = int(record.get("samples", 0))
+        kinds = [str(k) for k in record.get("predictors", [])]
+        fitted_from = record.get("source")
+    if fitted_on < samples or not kinds or (source is not None and (fitted_from != source or "transfer" not in kinds)):
+        return False
+    folder = store.predictor_dir(device_id, space_name)
+    return all((folder / f"{kind}.json").is_file() for kind in kinds)
 
 
 def fit_predictors(store: DeviceStore, device: Device, space: SearchSpace, builder: LayerBuilder | None,
@@ -326,7 +369,11 @@ def format_fit(report: FitReport) -> str:
 
 
 def _fit_set_path(store: DeviceStore, device: Device, space: SearchSpace) -> Path:
-    return store.measurements_path(device.id, space.name).with_suffix(".fit.json")
+    return _fit_record_path(store, device.id, space.name)
+
+
+def _fit_record_path(store: DeviceStore, device_id: str, space_name: str) -> Path:
+    return store.measurements_path(device_id, space_name).with_suffix(".fit.json")
 
 
 def load_predictors(store: DeviceStore, device: Device, space: SearchSpace) -> dict[str, Predictor]:
@@ -571,6 +618,17 @@ def _quantized_key(arch: Arch, policy: Any, quantizer: str = "") -> str:
     return f"{arch.arch_id}|{policy}" + (f"|{quantizer}" if quantizer else "")
 
 
+def _read_quantized(path: Path) -> dict[str, Any]:
+    """The records of the quantised measurements at ``path`` (none when it does not exist)."""
+    if not path.is_file():
+        return {}
+    with reading(path, "quantised latency measurements", "move it away and measure again"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != QUANTIZED_FORMAT:
+            raise ValueError(f"not a {QUANTIZED_FORMAT} file")
+        return dict(data["records"])
+
+
 def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, archs: Sequence[Arch],
                       policies: Sequence[Any], model_fn: SubnetModelFn, config: MeasureConfig, *, runs: int = 2,
                       chunk: int = 8, progress: bool = True, quantizer: str = "") -> list[list[float]]:
@@ -581,7 +639,7 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
     subnet's runs (ms)."""
     from tqdm import tqdm
 
-    from .measure import check_clock, configure_allocator, device_lock, onnx_model_run, time_interleaved
+    from .measure import check_clock, configure_allocator, onnx_model_run, time_interleaved
 
     if not device.times_quantized:
         raise LatencyError(f"quantised subnets are timed by ONNX Runtime on the CPU; device {device.id!r} runs "
@@ -591,37 +649,36 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
     except ValueError as exc:
         raise LatencyError(str(exc)) from None
     path = store.measurements_path(device.id, space.name).with_name(f"{space.name}.quantized.json")
-    records: dict[str, Any] = {}
-    if path.is_file():
-        with reading(path, "quantised latency measurements", "move it away and measure again"):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != QUANTIZED_FORMAT:
-                raise ValueError(f"not a {QUANTIZED_FORMAT} file")
-            records = dict(data["records"])
     keys = [_quantized_key(a, p, quantizer) for a, p in zip(archs, policies)]
-    todo = [i for i, k in enumerate(keys) if len(records.get(k, {}).get("runs", [])) < runs]
     configure_allocator()
     plain = replace(config, load_reference=False)
+    records: dict[str, Any] = _read_quantized(path)
 
-    def save() -> None:
+    def save(measured: dict[str, Any]) -> None:
+        # The file as it is now plus this chunk: every writer holds the device lock, and re-reading keeps
+        # whatever another process wrote all the same.
+        records.update(_read_quantized(path))
+        records.update(measured)
         atomic_write_json(path, {"format": QUANTIZED_FORMAT, "version": 1, "space": space.name,
                                  "device": device.id, "protocol": asdict(plain), "records": records})
 
-    bar = tqdm(total=len(archs), initial=len(archs) - len(todo), desc=f"quantised {space.name} on {device.id}",
-               unit="net", disable=not progress, leave=False)
+    bar = tqdm(total=len(archs), desc=f"quantised {space.name} on {device.id}", unit="net", disable=not progress,
+               leave=False)
     try:
         with device_lock(store.lock_path(device.id)):
+            # Planned inside the lock: a second measurement of the same subnets waits, then finds them done.
+            records.update(_read_quantized(path))
+            todo = [i for i, k in enumerate(keys) if len(records.get(k, {}).get("runs", [])) < runs]
+            bar.update(len(archs) - len(todo))
             for start in range(0, len(todo), chunk):
                 idx = todo[start:start + chunk]
                 run_fns = [onnx_model_run(model_fn(space, archs[i], policies[i]),
                                           (device.batch_size, 3, archs[i].resolution, archs[i].resolution),
                                           device.threads) for i in idx]
                 timed = [time_interleaved(run_fns, plain) for _ in range(runs)]
-                for j, i in enumerate(idx):
-                    records[keys[i]] = {"arch": archs[i].to_dict(), "policy": str(policies[i]), "quantizer": quantizer,
-                                        "runs": [m[j].latency_ms for m in timed],
-                                        "spread": [m[j].spread for m in timed]}
-                save()
+                save({keys[i]: {"arch": archs[i].to_dict(), "policy": str(policies[i]), "quantizer": quantizer,
+                                "runs": [m[j].latency_ms for m in timed], "spread": [m[j].spread for m in timed]}
+                      for j, i in enumerate(idx)})
                 bar.update(len(idx))
     finally:
         bar.close()

@@ -178,7 +178,7 @@ class Pipeline:
 
     def _latency_missing(self) -> list[tuple[Any, str]]:
         """(device, what) pairs still to make: 'table' and/or 'fit'."""
-        from latency_predictors.workflow import load_predictors, load_table
+        from latency_predictors.workflow import fit_is_complete, load_predictors, load_table
 
         missing = []
         wanted = set(self.latency.resolutions or self.space.resolutions)
@@ -197,10 +197,10 @@ class Pipeline:
                         table is None or not wanted <= set(table.resolutions)
                         or not table.complete_for(self.space, precision)):
                     missing.append((device, precision))
-            fitted = self.store.predictor_dir(device.id, self.space.name)
-            if self.latency.fit_samples and not ((fitted / "ridge.json").is_file() and (
-                    not self._fits_transfer(device) or (fitted / "transfer.json").is_file())):
-                missing.append((device, "fit"))
+            source = self.latency.fit_from if self._fits_transfer(device) else None
+            if self.latency.fit_samples and not fit_is_complete(self.store, device.id, self.space.name,
+                                                                self.latency.fit_samples, source=source):
+                missing.append((device, "fit"))  # never fitted, or a fit interrupted (no record written)
         return missing
 
     def _latency(self) -> None:
