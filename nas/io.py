@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from latency_predictors.devices import file_mode
+
 from .errors import UsageError
 
 
@@ -59,6 +61,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), file_mode())  # mkstemp's 0600 would stay after the rename
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
