@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from cpu_threads import training_bench  # noqa: E402
 
-from nas.config import load_config  # noqa: E402
-from nas.data import load_dataset  # noqa: E402
 from search_spaces import largest, sample  # noqa: E402
 from supernets import build, build_supernet  # noqa: E402
-from supernets.training import Execution, Position, TrainJob  # noqa: E402
+from supernets.training import Execution, Position  # noqa: E402
 from supernets.training.device import cpu_bf16_native  # noqa: E402
 from supernets.training.evaluate import subnet_accuracy  # noqa: E402
 from supernets.training.loop import default_threads, make_optimizer, train_epoch  # noqa: E402
@@ -54,16 +52,7 @@ def main() -> None:
     parser.add_argument("--elastic-phase", type=int, default=3,
                         help="index of the elastic phase to time (default 3: depth_2 of the CIFAR-10 config)")
     args = parser.parse_args()
-    libc = ctypes.CDLL("libc.so.6")  # steadier CPU timings (ENVIRONMENT.md)
-    libc.mallopt(-3, 32 << 20)
-    libc.mallopt(-1, 1 << 30)
-    config = load_config(args.config)
-    space = config.get_space()
-    phases = config.train.resolved_phases(space)
-    data = load_dataset(config.dataset, 32, config.seed)
-    job = TrainJob(space=space, settings=config.train, phases=phases, seed=0, config_hash="bench",
-                   latest_path="", teacher_path="", supernet_path="", metrics_path="", make_data=lambda: data,
-                   progress=False)
+    config, space, phases, data, job = training_bench(args.config)
     threads = config.train.threads_per_worker or min(config.ray.cpus_per_worker or 1, default_threads())
     torch.set_num_threads(threads)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 "

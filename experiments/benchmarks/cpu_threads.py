@@ -11,16 +11,17 @@ step plus the teacher's forward), once per thread count; the ratio is of the med
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from latency_predictors.measure import configure_allocator  # noqa: E402
 from nas.config import load_config  # noqa: E402
 from nas.data import load_dataset  # noqa: E402
 from search_spaces import largest  # noqa: E402
@@ -29,22 +30,27 @@ from supernets.training import Execution, Position, TrainJob  # noqa: E402
 from supernets.training.loop import default_threads, make_optimizer, train_epoch  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/cifar10_ofa_mbv3.yaml")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    libc = ctypes.CDLL("libc.so.6")  # steadier CPU timings (ENVIRONMENT.md)
-    libc.mallopt(-3, 32 << 20)
-    libc.mallopt(-1, 1 << 30)
-    config = load_config(args.config)
+def training_bench(config_path: str) -> tuple[Any, Any, tuple, Any, TrainJob]:
+    """``(config, space, phases, data, job)`` for timing a config's training steps in this process (steadier
+    CPU timings first: ``configure_allocator``, ENVIRONMENT.md)."""
+    configure_allocator()
+    config = load_config(config_path)
     space = config.get_space()
     phases = config.train.resolved_phases(space)
     data = load_dataset(config.dataset, 32, config.seed)
     job = TrainJob(space=space, settings=config.train, phases=phases, seed=0, config_hash="bench",
                    latest_path="", teacher_path="", supernet_path="", metrics_path="", make_data=lambda: data,
                    progress=False)
+    return config, space, phases, data, job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="experiments/cifar10_ofa_mbv3.yaml")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    config, space, phases, data, job = training_bench(args.config)
     supernet = build_supernet(space)
     teacher = build(space, largest(space)).eval()
     execution = Execution(torch.device("cpu"))
