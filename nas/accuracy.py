@@ -500,8 +500,10 @@ class SupernetAccuracy:
         from supernets.training.device import DeviceError, Execution
 
         try:
-            # Subnets one after another: the default memory format for varying shapes.
-            execution = Execution.resolve(self.device, "fp32").for_shapes(True)
+            # The default memory format, also on the CPU where training uses channels-last: the quantised
+            # subnets must be those `nas quantize` and the export make, bit for bit (their BN recalibration and
+            # calibration ranges), and a cached accuracy must not depend on where it was computed.
+            execution = Execution.resolve(self.device, "fp32", channels_last=False)
         except DeviceError as exc:
             raise UsageError(str(exc)) from exc
         try:

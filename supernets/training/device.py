@@ -74,7 +74,7 @@ class Execution:
     # Channels-last for networks of fixed shapes (static networks, the supernet while only the resolution
     # varies).
     channels_last: bool = False
-    # Channels-last for the supernet while subnets vary (and for the subnets evaluated one after another).
+    # Channels-last for the supernet while subnets vary (and for the subnets evaluated during training).
     # Off on CUDA unless asked for: measured on an H200, cuDNN spends ~4.8 s on the first step of every new
     # channels-last bf16 subnet (its kernels are planned per shape) against 93 ms in the default format;
     # repeated subnets run at 59 vs 55 ms. On by default on the CPU, where it is faster for new shapes too.
