@@ -251,19 +251,26 @@ class Pipeline:
         fronts = self.paths.fronts
         return path.is_file() and fronts.is_file() and path.stat().st_mtime >= fronts.stat().st_mtime
 
+    # Plot and export hold the run's search lock: a search of another process cannot rewrite the fronts while
+    # they are read, so an artifact newer than the fronts (``_made_from_fronts``) was made from them.
     def _plot(self) -> None:
         from .plots import plot_run
+        from .search_paths import search_lock
 
-        plot_run(self.run, config=self.search, space=self.search.restrict(self.space))
+        with search_lock(self.run):
+            plot_run(self.run, config=self.search, space=self.search.restrict(self.space))
 
     def _export(self) -> None:
         from .pareto import knee_point
         from .query import export_member, open_fronts, run_calibration
+        from .search_paths import search_lock
 
-        store = open_fronts(self.run)
-        front = store.front(self.search.devices[0])
-        knee = front[knee_point([m.val_accuracy for m in front], [m.latency_ms for m in front])]
-        export_member(knee, self.export_path, calibration=run_calibration(store, knee.arch.resolution), store=store)
+        with search_lock(self.run):
+            store = open_fronts(self.run)
+            front = store.front(self.search.devices[0])
+            knee = front[knee_point([m.val_accuracy for m in front], [m.latency_ms for m in front])]
+            export_member(knee, self.export_path, calibration=run_calibration(store, knee.arch.resolution),
+                          store=store)
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:

@@ -4,7 +4,10 @@ every stage; bad configs fail with one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import textwrap
 
 import onnx
@@ -73,6 +76,36 @@ def test_run_produces_every_artifact_then_skips_every_stage(workdir, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["ran"] == ["search", "hardware-in-the-loop", "plot", "export"]
     assert result["skipped"] == ["train", "latency"]
+
+    # The fronts change again (as a search of another process would leave them): while that process holds the
+    # run's search lock, the plot is not redrawn from fronts it may be rewriting; once it is gone, it is.
+    plot = run / "plots/fronts.png"
+    before = plot.read_bytes()
+    os.utime(run / "fronts/fronts.sqlite")
+    os.utime(run / "fronts/hil.json")  # hardware in the loop stays done: the plot is the first stage to run
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / "search" / "search.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", "tiny.yaml", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("nas: error:") == 1 and "search" in err and f"pid {holder.pid}" in err
+        assert plot.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["run", "tiny.yaml", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ran"] == ["plot", "export"]
+
+
+# Another process holding a run's search lock (an flock, as `nas search` takes it) until it is killed.
+HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from supernets.training import FileLock
+    FileLock(sys.argv[1], "the search of the run").acquire()
+    print("held", flush=True)
+    time.sleep(600)
+""")
 
 
 @pytest.mark.parametrize("change, message", [
