@@ -436,6 +436,28 @@ def _check_resolutions(config: ExperimentConfig, space: SearchSpace) -> None:
                          f"latency.resolutions")
 
 
+class _DuplicateKeyError(ValueError):
+    """A mapping of the config names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently, so a
+    second ``train:`` section would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                             f"{key_node.start_mark.line + 1}); keep one")
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, *, epochs_scale: float | None = None) -> ExperimentConfig:
     """Read and validate an experiment config file; ``epochs_scale`` overrides ``train.epochs_scale``."""
     path = Path(path)
@@ -446,7 +468,9 @@ def load_config(path: str | Path, *, epochs_scale: float | None = None) -> Exper
     except UnicodeDecodeError as exc:
         raise UsageError(f"config {path} is not UTF-8 text (byte {exc.start}); a config is a YAML text file") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise UsageError(f"config {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; lists nested thousands deep

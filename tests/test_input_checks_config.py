@@ -89,6 +89,18 @@ def test_unreadable_config_file_is_one_line(tmp_path, capsys, content, needle):
     fails_in_one_line(capsys, ["train", config], str(config), needle)
 
 
+@pytest.mark.parametrize("content, needle", [
+    ("name: a\nspace: ofa_mbv3_cifar\ntrain: {batch_size: 16}\ntrain: {batch_size: 32}\n",
+     "key 'train' appears twice in one mapping (lines 3 and 4)"),
+    ("name: a\nspace: ofa_mbv3_cifar\ntrain:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' appears twice"),
+])
+def test_a_key_given_twice_is_refused(tmp_path, capsys, content, needle):
+    config = tmp_path / "twice.yaml"
+    config.write_text(content)
+    fails_in_one_line(capsys, ["train", config, "--run-dir", tmp_path / "run"], needle)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("value, needle", [("nan", "finite"), ("inf", "finite"), ("-1", "> 0"), ("0", "> 0")])
 def test_epochs_scale_must_be_finite_and_positive(tmp_path, capsys, value, needle):
     config = write_config(tmp_path)
