@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -289,3 +290,20 @@ def test_a_budget_the_smallest_subnet_meets_is_searched(tmp_path, trained, toy):
     check_budgets(search, get_space(SPACE), {"dev": toy.latency()}, {})
     with pytest.raises(UsageError, match="allowed: 160"):
         predictor_space((160, 176), SearchConfig.parse({"resolutions": [24]}, ["dev"]), get_space(SPACE))
+
+
+def test_a_budget_a_sampled_subnet_meets_is_not_refused_early():
+    from nas.search_stage import check_budgets
+    from search_spaces import get_space, smallest
+
+    space = get_space(SPACE)
+    tiny = smallest(space)
+
+    def learned(archs):  # a learned predictor need not rank the smallest subnet fastest
+        return np.array([10.0 if a == tiny else 1.0 for a in archs])
+
+    search = SearchConfig.parse({}, [{"id": "dev", "max_latency_ms": 5.0}])
+    check_budgets(search, space, {"dev": learned}, {})  # some subnet is predicted within 5 ms
+    search = SearchConfig.parse({}, [{"id": "dev", "max_latency_ms": 0.5}])
+    with pytest.raises(UsageError, match="the fastest is predicted at 1 ms"):
+        check_budgets(search, space, {"dev": learned}, {})
