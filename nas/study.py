@@ -159,7 +159,7 @@ def check_journal(path: Path, repair: bool = False) -> None:
         DamagedFileError: a complete line (ending with a newline) that is not a journal record; it names the
             line and the file (records after it would be lost, so nothing is dropped silently).
     """
-    from search_spaces import DamagedFileError
+    from search_spaces import DamagedFileError, keep_copy
 
     try:
         data = path.read_bytes()
@@ -180,19 +180,14 @@ def check_journal(path: Path, repair: bool = False) -> None:
     from .io import atomic_write_bytes
 
     whole = _journal_record(tail) is not None
-    backup = path.with_name(f"{path.name}.torn")
-    copies = 0
-    while backup.exists():
-        copies += 1
-        backup = path.with_name(f"{path.name}.torn.{copies}")
     try:
-        shutil.copy2(path, backup)
+        backup = keep_copy(path, "torn")
     except OSError as exc:
         raise UsageError(f"search journal {path}: its last record was cut off (by a kill), and a copy cannot be "
-                         f"kept at {backup} ({exc.strerror or type(exc).__name__}) before mending it; make the "
-                         f"folder writable, or {JOURNAL_REMEDY}") from None
+                         f"kept beside it ({exc.strerror or type(exc).__name__}: {exc.filename2 or exc.filename}) "
+                         f"before mending it; make the folder writable, or {JOURNAL_REMEDY}") from None
     atomic_write_bytes(path, data + b"\n" if whole else data[:cut])
-    shutil.copymode(backup, path)  # as the original was (the atomic write's temporary file is private)
+    shutil.copymode(backup, path)  # the mode the original had (the atomic write gives the umask default)
     done = "gave its last record the newline a kill cut off" if whole else \
         f"dropped its last record, cut off by a kill ({len(tail)} bytes)"
     warnings.warn(f"search journal {path}: {done}; the original is kept as {backup}", stacklevel=2)

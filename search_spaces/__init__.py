@@ -9,7 +9,7 @@ from . import _mnasnet, _ofa  # noqa: F401  (registers the built-in spaces)
 from ._arch import Arch, ArchError, BlockArch, StageArch, validate
 from ._counts import Counts, arch_counts, block_macs, head_macs, stem_macs
 from ._encoding import decode, encode, encode_many, encoding_length, encoding_names
-from ._files import READ_ERRORS, DamagedFileError, reading
+from ._files import READ_ERRORS, DamagedFileError, keep_copy, reading
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
 from ._precision import (
@@ -56,6 +56,7 @@ __all__ = [
     "BlockArch",
     "BlockPlan",
     "DamagedFileError",
+    "keep_copy",
     "NetworkPlan",
     "SearchSpace",
     "Seed",

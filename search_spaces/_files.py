@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["READ_ERRORS", "DamagedFileError", "reading"]
+__all__ = ["READ_ERRORS", "DamagedFileError", "keep_copy", "reading"]
 
 # What parsing a damaged file raises: OSError (unreadable), ValueError (bad JSON, bad text, a value out of
 # range: ``json.JSONDecodeError`` and ``UnicodeDecodeError`` are ValueErrors), KeyError / IndexError (a
@@ -27,6 +29,18 @@ class DamagedFileError(ValueError):
     def __init__(self, path: str | os.PathLike[str], what: str, reason: str, remedy: str) -> None:
         self.path = os.fspath(path)
         super().__init__(f"{what} {self.path} is damaged or unreadable ({reason}); {remedy}")
+
+
+def keep_copy(path: str | os.PathLike[str], suffix: str) -> Path:
+    """Copy ``path`` to ``PATH.<suffix>`` (``.<suffix>.1``, ``.2``... when that exists) before a damaged file of
+    ours is mended, so nothing it held is lost; returns the copy's path. ``OSError`` when it cannot be made."""
+    backup = Path(f"{os.fspath(path)}.{suffix}")
+    number = 0
+    while backup.exists():
+        number += 1
+        backup = Path(f"{os.fspath(path)}.{suffix}.{number}")
+    shutil.copy2(path, backup)
+    return backup
 
 
 def _reason(exc: BaseException) -> str:

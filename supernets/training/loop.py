@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import SearchSpace, largest, sample, smallest
+from search_spaces import SearchSpace, keep_copy, largest, sample, smallest
 
 from .checkpoint import (
     atomic_torch_save,
@@ -202,12 +201,7 @@ def _trim_metrics(path: str, completed: int) -> None:
     if len(kept) == len(rows) and not damaged and not torn:
         return
     if damaged:
-        backup = Path(f"{path}.damaged")
-        number = 0
-        while backup.exists():
-            number += 1
-            backup = Path(f"{path}.damaged.{number}")
-        shutil.copyfile(path, backup)
+        backup = keep_copy(path, "damaged")
         warnings.warn(f"{path}: {damaged} damaged line(s) dropped (not JSON objects); the file as it was is kept "
                       f"as {backup}; training is not affected", stacklevel=2)
     text = "".join(json.dumps(kept[g], sort_keys=True) + "\n" for g in sorted(kept))
