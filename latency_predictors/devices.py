@@ -46,7 +46,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -214,8 +214,8 @@ def capture_metadata(accelerator: str = "cpu") -> dict[str, str]:
     return meta
 
 
-def _cannot_write(path: Path, exc: OSError) -> LatencyError:
-    reason = exc.strerror or str(exc) or type(exc).__name__
+def _cannot_write(path: Path, exc: OSError | ValueError) -> LatencyError:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return LatencyError(f"cannot write {str(path)!r} ({reason}); the device data folder (--home or $HWNAS_HOME) "
                         f"must be a folder you can write to")
 
@@ -240,28 +240,37 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a crash
-    leaves the old file or the new one, never a torn one. A path that cannot be written (a file where a folder
-    should be, no permission, a full disk) is a ``LatencyError`` naming it."""
+def write_atomically(path: str | os.PathLike[str], data: bytes,
+                     cannot_write: Callable[[Path, OSError | ValueError], Exception] = _cannot_write) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (parent folders are created), give it the mode
+    ``open()`` would (``file_mode``), flush it to disk, then rename it over ``path``: a crash leaves the old file
+    or the new one, never a torn one. A path that cannot be written (a file where a folder should be, no
+    permission, a NUL in the name, a full disk) raises ``cannot_write(path, error)``: this package's
+    ``LatencyError`` by default, ``nas.io``'s ``UsageError`` there. Returns the path."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _cannot_write(path, exc) from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise cannot_write(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), file_mode())  # mkstemp's 0600 would stay after the rename
             os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise _cannot_write(path, exc) from exc
+            raise cannot_write(path, exc) from exc
         raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """``write_atomically``; a path that cannot be written is a ``LatencyError`` naming it."""
+    write_atomically(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from latency_predictors.devices import file_mode
+from latency_predictors.devices import write_atomically
 
 from .errors import UsageError
 
@@ -46,33 +45,12 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path.
+    """Write ``data`` to ``path`` atomically (parent folders are created; ``write_atomically``); returns the path.
 
     A path that cannot be written (no permission, a folder in the way, a name too long, a full disk) is a
     ``UsageError`` naming it.
     """
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise _cannot_write(target, exc) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), file_mode())  # mkstemp's 0600 would stay after the rename
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise _cannot_write(target, exc) from exc
-        raise
-    return target
+    return write_atomically(path, data, _cannot_write)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
