@@ -405,6 +405,18 @@ class DeviceStore:
         with reading(path, "latency device record", remedy):
             return Device.from_dict(data)
 
+    def find(self, device_id: str) -> Device:
+        """The stored device, else the parsed local device, saving nothing: what checks made before any work
+        use (bad input leaves the store as it was; the step that measures records the device,
+        ``refresh_metadata``). Raises ``UnknownDeviceError`` for an id that is neither."""
+        try:
+            return self.get(device_id)
+        except UnknownDeviceError:
+            local = parse_device_id(device_id)
+            if local is None:
+                raise
+            return local
+
     def resolve(self, device_id: str, *, create_local: bool = True) -> Device:
         """The stored device, else (when ``create_local``) the parsed local device, saved with fresh
         metadata. Raises ``UnknownDeviceError`` for an id that is neither."""

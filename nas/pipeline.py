@@ -93,9 +93,7 @@ class Pipeline:
 
     def _device(self, device_id: str) -> Any:
         """The device as stored, or the local device its id names (recorded by the stage that measures it)."""
-        from .search_stage import known_device
-
-        return known_device(self.store, device_id)
+        return self.store.find(device_id)
 
     def _local_devices(self) -> list[Any]:
         return [d for d in (self._device(i) for i in self.search.devices) if d.is_local]

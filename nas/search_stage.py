@@ -27,25 +27,6 @@ def device_store(store: Any = None) -> Any:
     return DeviceStore(store if store is not None else default_root())
 
 
-def known_device(store: Any, device_id: str) -> Any:
-    """The device ``device_id`` as ``DeviceStore.resolve`` finds it, without saving a record for a new local id
-    (what checks before any work use: bad input must leave ``$HWNAS_HOME`` as it was; the stage that measures
-    records the device, ``DeviceStore.refresh_metadata``).
-
-    Raises:
-        UnknownDeviceError: neither stored nor a valid local id (the message names the known ones).
-    """
-    from latency_predictors import UnknownDeviceError, parse_device_id
-
-    try:
-        return store.get(device_id)
-    except UnknownDeviceError:
-        device = parse_device_id(device_id)
-        if device is None:
-            raise
-        return device
-
-
 def load_latency_predictors(space: Any, device_ids: Sequence[str], store: Any = None) -> dict[str, Any]:
     """Device id to its best latency predictor for ``space`` from the device store (``$HWNAS_HOME``).
 
@@ -58,7 +39,7 @@ def load_latency_predictors(space: Any, device_ids: Sequence[str], store: Any = 
     store = device_store(store)
     chosen: dict[str, Any] = {}
     for device_id in device_ids:
-        device = known_device(store, device_id)
+        device = store.find(device_id)
         predictors = load_predictors(store, device, space)
         if not predictors:
             raise UsageError(f"no latency table or predictor for space {space.name!r} on device {device_id!r}; "

@@ -69,11 +69,11 @@ def _local_device(store, device_id: str, backend: str | None = None, clock: str 
         raise UsageError(f"device {device_id!r} runs {parsed.backend}, not {backend}; name the device after "
                          f"its backend (e.g. local-cpu-1t-ort / local-cpu-1t-torch)")
     try:
-        device = store.get(device_id)
+        device = store.find(device_id)  # nothing saved before the checks below
     except UnknownDeviceError:
-        if parsed is None and backend is None:
+        if backend is None:
             raise
-        device = parsed if parsed is not None else Device(id=device_id, backend=backend)
+        device = Device(id=device_id, backend=backend)
     if not device.is_local:
         raise UsageError(f"device {device_id!r} has no local backend (imported data); measure on a local "
                          f"device such as local-cpu-1t-ort")
