@@ -18,7 +18,6 @@ Example (YAML)::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -54,12 +53,9 @@ class LatencySettings:
     @classmethod
     def parse(cls, raw: Any) -> LatencySettings:
         """The section as written (None: every default); ``UsageError`` naming the key and what is allowed."""
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise UsageError(f"latency must be a mapping of keys to values (e.g. latency: {{table: true}}), "
-                             f"got {type(raw).__name__}")
-        raw = dict(raw)
+        from .config import _mapping, _shown  # the config module's checks (it imports this one at load)
+
+        raw = _mapping(raw, "latency")
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(str(k) for k in set(raw) - allowed)  # keys may be numbers in YAML
         if unknown:
@@ -89,8 +85,7 @@ class LatencySettings:
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
                         "repeats": "an integer >= 1", "fit_from": "a device id (letters, digits, '.', '_', '-')"
                         }.get(key, "an integer >= 0")
-                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."  # a 400-digit number
-                raise UsageError(f"latency.{key}: {shown} is not allowed; {hint}")
+                raise UsageError(f"latency.{key}: {_shown(value)} is not allowed; {hint}")
             values[key] = value
         settings = cls(**values)
         if settings.fit_from is not None and settings.fit_samples < 3:
