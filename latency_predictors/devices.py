@@ -38,6 +38,7 @@ code always receives the root explicitly)::
 from __future__ import annotations
 
 import contextlib
+import glob
 import datetime as _dt
 import json
 import os
@@ -298,8 +299,11 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
 def swap_folder(new: Path, folder: str | os.PathLike[str]) -> None:
     """Put the filled folder ``new`` (``staged_folder``) in the place of ``folder``, whose old content goes
     whole: readers see the old set or the new one, never a mix (between the two renames, for a moment, none).
-    Callers serialise swaps of one folder (two renames are not one atomic step)."""
+    Callers serialise swaps of one folder (two renames are not one atomic step), so an old content left
+    hidden beside it by a swap killed between its renames is stale by now: it goes first."""
     folder = Path(folder)
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     old = None
     try:
         if folder.exists():

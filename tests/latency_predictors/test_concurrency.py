@@ -241,6 +241,34 @@ def test_an_interrupted_fit_is_not_complete_and_a_refit_never_mixes_predictors(t
     assert set(store.predictors("local-cpu-1t-ort")) == {SPACE.name}
 
 
+
+def test_a_swap_killed_between_its_renames_leaves_nothing_behind_after_the_next_fit(tmp_path, fake_measuring,
+                                                                                      monkeypatch):
+    import latency_predictors.devices as devices
+
+    store = DeviceStore(tmp_path)
+    folder = store.predictor_dir("local-cpu-1t-ort", SPACE.name)
+    _fit(store, 5)
+    real_replace = os.replace
+
+    def killed_after_first_rename(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name.startswith(f".{SPACE.name}.old-"):
+            raise KeyboardInterrupt("simulated kill between the renames")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(devices.os, "replace", killed_after_first_rename)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(store, 6)
+    hidden = [p for p in folder.parent.iterdir() if p.name.startswith(f".{SPACE.name}.old-")]
+    assert len(hidden) == 1 and not folder.exists()  # the old predictors, whole, hidden beside the folder
+    assert not fit_is_complete(store, "local-cpu-1t-ort", SPACE.name, 5)
+
+    _fit(store, 6)
+    assert fit_is_complete(store, "local-cpu-1t-ort", SPACE.name, 6)
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{SPACE.name}.")] in (
+        [], [f".{SPACE.name}.lock"])
+
 # --- a table keeps its protocol and completeness (items 5 and 6) ---------------------------------------------------
 
 
