@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from search_spaces import SearchSpace, UnknownSpaceError, get_space
+from search_spaces import SearchSpace, UnknownSpaceError, get_space, short_text
 from supernets.training import (
     DEVICES,
     ELASTIC_DIMENSIONS,
@@ -474,7 +474,7 @@ def load_config(path: str | Path, *, epochs_scale: float | None = None) -> Exper
     except yaml.YAMLError as exc:
         raise UsageError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; lists nested thousands deep
-        raise UsageError(f"config {path} cannot be read: {str(exc).splitlines()[0][:120]}") from exc
+        raise UsageError(f"config {path} cannot be read: {short_text(str(exc).splitlines()[0])}") from exc
     config = parse_config(raw, source=str(path))
     if epochs_scale is not None:
         epochs_scale = _coerce(epochs_scale, float, "--epochs-scale")  # nan and inf: one line, as in the file

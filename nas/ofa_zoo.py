@@ -199,23 +199,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-# The longest reason from torch.load kept in a message (its first sentence, cut at a word if longer).
-_REASON_CHARS = 160
+def _short_reason(exc: BaseException) -> str:
+    """The first sentence of ``exc``'s message (its type when it has none), shortened by ``short_text``:
+    torch.load's reasons run to paragraphs. Of a weights-only refusal, the unpickler's own reason
+    (``Unsupported global: ...``) is kept, not its advice to load unsafely."""
+    from search_spaces import short_text
 
-
-def _short_reason(exc: BaseException, limit: int = _REASON_CHARS) -> str:
-    """The first sentence of ``exc``'s message (its type when it has none), cut at a word boundary with an
-    ellipsis when longer than ``limit``: torch.load's reasons run to paragraphs. Of a weights-only refusal,
-    the unpickler's own reason (``Unsupported global: ...``) is kept, not its advice to load unsafely."""
-    raw = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("WeightsUnpickler error:", 1)[-1].strip()
-    text = " ".join(re.split(r"\n\s*\n", raw, maxsplit=1)[0].split())  # its first paragraph, on one line
+    raw = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    text = short_text(raw, limit=len(raw))  # its first paragraph, on one line
     if not text:
         return type(exc).__name__
-    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
-    if len(sentence) <= limit:
-        return sentence
-    cut = sentence[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
-    return f"{cut}..."
+    return short_text(re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0])
 
 
 def _read_torch_file(path: Path, what: str) -> Any:

@@ -9,7 +9,7 @@ from . import _mnasnet, _ofa  # noqa: F401  (registers the built-in spaces)
 from ._arch import Arch, ArchError, BlockArch, StageArch, validate
 from ._counts import Counts, arch_counts, block_macs, head_macs, stem_macs
 from ._encoding import decode, encode, encode_many, encoding_length, encoding_names
-from ._files import READ_ERRORS, DamagedFileError, keep_copy, reading
+from ._files import READ_ERRORS, DamagedFileError, keep_copy, reading, short_text
 from ._ofa import from_ofa_config, to_ofa_config
 from ._plan import BlockPlan, NetworkPlan, conv_out_size, plan
 from ._precision import (
@@ -85,6 +85,7 @@ __all__ = [
     "reading",
     "register_space",
     "sample",
+    "short_text",
     "smallest",
     "space_size",
     "to_ofa_config",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["READ_ERRORS", "DamagedFileError", "keep_copy", "reading"]
+__all__ = ["READ_ERRORS", "DamagedFileError", "keep_copy", "reading", "short_text"]
 
 # What parsing a damaged file raises: OSError (unreadable), ValueError (bad JSON, bad text, a value out of
 # range: ``json.JSONDecodeError`` and ``UnicodeDecodeError`` are ValueErrors), KeyError / IndexError (a
@@ -43,13 +44,29 @@ def keep_copy(path: str | os.PathLike[str], suffix: str) -> Path:
     return backup
 
 
+REASON_CHARS = 160
+"""The longest reason a one-line error quotes from another library's message (``short_text``)."""
+
+
+def short_text(text: str, limit: int = REASON_CHARS) -> str:
+    """The first paragraph of ``text`` on one line (terminal colour codes dropped), cut at a word boundary with
+    an ellipsis when longer than ``limit``: how a one-line error quotes a library's reason, which may run to
+    paragraphs (torch.load's) or hold one huge token."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+    text = " ".join(re.split(r"\n\s*\n", text, maxsplit=1)[0].split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") if " " in text[:limit] else text[:limit]
+    return f"{cut}..."
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, KeyError | IndexError):
         text = f"missing {text}" if text else "a missing field"
-    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {short_text(text)}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from search_spaces import SearchSpace, get_space
+from search_spaces import SearchSpace, get_space, short_text
 
 TRAIN_FORMAT = "hwnas-train-state-1"
 SUPERNET_FORMAT = "hwnas-supernet-1"
@@ -53,8 +53,8 @@ def _load(path: str | os.PathLike[str], expected_format: str) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason[:120]}); "
+        reason = short_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason}); "
                               f"move it away to start this run over") from exc
     if not isinstance(data, dict) or data.get("format") != expected_format:
         raise CheckpointError(f"checkpoint {path} is not a {expected_format} file")
