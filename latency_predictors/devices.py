@@ -38,8 +38,8 @@ code always receives the root explicitly)::
 from __future__ import annotations
 
 import contextlib
-import glob
 import datetime as _dt
+import glob
 import json
 import os
 import platform
