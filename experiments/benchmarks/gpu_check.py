@@ -106,7 +106,7 @@ def ps_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
 
 def sandwich_phases(space: SearchSpace, epochs: int, lr: float, subnets: int = 4) -> tuple:
     """One phase, every dimension elastic, ``subnets`` per step (largest, smallest, random ones; their gradients
-    add up: the caller halves the learning rate by default; at the full rate the tiny CPU run diverged)."""
+    add up: the caller divides the recipe's learning rate by ``subnets`` by default)."""
     elastic = {"resolutions": list(space.resolutions), "kernel_sizes": [3, 5, 7], "depths": [2, 3, 4],
                "expand_ratios": [3, 4, 6]}
     return (make_phase("sandwich", epochs, lr, elastic, subnets_per_step=subnets, distill_weight=1.0),)
@@ -420,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
                              "H200's steps were bound by kernel launches)")
     parser.add_argument("--skip", choices=("throughput", "accuracy", "ps", "sandwich", "scratch"), action="append",
                         default=[], help="leave a part out (repeatable)")
-    parser.add_argument("--sandwich-lr-factor", type=float, default=0.5,
-                        help="the sandwich run's learning rate relative to the recipe's (default 0.5)")
+    parser.add_argument("--sandwich-lr-factor", type=float, default=None,
+                        help="the sandwich run's learning rate relative to the recipe's (default: 1 / its subnets "
+                             "per step, as the default sandwich schedule: the subnets' gradients add up)")
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
     args = parser.parse_args(argv)
+    if args.sandwich_lr_factor is None:
+        args.sandwich_lr_factor = 1.0 / args.sandwich_subnets
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
     results: dict[str, Any] = {

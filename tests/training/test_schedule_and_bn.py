@@ -37,8 +37,10 @@ def test_ofa_schedule_follows_once_for_all_and_scales() -> None:
     assert phases[0].values("kernel_sizes") is None and phases[1].values("kernel_sizes") == (3, 5, 7)
     assert [p.sort_channels for p in phases] == [False] * 4 + [True, False]
     assert phases[0].distill_weight == 0 and all(p.distill_weight > 0 for p in phases[1:])
-    (sandwich,) = sandwich_schedule(SPACE, epochs_scale=0.1)
+    (sandwich,) = sandwich_schedule(SPACE, epochs_scale=0.1, lr=0.2)
     assert sandwich.epochs == sum(p.epochs for p in phases)
+    # the subnets' gradients add up: each trains at a single network's rate over their number
+    assert sandwich.subnets_per_step == 4 and sandwich.lr == pytest.approx(0.05)
 
 
 def test_phase_archs_stay_inside_the_phase() -> None:
