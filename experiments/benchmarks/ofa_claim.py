@@ -62,10 +62,9 @@ def ensure_trained(config: ExperimentConfig, run: RunDir) -> float:
 
 
 def train_from_scratch(space: SearchSpace, arch: Arch, config: ExperimentConfig, data: ImageData,
-                       epochs: int, seed: int = 0, lr: float | None = None,
-                       execution: Execution | None = None) -> torch.nn.Module:
-    """``build(space, arch)`` trained for ``epochs`` epochs with the supernet run's data settings, at ``lr``
-    (default: the first phase's), on ``execution`` (default: the CPU in the default memory format)."""
+                       epochs: int, lr: float, seed: int = 0, execution: Execution | None = None) -> torch.nn.Module:
+    """``build(space, arch)`` trained for ``epochs`` epochs with the supernet run's data settings, at peak rate
+    ``lr``, on ``execution`` (default: the CPU in the default memory format)."""
     settings = config.train
     execution = execution or Execution(torch.device("cpu"))
     torch.manual_seed(seed)
@@ -73,7 +72,6 @@ def train_from_scratch(space: SearchSpace, arch: Arch, config: ExperimentConfig,
     steps = data.steps_per_epoch(settings.batch_size, 1)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
-    lr = lr if lr is not None else settings.resolved_phases(space)[0].lr
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=settings.momentum, nesterov=True,
                                 weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
@@ -99,17 +97,16 @@ def load_results(path: Path) -> dict:
 
 
 def run_scratch(config: ExperimentConfig, space: SearchSpace, data: ImageData, epochs: int, test_images: int | None,
-                results: dict, path: Path, lr: float | None = None, execution: Execution | None = None) -> None:
+                results: dict, path: Path, lr: float, execution: Execution | None = None) -> None:
     """Train each subnet from scratch unless ``results`` has it; saved after each subnet (resumable)."""
     for name, arch in subnets(space):
         if name in results["scratch"]:
             continue
         started = time.perf_counter()
-        net = train_from_scratch(space, arch, config, data, epochs, config.seed, lr, execution)
+        net = train_from_scratch(space, arch, config, data, epochs, lr, config.seed, execution)
         seconds = time.perf_counter() - started
         acc = accuracy(net, data.eval_batches("test", 200, test_images), arch.resolution, execution)
-        results["scratch"][name] = {"accuracy": acc, "seconds": seconds, "epochs": epochs,
-                                    "lr": lr if lr is not None else config.train.resolved_phases(space)[0].lr}
+        results["scratch"][name] = {"accuracy": acc, "seconds": seconds, "epochs": epochs, "lr": lr}
         atomic_write_json(path, results)
         print(f"scratch {name}: {100 * acc:.2f}% in {seconds:.0f} s", flush=True)
 
@@ -170,7 +167,8 @@ def main() -> None:
           f"{min(data.size('test'), args.test_images or 10**9)} images; BN recalibration on {bn_images} training "
           f"images", flush=True)
     if args.part in ("all", "scratch"):
-        run_scratch(config, space, data, epochs, args.test_images, results, path, args.scratch_lr, execution)
+        lr = args.scratch_lr if args.scratch_lr is not None else config.train.resolved_phases(space)[0].lr
+        run_scratch(config, space, data, epochs, args.test_images, results, path, lr, execution)
     if args.part in ("all", "inherited"):
         train_s = ensure_trained(config, run)
         print(f"supernet training here: {train_s:.0f} s", flush=True)
