@@ -206,10 +206,7 @@ def _short_reason(exc: BaseException) -> str:
     from search_spaces import short_text
 
     raw = str(exc).split("WeightsUnpickler error:", 1)[-1]
-    text = short_text(raw, limit=len(raw))  # its first paragraph, on one line
-    if not text:
-        return type(exc).__name__
-    return short_text(re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0])
+    return short_text(raw, first_sentence=True) or type(exc).__name__
 
 
 def _read_torch_file(path: Path, what: str) -> Any:

@@ -48,12 +48,14 @@ REASON_CHARS = 160
 """The longest reason a one-line error quotes from another library's message (``short_text``)."""
 
 
-def short_text(text: str, limit: int = REASON_CHARS) -> str:
-    """The first paragraph of ``text`` on one line (terminal colour codes dropped), cut at a word boundary with
-    an ellipsis when longer than ``limit``: how a one-line error quotes a library's reason, which may run to
-    paragraphs (torch.load's) or hold one huge token."""
+def short_text(text: str, limit: int = REASON_CHARS, first_sentence: bool = False) -> str:
+    """The first paragraph of ``text`` on one line (terminal colour codes dropped; with ``first_sentence``, only
+    its first sentence), cut at a word boundary with an ellipsis when longer than ``limit``: how a one-line
+    error quotes a library's reason, which may run to paragraphs (torch.load's) or hold one huge token."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
     text = " ".join(re.split(r"\n\s*\n", text, maxsplit=1)[0].split())
+    if first_sentence:
+        text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
     if len(text) <= limit:
         return text
     cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") if " " in text[:limit] else text[:limit]

@@ -20,3 +20,9 @@ def test_short_text_cuts_at_a_word_with_an_ellipsis() -> None:
 
 def test_short_text_cuts_one_huge_token_at_the_limit() -> None:
     assert short_text("9" * 5000, limit=40) == "9" * 40 + "..."
+
+
+def test_short_text_keeps_only_the_first_sentence_when_asked() -> None:
+    text = "Unsupported global: GLOBAL x.y was not an allowed global. Check the documentation\n\nmore advice"
+    assert short_text(text, first_sentence=True) == "Unsupported global: GLOBAL x.y was not an allowed global."
+    assert short_text(text) == "Unsupported global: GLOBAL x.y was not an allowed global. Check the documentation"
