@@ -60,6 +60,7 @@ from supernets.training import (  # noqa: E402
     read_metrics,
     resize,
     run_job,
+    sandwich_phase,
     subnet_accuracy,
 )
 from supernets.training.evaluate import accuracy  # noqa: E402
@@ -102,14 +103,6 @@ def ps_phases(space: SearchSpace, epochs: int, lr: float) -> tuple:
                                  subnets_per_step=subnets, distill_weight=0.0 if name == "full" else 1.0,
                                  sort_channels=name == "expand"))
     return tuple(phases)
-
-
-def sandwich_phases(space: SearchSpace, epochs: int, lr: float, subnets: int = 4) -> tuple:
-    """One phase, every dimension elastic, ``subnets`` per step (largest, smallest, random ones; their gradients
-    add up: the caller divides the recipe's learning rate by ``subnets`` by default)."""
-    elastic = {"resolutions": list(space.resolutions), "kernel_sizes": [3, 5, 7], "depths": [2, 3, 4],
-               "expand_ratios": [3, 4, 6]}
-    return (make_phase("sandwich", epochs, lr, elastic, subnets_per_step=subnets, distill_weight=1.0),)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -486,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                 save()
                 acc["sandwich_lr_factor"], acc["sandwich_subnets"] = args.sandwich_lr_factor, args.sandwich_subnets
                 runs = [("progressive_shrinking", ps_phases(space, epochs, recipe.lr))] * ("ps" not in args.skip)
-                runs += [("sandwich", sandwich_phases(space, epochs, recipe.lr * args.sandwich_lr_factor,
-                                                      args.sandwich_subnets))] * ("sandwich" not in args.skip)
+                runs += [("sandwich", (sandwich_phase(space, epochs, recipe.lr * args.sandwich_lr_factor,
+                                                      args.sandwich_subnets),))] * ("sandwich" not in args.skip)
                 for strategy, phases in runs:
                     t0 = time.perf_counter()
                     path, metrics = train_supernet(strategy, phases, data_cfg, recipe, args.device,

@@ -2,8 +2,10 @@
 largest subnet (BN recalibrated), and of a few random ones, from two supernet runs of one config.
 
 The progressive-shrinking run uses the config's phases; the sandwich run has one phase with every
-dimension of the last phase elastic, as many epochs as all phases together, the first phase's learning
-rate, and 3 subnets per step (largest, smallest, one random; in-place distillation). Printed side by side.
+dimension elastic, as many epochs as all phases together (or --sandwich-epochs), and 3
+subnets per step (largest, smallest, one random; in-place distillation), each at the first phase's learning
+rate times --sandwich-lr-factor (default 1/3, the sandwich rule's division of a single network's rate by its
+subnets; the tables recorded before 2026-11-27 used 1). Printed side by side.
 
     .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py                  # quickstart (digits)
     .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py --config experiments/cifar10_ofa_mbv3.yaml \
@@ -27,17 +29,19 @@ from nas.config import ExperimentConfig, load_config  # noqa: E402
 from nas.data import load_dataset  # noqa: E402
 from nas.rundir import RunDir, load_supernet  # noqa: E402
 from search_spaces import largest, sample, smallest  # noqa: E402
-from supernets.training import make_phase, subnet_accuracy  # noqa: E402
+from supernets.training import sandwich_phase, subnet_accuracy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ofa_claim import ensure_trained  # noqa: E402
 
+SUBNETS = 3
 
-def sandwich_variant(config: ExperimentConfig) -> ExperimentConfig:
-    phases = config.train.resolved_phases(config.get_space())
-    last = phases[-1]
-    one = make_phase("sandwich", sum(p.epochs for p in phases), phases[0].lr, last.elastic_map,
-                     subnets_per_step=3, distill_weight=1.0)
+
+def sandwich_variant(config: ExperimentConfig, lr_factor: float = 1 / SUBNETS,
+                     epochs: int | None = None) -> ExperimentConfig:
+    space = config.get_space()
+    phases = config.train.resolved_phases(space)
+    one = sandwich_phase(space, epochs or sum(p.epochs for p in phases), phases[0].lr * lr_factor, SUBNETS)
     train = dataclasses.replace(config.train, strategy="sandwich", phases=(one,), epochs_scale=1.0)
     return dataclasses.replace(config, name=f"{config.name}_sandwich", train=train)
 
@@ -50,12 +54,19 @@ def main() -> None:
     parser.add_argument("--sandwich-run-dir", help="sandwich run (default runs/bench_sandwich_<name>)")
     parser.add_argument("--random", type=int, default=3, help="random subnets evaluated besides the extremes")
     parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument("--sandwich-lr-factor", type=float, default=1 / SUBNETS,
+                        help="each sandwich subnet's rate, as a fraction of the first phase's (default 1/3)")
+    parser.add_argument("--sandwich-epochs", type=int,
+                        help="the sandwich run's epochs (default: all phases' epochs together)")
     args = parser.parse_args()
+    if args.sandwich_lr_factor <= 0 or (args.sandwich_epochs is not None and args.sandwich_epochs < 1):
+        parser.error("--sandwich-lr-factor must be > 0 and --sandwich-epochs >= 1")
     torch.set_num_threads(1)
     config = load_config(args.config, epochs_scale=args.epochs_scale)
     runs = {
         "progressive shrinking": (config, RunDir(args.ps_run_dir or f"runs/bench_ofa_claim_{config.name}")),
-        "sandwich": (sandwich_variant(config), RunDir(args.sandwich_run_dir or f"runs/bench_sandwich_{config.name}")),
+        "sandwich": (sandwich_variant(config, args.sandwich_lr_factor, args.sandwich_epochs),
+                     RunDir(args.sandwich_run_dir or f"runs/bench_sandwich_{config.name}")),
     }
     rows = {}
     for label, (cfg, run) in runs.items():

@@ -177,9 +177,15 @@ def sandwich_schedule(space: SearchSpace, epochs_scale: float = 1.0, lr: float =
     it matched the largest's from-scratch accuracy; on 2 CPU cores, 3 subnets at 0.4 of it trained every
     subnet to 59-64% test accuracy in two passes over CIFAR-10."""
     total = sum(p.epochs for p in ofa_schedule(space, epochs_scale, lr))
+    return (sandwich_phase(space, total, lr / SANDWICH_SUBNETS, SANDWICH_SUBNETS),)
+
+
+def sandwich_phase(space: SearchSpace, epochs: int, lr: float, subnets: int = SANDWICH_SUBNETS) -> Phase:
+    """The sandwich rule's phase: every dimension elastic over all of ``space``'s values, ``subnets`` per step
+    (the largest, the smallest, random ones), in-place distillation; ``lr`` is each subnet's rate (callers
+    divide a single network's rate by the subnets, as ``sandwich_schedule`` does)."""
     elastic = {d: _all_values(space, d) for d in ("resolutions", "kernel_sizes", "depths", "expand_ratios")}
-    return (make_phase("sandwich", total, lr / SANDWICH_SUBNETS, elastic, subnets_per_step=SANDWICH_SUBNETS,
-                       distill_weight=1.0),)
+    return make_phase("sandwich", epochs, lr, elastic, subnets_per_step=subnets, distill_weight=1.0)
 
 
 def validate_phase(space: SearchSpace, phase: Phase) -> Phase:
