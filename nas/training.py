@@ -147,7 +147,8 @@ def _train_locked(config: ExperimentConfig, run: RunDir, job: Any, space: Any, p
     run.create()
     run.write_config(config)
     where = "" if verbose or not config.ray.enabled else f"; Ray's own output: {run.logs / 'ray.log'} (-v shows it)"
-    print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} phases, "
+    print(f"training {space.name} on {config.dataset.kind} ({config.train.strategy}, {len(phases)} "
+          f"phase{'s' * (len(phases) != 1)}, "
           f"{total} epochs) in {run.root}, {position}{where}", flush=True)
     started = time.perf_counter()
     try:

@@ -12,8 +12,8 @@ from nas.errors import UsageError
 from nas.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["quickstart.yaml", "cifar10_ofa_mbv3.yaml", "cifar10_ofa_mbv3_sandwich.yaml",
-               "cifar10_ofa_mbv3_gpu.yaml", "imagenet_ofa_mbv3.yaml"]
+EXPERIMENTS = ["quickstart.yaml", "quickstart_progressive.yaml", "cifar10_ofa_mbv3.yaml",
+               "cifar10_ofa_mbv3_sandwich.yaml", "cifar10_ofa_mbv3_gpu.yaml", "imagenet_ofa_mbv3.yaml"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -7,7 +7,7 @@ subnets per step (largest, smallest, one random; in-place distillation), each at
 rate times --sandwich-lr-factor (default 1/3, the sandwich rule's division of a single network's rate by its
 subnets; the tables recorded before 2026-11-27 used 1). Printed side by side.
 
-    .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py                  # quickstart (digits)
+    .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py                  # digits, quickstart_progressive.yaml
     .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py --config experiments/cifar10_ofa_mbv3.yaml \
         --epochs-scale 0.25
 """
@@ -48,7 +48,8 @@ def sandwich_variant(config: ExperimentConfig, lr_factor: float = 1 / SUBNETS,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/quickstart.yaml")
+    parser.add_argument("--config", default="experiments/quickstart_progressive.yaml",
+                        help="a progressive-shrinking config (its phases are one side; the sandwich run is derived)")
     parser.add_argument("--epochs-scale", type=float)
     parser.add_argument("--ps-run-dir", help="progressive-shrinking run (default runs/bench_ofa_claim_<name>)")
     parser.add_argument("--sandwich-run-dir", help="sandwich run (default runs/bench_sandwich_<name>)")
@@ -63,6 +64,9 @@ def main() -> None:
         parser.error("--sandwich-lr-factor must be > 0 and --sandwich-epochs >= 1")
     torch.set_num_threads(1)
     config = load_config(args.config, epochs_scale=args.epochs_scale)
+    if config.train.strategy != "progressive_shrinking":
+        parser.error(f"{args.config} trains with {config.train.strategy!r}; give a progressive_shrinking config "
+                     "(e.g. experiments/quickstart_progressive.yaml)")
     runs = {
         "progressive shrinking": (config, RunDir(args.ps_run_dir or f"runs/bench_ofa_claim_{config.name}")),
         "sandwich": (sandwich_variant(config, args.sandwich_lr_factor, args.sandwich_epochs),
