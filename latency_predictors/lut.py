@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, PrecisionPolicy, SearchSpace, plan, reading
+from search_spaces import Arch, PrecisionPolicy, SearchSpace, plan, progress_bar, reading
 
 from .devices import Device, LatencyError, atomic_write_json, read_versioned_json
 from .layers import (
@@ -397,6 +397,4 @@ class _null_context:
 
 
 def _progress(total: int, done: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc=desc, unit="layer", disable=not enabled, leave=False)
+    return progress_bar(enabled, total=total, initial=done, desc=desc, unit="layer", leave=False)

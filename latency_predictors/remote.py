@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import Arch, SearchSpace, connect_ray, reading
+from search_spaces import Arch, SearchSpace, connect_ray, progress_bar, reading
 
 from .devices import Device, LatencyError, atomic_write_json
 from .layers import LayerBuilder
@@ -226,11 +226,9 @@ def measure_archs(space: SearchSpace, archs: Sequence[Arch], builder: LayerBuild
                   progress: bool = True) -> list[Measurement]:
     """Measure ``archs`` end to end on ``device``, through Ray tasks that need ``device:<id>`` (or in this
     process when ``use_ray`` is False). ``on_result`` is called as each result arrives (for saving)."""
-    from tqdm import tqdm
-
     results: list[Measurement | None] = [None] * len(archs)
-    bar = tqdm(total=len(archs), desc=f"measure {space.name} on {device.id}", unit="net",
-               disable=not progress, leave=False)
+    bar = progress_bar(progress, total=len(archs), desc=f"measure {space.name} on {device.id}", unit="net",
+                       leave=False)
     chunks = [list(range(i, min(i + chunk, len(archs)))) for i in range(0, len(archs), chunk)]
     lock = str(lock_path) if lock_path else None
     try:

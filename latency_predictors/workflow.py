@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, as_generator, encode_many, random_arch, reading
+from search_spaces import Arch, SearchSpace, as_generator, encode_many, progress_bar, random_arch, reading
 
 from .devices import Device, DeviceStore, LatencyError, atomic_write_json, staged_folder, swap_folder
 from .layers import LayerBuilder, network_gmacs, network_macs
@@ -637,8 +637,6 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
     ``measurements/<space>.quantized.json`` (reused, resumable) under ``quantizer``, the id of what ``model_fn``
     builds (``nas.quantize.QUANTIZER_ID``): a timing of another quantiser's model is not reused. Returns each
     subnet's runs (ms)."""
-    from tqdm import tqdm
-
     from .measure import check_clock, configure_allocator, onnx_model_run, time_interleaved
 
     if not device.times_quantized:
@@ -662,8 +660,8 @@ def measure_quantized(store: DeviceStore, device: Device, space: SearchSpace, ar
         atomic_write_json(path, {"format": QUANTIZED_FORMAT, "version": 1, "space": space.name,
                                  "device": device.id, "protocol": asdict(plain), "records": records})
 
-    bar = tqdm(total=len(archs), desc=f"quantised {space.name} on {device.id}", unit="net", disable=not progress,
-               leave=False)
+    bar = progress_bar(progress, total=len(archs), desc=f"quantised {space.name} on {device.id}", unit="net",
+                       leave=False)
     try:
         with device_lock(store.lock_path(device.id)):
             # Planned inside the lock: a second measurement of the same subnets waits, then finds them done.

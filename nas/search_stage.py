@@ -238,9 +238,12 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: An
                   f"{report.kendall:.3f} on {report.n_test} held-out subnets", file=sys.stderr)
 
         def show(done: int, total: int) -> None:
-            if progress:
+            # On a terminal one line redrawn; in a log or a pipe a line per batch of trials.
+            if progress and sys.stderr.isatty():
                 print(f"\rsearch: {done}/{total} trials", end="" if done < total else "\n", file=sys.stderr,
                       flush=True)
+            elif progress:
+                print(f"search: {done}/{total} trials", file=sys.stderr, flush=True)
 
         meta: dict[str, Any] = {"dataset": None}  # no dataset: exports keep the supernet's batch norms
         if config.dataset is not None:

@@ -23,6 +23,7 @@ from ._precision import (
     precision_label,
     validate_policy,
 )
+from ._progress import progress_bar
 from ._ray import connect_ray, ray_cluster_named_or_running, set_ray_environment
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
@@ -46,6 +47,7 @@ __all__ = [
     "head_macs",
     "stem_macs",
     "connect_ray",
+    "progress_bar",
     "ray_cluster_named_or_running",
     "set_ray_environment",
     "ACTIVATIONS",

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import SearchSpace, keep_copy, largest, sample, smallest
+from search_spaces import SearchSpace, keep_copy, largest, progress_bar, sample, smallest
 
 from .checkpoint import (
     atomic_torch_save,
@@ -224,8 +224,6 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
                 scaler: torch.amp.GradScaler | None = None, sync: Callable[[], None] | None = None) -> float:
     """One epoch of ``phase`` on ``execution``'s device and precision; returns the mean training loss per
     subnet."""
-    from tqdm import tqdm
-
     execution = execution or Execution(torch.device("cpu"))
     settings, space = job.settings, job.space
     rng = np.random.default_rng([job.seed, position.phase, position.epoch, 7])  # same subnets on all ranks
@@ -235,8 +233,8 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
     model.train()
     total = torch.zeros((), device=execution.device)  # summed on the device: no host sync per step
     count = 0
-    bar = tqdm(total=steps, desc=f"{phase.name} {position.epoch + 1}/{phase.epochs}", leave=False,
-               disable=not (job.progress and rank == 0), mininterval=2.0, dynamic_ncols=True)
+    bar = progress_bar(job.progress and rank == 0, total=steps, leave=False, mininterval=2.0, dynamic_ncols=True,
+                       desc=f"{phase.name} {position.epoch + 1}/{phase.epochs}")
     for step, (x, y) in zip(range(steps), batches):
         resolution = int(allowed[int(rng.integers(len(allowed)))])
         x = resize(execution.batch(x), resolution)
