@@ -4,7 +4,7 @@ against the same subnets trained from scratch for as many epochs as the whole su
 Three subnets: small (every choice smallest), medium (depth 3, kernel 5, expand 4, middle resolution),
 large (every choice largest). Target: inherited >= from-scratch - 0.5 point for all three.
 
-    .venv/bin/python experiments/benchmarks/ofa_claim.py                       # quickstart (digits)
+    .venv/bin/python experiments/benchmarks/ofa_claim.py --scratch-lr 0.05     # quickstart (digits, sandwich)
     .venv/bin/python experiments/benchmarks/ofa_claim.py --config experiments/cifar10_ofa_mbv3.yaml \
         --epochs-scale 0.25 --run-dir runs/cifar10_reduced                    # reuse a trained run
     # from-scratch side beside a running `nas train` (one core each), then the supernet side when it is done:
@@ -15,7 +15,9 @@ large (every choice largest). Target: inherited >= from-scratch - 0.5 point for 
 
 The supernet run trains (or resumes, or is reused when finished) through ``nas train``'s code path on Ray.
 From-scratch training uses the same data, batch size, steps per epoch, label smoothing and a cosine
-schedule from the first phase's learning rate, at the subnet's own resolution.
+schedule from the first phase's learning rate (or ``--scratch-lr``, required for a sandwich config: its
+phase rate is each subnet's share of summed gradients, not a single network's), at the subnet's own
+resolution.
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     execution = Execution.resolve("cpu", "fp32", args.channels_last)
     config = load_config(args.config, epochs_scale=args.epochs_scale)
+    if args.scratch_lr is None and config.train.strategy == "sandwich" and args.part != "inherited":
+        parser.error(f"{args.config} trains with the sandwich rule, whose phase rate is each subnet's share of "
+                     "summed gradients; give --scratch-lr, a single network's rate (0.05 for the shipped CPU configs)")
     run = RunDir(args.run_dir or f"runs/bench_ofa_claim_{config.name}")
     path = Path(args.results) if args.results else run.root / "ofa_claim.json"
     results = load_results(path)
