@@ -3,9 +3,9 @@ largest subnet (BN recalibrated), and of a few random ones, from two supernet ru
 
 The progressive-shrinking run uses the config's phases; the sandwich run has one phase with every
 dimension elastic, as many epochs as all phases together (or --sandwich-epochs), and 3
-subnets per step (largest, smallest, one random; in-place distillation), each at the first phase's learning
-rate times --sandwich-lr-factor (default 1/3, the sandwich rule's division of a single network's rate by its
-subnets; the tables recorded before 2026-11-27 used 1). Printed side by side.
+subnets per step (or --sandwich-subnets: largest, smallest, the rest random; in-place distillation), each at
+the first phase's learning rate times --sandwich-lr-factor (default 1 / subnets, the sandwich rule's division
+of a single network's rate; the tables recorded before 2026-11-27 used 1). Printed side by side.
 
     .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py                  # digits, quickstart_progressive.yaml
     .venv/bin/python experiments/benchmarks/ps_vs_sandwich.py --config experiments/cifar10_ofa_mbv3.yaml \
@@ -37,11 +37,13 @@ from ofa_claim import ensure_trained  # noqa: E402
 SUBNETS = 3
 
 
-def sandwich_variant(config: ExperimentConfig, lr_factor: float = 1 / SUBNETS,
-                     epochs: int | None = None) -> ExperimentConfig:
+def sandwich_variant(config: ExperimentConfig, lr_factor: float | None = None, epochs: int | None = None,
+                     subnets: int = SUBNETS) -> ExperimentConfig:
+    """``lr_factor`` None: 1 / ``subnets``."""
     space = config.get_space()
     phases = config.train.resolved_phases(space)
-    one = sandwich_phase(space, epochs or sum(p.epochs for p in phases), phases[0].lr * lr_factor, SUBNETS)
+    factor = lr_factor if lr_factor is not None else 1 / subnets
+    one = sandwich_phase(space, epochs or sum(p.epochs for p in phases), phases[0].lr * factor, subnets)
     train = dataclasses.replace(config.train, strategy="sandwich", phases=(one,), epochs_scale=1.0)
     return dataclasses.replace(config, name=f"{config.name}_sandwich", train=train)
 
@@ -55,13 +57,16 @@ def main() -> None:
     parser.add_argument("--sandwich-run-dir", help="sandwich run (default runs/bench_sandwich_<name>)")
     parser.add_argument("--random", type=int, default=3, help="random subnets evaluated besides the extremes")
     parser.add_argument("--test-images", type=int, default=None)
-    parser.add_argument("--sandwich-lr-factor", type=float, default=1 / SUBNETS,
-                        help="each sandwich subnet's rate, as a fraction of the first phase's (default 1/3)")
+    parser.add_argument("--sandwich-subnets", type=int, default=SUBNETS,
+                        help="subnets per sandwich step: the largest, the smallest, and the rest random (default 3)")
+    parser.add_argument("--sandwich-lr-factor", type=float, default=None,
+                        help="each sandwich subnet's rate, as a fraction of the first phase's (default 1 / subnets)")
     parser.add_argument("--sandwich-epochs", type=int,
                         help="the sandwich run's epochs (default: all phases' epochs together)")
     args = parser.parse_args()
-    if args.sandwich_lr_factor <= 0 or (args.sandwich_epochs is not None and args.sandwich_epochs < 1):
-        parser.error("--sandwich-lr-factor must be > 0 and --sandwich-epochs >= 1")
+    if ((args.sandwich_lr_factor is not None and args.sandwich_lr_factor <= 0) or args.sandwich_subnets < 2
+            or (args.sandwich_epochs is not None and args.sandwich_epochs < 1)):
+        parser.error("--sandwich-lr-factor must be > 0, --sandwich-subnets >= 2 and --sandwich-epochs >= 1")
     torch.set_num_threads(1)
     config = load_config(args.config, epochs_scale=args.epochs_scale)
     if config.train.strategy != "progressive_shrinking":
@@ -69,7 +74,7 @@ def main() -> None:
                      "(e.g. experiments/quickstart_progressive.yaml)")
     runs = {
         "progressive shrinking": (config, RunDir(args.ps_run_dir or f"runs/bench_ofa_claim_{config.name}")),
-        "sandwich": (sandwich_variant(config, args.sandwich_lr_factor, args.sandwich_epochs),
+        "sandwich": (sandwich_variant(config, args.sandwich_lr_factor, args.sandwich_epochs, args.sandwich_subnets),
                      RunDir(args.sandwich_run_dir or f"runs/bench_sandwich_{config.name}")),
     }
     rows = {}
