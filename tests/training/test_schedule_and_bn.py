@@ -22,6 +22,7 @@ from supernets.training import (
     ofa_schedule,
     phase_arch,
     recalibrate_bn,
+    sandwich_phase,
     sandwich_schedule,
     step_archs,
 )
@@ -41,6 +42,16 @@ def test_ofa_schedule_follows_once_for_all_and_scales() -> None:
     assert sandwich.epochs == sum(p.epochs for p in phases)
     # the subnets' gradients add up: each trains at a single network's rate over their number
     assert sandwich.subnets_per_step == 4 and sandwich.lr == pytest.approx(0.05)
+    assert sandwich == sandwich_phase(SPACE, sandwich.epochs, 0.05, 4)
+
+
+def test_sandwich_phase_makes_every_dimension_elastic_over_the_whole_space() -> None:
+    phase = sandwich_phase(SPACE, 8, 0.02, 3)
+    assert (phase.name, phase.epochs, phase.lr, phase.subnets_per_step) == ("sandwich", 8, 0.02, 3)
+    assert phase.distill_weight == 1.0
+    assert phase.values("resolutions") == SPACE.resolutions
+    assert phase.values("kernel_sizes") == (3, 5, 7) and phase.values("depths") == (2, 3, 4)
+    assert phase.values("expand_ratios") == (3, 4, 6)
 
 
 def test_phase_archs_stay_inside_the_phase() -> None:
