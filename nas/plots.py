@@ -47,7 +47,8 @@ class DevicePanel(NamedTuple):
     front_measured: bool
     # Each front member's precision (``fp32``, ``int8`` or ``mixed``), in the same order.
     front_precision: tuple[str, ...]
-    # (name, accuracy, latency ms) of the reference subnets (largest, smallest).
+    # (name, accuracy, latency ms) of the reference subnets (largest, smallest), in fp32: latency measured
+    # where hardware in the loop measured that subnet in fp32, else predicted (as the evaluated subnets').
     references: tuple[tuple[str, float, float], ...]
     budget_ms: float | None
     # Hypervolume (as a fraction of the final one) after each of ``hv_trials`` trials.
@@ -99,10 +100,17 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
             front_latency_ms=np.array([m.latency_ms for m in front]),
             front_measured=any(m.measured_latency_ms is not None for m in front),
             front_precision=tuple(m.precision for m in front),
-            references=tuple((r.name, r.accuracy, r.latency_ms) for r in store.references(device)),
+            references=_references(store, device),
             budget_ms=budgets.get(device), hv_trials=ns, hv_fraction=hv,
         ))
     return PlotData(space=space.name, n_trials=len(table.archs), panels=tuple(panels))
+
+
+def _references(store: Any, device: str) -> tuple[tuple[str, float, float], ...]:
+    """The reference subnets, each at its fp32 latency measured on ``device`` when there is one: the same
+    subnet on the front must not be drawn at two latencies."""
+    measured = {m.arch_id: m.measured_latency_ms for m in store.measurements(device) if m.policy is None}
+    return tuple((r.name, r.accuracy, measured.get(r.arch.arch_id, r.latency_ms)) for r in store.references(device))
 
 
 def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
@@ -122,7 +130,7 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
         ax = axes[0, k]
         colour = colours[k % len(colours)]
         ax.scatter(panel.all_latency_ms, 100 * panel.all_accuracy, s=6, color="0.6", alpha=0.25, linewidths=0,
-                   label=f"evaluated subnets ({panel.all_accuracy.size})")
+                   label=f"evaluated subnets ({panel.all_accuracy.size}, predicted latency)")
         if panel.front_accuracy.size:
             kind = "measured" if panel.front_measured else "predicted"
             ax.step(panel.front_latency_ms, 100 * panel.front_accuracy, where="post", color=colour, lw=1.5)
@@ -141,7 +149,9 @@ def draw(data: PlotData, out: str | os.PathLike[str]) -> Path:
                                    label=f"{name} ({int(on.sum())})")
         for (name, acc, lat), marker in zip(panel.references, ("*", "D", "s")):
             if np.isfinite(acc):
-                ax.scatter([lat], [100 * acc], marker=marker, s=70, color="black", zorder=4, label=f"{name} subnet")
+                # hollow: a front member at the same point stays visible inside it
+                ax.scatter([lat], [100 * acc], marker=marker, s=90, facecolors="none", edgecolors="black",
+                           linewidths=1.3, zorder=4, label=f"{name} subnet")
         if panel.budget_ms is not None:
             ax.axvline(panel.budget_ms, color=colour, ls="--", lw=1, label=f"budget {panel.budget_ms:g} ms")
         ax.set_title(f"{panel.device}")

@@ -83,3 +83,21 @@ def test_a_front_with_several_precisions_marks_each(run, tmp_path, scatters):
     counts = {c["label"].split(" (")[0]: int(c["label"].split("(")[1].rstrip(")")) for c in scatters
               if c.get("label", "").split(" (")[0] in PRECISION_MARKERS}
     assert counts == {p: panel.front_precision.count(p) for p in present}
+
+
+def test_a_reference_subnet_measured_in_fp32_is_drawn_at_its_measured_latency(run, tmp_path):
+    from nas.fronts import Measurement
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    store = get_front_store(search_paths(copy).fronts)
+    refs = {r.name: r for r in store.references("dev")}
+    smallest, largest = refs["smallest"], refs["largest"]
+    # hardware in the loop measured the smallest in fp32 and the largest only in int8
+    store.write_measurements([
+        Measurement("dev", smallest.arch.arch_id, smallest.latency_ms, 0.5 * smallest.latency_ms),
+        Measurement("dev", largest.arch.arch_id, largest.latency_ms, 0.3 * largest.latency_ms, policy=INT8),
+    ])
+    drawn = {name: lat for name, _, lat in plot_data(copy).panels[0].references}
+    assert drawn["smallest"] == pytest.approx(0.5 * smallest.latency_ms)
+    assert drawn["largest"] == pytest.approx(largest.latency_ms)  # its fp32 latency stays the predicted one
