@@ -438,7 +438,9 @@ def check_run_supernet(config: Any, run: Any) -> None:
             return
         check_identity(data, path, config.space, held)  # an import has no training identity: its space only
     except CheckpointError as exc:
-        raise UsageError(str(exc)) from exc
+        from .config import differences_note
+
+        raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     if config.supernet is None:
         return
     if not held.startswith(IMPORTED_HASH_PREFIX):

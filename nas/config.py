@@ -121,6 +121,17 @@ class ExperimentConfig:
         train = {k: v for k, v in _plain(self.train).items() if k not in TrainSettings.EXECUTION_FIELDS}
         return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset), "train": train}
 
+    def identity_differences(self, other: ExperimentConfig) -> list[str]:
+        """Where ``other``'s training identity differs from this one's, each as ``key: OTHER -> THIS`` (dotted
+        keys, list items by index: ``train.phases[0].lr``), in key order; empty when they match."""
+        mine, theirs = _flat(self.training_identity()), _flat(other.training_identity())
+
+        def shown(flat: dict[str, Any], key: str) -> str:
+            return _shown(flat[key]) if key in flat else "(absent)"
+
+        return [f"{key}: {shown(theirs, key)} -> {shown(mine, key)}" for key in sorted(mine.keys() | theirs.keys())
+                if key not in mine or key not in theirs or mine[key] != theirs[key]]
+
     @property
     def config_hash(self) -> str:
         """A 16-hex-digit hash of ``training_identity`` (ray, paths and later stages do not count)."""
@@ -136,6 +147,24 @@ class ExperimentConfig:
         out["latency"] = self.latency.to_dict()
         out.update(self.search.to_dict())  # devices and search
         return out
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``value`` (plain dicts and lists) as ``{dotted key: leaf}``; a list of (name, value) pairs (a phase's
+    elastic dimensions) counts as a mapping."""
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) for v in value):
+        value = dict(value)
+    if isinstance(value, Mapping):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
+        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(_flat(item, key))
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -456,6 +485,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeLoader's own error follows
                 break
         return super().construct_mapping(node, deep=deep)
+
+
+def differences_note(config_copy: Path, config: ExperimentConfig, shown: int = 3) -> str:
+    """``". The run's config.yaml -> this config: KEY: A -> B; ..."``: the training settings that make a run
+    folder's checkpoints another config's, read from the run's config copy (``config_copy``), for the end of the
+    one-line refusal; empty when the copy is missing, unreadable or the same."""
+    if not config_copy.is_file():
+        return ""
+    try:
+        differences = config.identity_differences(load_config(config_copy))
+    except UsageError:
+        return ""
+    if not differences:
+        return ""
+    more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
+    return f". The run's config.yaml -> this config: {'; '.join(differences[:shown])}{more}"
 
 
 def load_config(path: str | Path, *, epochs_scale: float | None = None) -> ExperimentConfig:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, differences_note
 from .data import check_split_sizes, load_dataset, num_classes
 from .errors import RetryableError, UsageError
 from .rundir import RunDir
@@ -88,7 +88,7 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
             state = load_train_state(run.latest_checkpoint, space.name, config.config_hash)
             position = f"after epoch {state['completed_epochs']} of {total}"
     except CheckpointError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     run.check_writable()  # a folder where supernet.pt goes would otherwise be found after the last epoch
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     dataset = config.dataset  # workers run elsewhere: give them an absolute data path
@@ -116,7 +116,7 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
             check_identity(read_supernet_file(run.teacher_checkpoint), run.teacher_checkpoint, space.name,
                            config.config_hash)
         except CheckpointError as exc:
-            raise UsageError(str(exc)) from exc
+            raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     try:
         lock = FileLock(run.train_lock, f"run {run.root}").acquire()
     except LockBusyError as exc:

@@ -37,6 +37,18 @@ def test_imagenet_config_uses_the_paper_schedule() -> None:
     assert phases[2].values("depths") == (3, 4) and phases[3].values("depths") == (2, 3, 4)
 
 
+def test_identity_differences_name_what_makes_two_configs_train_different_weights() -> None:
+    sandwich = load_config(ROOT / "experiments" / "quickstart.yaml")
+    progressive = load_config(ROOT / "experiments" / "quickstart_progressive.yaml")
+    assert sandwich.identity_differences(sandwich) == [] and sandwich.name != progressive.name
+    differences = sandwich.identity_differences(progressive)  # the name is not part of the identity
+    assert "train.strategy: 'progressive_shrinking' -> 'sandwich'" in differences
+    assert "train.phases[0].lr: 0.05 -> 0.02" in differences
+    assert "train.phases[0].elastic.depths: (absent) -> [2, 3, 4]" in differences  # elastic pairs read as keys
+    assert "train.phases[1].epochs: 2 -> (absent)" in differences
+    assert not any(d.startswith(("ray.", "search.", "train.device")) for d in differences)
+
+
 def base(**overrides) -> dict:
     raw = {"name": "t", "space": "ofa_mbv3_cifar"}
     raw.update(overrides)

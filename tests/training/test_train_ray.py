@@ -110,6 +110,7 @@ def test_foreign_and_corrupted_checkpoints_are_refused(finished_run, tmp_path, c
     assert main(["train", str(other), "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "another config" in err and len(err.splitlines()) == 1
+    assert "The run's config.yaml -> this config: seed: 0 -> 1" in err  # what makes it another config
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
     (broken / "checkpoints" / "latest.pt").write_bytes(b"\x00garbage" * 10)
