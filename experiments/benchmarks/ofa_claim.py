@@ -165,14 +165,15 @@ def main() -> None:
     path = Path(args.results) if args.results else run.root / "ofa_claim.json"
     results = load_results(path)
     space = get_space(config.space)
-    epochs = sum(p.epochs for p in config.train.resolved_phases(space))
+    phases = config.train.resolved_phases(space)
+    epochs = sum(p.epochs for p in phases)
     data = load_dataset(config.dataset, max(space.resolutions), config.seed)
     bn_images = args.bn_images if args.bn_images is not None else config.train.bn_recal_images
     print(f"supernet run {run.root}: {epochs} epochs; from-scratch: {epochs} epochs each; test split "
           f"{min(data.size('test'), args.test_images or 10**9)} images; BN recalibration on {bn_images} training "
           f"images", flush=True)
     if args.part in ("all", "scratch"):
-        lr = args.scratch_lr if args.scratch_lr is not None else config.train.resolved_phases(space)[0].lr
+        lr = args.scratch_lr if args.scratch_lr is not None else phases[0].lr
         run_scratch(config, space, data, epochs, args.test_images, results, path, lr, execution)
     if args.part in ("all", "inherited"):
         train_s = ensure_trained(config, run)
