@@ -8,7 +8,7 @@ Format (every key optional except ``name`` and ``space``)::
     run_dir: null               # another run folder (relative paths resolve against the current directory)
     dataset: {kind: digits, path: null, val_fraction: 0.1, ...}     # nas.data.DatasetConfig
     train:                                                          # supernets.training.TrainSettings
-      strategy: progressive_shrinking      # or sandwich
+      strategy: sandwich                   # (the default) or progressive_shrinking
       epochs_scale: 0.1                    # scales every phase's epochs
       lr: 0.1
       phases:                              # optional; default: the strategy's schedule (OFA / sandwich)

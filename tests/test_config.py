@@ -117,6 +117,17 @@ def test_yaml_errors_and_missing_files_are_usage_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
+def test_the_default_strategy_is_the_sandwich_rule_at_a_quarter_rate_per_subnet() -> None:
+    from supernets.training.schedule import SANDWICH_SUBNETS, ofa_schedule
+
+    config = parse_config(base(train={"lr": 0.2, "epochs_scale": 0.1}))
+    space = config.get_space()
+    (phase,) = config.train.resolved_phases(space)
+    assert config.train.strategy == "sandwich" and phase.name == "sandwich"
+    assert phase.subnets_per_step == SANDWICH_SUBNETS and phase.lr == pytest.approx(0.2 / SANDWICH_SUBNETS)
+    assert phase.epochs == sum(p.epochs for p in ofa_schedule(space, 0.1, 0.2))  # as long as OFA's schedule
+
+
 def test_epochs_scale_override_scales_every_phase(tmp_path: Path) -> None:
     config = load_config(ROOT / "experiments" / "cifar10_ofa_mbv3.yaml", epochs_scale=0.25)
     assert [p.epochs for p in config.train.resolved_phases(config.get_space())] == [3, 1, 1, 1, 1, 1]

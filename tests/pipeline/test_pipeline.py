@@ -27,6 +27,7 @@ TINY = textwrap.dedent("""
       eval_random_subnets: 1
       max_val_images: 32
       threads_per_worker: 1
+      strategy: progressive_shrinking
       phases:
         - {name: full, epochs: 1, lr: 0.05, elastic: {resolutions: [24]}}
         - {name: kernel, epochs: 1, lr: 0.02, distill_weight: 1.0,

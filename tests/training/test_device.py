@@ -35,8 +35,8 @@ def tiny_config(config_path: Path, *, device: str = "auto", ray: bool = False, e
     config = {
         "name": "tiny", "space": "ofa_mbv3_cifar",
         "dataset": {"kind": "digits", "image_size": 24, "max_train_images": 64, **dataset},
-        "train": {"batch_size": 8, "max_steps_per_epoch": 2, "bn_recal_images": 16, "eval_random_subnets": 1,
-                  "max_val_images": 32, "device": device,
+        "train": {"strategy": "progressive_shrinking", "batch_size": 8, "max_steps_per_epoch": 2,
+                  "bn_recal_images": 16, "eval_random_subnets": 1, "max_val_images": 32, "device": device,
                   "phases": [{"name": "full", "epochs": 1, "lr": 0.05, "elastic": {"resolutions": [24]}},
                              {"name": "kernel", "epochs": epochs, "lr": 0.02, "distill_weight": 1.0,
                               "elastic": {"resolutions": [24], "kernel_sizes": [3, 5, 7]}}]},

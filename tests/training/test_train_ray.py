@@ -32,6 +32,7 @@ def tiny_config(path: Path, kernel_epochs: int = 2, seed: int = 0) -> Path:
         "name": "tiny", "space": "ofa_mbv3_cifar", "seed": seed,
         "dataset": {"kind": "digits", "image_size": 24, "max_train_images": 64},
         "train": {
+            "strategy": "progressive_shrinking",
             "batch_size": 8, "max_steps_per_epoch": 2, "bn_recal_images": 16, "eval_random_subnets": 1,
             "max_val_images": 32,
             "phases": [
