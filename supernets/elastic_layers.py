@@ -30,6 +30,18 @@ def act_fn(x: torch.Tensor, name: str | None) -> torch.Tensor:
     raise ValueError(f"unknown activation {name!r}; allowed: relu, hswish")
 
 
+def leading_box(t: torch.Tensor, sizes: tuple[int, ...], starts: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The box of ``t`` with ``sizes`` beginning at ``starts`` (default: the leading corner), as one strided
+    view (``t`` itself when the box is all of it); the same values as chained slices, in any memory format."""
+    if starts is None and tuple(t.shape) == tuple(sizes):
+        return t
+    if len(sizes) != t.dim() or any(a < 0 or n < 1 or a + n > d for a, n, d in
+                                    zip(starts or (0,) * t.dim(), sizes, t.shape)):
+        raise ValueError(f"box {tuple(sizes)} at {starts or 'the start'} does not fit a tensor of {tuple(t.shape)}")
+    offset = t.storage_offset() + sum(a * s for a, s in zip(starts or (), t.stride()))
+    return t.as_strided(sizes, t.stride(), offset)
+
+
 class ElasticConv2d(nn.Module):
     """A convolution elastic in input channels, output channels and kernel size ('same' padding).
 
@@ -57,25 +69,27 @@ class ElasticConv2d(nn.Module):
         return f"transform_{big}to{small}"
 
     def active_weight(self, out_channels: int, in_channels: int, kernel_size: int) -> torch.Tensor:
-        """The weight of the active subnet: leading channels, then the transformed centre crops."""
-        w = self.weight
+        """The weight of the active subnet: leading channels, then the transformed centre crops.
+
+        The leading channels and the first crop are one view of the weight (``leading_box``), and each later
+        crop one view of the transformed kernel, so that backward writes each into a full-size gradient once
+        (two or three chained slices would each allocate and fill one: on a GPU bound by kernel launches,
+        those launches are what the supernet's step costs beyond the static network's)."""
         if self.depthwise:
-            if out_channels != self.max_out:
-                w = w[:out_channels]
-        elif out_channels != self.max_out or in_channels != self.max_in:
-            w = w[:out_channels, :in_channels]
+            in_channels = 1
         current = self.max_kernel
+        if kernel_size == current:
+            return leading_box(self.weight, (out_channels, in_channels, current, current))
+        w = self.weight
         for small in self.kernel_sizes[1:]:
-            if current == kernel_size:
-                break
             start = (current - small) // 2
-            crop = w[:, :, start:start + small, start:start + small]
+            crop = leading_box(w, (out_channels, in_channels, small, small), (0, 0, start, start))
             matrix = getattr(self, self.transform_name(current, small))
             w = F.linear(crop.reshape(-1, small * small), matrix).reshape(crop.shape)
             current = small
-        if current != kernel_size:
-            raise ValueError(f"kernel size {kernel_size} not in {self.kernel_sizes}")
-        return w
+            if current == kernel_size:
+                return w
+        raise ValueError(f"kernel size {kernel_size} not in {self.kernel_sizes}")
 
     def active_bias(self, out_channels: int) -> torch.Tensor | None:
         if self.bias is None or out_channels == self.max_out:

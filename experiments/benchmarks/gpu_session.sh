@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue 9's next measurements on the lent GPU machine, sized for one call (at most 10 minutes) each:
+# Issue 9's next measurements on the lent GPU machine, sized to fit one call (at most 10 minutes) together:
 #
-#   accuracy  the GPU check's accuracy part at 6 epochs with the sandwich rule at a quarter of the recipe's
-#             learning rate (the H200 runs of 2026-11-26 diverged at 1.0 and trailed at 0.5), progressive
-#             shrinking and the three from-scratch subnets beside it (~320 s on an H200)
-#   launch    the throughput part with --launch-bound: the largest subnet's step in a CUDA graph and at
-#             twice the batch, after the usual variants (~2-3 min)
+#   accuracy  the GPU check's accuracy part at 14 epochs with the sandwich rule as the third session settled
+#             it (3 subnets a step at 0.4 of the recipe's rate; progressive shrinking left out, it trailed by
+#             19-21 points) beside the three subnets from scratch: how far 14 epochs go towards 85% (~420 s
+#             on an H200: 14 s a sandwich epoch, ~13 s for the three from-scratch epochs)
+#   launch    the throughput part with --launch-bound: the supernet / static step at random subnets since
+#             the active weights are one strided view each (1.28 in the third session, before), the step in
+#             a CUDA graph and at twice the batch (~2 min)
 #
 #   experiments/benchmarks/gpu_session.sh OUT_DIR [accuracy|launch|all]     # on the GPU machine (default: all)
 #   GPU_SESSION_TINY=1 experiments/benchmarks/gpu_session.sh /tmp/gs all     # CPU smoke of the same steps
@@ -13,7 +15,7 @@
 # The CIFAR-10 part travels with the code, packed here beforehand (ignored by git; name it in the call's carry):
 #   .venv/bin/python experiments/benchmarks/cifar_pack.py ../shared/data/cifar10 .gpu_data --train 30000 --test 5000
 # Each part writes OUT_DIR/<part>/gpu_check.{json,md} as it goes and OUT_DIR/<part>.log; a part cut by its
-# timeout keeps what it measured.
+# timeout keeps what it measured. Run `all` with the call's timeout_s at 600: the parts' own limits add to 590.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [accuracy|launch|all]}
 part=${2:-all}
@@ -42,8 +44,8 @@ run() {  # run NAME TIMEOUT_S ARGS...
 }
 
 if [ "$part" = accuracy ] || [ "$part" = all ]; then
-    run accuracy 400 --skip throughput --epochs 6 --sandwich-lr-factor 0.25
+    run accuracy 450 --skip throughput --skip ps --epochs 14 --sandwich-subnets 3 --sandwich-lr-factor 0.4
 fi
 if [ "$part" = launch ] || [ "$part" = all ]; then
-    run launch 200 --skip accuracy --launch-bound
+    run launch 140 --skip accuracy --launch-bound
 fi

@@ -13,6 +13,14 @@ Targets: ratio <= 1.03 at the largest arch, median <= 1.05 over random archs.
 Times in the table are process CPU milliseconds (medians); ratios are medians of back-to-back pairs,
 by CPU time and by wall-clock time.
 
+``--ops`` counts instead of timing: the kernel launches one training step makes on CUDA, estimated on the CPU
+from the tensor operations it dispatches (views launch nothing, a slice's backward two: ``LAUNCHES``), supernet
+against static subnet at the same archs, and which operations the supernet adds. On a GPU whose steps are
+bound by kernel launches (the H200 of experiments/cifar10_ofa_mbv3/README.md: ~140 GFLOP in ~33 ms) this
+ratio is what the supernet's step costs there against the static network's, to first order.
+
+    .venv/bin/python experiments/benchmarks/supernet_overhead.py --spaces ofa_mbv3_cifar --ops --random-archs 6
+
 Input resolution: 128 for the ImageNet spaces (``mnasnet`` too, although its space fixes 224: the
 supernet takes any input size), 32 for ``ofa_mbv3_cifar``.
 """
@@ -27,6 +35,7 @@ _libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 _libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -35,6 +44,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -133,6 +143,75 @@ def bench_space(name: str, repeats: int, n_random: int, batch: int, seed: int) -
     return {"rows": rows, "summary": [summary]}
 
 
+# Kernels an operation launches on CUDA where it is not one: allocations none, a slice's backward two (it fills
+# a zero gradient of the whole tensor, then copies the slice's gradient into it).
+LAUNCHES = {"empty": 0, "empty_like": 0, "empty_strided": 0, "new_empty": 0, "new_empty_strided": 0,
+            "_unsafe_view": 0, "slice_backward": 2, "select_backward": 2}
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operations that reach the kernels (after autograd), by name; views and detaches, which
+    launch nothing, are left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if not func.is_view and func.overloadpacket is not torch.ops.aten.detach:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_ops(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+             x: torch.Tensor, y: torch.Tensor) -> collections.Counter[str]:
+    """The operations of one training step (after one untimed step, so that optimizer state exists)."""
+    train_step(forward, optimizer, x, y)
+    with _OpCounter() as counter:
+        train_step(forward, optimizer, x, y)
+    return counter.counts
+
+
+def launches(ops: collections.Counter[str]) -> int:
+    """Kernel launches the operations ``ops`` make on CUDA (estimated: ``LAUNCHES``, else one each)."""
+    return sum(LAUNCHES.get(op, 1) * count for op, count in ops.items())
+
+
+def ops_space(name: str, n_random: int, seed: int) -> list[str]:
+    """Operations per training step, supernet / static, at the largest, the smallest and random archs."""
+    from search_spaces import smallest
+
+    space = get_space(name)
+    torch.manual_seed(seed)
+    supernet = build_supernet(space).train()
+    # foreach: one operation for all parameters, as the optimizer runs on CUDA (per parameter on the CPU)
+    super_opt = torch.optim.SGD(supernet.parameters(), lr=1e-3, momentum=0.9, foreach=True)
+    archs: list[tuple[str, Arch]] = [("largest", largest(space)), ("smallest", smallest(space))]
+    archs += [(f"random{i}", a) for i, a in enumerate(sample(space, n_random, seed=seed))]
+    print(f"\n{name}: kernel launches per training step, estimated from its operations", flush=True)
+    print(f"{'arch':<9} {'static':>7} {'supernet':>8} {'ratio':>6}", flush=True)
+    extra: collections.Counter[str] = collections.Counter()
+    random_static = random_super = 0
+    for label, arch in archs:
+        x = torch.randn(2, 3, arch.resolution, arch.resolution)
+        y = torch.randint(0, space.num_classes, (2,))
+        static = extract(supernet, arch).train()
+        static_ops = step_ops(static, torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9, foreach=True),
+                              x, y)
+        super_ops = step_ops(lambda inp, arch=arch: supernet(inp, arch), super_opt, x, y)
+        n_static, n_super = launches(static_ops), launches(super_ops)
+        print(f"{label:<9} {n_static:>7} {n_super:>8} {n_super / n_static:>6.3f}", flush=True)
+        if label.startswith("random"):
+            random_static, random_super = random_static + n_static, random_super + n_super
+            extra.update(super_ops)
+            extra.subtract(static_ops)
+    added = ", ".join(f"{op} {count / n_random:+.0f}" for op, count in extra.most_common() if count)
+    lines = [f"{name}: launches supernet / static at {n_random} random archs {random_super / random_static:.3f}; "
+             f"operations added per step (mean): {added}"]
+    print(lines[0], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spaces", default=",".join(list_spaces()), help="comma-separated space names")
@@ -142,11 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 repeats, 2 random archs, batch 8")
+    parser.add_argument("--ops", action="store_true",
+                        help="count the operations of a training step instead of timing it (see above)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.random_archs, args.batch = 3, 2, 8
     torch.set_num_threads(args.threads)
     summaries = []
+    if args.ops:
+        for name in args.spaces.split(","):
+            summaries += ops_space(name.strip(), args.random_archs, args.seed)
+        print("\nsummary")
+        print("\n".join(summaries))
+        return 0
     for name in args.spaces.split(","):
         summaries += bench_space(name.strip(), args.repeats, args.random_archs, args.batch, args.seed)["summary"]
     print(f"\nload average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")

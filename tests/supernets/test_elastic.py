@@ -250,3 +250,55 @@ def test_num_classes_override(name: str) -> None:
     static = extract(net, arch)
     assert static.head.classifier.out_features == 7
     assert structure(static) == structure(build(space, arch, num_classes=7))
+
+
+def _reference_weight(conv: ElasticConv2d, out_channels: int, in_channels: int, kernel_size: int) -> torch.Tensor:
+    """The active weight by chained slices (what ``leading_box`` replaces)."""
+    w = conv.weight[:out_channels] if conv.depthwise else conv.weight[:out_channels, :in_channels]
+    current = conv.max_kernel
+    for small in conv.kernel_sizes[1:]:
+        if current == kernel_size:
+            break
+        start = (current - small) // 2
+        crop = w[:, :, start:start + small, start:start + small]
+        matrix = getattr(conv, conv.transform_name(current, small))
+        w = F.linear(crop.reshape(-1, small * small), matrix).reshape(crop.shape)
+        current = small
+    return w
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_active_weight_is_the_sliced_weight_with_its_gradients(channels_last: bool, depthwise: bool) -> None:
+    torch.manual_seed(SEED)
+    conv = ElasticConv2d(12, 12, (3, 5, 7), depthwise=depthwise)
+    with torch.no_grad():  # transforms away from identity, so that a wrong crop shows
+        for name, p in conv.named_parameters():
+            if name.startswith("transform"):
+                p.add_(0.1 * torch.randn_like(p))
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    for out_c, in_c, k in ((12, 12, 7), (7, 5, 7), (9, 12, 5), (5, 3, 3), (12, 12, 3)):
+        in_c = 1 if depthwise else in_c
+        got = conv.active_weight(out_c, in_c, k)
+        assert got.shape == (out_c, in_c, k, k)
+        grad = torch.randn(got.shape)
+        conv.zero_grad(set_to_none=True)
+        (got * grad).sum().backward()
+        got_grads = {n: p.grad.clone() for n, p in conv.named_parameters() if p.grad is not None}
+        conv.zero_grad(set_to_none=True)
+        want = _reference_weight(conv, out_c, in_c, k)
+        (want * grad).sum().backward()
+        want_grads = {n: p.grad for n, p in conv.named_parameters() if p.grad is not None}
+        assert torch.allclose(got, want, atol=1e-6)
+        assert got_grads.keys() == want_grads.keys()
+        for name, g in want_grads.items():
+            assert torch.allclose(got_grads[name], g, atol=1e-6), (out_c, in_c, k, name)
+
+
+def test_active_weight_refuses_a_box_larger_than_the_weight() -> None:
+    conv = ElasticConv2d(4, 6, (3, 5))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.active_weight(6, 5, 3)
+    with pytest.raises(ValueError, match="kernel size 7"):
+        conv.active_weight(6, 4, 7)
