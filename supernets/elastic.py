@@ -114,6 +114,14 @@ class ElasticSupernet(nn.Module):
                 x = stages[bp.stage_index][bp.block_index](x, bp)
         return self.head(x)
 
+    def set_in_place_grads(self, enabled: bool) -> None:
+        """Add the gradients of active parts of parameters into existing gradients in place (``elastic_layers``'
+        docstring): fewer kernels per backward pass after the first of a step. Leave it off under
+        ``DistributedDataParallel``, whose hooks watch the gradient accumulation this bypasses."""
+        for module in self.modules():
+            if hasattr(module, "in_place_grads"):
+                module.in_place_grads = bool(enabled)
+
     def subnet_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
         """The state dict of ``build(space, arch)`` holding this supernet's active weights (not copies)."""
         p = plan(self.space, arch)

@@ -8,6 +8,13 @@
 When the full width and kernel are active, the parameters are used as they are (no copy). Every layer
 also returns the state dict of its static counterpart (``static_state``), which is how extraction
 copies exact weights.
+
+Gradients of a parameter's active part: plain autograd writes them into a zero gradient of the whole
+parameter (a fill and a copy), which ``AccumulateGrad`` then adds to the gradient that is there. With
+``in_place_grads`` on (``ElasticSupernet.set_in_place_grads``; the training loop turns it on unless
+``DistributedDataParallel``, whose hooks watch ``AccumulateGrad``, wraps the supernet), the active part's
+gradient is added into the existing gradient's matching part in place: one kernel instead of three, for every
+subnet of a sandwich step after the first. Same sums, so the same training.
 """
 
 from __future__ import annotations
@@ -42,6 +49,37 @@ def leading_box(t: torch.Tensor, sizes: tuple[int, ...], starts: tuple[int, ...]
     return t.as_strided(sizes, t.stride(), offset)
 
 
+class _ParameterBox(torch.autograd.Function):
+    """``leading_box`` of a parameter whose backward adds into the parameter's gradient in place when it
+    exists (and returns none), else returns a whole-parameter gradient as plain autograd would."""
+
+    @staticmethod
+    def forward(ctx, param: nn.Parameter, sizes: tuple[int, ...], starts: tuple[int, ...] | None
+                ) -> torch.Tensor:
+        ctx.param, ctx.sizes, ctx.starts = param, sizes, starts
+        return leading_box(param, sizes, starts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        param = ctx.param
+        if param.grad is not None and param.grad.shape == param.shape:
+            leading_box(param.grad, ctx.sizes, ctx.starts).add_(grad)
+            return None, None, None
+        full = torch.zeros_like(param)
+        leading_box(full, ctx.sizes, ctx.starts).copy_(grad)
+        return full, None, None
+
+
+def parameter_box(param: nn.Parameter, sizes: tuple[int, ...], starts: tuple[int, ...] | None = None,
+                  in_place_grads: bool = False) -> torch.Tensor:
+    """``leading_box`` of a parameter; with ``in_place_grads`` its gradient is added in place where one
+    exists (module docstring)."""
+    if not in_place_grads or not torch.is_grad_enabled() or not param.requires_grad or (
+            starts is None and tuple(param.shape) == tuple(sizes)):
+        return leading_box(param, sizes, starts)
+    return _ParameterBox.apply(param, tuple(sizes), starts)
+
+
 class ElasticConv2d(nn.Module):
     """A convolution elastic in input channels, output channels and kernel size ('same' padding).
 
@@ -57,6 +95,7 @@ class ElasticConv2d(nn.Module):
         self.max_kernel = self.kernel_sizes[0]
         self.max_in, self.max_out = max_in, max_out
         self.stride, self.depthwise = stride, depthwise
+        self.in_place_grads = False  # see the module docstring
         k = self.max_kernel
         self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else max_in, k, k))
         self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
@@ -79,11 +118,14 @@ class ElasticConv2d(nn.Module):
             in_channels = 1
         current = self.max_kernel
         if kernel_size == current:
-            return leading_box(self.weight, (out_channels, in_channels, current, current))
+            return parameter_box(self.weight, (out_channels, in_channels, current, current),
+                                 in_place_grads=self.in_place_grads)
         w = self.weight
         for small in self.kernel_sizes[1:]:
             start = (current - small) // 2
-            crop = leading_box(w, (out_channels, in_channels, small, small), (0, 0, start, start))
+            box = (out_channels, in_channels, small, small)
+            crop = (parameter_box(w, box, (0, 0, start, start), self.in_place_grads) if w is self.weight else
+                    leading_box(w, box, (0, 0, start, start)))
             matrix = getattr(self, self.transform_name(current, small))
             w = F.linear(crop.reshape(-1, small * small), matrix).reshape(crop.shape)
             current = small
@@ -92,9 +134,9 @@ class ElasticConv2d(nn.Module):
         raise ValueError(f"kernel size {kernel_size} not in {self.kernel_sizes}")
 
     def active_bias(self, out_channels: int) -> torch.Tensor | None:
-        if self.bias is None or out_channels == self.max_out:
-            return self.bias
-        return self.bias[:out_channels]
+        if self.bias is None:
+            return None
+        return parameter_box(self.bias, (out_channels,), in_place_grads=self.in_place_grads)
 
     def forward(self, x: torch.Tensor, out_channels: int, kernel_size: int) -> torch.Tensor:
         in_channels = x.shape[1]
@@ -110,6 +152,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, max_channels: int) -> None:
         super().__init__(max_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.in_place_grads = False  # see the module docstring
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
@@ -120,7 +163,9 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative average, as nn.BatchNorm2d (used by BN recalibration)
                 factor = 1.0 / float(self.num_batches_tracked)
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c],
+                            parameter_box(self.weight, (c,), in_place_grads=self.in_place_grads),
+                            parameter_box(self.bias, (c,), in_place_grads=self.in_place_grads),
                             self.training, factor, self.eps)
 
     def static_state(self, channels: int) -> dict[str, torch.Tensor]:

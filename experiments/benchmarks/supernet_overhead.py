@@ -177,8 +177,26 @@ def launches(ops: collections.Counter[str]) -> int:
     return sum(LAUNCHES.get(op, 1) * count for op, count in ops.items())
 
 
+def sandwich_ops(supernet: torch.nn.Module, optimizer: torch.optim.Optimizer, archs: list[Arch],
+                 classes: int) -> collections.Counter[str]:
+    """The operations of one sandwich step: one backward pass per arch (largest first), one optimizer step."""
+    batches = [(torch.randn(2, 3, a.resolution, a.resolution), torch.randint(0, classes, (2,))) for a in archs]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        for arch, (x, y) in zip(archs, batches):
+            F.cross_entropy(supernet(x, arch), y).backward()
+        optimizer.step()
+
+    step()
+    with _OpCounter() as counter:
+        step()
+    return counter.counts
+
+
 def ops_space(name: str, n_random: int, seed: int) -> list[str]:
-    """Operations per training step, supernet / static, at the largest, the smallest and random archs."""
+    """Launches per training step, supernet / static: at the largest, the smallest and random archs one
+    subnet a step; then sandwich steps (largest, smallest, one random) against the three static steps."""
     from search_spaces import smallest
 
     space = get_space(name)
@@ -191,6 +209,7 @@ def ops_space(name: str, n_random: int, seed: int) -> list[str]:
     print(f"\n{name}: kernel launches per training step, estimated from its operations", flush=True)
     print(f"{'arch':<9} {'static':>7} {'supernet':>8} {'ratio':>6}", flush=True)
     extra: collections.Counter[str] = collections.Counter()
+    static_launches: dict[str, int] = {}
     random_static = random_super = 0
     for label, arch in archs:
         x = torch.randn(2, 3, arch.resolution, arch.resolution)
@@ -200,6 +219,7 @@ def ops_space(name: str, n_random: int, seed: int) -> list[str]:
                               x, y)
         super_ops = step_ops(lambda inp, arch=arch: supernet(inp, arch), super_opt, x, y)
         n_static, n_super = launches(static_ops), launches(super_ops)
+        static_launches[label] = n_static
         print(f"{label:<9} {n_static:>7} {n_super:>8} {n_super / n_static:>6.3f}", flush=True)
         if label.startswith("random"):
             random_static, random_super = random_static + n_static, random_super + n_super
@@ -209,6 +229,22 @@ def ops_space(name: str, n_random: int, seed: int) -> list[str]:
     lines = [f"{name}: launches supernet / static at {n_random} random archs {random_super / random_static:.3f}; "
              f"operations added per step (mean): {added}"]
     print(lines[0], flush=True)
+    print(f"sandwich steps (largest, smallest, random<i>): {'static x3':>9} {'plain':>6} {'in place':>8}", flush=True)
+    totals = {"static": 0, "plain": 0, "in place": 0}
+    for label, arch in archs[2:]:
+        step = [archs[0][1], archs[1][1], arch]
+        counts = {"static": static_launches["largest"] + static_launches["smallest"] + static_launches[label]}
+        for mode, in_place in (("plain", False), ("in place", True)):
+            supernet.set_in_place_grads(in_place)
+            counts[mode] = launches(sandwich_ops(supernet, super_opt, step, space.num_classes))
+        supernet.set_in_place_grads(False)
+        print(f"  {label:<45} {counts['static']:>9} {counts['plain']:>6} {counts['in place']:>8}", flush=True)
+        for key in totals:
+            totals[key] += counts[key]
+    lines.append(f"{name}: launches of a sandwich step / the three static steps: plain autograd "
+                 f"{totals['plain'] / totals['static']:.3f}, gradients added in place "
+                 f"{totals['in place'] / totals['static']:.3f}")
+    print(lines[-1], flush=True)
     return lines
 
 

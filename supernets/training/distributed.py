@@ -42,10 +42,15 @@ class StepGradientSync:
 
 def wrap_for_ranks(supernet: nn.Module, world_size: int, mode: str,
                    device: torch.device) -> tuple[nn.Module, StepGradientSync | None]:
-    """``(model to call, sync to run before each optimizer step)`` for ``world_size`` ranks."""
+    """``(model to call, sync to run before each optimizer step)`` for ``world_size`` ranks. The supernet adds
+    the gradients of its sliced parameters in place (``ElasticSupernet.set_in_place_grads``) except under
+    ``DistributedDataParallel``, whose hooks would miss them."""
+    ddp = world_size > 1 and mode == "ddp"
+    if hasattr(supernet, "set_in_place_grads"):
+        supernet.set_in_place_grads(not ddp)
     if world_size <= 1:
         return supernet, None
-    if mode == "ddp":
+    if ddp:
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(supernet, device_ids=ids, find_unused_parameters=True), None
     if mode != "step":

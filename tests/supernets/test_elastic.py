@@ -302,3 +302,44 @@ def test_active_weight_refuses_a_box_larger_than_the_weight() -> None:
         conv.active_weight(6, 5, 3)
     with pytest.raises(ValueError, match="kernel size 7"):
         conv.active_weight(6, 4, 7)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_in_place_gradients_equal_plain_autograd_over_a_sandwich_step(channels_last: bool) -> None:
+    """A step of several subnets (largest first, as the sandwich rule; then a random subnet first, as
+    progressive shrinking's steps) gives the same gradients, and the same parameters none, either way."""
+    space = get_space("ofa_mbv3_cifar")
+    torch.manual_seed(SEED)
+    plain = build_supernet(space).train()
+    plain.head.dropout.p = 0.0
+    if channels_last:
+        plain = plain.to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    fast.set_in_place_grads(True)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    randoms = sample(space, 3, seed=2)
+    for archs in ([largest(space), smallest(space), randoms[0]], [randoms[1], randoms[2], smallest(space)]):
+        grads = []
+        for net in (plain, fast):
+            net.zero_grad(set_to_none=True)
+            for arch in archs:
+                F.cross_entropy(net(x, arch), y).backward()
+            grads.append({n: p.grad for n, p in net.named_parameters()})
+        assert grads[0].keys() == grads[1].keys()
+        for name, g in grads[0].items():
+            h = grads[1][name]
+            assert (g is None) == (h is None), name
+            if g is not None:
+                assert torch.allclose(g, h, atol=1e-6, rtol=1e-5), name
+
+
+def test_in_place_gradients_are_off_by_default_and_under_ddp_only() -> None:
+    from supernets.elastic_layers import ElasticBatchNorm2d
+    from supernets.training.distributed import wrap_for_ranks
+
+    net = build_supernet("ofa_mbv3_cifar")
+    flags = lambda: {m.in_place_grads for m in net.modules() if isinstance(m, (ElasticConv2d, ElasticBatchNorm2d))}  # noqa: E731
+    assert flags() == {False}
+    model, sync = wrap_for_ranks(net, 1, "ddp", torch.device("cpu"))  # one rank: no DDP
+    assert model is net and sync is None and flags() == {True}
