@@ -6,8 +6,10 @@ own loop in process (``supernets.training.run_job``, what ``nas train --no-ray``
 1. Throughput of the ``ofa_mbv3_cifar`` network at batch 256 (synthetic batches on the device, one SGD
    step = forward, loss, backward, update): the static largest subnet against the supernet at its largest,
    fp32 against bf16, channels-last, with and without ``torch.compile``; the supernet at random subnets
-   against the static networks of the same subnets; fp16 with a grad scaler. ``--launch-bound`` (CUDA) adds,
-   last, the largest subnet's step captured in a CUDA graph (static and supernet) and at twice the batch.
+   against the static networks of the same subnets; sandwich steps (largest, smallest, a random subnet), their
+   sliced parameters' gradients added in place or by plain autograd; fp16 with a grad scaler.
+   ``--launch-bound`` (CUDA) adds, last, the largest subnet's step captured in a CUDA graph (static and
+   supernet) and at twice the batch.
 2. Accuracy: a progressive-shrinking run and a sandwich-rule run of the supernet on the packed CIFAR-10
    part (``cifar_pack.py``), then the small, medium and large subnets trained from scratch for the same
    number of epochs; test accuracy of each (inherited: batch norms recalibrated, no retraining).
@@ -264,6 +266,31 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     tag = f"{fast[0]}{'+cl' if gpu else ''}"
     measure(f"static random x{n_random} {tag}", "static", fast[0], gpu, False, static_steps(list(randoms), False))
     measure(f"supernet random x{n_random} {tag}", "supernet", fast[0], gpu, False, super_steps(list(randoms), False))
+    def sandwich_steps(in_place: bool) -> Callable[[Execution], list[Callable[[], None]]]:
+        """Sandwich steps as training runs them: largest, smallest, random subnet ``i`` (one backward pass each,
+        one optimizer step), with the sliced parameters' gradients added in place or by plain autograd."""
+        def make(execution: Execution) -> list[Callable[[], None]]:
+            torch.manual_seed(SEED)
+            net = execution.module(build_supernet(space)).train()
+            net.set_in_place_grads(in_place)
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            batches = {a.resolution: _batch(execution, batch, a.resolution, space.num_classes)
+                       for a in (big, small, *randoms)}
+
+            def step(arch: Arch) -> None:
+                optimizer.zero_grad(set_to_none=True)
+                for a in (big, small, arch):
+                    x, y = batches[a.resolution]
+                    with execution.autocast():
+                        loss = F.cross_entropy(net(x, a).float(), y)
+                    loss.backward()
+                optimizer.step()
+            return [functools.partial(step, a) for a in randoms]
+        return make
+
+    for mode, in_place in (("plain", False), ("in place", True)):
+        measure(f"supernet sandwich x{n_random} {tag} {mode}", "supernet", fast[0], gpu, False,
+                sandwich_steps(in_place))
     # What the elastic phases meet: subnets never run before, in the default memory format (channels-last
     # plans its kernels per new shape: seconds per subnet, measured on an H200).
     fresh = list(sample(space, 4 * n_random, seed=11))
@@ -447,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
             s, t = by_name.get(f"supernet {what}"), by_name.get(f"static {what}")
             if s and t:
                 ratios[f"supernet / static step, {what}"] = round(s["step_ms"] / t["step_ms"], 3)
+        n = 2 if args.tiny else 6
+        parts = [by_name.get(f"static {what} {tag}") for what in ("largest", "smallest", f"random x{n}")]
+        if all(parts):
+            static_ms = sum(r["step_ms"] for r in parts)
+            for mode in ("plain", "in place"):
+                if f"supernet sandwich x{n} {tag} {mode}" in by_name:
+                    ratios[f"sandwich step ({mode}) / static largest + smallest + random steps"] = round(
+                        by_name[f"supernet sandwich x{n} {tag} {mode}"]["step_ms"] / static_ms, 3)
         results["ratios"] = ratios
         save()
 
