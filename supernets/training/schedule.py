@@ -67,7 +67,7 @@ class TrainSettings:
 
     # ``sandwich`` or ``progressive_shrinking`` (see ``STRATEGIES``). The sandwich rule is the default: it led
     # progressive shrinking in every comparison measured (experiments/cifar10_ofa_mbv3/README.md: on an H200 at
-    # 6 epochs by 19-21 points for small, medium and large subnets; on CIFAR-10 and digits on CPU).
+    # 6 epochs by 18.6-21.2 points for small, medium and large subnets; on CIFAR-10 and digits on CPU).
     strategy: str = "sandwich"
     # The phases, in order; empty means the strategy's default schedule scaled by ``epochs_scale``.
     phases: tuple[Phase, ...] = ()
@@ -175,7 +175,7 @@ def sandwich_schedule(space: SearchSpace, epochs_scale: float = 1.0, lr: float =
     ``lr`` is a single network's rate; the phase trains each subnet at ``lr / SANDWICH_SUBNETS``, because the
     step adds the subnets' gradients and the shared weights would otherwise move several times as far as one
     network's. Measured (experiments/cifar10_ofa_mbv3/README.md), on an H200 at 6 epochs of CIFAR-10: 4
-    subnets at a single network's rate diverged, at half of it trailed from-scratch training by 19-23 points,
+    subnets at a single network's rate diverged, at half of it trailed from-scratch training by 19-25 points,
     at a quarter of it by 2.3-9.1 (3 subnets at 0.4 of it: within 1.8 points of that); on 2 CPU cores, 3
     subnets at 0.4 of it trained every subnet to 59-64% test accuracy in two passes over CIFAR-10."""
     total = sum(p.epochs for p in ofa_schedule(space, epochs_scale, lr))
