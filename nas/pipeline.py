@@ -267,8 +267,10 @@ class Pipeline:
             store = open_fronts(self.run)
             front = store.front(self.search.devices[0])
             knee = front[knee_point([m.val_accuracy for m in front], [m.latency_ms for m in front])]
+            # The knee was chosen by its accuracy under ONNX Runtime's own int8 kernels: should they stray from
+            # the fake-quantised graph beyond the check's tolerance, the file is still written, with a warning.
             export_member(knee, self.export_path, calibration=run_calibration(store, knee.arch.resolution),
-                          store=store)
+                          store=store, agreement="warn")
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:

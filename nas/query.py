@@ -23,7 +23,7 @@ import numpy as np
 from search_spaces import READ_ERRORS, reading
 
 from . import hwnas_version
-from .errors import UsageError
+from .errors import ExportCheckError, UsageError
 from .fronts import FRONTS_REMEDY, FrontMember, FrontStore, Measurement, ReferencePoint, get_front_store
 from .search_paths import run_path, search_paths
 
@@ -302,7 +302,7 @@ def _check_images(images: torch.Tensor | None, resolution: int, seed: int, sourc
 
 
 def _agreement(net: nn.Module, images: torch.Tensor, got: np.ndarray, what: str, tolerance: float) -> dict[str, float]:
-    """How far ``got`` (an exported file's outputs on ``images``) is from ``net``'s; ``RuntimeError`` when
+    """How far ``got`` (an exported file's outputs on ``images``) is from ``net``'s; ``ExportCheckError`` when
     beyond the tolerance.
 
     Outputs of order 1 are held to ``tolerance`` absolutely. Larger logits (an untrained or barely
@@ -325,7 +325,7 @@ def _agreement(net: nn.Module, images: torch.Tensor, got: np.ndarray, what: str,
         fp32_error = float(np.max(np.abs(expected - exact)))
         allowed = max(allowed, 4.0 * fp32_error)
     if not diff <= allowed:
-        raise RuntimeError(f"{what} of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
+        raise ExportCheckError(f"{what} of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
                            f"{tolerance:g} x output scale {scale:.3g}); nothing written")
     return {"max_abs_diff": diff, "output_scale": scale, "torch_fp32_error": fp32_error}
 
@@ -360,7 +360,7 @@ def _export_onnx(net: nn.Module, images: torch.Tensor, metadata: dict[str, Any],
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     stored = session.get_modelmeta().custom_metadata_map
     if stored.get("hwnas_format") != ONNX_FORMAT:
-        raise RuntimeError("the ONNX model lost its hwnas metadata on the way; nothing written")
+        raise ExportCheckError("the ONNX model lost its hwnas metadata on the way; nothing written")
     got = session.run(None, {ONNX_INPUT: images.numpy()})[0]
     return data, _agreement(net, images, got, "ONNX export", tolerance)
 
@@ -387,7 +387,7 @@ def _export_pt2(net: nn.Module, images: torch.Tensor, metadata: dict[str, Any], 
         extra = {PT2_METADATA_FILE: ""}
         loaded = torch.export.load(io.BytesIO(data), extra_files=extra).module()
     if json.loads(extra[PT2_METADATA_FILE] or "null") != json.loads(json.dumps(metadata)):
-        raise RuntimeError(f"the torch.export file lost its {PT2_METADATA_FILE} on the way; nothing written")
+        raise ExportCheckError(f"the torch.export file lost its {PT2_METADATA_FILE} on the way; nothing written")
     with torch.no_grad():
         if metadata["batch"] == "dynamic":
             got = loaded(images)
@@ -584,7 +584,8 @@ def subnet_of(member: FrontMember, calibration: Iterable[torch.Tensor] | None = 
 
 def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn.Module | None = None,
                   calibration: Iterable[torch.Tensor] | None = None, normalization: Normalization | None = None,
-                  images: torch.Tensor | None = None, store: FrontStore | None = None) -> dict[str, Any]:
+                  images: torch.Tensor | None = None, store: FrontStore | None = None,
+                  agreement: str = "require") -> dict[str, Any]:
     """Export a front member (see ``export_subnet`` for the formats and the checks).
 
     Args:
@@ -601,6 +602,8 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
         store: the run's front store, for the member's latency on every device whose front holds it (the
             same arch at the same precision; default: its own device only), and the calibration method of a
             quantised member (meta ``quantization_method``; default ``minmax``).
+        agreement: for a quantised member, what a failed check of the int8 kernels does (``quantize_subnet``):
+            ``require`` (``ExportCheckError``, nothing written) or ``warn`` (written, with a warning).
 
     A member with a precision policy (int8 or mixed) is exported by ``export_quantized_member``: ``.onnx``
     only (``.pt2``/``.pt`` are a ``UsageError``); the subnet is extracted and recalibrated from
@@ -613,7 +616,7 @@ def export_member(member: FrontMember, out: str | os.PathLike[str], *, model: nn
         if model is not None:
             raise ValueError("export_member: a quantised member is extracted from its supernet; model= is for fp32 "
                              "members only")
-        return export_quantized_member(member, out, calibration, store=store)
+        return export_quantized_member(member, out, calibration, store=store, agreement=agreement)
     if normalization is None:
         normalization = getattr(calibration, "normalization", None)
         if normalization is None and calibration is not None:
@@ -660,14 +663,16 @@ def check_quantized_export(member: FrontMember, out: str | os.PathLike[str]) -> 
 
 def export_quantized_member(member: FrontMember, out: str | os.PathLike[str], calibration: RunCalibration | None,
                             *, store: FrontStore | None = None, method: str | None = None,
-                            calibration_images: int | None = None, max_images: int | None = None) -> dict[str, Any]:
+                            calibration_images: int | None = None, max_images: int | None = None,
+                            agreement: str = "require") -> dict[str, Any]:
     """Write a member with a precision policy as the quantised QDQ ONNX model, atomically.
 
     The subnet is extracted and its batch norms recalibrated as an fp32 export does (``subnet_of`` on
     ``calibration``, the run's data from ``run_calibration``); ``nas.quantize`` then calibrates it on
     training images of the run's dataset, quantises it under the member's policy with ``method`` (default:
     the run's front store meta ``quantization_method``, else ``minmax``) and writes it only when ONNX
-    Runtime's int8 kernels agree with its fake-quantised graph (``quantize_subnet``). The model's metadata
+    Runtime's int8 kernels agree with its fake-quantised graph (``quantize_subnet``; ``agreement="warn"``
+    writes it anyway, with a warning). The model's metadata
     names the policy (``precision_policy``, ``precision``), the member, and its accuracy and latency.
 
     Returns:
@@ -701,7 +706,7 @@ def export_quantized_member(member: FrontMember, out: str | os.PathLike[str], ca
         warnings.simplefilter("ignore", NoisyMeasurementWarning)
         prepared = prepare_member(member, calibration, metadata=metadata, max_images=max_images,
                                   calibration=calibration_images or CALIBRATION_IMAGES)
-        report = quantize_subnet(prepared, out, policy=member.policy, method=method)
+        report = quantize_subnet(prepared, out, policy=member.policy, method=method, agreement=agreement)
     normalization = calibration.normalization
     return {"path": report.path, "format": "onnx", "quantized": True, "policy": report.policy,
             "precision": member.precision, "calibration_method": report.method.method,

@@ -214,6 +214,33 @@ def test_quantize_subnet_writes_a_checked_model_with_its_metadata(space, tiny, t
     json.dumps(report.to_dict())  # the CLI's --json
 
 
+def test_int8_kernels_beyond_the_check_refuse_to_write_or_warn_and_write(space, tiny, tmp_path, monkeypatch):
+    """The check of ONNX Runtime's int8 kernels against the fake-quantised graph, failing: ``require`` (the
+    default: ``nas quantize``, ``nas query --export``) writes nothing and raises the one-line error;
+    ``warn`` (``nas run``'s export of the knee) writes the file and says by how much they differ."""
+    from nas.errors import ExportCheckError, UsageError
+    from nas.quantize import _flow
+
+    real = _flow.fake_quant_agreement
+
+    def failing(*args, **kwargs):
+        return {**real(*args, **kwargs), "within": 0.0}
+
+    monkeypatch.setattr(_flow, "fake_quant_agreement", failing)
+    arch, quantizer, val, test = tiny
+    prepared = PreparedSubnet(space, arch, quantizer, val, test, bn_images=256)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ExportCheckError, match="differ from the fake-quantised graph.*nothing written"):
+        quantize_subnet(prepared, out, method="minmax", measure=QUICK)
+    assert issubclass(ExportCheckError, UsageError) and not out.exists()
+    with pytest.warns(UserWarning, match="differ from the fake-quantised graph.*written anyway"):
+        report = quantize_subnet(prepared, out, method="minmax", measure=QUICK, agreement="warn")
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["fake_quant_check"])["within"] == 0.0 and not report.fake_quant_check["within"]
+    with pytest.raises(UsageError, match="agreement 'maybe' is not allowed; allowed: require, warn"):
+        quantize_subnet(prepared, out, method="minmax", measure=QUICK, agreement="maybe")
+
+
 def test_sensitivity_search_keeps_its_bound(space, tiny):
     arch, quantizer, val, _ = tiny
     result = search_policy(quantizer, space, arch, val, max_loss_points=1.0, measure=QUICK)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from latency_predictors.measure import MeasureConfig
 from search_spaces import Arch, PrecisionPolicy, SearchSpace, arch_to_string, plan, policy_from_string, policy_to_string
 
-from ..errors import UsageError
+from ..errors import ExportCheckError, UsageError
 from ._images import ImageSet, calibration_images, check_calibration_count, split_images
 from ._ptq import SubnetQuantizer, check_method
 from ._runtime import DEFAULT_MEASURE, FAKE_QUANT_TOLERANCE, fake_quant_agreement, latencies_ms, top1
@@ -27,6 +28,8 @@ QDQ_FORMAT = "hwnas-subnet-onnx-qdq-1"
 CALIBRATION_IMAGES = 256
 # Test images the int8 kernels are checked on against the fake-quantised graph before a file is written.
 CHECK_IMAGES = 64
+AGREEMENTS = ("require", "warn")
+"""What ``quantize_subnet`` does when the int8 kernels fail that check: refuse to write, or write and warn."""
 # Batch size of the BN-recalibration batches (recalibration keeps a cumulative average over batches), as
 # ``supernets.training.evaluate.subnet_accuracy``'s default.
 BN_BATCH = 200
@@ -203,7 +206,7 @@ def _method(prepared: PreparedSubnet, method: str) -> MethodChoice:
 
 def quantize_subnet(prepared: PreparedSubnet, out: str | os.PathLike[str], *, policy: str | None = None,
                     max_loss_points: float | None = None, method: str = "auto", granularity: str = "stage",
-                    measure: MeasureConfig = DEFAULT_MEASURE) -> QuantizeReport:
+                    measure: MeasureConfig = DEFAULT_MEASURE, agreement: str = "require") -> QuantizeReport:
     """Quantise ``prepared`` and write the ONNX model to ``out`` atomically.
 
     Args:
@@ -217,11 +220,14 @@ def quantize_subnet(prepared: PreparedSubnet, out: str | os.PathLike[str], *, po
             on the validation split (uniform int8) and the most accurate taken.
         granularity: ``stage`` or ``block``: the groups the search switches.
         measure: the latency protocol's settings.
+        agreement: ``require`` (write only when the check below passes, else ``ExportCheckError``) or
+            ``warn`` (write anyway and warn: for a model already chosen by its accuracy under ONNX Runtime's
+            own kernels, which the metadata records, as ``nas run``'s export of the front's knee).
 
     The file is written only when ONNX Runtime's int8 kernels agree with the fake-quantised graph on
     ``CHECK_IMAGES`` test images (``fake_quant_agreement``: mean logit difference within
-    ``FAKE_QUANT_TOLERANCE`` of the quantisation error); its metadata records the arch, the policy, the
-    calibration and the accuracies.
+    ``FAKE_QUANT_TOLERANCE`` of the quantisation error), unless ``agreement`` is ``warn``; its metadata
+    records the arch, the policy, the calibration, the accuracies and the check.
     """
     from ..io import atomic_write_bytes
 
@@ -234,6 +240,8 @@ def quantize_subnet(prepared: PreparedSubnet, out: str | os.PathLike[str], *, po
         check_method(method)
     if granularity not in GRANULARITIES:
         raise UsageError(f"granularity {granularity!r} is not allowed; allowed: {', '.join(GRANULARITIES)}")
+    if agreement not in AGREEMENTS:
+        raise UsageError(f"agreement {agreement!r} is not allowed; allowed: {', '.join(AGREEMENTS)}")
     space, arch, quantizer = prepared.space, prepared.arch, prepared.quantizer
     chosen: PrecisionPolicy = (policy_from_string(space, policy, arch) if policy is not None
                                else PrecisionPolicy.uniform(space, "int8"))
@@ -249,10 +257,13 @@ def quantize_subnet(prepared: PreparedSubnet, out: str | os.PathLike[str], *, po
     check = fake_quant_agreement(model, prepared.test.head(CHECK_IMAGES), quantizer.fp32) \
         if model is not quantizer.fp32 else {"mean_abs_diff": 0.0, "steps": 0.0, "top1_agreement": 1.0, "within": 1.0}
     if not check["within"]:
-        raise RuntimeError(f"ONNX Runtime's int8 kernels differ from the fake-quantised graph by "
-                           f"{check['mean_abs_diff']:.3g} on average (allowed {check['allowed']:.3g}: "
-                           f"{FAKE_QUANT_TOLERANCE:g} x the quantisation error {check['quantization_error']:.3g}); "
-                           f"nothing written")
+        differ = (f"ONNX Runtime's int8 kernels differ from the fake-quantised graph by {check['mean_abs_diff']:.3g} "
+                  f"on average (allowed {check['allowed']:.3g}: {FAKE_QUANT_TOLERANCE:g} x the quantisation error "
+                  f"{check['quantization_error']:.3g})")
+        if agreement == "require":
+            raise ExportCheckError(f"{differ}; nothing written")
+        warnings.warn(f"{path}: {differ}; written anyway, its accuracies measured with those kernels "
+                      f"(metadata fake_quant_check)", stacklevel=2)
     val = {"fp32": top1(quantizer.fp32, prepared.val), "quantized": top1(model, prepared.val)}
     test = {"fp32": top1(quantizer.fp32, prepared.test), "quantized": top1(model, prepared.test)}
     fp32_ms, quant_ms = (m.latency_ms for m in latencies_ms([quantizer.fp32, model], arch.resolution, measure))
@@ -262,7 +273,7 @@ def quantize_subnet(prepared: PreparedSubnet, out: str | os.PathLike[str], *, po
         "calibration_images": quantizer.calibration.source, "quantization": "ONNX Runtime static QDQ: weights "
         "int8 symmetric per output channel, activations uint8 asymmetric per tensor; fp32 groups not quantised",
         "val_accuracy": val["quantized"], "test_accuracy": test["quantized"], "fp32_val_accuracy": val["fp32"],
-        "fp32_test_accuracy": test["fp32"]})
+        "fp32_test_accuracy": test["fp32"], "fake_quant_check": check})
     atomic_write_bytes(path, data)
     return QuantizeReport(str(path), prepared.arch_string, policy_string, how, choice, val, test,
                           {"fp32": fp32_ms, "quantized": quant_ms}, check, search)
