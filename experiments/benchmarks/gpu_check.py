@@ -63,6 +63,7 @@ from supernets.training import (  # noqa: E402
     resize,
     run_job,
     sandwich_phase,
+    sandwich_subnet_lr,
     subnet_accuracy,
 )
 from supernets.training.evaluate import accuracy  # noqa: E402
@@ -445,8 +446,6 @@ def main(argv: list[str] | None = None) -> int:
                              "per step, as the default sandwich schedule: the subnets' gradients add up)")
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
     args = parser.parse_args(argv)
-    if args.sandwich_lr_factor is None:
-        args.sandwich_lr_factor = 1.0 / args.sandwich_subnets
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
     results: dict[str, Any] = {
@@ -512,10 +511,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"accuracy: {epochs} epochs per run, {len(data)} training images, {steps} steps of {batch}, "
                       f"{data.size('test')} test images; {remaining:.0f} s left for training", flush=True)
                 save()
-                acc["sandwich_lr_factor"], acc["sandwich_subnets"] = args.sandwich_lr_factor, args.sandwich_subnets
+                sandwich_lr = sandwich_subnet_lr(recipe.lr, args.sandwich_subnets, args.sandwich_lr_factor)
+                acc["sandwich_lr_factor"] = round(sandwich_lr / recipe.lr, 6)
+                acc["sandwich_subnets"] = args.sandwich_subnets
                 runs = [("progressive_shrinking", ps_phases(space, epochs, recipe.lr))] * ("ps" not in args.skip)
-                runs += [("sandwich", (sandwich_phase(space, epochs, recipe.lr * args.sandwich_lr_factor,
-                                                      args.sandwich_subnets),))] * ("sandwich" not in args.skip)
+                runs += [("sandwich", (sandwich_phase(space, epochs, sandwich_lr, args.sandwich_subnets),))] * \
+                    ("sandwich" not in args.skip)
                 for strategy, phases in runs:
                     t0 = time.perf_counter()
                     path, metrics = train_supernet(strategy, phases, data_cfg, recipe, args.device,

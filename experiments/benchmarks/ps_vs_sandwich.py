@@ -29,7 +29,7 @@ from nas.config import ExperimentConfig, load_config  # noqa: E402
 from nas.data import load_dataset  # noqa: E402
 from nas.rundir import RunDir, load_supernet  # noqa: E402
 from search_spaces import largest, sample, smallest  # noqa: E402
-from supernets.training import sandwich_phase, subnet_accuracy  # noqa: E402
+from supernets.training import sandwich_phase, sandwich_subnet_lr, subnet_accuracy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ofa_claim import ensure_trained  # noqa: E402
@@ -42,8 +42,8 @@ def sandwich_variant(config: ExperimentConfig, lr_factor: float | None = None, e
     """``lr_factor`` None: 1 / ``subnets``."""
     space = config.get_space()
     phases = config.train.resolved_phases(space)
-    factor = lr_factor if lr_factor is not None else 1 / subnets
-    one = sandwich_phase(space, epochs or sum(p.epochs for p in phases), phases[0].lr * factor, subnets)
+    one = sandwich_phase(space, epochs or sum(p.epochs for p in phases),
+                         sandwich_subnet_lr(phases[0].lr, subnets, lr_factor), subnets)
     train = dataclasses.replace(config.train, strategy="sandwich", phases=(one,), epochs_scale=1.0)
     return dataclasses.replace(config, name=f"{config.name}_sandwich", train=train)
 

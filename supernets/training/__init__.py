@@ -29,6 +29,7 @@ from .schedule import (
     phase_arch,
     sandwich_phase,
     sandwich_schedule,
+    sandwich_subnet_lr,
     step_archs,
     validate_phase,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "run_on_ray",
     "sandwich_phase",
     "sandwich_schedule",
+    "sandwich_subnet_lr",
     "save_supernet",
     "step_archs",
     "subnet_accuracy",

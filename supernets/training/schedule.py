@@ -179,7 +179,13 @@ def sandwich_schedule(space: SearchSpace, epochs_scale: float = 1.0, lr: float =
     at a quarter of it by 2.3-9.1 (3 subnets at 0.4 of it: within 1.8 points of that); on 2 CPU cores, 3
     subnets at 0.4 of it trained every subnet to 59-64% test accuracy in two passes over CIFAR-10."""
     total = sum(p.epochs for p in ofa_schedule(space, epochs_scale, lr))
-    return (sandwich_phase(space, total, lr / SANDWICH_SUBNETS, SANDWICH_SUBNETS),)
+    return (sandwich_phase(space, total, sandwich_subnet_lr(lr, SANDWICH_SUBNETS), SANDWICH_SUBNETS),)
+
+
+def sandwich_subnet_lr(lr: float, subnets: int, factor: float | None = None) -> float:
+    """Each subnet's rate in a sandwich step of ``subnets``: a single network's ``lr`` times ``factor``, by
+    default ``1 / subnets`` (the step adds the subnets' gradients; ``sandwich_schedule`` says what was measured)."""
+    return lr * (factor if factor is not None else 1.0 / subnets)
 
 
 def sandwich_phase(space: SearchSpace, epochs: int, lr: float, subnets: int = SANDWICH_SUBNETS) -> Phase:
