@@ -326,7 +326,7 @@ def _agreement(net: nn.Module, images: torch.Tensor, got: np.ndarray, what: str,
         allowed = max(allowed, 4.0 * fp32_error)
     if not diff <= allowed:
         raise ExportCheckError(f"{what} of the subnet differs from PyTorch by {diff:.3g} (allowed {allowed:.3g}: "
-                           f"{tolerance:g} x output scale {scale:.3g}); nothing written")
+                               f"{tolerance:g} x output scale {scale:.3g}); nothing written")
     return {"max_abs_diff": diff, "output_scale": scale, "torch_fp32_error": fp32_error}
 
 

@@ -267,6 +267,7 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
     tag = f"{fast[0]}{'+cl' if gpu else ''}"
     measure(f"static random x{n_random} {tag}", "static", fast[0], gpu, False, static_steps(list(randoms), False))
     measure(f"supernet random x{n_random} {tag}", "supernet", fast[0], gpu, False, super_steps(list(randoms), False))
+
     def sandwich_steps(in_place: bool) -> Callable[[Execution], list[Callable[[], None]]]:
         """Sandwich steps as training runs them: largest, smallest, random subnet ``i`` (one backward pass each,
         one optimizer step), with the sliced parameters' gradients added in place or by plain autograd."""
@@ -462,25 +463,25 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float | None] = {}
     if "throughput" not in args.skip:
         print(f"throughput, batch {batch}, {results['device_name']}:", flush=True)
+        n_random = 2 if args.tiny else 6
         times = throughput(args.device, batch, warmup=1 if args.tiny else 3, repeats=1 if args.tiny else 6,
-                           n_random=2 if args.tiny else 6, with_compile=args.compile and not args.tiny,
+                           n_random=n_random, with_compile=args.compile and not args.tiny,
                            record=lambda row: (results["throughput"].append(row), save()),
                            launch_bound=args.launch_bound)
         by_name = {r["name"]: r for r in results["throughput"] if "step_ms" in r}
         tag = "bf16+cl" if gpu else "bf16"
         ratios = {}
-        for what in ("largest fp32", f"largest {tag}", f"random x{2 if args.tiny else 6} {tag}"):
+        for what in ("largest fp32", f"largest {tag}", f"random x{n_random} {tag}"):
             s, t = by_name.get(f"supernet {what}"), by_name.get(f"static {what}")
             if s and t:
                 ratios[f"supernet / static step, {what}"] = round(s["step_ms"] / t["step_ms"], 3)
-        n = 2 if args.tiny else 6
-        parts = [by_name.get(f"static {what} {tag}") for what in ("largest", "smallest", f"random x{n}")]
+        parts = [by_name.get(f"static {what} {tag}") for what in ("largest", "smallest", f"random x{n_random}")]
         if all(parts):
             static_ms = sum(r["step_ms"] for r in parts)
             for mode in ("plain", "in place"):
-                if f"supernet sandwich x{n} {tag} {mode}" in by_name:
+                if f"supernet sandwich x{n_random} {tag} {mode}" in by_name:
                     ratios[f"sandwich step ({mode}) / static largest + smallest + random steps"] = round(
-                        by_name[f"supernet sandwich x{n} {tag} {mode}"]["step_ms"] / static_ms, 3)
+                        by_name[f"supernet sandwich x{n_random} {tag} {mode}"]["step_ms"] / static_ms, 3)
         results["ratios"] = ratios
         save()
 

@@ -163,13 +163,18 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def counted_ops(step: Callable[[], None]) -> collections.Counter[str]:
+    """The operations of one call of ``step`` (after one uncounted call, so that optimizer state exists)."""
+    step()
+    with _OpCounter() as counter:
+        step()
+    return counter.counts
+
+
 def step_ops(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
              x: torch.Tensor, y: torch.Tensor) -> collections.Counter[str]:
-    """The operations of one training step (after one untimed step, so that optimizer state exists)."""
-    train_step(forward, optimizer, x, y)
-    with _OpCounter() as counter:
-        train_step(forward, optimizer, x, y)
-    return counter.counts
+    """The operations of one training step."""
+    return counted_ops(lambda: train_step(forward, optimizer, x, y))
 
 
 def launches(ops: collections.Counter[str]) -> int:
@@ -188,10 +193,7 @@ def sandwich_ops(supernet: torch.nn.Module, optimizer: torch.optim.Optimizer, ar
             F.cross_entropy(supernet(x, arch), y).backward()
         optimizer.step()
 
-    step()
-    with _OpCounter() as counter:
-        step()
-    return counter.counts
+    return counted_ops(step)
 
 
 def ops_space(name: str, n_random: int, seed: int) -> list[str]:
