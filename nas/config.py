@@ -118,7 +118,9 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """The settings that define the trained weights (checked against every checkpoint)."""
-        train = {k: v for k, v in _plain(self.train).items() if k not in TrainSettings.EXECUTION_FIELDS}
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.name in TrainSettings.LATER_FIELDS}
+        train = {k: v for k, v in _plain(self.train).items() if k not in TrainSettings.EXECUTION_FIELDS
+                 and not (k in defaults and v == defaults[k])}
         return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset), "train": train}
 
     def identity_differences(self, other: ExperimentConfig) -> list[str]:
@@ -333,6 +335,7 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
     kwargs = _parse_dataclass(TrainSettings, raw, "train", skip=("phases",), checks={
         "strategy": _one_of(STRATEGIES), "epochs_scale": _positive, "lr": _positive, "batch_size": _positive,
         "momentum": _non_negative, "weight_decay": _non_negative, "kd_temperature": _positive,
+        "kernel_transform_lr": _non_negative,
         "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
         "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
         "label_smoothing": _fraction, "device": _one_of(DEVICES), "precision": _one_of(PRECISIONS),

@@ -191,3 +191,14 @@ def test_latency_load_reference_reaches_the_measurement_protocol() -> None:
     config = LatencySettings.parse({"load_reference": True, "clock": "thread_cpu"}).measure_config()
     assert config.load_reference and config.clock == "thread_cpu"
     assert not LatencySettings.parse({}).measure_config().load_reference  # MeasureConfig's default
+
+
+def test_kernel_transform_lr_is_checked_and_counts_in_the_hash_only_when_set() -> None:
+    # Hashes of configs saved before train.kernel_transform_lr existed (computed at 3a0b66e): unchanged.
+    assert parse_config(base()).config_hash == "1941646d6fdf638b"
+    assert parse_config(base(train={"kernel_transform_lr": 1.0})).config_hash == "1941646d6fdf638b"
+    assert load_config(ROOT / "experiments" / "quickstart.yaml").config_hash == "3015f3d7d7db18f1"
+    frozen = parse_config(base(train={"kernel_transform_lr": 0}))
+    assert frozen.train.kernel_transform_lr == 0 and frozen.config_hash != "1941646d6fdf638b"
+    with pytest.raises(UsageError, match="train.kernel_transform_lr"):
+        parse_config(base(train={"kernel_transform_lr": -0.5}))

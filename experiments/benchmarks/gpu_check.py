@@ -88,6 +88,7 @@ class Recipe:
     bn_images: int = 2000           # BN recalibration before every test evaluation
     val_images: int = 1000          # per-epoch validation of the supernet runs
     max_steps: int | None = None    # cap on steps per epoch (the tiny smoke run)
+    kernel_transform_lr: float = 1.0  # supernet runs: the kernel transforms' rate relative to the phase's
 
 
 # Progressive shrinking in Once-for-All's order, as fractions of the epochs: full network, elastic
@@ -341,6 +342,7 @@ def train_supernet(strategy: str, phases: tuple, data_cfg: DatasetConfig, recipe
     settings = TrainSettings(strategy=strategy, phases=phases, lr=recipe.lr, batch_size=recipe.batch_size,
                              momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                              label_smoothing=recipe.label_smoothing, max_steps_per_epoch=recipe.max_steps,
+                             kernel_transform_lr=recipe.kernel_transform_lr,
                              bn_recal_images=min(recipe.bn_images, 1000), eval_random_subnets=1,
                              max_val_images=recipe.val_images, device=device, compile=compile_teacher)
     folder.mkdir(parents=True, exist_ok=True)
@@ -446,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the sandwich run's learning rate relative to the recipe's (default: 1 / its subnets "
                              "per step, as the default sandwich schedule: the subnets' gradients add up)")
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
+    parser.add_argument("--kernel-transform-lr", type=float, default=1.0,
+                        help="the supernet runs' train.kernel_transform_lr: the elastic kernels' transform "
+                             "matrices' rate relative to the phase's (0: centre crops; default 1)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
@@ -495,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                                          max_train_images=512 if args.tiny else None,
                                          max_test_images=100 if args.tiny else None)
                 recipe = Recipe(batch_size=batch, lr=0.05 if args.tiny else 0.2, bn_images=32 if args.tiny else 2000,
-                                val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None)
+                                val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None,
+                                kernel_transform_lr=args.kernel_transform_lr)
                 data = load_dataset(data_cfg, 32, SEED)
                 execution = Execution.resolve(args.device, "auto")
                 data.to(execution.device)

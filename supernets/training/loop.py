@@ -104,12 +104,21 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def make_optimizer(model: nn.Module, phase: Phase, settings: TrainSettings) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=phase.lr, momentum=settings.momentum, nesterov=settings.momentum > 0,
-    )
+    """SGD over ``model``: weight decay on convolution and linear weights only; the elastic kernels' transform
+    matrices (``transform_*``) in a group of their own at ``settings.kernel_transform_lr`` times the phase's
+    rate, when that is not 1 (each matrix is shared by every channel of its convolution, so its gradient is a
+    sum over them)."""
+    named = list(model.named_parameters())
+    scaled = settings.kernel_transform_lr != 1.0
+    transforms = [p for n, p in named if scaled and n.rsplit(".", 1)[-1].startswith("transform_")]
+    ids = {id(p) for p in transforms}
+    decay = [p for _, p in named if p.ndim > 1 and id(p) not in ids]
+    no_decay = [p for _, p in named if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if transforms:
+        groups.append({"params": transforms, "weight_decay": settings.weight_decay,
+                       "lr": phase.lr * settings.kernel_transform_lr})
+    return torch.optim.SGD(groups, lr=phase.lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
 
 
 def eval_archs(space: SearchSpace, settings: TrainSettings) -> list[tuple[str, Any]]:

@@ -83,6 +83,9 @@ class TrainSettings:
     # Weight decay of convolution and linear weights (not of batch norms and biases).
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
+    # Learning rate of the elastic kernels' transform matrices (Once-for-All's 7to5 and 5to3) relative to the
+    # phase's; 0 keeps them at the identity, so that the smaller kernels are centre crops (as in BigNAS).
+    kernel_transform_lr: float = 1.0
     # Temperature of the distillation soft targets.
     kd_temperature: float = 1.0
     # Cap on steps per epoch (None: the whole training split each epoch).
@@ -112,6 +115,9 @@ class TrainSettings:
     EXECUTION_FIELDS = ("threads_per_worker", "device", "precision", "channels_last", "compile", "gradient_sync")
     """Fields that say where and how fast training runs, not what it learns: a run may resume under other
     values (they are left out of the config hash)."""
+    LATER_FIELDS = ("kernel_transform_lr",)
+    """Fields added after runs were saved: at their defaults they are left out of the config hash, so that
+    those runs keep theirs."""
 
     def resolved_phases(self, space: SearchSpace) -> tuple[Phase, ...]:
         """The explicit phases, or the default schedule of the strategy for ``space``."""

@@ -145,3 +145,32 @@ def test_corrupted_and_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupted"):
         load_train_state(truncated, SPACE.name, "abc")
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 1.0])
+def test_kernel_transforms_train_at_their_own_rate(factor: float) -> None:
+    from supernets.training import TrainSettings
+    from supernets.training.loop import make_optimizer
+
+    torch.manual_seed(0)
+    supernet = build_supernet(SPACE)
+    phase = sandwich_phase(SPACE, 1, 0.1)
+    optimizer = make_optimizer(supernet, phase, TrainSettings(kernel_transform_lr=factor))
+    transforms = {n: p for n, p in supernet.named_parameters() if ".transform_" in n}
+    assert transforms
+    if factor == 1.0:  # one rate for all: the optimizer is what it was before the setting existed
+        assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1]
+    else:
+        (group,) = [g for g in optimizer.param_groups if g["lr"] != 0.1]
+        assert group["lr"] == pytest.approx(0.1 * factor)
+        assert {id(p) for p in group["params"]} == {id(p) for p in transforms.values()}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(supernet.parameters()))
+    before = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+    x, y = torch.randn(4, 3, 24, 24), torch.randint(0, 10, (4,))
+    F.cross_entropy(supernet(x, dataclasses.replace(smallest(SPACE), resolution=24)), y).backward()
+    optimizer.step()
+    moved = {n for n, p in supernet.named_parameters() if not torch.equal(p, before[n])}
+    used = {n for n, p in transforms.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert used  # the smallest subnet's kernels of 3 go through both transforms of its blocks
+    assert (moved & transforms.keys()) == (set() if factor == 0.0 else used)
+    assert any(".depthwise." in n and n.endswith(".weight") for n in moved)
