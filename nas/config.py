@@ -118,7 +118,8 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """The settings that define the trained weights (checked against every checkpoint)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.name in TrainSettings.LATER_FIELDS}
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings)
+                    if f.name in TrainSettings.LATER_FIELDS}
         train = {k: v for k, v in _plain(self.train).items() if k not in TrainSettings.EXECUTION_FIELDS
                  and not (k in defaults and v == defaults[k])}
         return {"space": self.space, "seed": self.seed, "dataset": _plain(self.dataset), "train": train}

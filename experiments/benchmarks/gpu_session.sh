@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
-# Issue 9's next measurements on the lent GPU machine, sized to fit one call (at most 10 minutes) together:
+# Issue 9's measurements on the lent GPU machine, each part sized to fit one call (at most 10 minutes):
 #
-#   accuracy  the GPU check's accuracy part at 12 epochs with the sandwich rule as the third session settled
-#             it (3 subnets a step at 0.4 of the recipe's rate; progressive shrinking left out, it trailed by
-#             19-21 points) beside the three subnets from scratch (the third session has small and medium
-#             from scratch at 12 epochs: 81.6%, 82.1%), ~350 s on an H200 (~14 s a sandwich epoch before the
-#             in-place gradients, ~12 s for the three from-scratch epochs)
-#   launch    the throughput part with --launch-bound: the supernet / static step at random subnets since
-#             the active weights are one strided view each (1.28 in the third session, before), sandwich
-#             steps with and without the in-place gradients, the step in a CUDA graph and at twice the
-#             batch (~2.5 min)
+#   accuracy    the GPU check's accuracy part at 12 epochs with the sandwich rule (3 subnets a step at 0.4 of
+#               the recipe's rate; progressive shrinking left out, it trailed by 19-21 points) beside the three
+#               subnets from scratch, ~350 s on an H200
+#   launch      the throughput part with --launch-bound: the step in a CUDA graph and at twice the batch (~2.5 min)
+#   all         accuracy, then launch (the parts' limits add to 590 s)
+#   throughput  the throughput part alone (supernet / static at the largest and at random subnets, sandwich steps
+#               plain and in place), ~100 s
+#   transforms  four sandwich runs at 6 epochs side by side on the one GPU (each process alone kept it ~45%
+#               busy: its steps are bound by kernel launches), comparable with the third session's 6-epoch runs:
+#               the elastic kernels' transform matrices frozen (train.kernel_transform_lr 0: kernels 5 and 3 are centre crops) at
+#               half and at the whole of the recipe's rate per subnet (with trained transforms the third session
+#               saw the medium subnet at 22% and random subnets at ~20% at half the rate, and NaN at the whole),
+#               frozen at a quarter (the default rate: 66.2 / 66.8 / 69.1%), and at a tenth of the rate at half
+#               the recipe's; beside them the three subnets from scratch, which the second and third sessions
+#               measured alone to the same hundredth (75.32 / 72.36 / 71.38%): a check that running side by side
+#               changes no result (~300 s together; limit 400)
+#   kernels     throughput, then transforms (limits add to 540 s; call timeout_s 590)
 #
-#   experiments/benchmarks/gpu_session.sh OUT_DIR [accuracy|launch|all]     # on the GPU machine (default: all)
+#   experiments/benchmarks/gpu_session.sh OUT_DIR [PART]                    # on the GPU machine (default: all)
 #   GPU_SESSION_TINY=1 experiments/benchmarks/gpu_session.sh /tmp/gs all     # CPU smoke of the same steps
 #
 # The CIFAR-10 part travels with the code, packed here beforehand (ignored by git; name it in the call's carry):
 #   .venv/bin/python experiments/benchmarks/cifar_pack.py ../shared/data/cifar10 .gpu_data --train 30000 --test 5000
-# Each part writes OUT_DIR/<part>/gpu_check.{json,md} as it goes and OUT_DIR/<part>.log; a part cut by its
-# timeout keeps what it measured. Run `all` with the call's timeout_s at 600: the parts' own limits add to 590.
+# Each run writes OUT_DIR/<name>/gpu_check.{json,md} as it goes and OUT_DIR/<name>.log; a run cut by its
+# timeout keeps what it measured. Give the call a timeout_s 30-60 s above the part's limits.
 set -u
-out=${1:?usage: gpu_session.sh OUT_DIR [accuracy|launch|all]}
+out=${1:?usage: gpu_session.sh OUT_DIR [PART] (see the header)}
 part=${2:-all}
 python=${PYTHON:-python3}
 data=${GPU_DATA:-.gpu_data}
 cd "$(dirname "$0")/../.." || exit 2
-case "$part" in accuracy|launch|all) ;; *) echo "gpu_session.sh: unknown part '$part'; allowed: accuracy, launch, all" >&2; exit 2;; esac
+case "$part" in accuracy|launch|all|throughput|transforms|kernels) ;;
+    *) echo "gpu_session.sh: unknown part '$part'; allowed: accuracy, launch, all, throughput, transforms, kernels" >&2
+       exit 2;;
+esac
 if [ ! -d "$data" ]; then
     echo "gpu_session.sh: no CIFAR-10 data at '$data' (pack it with cifar_pack.py, or set GPU_DATA)" >&2
     exit 2
@@ -32,17 +43,31 @@ fi
 mkdir -p "$out"
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; "$python" -c "import torch; print('torch', torch.__version__)"; } \
     >"$out/machine.txt"
-tiny=()
-if [ -n "${GPU_SESSION_TINY:-}" ]; then tiny=(--tiny); fi
+tiny=() epochs6=6
+if [ -n "${GPU_SESSION_TINY:-}" ]; then tiny=(--tiny) epochs6=1; fi
 
-run() {  # run NAME TIMEOUT_S ARGS...
-    local name=$1 limit=$2
+run() {  # run NAME TIMEOUT_S ARGS...   (QUIET=1: to the log only, for runs side by side)
+    local name=$1 limit=$2 show=/dev/stdout
     shift 2
+    if [ -n "${QUIET:-}" ]; then show=/dev/null; fi
     echo "== $name: $python experiments/benchmarks/gpu_check.py --data $data --out $out/$name $* ${tiny[*]}" \
-        | tee "$out/$name.log"
+        | tee "$out/$name.log" >"$show"
     timeout "$limit" "$python" experiments/benchmarks/gpu_check.py --data "$data" --out "$out/$name" "$@" \
-        "${tiny[@]}" 2>&1 | tee -a "$out/$name.log"
+        "${tiny[@]}" 2>&1 | tee -a "$out/$name.log" >"$show"
     echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$out/$name.log"
+}
+
+together() {  # together LIMIT NAME "ARGS" [NAME "ARGS" ...]: runs side by side on the one device
+    local limit=$1 names=()
+    shift
+    while [ $# -ge 2 ]; do
+        # shellcheck disable=SC2086  # the argument string splits into flags on purpose
+        QUIET=1 run "$1" "$limit" $2 &
+        names+=("$out/$1.log")
+        shift 2
+    done
+    wait
+    tail -n 5 "${names[@]}"
 }
 
 if [ "$part" = accuracy ] || [ "$part" = all ]; then
@@ -50,4 +75,15 @@ if [ "$part" = accuracy ] || [ "$part" = all ]; then
 fi
 if [ "$part" = launch ] || [ "$part" = all ]; then
     run launch 190 --skip accuracy --launch-bound
+fi
+if [ "$part" = throughput ] || [ "$part" = kernels ]; then
+    run throughput 140 --skip accuracy
+fi
+if [ "$part" = transforms ] || [ "$part" = kernels ]; then
+    common="--skip throughput --skip ps --skip scratch --epochs $epochs6 --sandwich-subnets 4"
+    together 400 frozen_half "$common --sandwich-lr-factor 0.5 --kernel-transform-lr 0" \
+        frozen_quarter "$common --sandwich-lr-factor 0.25 --kernel-transform-lr 0" \
+        frozen_whole "$common --sandwich-lr-factor 1.0 --kernel-transform-lr 0" \
+        tenth_half "$common --sandwich-lr-factor 0.5 --kernel-transform-lr 0.1" \
+        scratch "--skip throughput --skip ps --skip sandwich --epochs $epochs6"
 fi
