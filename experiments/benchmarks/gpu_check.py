@@ -448,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the sandwich run's learning rate relative to the recipe's (default: 1 / its subnets "
                              "per step, as the default sandwich schedule: the subnets' gradients add up)")
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
+    parser.add_argument("--batch", type=int, default=256,
+                        help="the accuracy runs' batch (default 256; the recipe's rate, 0.2 at 256, scales with it)")
     parser.add_argument("--kernel-transform-lr", type=float, default=1.0,
                         help="the supernet runs' train.kernel_transform_lr: the elastic kernels' transform "
                              "matrices' rate relative to the phase's (0: centre crops; default 1)")
@@ -499,13 +501,15 @@ def main(argv: list[str] | None = None) -> int:
                 data_cfg = DatasetConfig(kind="cifar10", path=str(data_dir), val_fraction=0.1,
                                          max_train_images=512 if args.tiny else None,
                                          max_test_images=100 if args.tiny else None)
-                recipe = Recipe(batch_size=batch, lr=0.05 if args.tiny else 0.2, bn_images=32 if args.tiny else 2000,
+                train_batch = batch if args.tiny else args.batch
+                recipe = Recipe(batch_size=train_batch, lr=0.05 if args.tiny else 0.2 * train_batch / 256,
+                                bn_images=32 if args.tiny else 2000,
                                 val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None,
                                 kernel_transform_lr=args.kernel_transform_lr)
                 data = load_dataset(data_cfg, 32, SEED)
                 execution = Execution.resolve(args.device, "auto")
                 data.to(execution.device)
-                steps = data.steps_per_epoch(batch, 1) if not args.tiny else 2
+                steps = data.steps_per_epoch(train_batch, 1) if not args.tiny else 2
                 remaining = args.budget_s - (time.perf_counter() - started) - 25
                 epochs = args.epochs or (4 if args.tiny else plan_epochs(times, steps, remaining)) or 8
                 space = get_space(SPACE)
@@ -515,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = {name: {"subnet": name, "resolution": arch.resolution, "arch": str(arch_string(space, arch))}
                         for name, arch in claim_subnets(space)}
                 acc["table"] = list(rows.values())
-                print(f"accuracy: {epochs} epochs per run, {len(data)} training images, {steps} steps of {batch}, "
-                      f"{data.size('test')} test images; {remaining:.0f} s left for training", flush=True)
+                print(f"accuracy: {epochs} epochs per run, {len(data)} training images, {steps} steps of "
+                      f"{train_batch}, {data.size('test')} test images; {remaining:.0f} s left for training",
+                      flush=True)
                 save()
                 sandwich_lr = sandwich_subnet_lr(recipe.lr, args.sandwich_subnets, args.sandwich_lr_factor)
                 acc["sandwich_lr_factor"] = round(sandwich_lr / recipe.lr, 6)

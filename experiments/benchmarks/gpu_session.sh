@@ -18,6 +18,9 @@
 #               measured alone to the same hundredth (75.32 / 72.36 / 71.38%): a check that running side by side
 #               changes no result (~300 s together; limit 400)
 #   kernels     throughput, then transforms (limits add to 540 s; call timeout_s 590)
+#   batch512    the sandwich run (4 subnets, a quarter of the rate) and the three from scratch at 6 epochs of batch
+#               512 (the recipe's rate doubled), side by side: the static step gave 1.41x the images/s at 512
+#               (third session); does accuracy hold? (limit 170)
 #
 #   experiments/benchmarks/gpu_session.sh OUT_DIR [PART]                    # on the GPU machine (default: all)
 #   GPU_SESSION_TINY=1 experiments/benchmarks/gpu_session.sh /tmp/gs all     # CPU smoke of the same steps
@@ -32,8 +35,9 @@ part=${2:-all}
 python=${PYTHON:-python3}
 data=${GPU_DATA:-.gpu_data}
 cd "$(dirname "$0")/../.." || exit 2
-case "$part" in accuracy|launch|all|throughput|transforms|kernels) ;;
-    *) echo "gpu_session.sh: unknown part '$part'; allowed: accuracy, launch, all, throughput, transforms, kernels" >&2
+case "$part" in accuracy|launch|all|throughput|transforms|kernels|batch512) ;;
+    *) echo "gpu_session.sh: unknown part '$part'; allowed: accuracy, launch, all, throughput, transforms, kernels," \
+            "batch512" >&2
        exit 2;;
 esac
 if [ ! -d "$data" ]; then
@@ -86,4 +90,8 @@ if [ "$part" = transforms ] || [ "$part" = kernels ]; then
         frozen_whole "$common --sandwich-lr-factor 1.0 --kernel-transform-lr 0" \
         tenth_half "$common --sandwich-lr-factor 0.5 --kernel-transform-lr 0.1" \
         scratch "--skip throughput --skip ps --skip sandwich --epochs $epochs6"
+fi
+if [ "$part" = batch512 ]; then
+    together 170 sandwich512 "--skip throughput --skip ps --skip scratch --epochs $epochs6 --batch 512" \
+        scratch512 "--skip throughput --skip ps --skip sandwich --epochs $epochs6 --batch 512"
 fi
