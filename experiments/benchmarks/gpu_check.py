@@ -381,6 +381,26 @@ def train_scratch(arch: Arch, data: ImageData, epochs: int, recipe: Recipe, exec
     return net.eval()
 
 
+def step_ratios(rows: list[dict], tag: str, n_random: int) -> dict[str, float]:
+    """Supernet / static step times of the throughput rows measured so far: one subnet a step (fp32 and
+    ``tag`` at the largest, ``tag`` at the random subnets), and the sandwich step (plain, in place) against
+    the static steps of its three subnets."""
+    by_name = {r["name"]: r for r in rows if "step_ms" in r}
+    ratios = {}
+    for what in ("largest fp32", f"largest {tag}", f"random x{n_random} {tag}"):
+        s, t = by_name.get(f"supernet {what}"), by_name.get(f"static {what}")
+        if s and t:
+            ratios[f"supernet / static step, {what}"] = round(s["step_ms"] / t["step_ms"], 3)
+    parts = [by_name.get(f"static {what} {tag}") for what in ("largest", "smallest", f"random x{n_random}")]
+    if all(parts):
+        static_ms = sum(r["step_ms"] for r in parts)
+        for mode in ("plain", "in place"):
+            if f"supernet sandwich x{n_random} {tag} {mode}" in by_name:
+                ratios[f"sandwich step ({mode}) / static largest + smallest + random steps"] = round(
+                    by_name[f"supernet sandwich x{n_random} {tag} {mode}"]["step_ms"] / static_ms, 3)
+    return ratios
+
+
 def _phase_speeds(rows: list[dict]) -> dict[str, float]:
     speeds: dict[str, list[float]] = {}
     for row in rows:
@@ -471,26 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" not in args.skip:
         print(f"throughput, batch {batch}, {results['device_name']}:", flush=True)
         n_random = 2 if args.tiny else 6
-        times = throughput(args.device, batch, warmup=1 if args.tiny else 3, repeats=1 if args.tiny else 6,
-                           n_random=n_random, with_compile=args.compile and not args.tiny,
-                           record=lambda row: (results["throughput"].append(row), save()),
-                           launch_bound=args.launch_bound)
-        by_name = {r["name"]: r for r in results["throughput"] if "step_ms" in r}
         tag = "bf16+cl" if gpu else "bf16"
-        ratios = {}
-        for what in ("largest fp32", f"largest {tag}", f"random x{n_random} {tag}"):
-            s, t = by_name.get(f"supernet {what}"), by_name.get(f"static {what}")
-            if s and t:
-                ratios[f"supernet / static step, {what}"] = round(s["step_ms"] / t["step_ms"], 3)
-        parts = [by_name.get(f"static {what} {tag}") for what in ("largest", "smallest", f"random x{n_random}")]
-        if all(parts):
-            static_ms = sum(r["step_ms"] for r in parts)
-            for mode in ("plain", "in place"):
-                if f"supernet sandwich x{n_random} {tag} {mode}" in by_name:
-                    ratios[f"sandwich step ({mode}) / static largest + smallest + random steps"] = round(
-                        by_name[f"supernet sandwich x{n_random} {tag} {mode}"]["step_ms"] / static_ms, 3)
-        results["ratios"] = ratios
-        save()
+
+        def record(row: dict) -> None:  # the ratios as the rows come: a check cut short keeps them
+            results["throughput"].append(row)
+            results["ratios"] = step_ratios(results["throughput"], tag, n_random)
+            save()
+        times = throughput(args.device, batch, warmup=1 if args.tiny else 3, repeats=1 if args.tiny else 6,
+                           n_random=n_random, with_compile=args.compile and not args.tiny, record=record,
+                           launch_bound=args.launch_bound)
 
     if "accuracy" not in args.skip:
         try:
