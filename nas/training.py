@@ -74,19 +74,23 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
     )
     from supernets.training.checkpoint import check_identity
 
+    from .accuracy import check_run_supernet
+
     space = config.get_space().with_num_classes(num_classes(config.dataset))
     phases = config.train.resolved_phases(space)
     total = sum(p.epochs for p in phases)
+    if run.supernet_checkpoint.is_file():
+        check_run_supernet(config, run)  # what every later stage checks: this config's weights
+        print(f"run {run.root} is already trained ({total} epochs); supernet: {run.supernet_checkpoint}")
+        return
+    position = "from the start"
     try:
-        if run.supernet_checkpoint.is_file():
-            data = read_supernet_file(run.supernet_checkpoint)
-            check_identity(data, run.supernet_checkpoint, space.name, config.config_hash)
-            print(f"run {run.root} is already trained ({total} epochs); supernet: {run.supernet_checkpoint}")
-            return
-        position = "from the start"
         if run.latest_checkpoint.is_file():
             state = load_train_state(run.latest_checkpoint, space.name, config.config_hash)
             position = f"after epoch {state['completed_epochs']} of {total}"
+        if run.teacher_checkpoint.is_file():  # a damaged teacher would fail every worker at the next phase
+            check_identity(read_supernet_file(run.teacher_checkpoint), run.teacher_checkpoint, space.name,
+                           config.config_hash)
     except CheckpointError as exc:
         raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     run.check_writable()  # a folder where supernet.pt goes would otherwise be found after the last epoch
@@ -111,12 +115,6 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
         check_placement(job, config.ray)
     except DeviceError as exc:
         raise UsageError(str(exc)) from exc
-    if run.teacher_checkpoint.is_file():  # a damaged teacher would fail every worker at the next phase
-        try:
-            check_identity(read_supernet_file(run.teacher_checkpoint), run.teacher_checkpoint, space.name,
-                           config.config_hash)
-        except CheckpointError as exc:
-            raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     try:
         lock = FileLock(run.train_lock, f"run {run.root}").acquire()
     except LockBusyError as exc:
