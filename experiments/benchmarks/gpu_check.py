@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -322,17 +323,28 @@ def throughput(device: str, batch: int, warmup: int, repeats: int, n_random: int
 # Accuracy.
 
 
-def plan_epochs(times: dict[str, float | None], steps: int, seconds: float) -> int:
-    """The most epochs E such that PS (E epochs), sandwich (E) and 3 from-scratch runs (E each) fit."""
+SIDE_BY_SIDE_SLOWDOWN = 1.4
+"""How much longer each of two training processes takes side by side on one GPU than alone: an estimate (not
+yet measured for two; in the fourth session five side by side took 2.6-3.1x as long each, for 5x the work)."""
+
+
+def plan_epochs(times: dict[str, float | None], steps: int, seconds: float, runs: tuple[str, ...] = (
+        "ps", "sandwich", "scratch"), sandwich_subnets: int = 4, side_by_side: bool = False) -> int:
+    """The most epochs E such that each of ``runs`` (progressive shrinking, the sandwich rule with
+    ``sandwich_subnets`` a step, the 3 from-scratch runs) trains E epochs in ``seconds``: one after another, or
+    with the from-scratch runs in a process beside the supernet runs (``side_by_side``)."""
     if any(v is None for v in times.values()):
         return 0
     t = times
     ps = sum(fraction * (subnets * (t["super_largest"] if name == "full" else t["super_random"])
                          + (0 if name == "full" else t["teacher"]))
              for name, fraction, _, _, subnets in PS_PLAN)
-    sandwich = t["super_largest"] + t["super_smallest"] + 2 * t["super_random"]
+    sandwich = t["super_largest"] + t["super_smallest"] + max(0, sandwich_subnets - 2) * t["super_random"]
     scratch = t["static_small"] + t["static_medium"] + t["static_large"]
-    per_epoch = steps * (ps + sandwich + scratch) * 1.15 + 2 * 1.5  # + launch jitter; eval and checkpoint
+    supernet = ps * ("ps" in runs) + sandwich * ("sandwich" in runs)
+    scratch *= "scratch" in runs
+    step = max(supernet, scratch) * SIDE_BY_SIDE_SLOWDOWN if side_by_side else supernet + scratch
+    per_epoch = steps * step * 1.15 + 2 * 1.5  # + launch jitter; eval and checkpoint
     return max(4, int(seconds / per_epoch))
 
 
@@ -399,6 +411,19 @@ def step_ratios(rows: list[dict], tag: str, n_random: int) -> dict[str, float]:
                 ratios[f"sandwich step ({mode}) / static largest + smallest + random steps"] = round(
                     by_name[f"supernet sandwich x{n_random} {tag} {mode}"]["step_ms"] / static_ms, 3)
     return ratios
+
+
+def start_beside(args: argparse.Namespace, epochs: int) -> subprocess.Popen:
+    """This check's from-scratch runs in a process of their own, beside the supernet runs on the same device
+    (same data, recipe and epochs): each training process alone leaves a GPU about half idle, bound by kernel
+    launches. Writes ``--out``/scratch/gpu_check.json and ``--out``/scratch.log."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data),
+               "--out", str(args.out / "scratch"), "--device", args.device, "--batch", str(args.batch),
+               "--epochs", str(epochs), "--skip", "throughput", "--skip", "ps", "--skip", "sandwich",
+               *(["--tiny"] if args.tiny else [])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "scratch.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _phase_speeds(rows: list[dict]) -> dict[str, float]:
@@ -470,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
     parser.add_argument("--batch", type=int, default=256,
                         help="the accuracy runs' batch (default 256; the recipe's rate, 0.2 at 256, scales with it)")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="train the from-scratch runs in a second process beside the supernet runs (the "
+                             "epochs are planned for it); their log goes to OUT/scratch.log")
     parser.add_argument("--kernel-transform-lr", type=float, default=1.0,
                         help="the supernet runs' train.kernel_transform_lr: the elastic kernels' transform "
                              "matrices' rate relative to the phase's (0: centre crops; default 1)")
@@ -501,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                            n_random=n_random, with_compile=args.compile and not args.tiny, record=record,
                            launch_bound=args.launch_bound)
 
+    beside: subprocess.Popen | None = None
     if "accuracy" not in args.skip:
         try:
             data_dir = args.data
@@ -520,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
                 data.to(execution.device)
                 steps = data.steps_per_epoch(train_batch, 1) if not args.tiny else 2
                 remaining = args.budget_s - (time.perf_counter() - started) - 25
-                epochs = args.epochs or (4 if args.tiny else plan_epochs(times, steps, remaining)) or 8
+                runs = tuple(r for r in ("ps", "sandwich", "scratch") if r not in args.skip)
+                epochs = args.epochs or (4 if args.tiny else plan_epochs(
+                    times, steps, remaining, runs, args.sandwich_subnets, args.side_by_side)) or 8
                 space = get_space(SPACE)
                 acc: dict[str, Any] = {"epochs": epochs, "train_images": len(data), "test_images": data.size("test"),
                                        "steps_per_epoch": steps, "recipe": dataclasses.asdict(recipe), "table": []}
@@ -532,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{train_batch}, {data.size('test')} test images; {remaining:.0f} s left for training",
                       flush=True)
                 save()
+                if args.side_by_side and "scratch" not in args.skip:
+                    beside = start_beside(args, epochs)
                 sandwich_lr = sandwich_subnet_lr(recipe.lr, args.sandwich_subnets, args.sandwich_lr_factor)
                 acc["sandwich_lr_factor"] = round(sandwich_lr / recipe.lr, 6)
                 acc["sandwich_subnets"] = args.sandwich_subnets
@@ -556,15 +589,30 @@ def main(argv: list[str] | None = None) -> int:
                         f"{n} {100 * rows[n][key]:.2f}%" for n in rows), flush=True)
                     save()
                 t0 = time.perf_counter()
-                for name, arch in claim_subnets(space) if "scratch" not in args.skip else ():
+                if beside is not None:  # the from-scratch runs went on in their own process
+                    beside.wait()
+                    child = json.loads((args.out / "scratch" / "gpu_check.json").read_text())
+                    results["errors"] += [f"scratch (beside): {e}" for e in child.get("errors", [])]
+                    for row in child.get("accuracy", {}).get("table", []):
+                        rows[row["subnet"]]["scratch"] = row.get("scratch")
+                    acc["scratch_train_s"] = child.get("accuracy", {}).get("scratch_train_s")
+                    acc["side_by_side"] = True
+                    print(f"  scratch (beside, {args.out / 'scratch.log'}): " + ", ".join(
+                        f"{n} {100 * r['scratch']:.2f}%" for n, r in rows.items()
+                        if isinstance(r.get("scratch"), float)), flush=True)
+                    save()
+                for name, arch in claim_subnets(space) if "scratch" not in args.skip and beside is None else ():
                     net = train_scratch(arch, data, epochs, recipe, execution)
                     rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution, execution)
                     print(f"  scratch {name}: {100 * rows[name]['scratch']:.2f}%", flush=True)
                     save()
-                acc["scratch_train_s"] = round(time.perf_counter() - t0, 1)
+                if beside is None:
+                    acc["scratch_train_s"] = round(time.perf_counter() - t0, 1)
         except Exception as exc:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
             results["errors"].append(f"accuracy: {type(exc).__name__}: {exc}")
+        if beside is not None and beside.poll() is None:  # the supernet part failed: its baseline still ends
+            beside.wait()
     save()
     print((args.out / "gpu_check.md").read_text())
     return 1 if results["errors"] else 0
