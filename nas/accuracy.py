@@ -413,7 +413,7 @@ class DirectEvaluator:
 IMPORTED_HASH_PREFIX = "ofa-import-"  # an imported supernet's ``config_hash`` (``nas.ofa_zoo.import_ofa_supernet``)
 
 
-def check_run_supernet(config: Any, run: Any) -> None:
+def check_run_supernet(config: Any, run: Any) -> bool:
     """``UsageError`` unless the run's ``supernet.pt`` is the one ``config`` describes, so nothing is searched,
     evaluated or skipped as done on another experiment's weights (another seed may put test images in its
     training split). What ``nas train`` checks before it calls a run trained, for every later stage:
@@ -425,7 +425,8 @@ def check_run_supernet(config: Any, run: Any) -> None:
       that file;
     * a config that imports, on a run whose supernet was trained: refused.
 
-    A missing checkpoint is left to the caller (each names the command that makes one).
+    A missing checkpoint is left to the caller (each names the command that makes one). Returns whether the
+    supernet was imported.
     """
     from supernets.training.checkpoint import CheckpointError, check_identity, read_supernet_file
 
@@ -435,14 +436,14 @@ def check_run_supernet(config: Any, run: Any) -> None:
         held = str(data.get("config_hash", ""))
         if not held.startswith(IMPORTED_HASH_PREFIX) and config.supernet is None:
             check_identity(data, path, config.space, config.config_hash)
-            return
+            return False
         check_identity(data, path, config.space, held)  # an import has no training identity: its space only
     except CheckpointError as exc:
         from .config import differences_note
 
         raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
     if config.supernet is None:
-        return
+        return True
     if not held.startswith(IMPORTED_HASH_PREFIX):
         raise UsageError(f"run {run.root} holds a trained supernet, and the config imports {config.supernet.path}: "
                          f"use another run_dir")
@@ -453,6 +454,7 @@ def check_run_supernet(config: Any, run: Any) -> None:
     if source.is_file() and sha != sha256_file(source):
         raise UsageError(f"run {run.root} holds a supernet imported from another file (sha256 {str(sha)[:16]}...); "
                          f"the config imports {source}: use another run_dir")
+    return True
 
 
 @dataclass(frozen=True)

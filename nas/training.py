@@ -79,9 +79,10 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
     space = config.get_space().with_num_classes(num_classes(config.dataset))
     phases = config.train.resolved_phases(space)
     total = sum(p.epochs for p in phases)
-    if run.supernet_checkpoint.is_file():
-        check_run_supernet(config, run)  # what every later stage checks: this config's weights
-        print(f"run {run.root} is already trained ({total} epochs); supernet: {run.supernet_checkpoint}")
+    if run.supernet_checkpoint.is_file():  # what every later stage checks: this config's weights
+        done = ("holds a supernet imported from Once-for-All's zoo" if check_run_supernet(config, run)
+                else f"is already trained ({total} epochs)")
+        print(f"run {run.root} {done}; supernet: {run.supernet_checkpoint}")
         return
     position = "from the start"
     try:

@@ -182,6 +182,9 @@ def test_search_resolutions_the_predictor_does_not_cover_are_refused(tmp_path, z
                  "--home", str(home)]) == 0
     assert main(["train", str(_config(tmp_path, zoo_files))]) == 0  # the import
     assert "imported" in capsys.readouterr().out
+    # A config without the supernet section (as after `nas import ofa-supernet`) finds the import, trains nothing.
+    assert main(["train", str(_config(tmp_path, zoo_files, supernet=None))]) == 0
+    assert "holds a supernet imported from Once-for-All's zoo" in capsys.readouterr().out
     bad = _config(tmp_path, zoo_files, search={"accuracy": "predictor", "n_trials": 10, "resolutions": [128, 160]},
                   latency={"table": True, "resolutions": [128, 160]})
     monkeypatch.setenv("HWNAS_HOME", str(home))

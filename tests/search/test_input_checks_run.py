@@ -122,13 +122,13 @@ def test_imported_supernets_are_identified_by_their_space_and_zoo_file(tmp_path)
     plain = load_config(_config(tmp_path, "plain.yaml", **w12))
     importing = load_config(_config(tmp_path, "import.yaml", **w12, supernet={"import": "ofa", "path": str(zoo)}))
     write(f"ofa-import-{sha256_file(zoo)[:16]}", zoo)
-    check_run_supernet(plain, run)  # `nas import ofa-supernet`, then a config without a supernet section
-    check_run_supernet(importing, run)
+    assert check_run_supernet(plain, run)  # `nas import ofa-supernet`, then a config without a supernet section
+    assert check_run_supernet(importing, run)
     write(f"ofa-import-{sha256_file(other)[:16]}", other)
     with pytest.raises(UsageError, match="imported from another file"):
         check_run_supernet(importing, run)
     write(plain.config_hash, None)  # trained
-    check_run_supernet(plain, run)
+    assert check_run_supernet(plain, run) is False
     with pytest.raises(UsageError, match="holds a trained supernet"):
         check_run_supernet(importing, run)
 
