@@ -55,10 +55,12 @@ from supernets.training import (
     ELASTIC_DIMENSIONS,
     GRADIENT_SYNCS,
     PRECISIONS,
+    SANDWICH_SUBSETS,
     STRATEGIES,
     Phase,
     RaySettings,
     TrainSettings,
+    check_recipe,
     make_phase,
     validate_phase,
 )
@@ -336,7 +338,8 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
     kwargs = _parse_dataclass(TrainSettings, raw, "train", skip=("phases",), checks={
         "strategy": _one_of(STRATEGIES), "epochs_scale": _positive, "lr": _positive, "batch_size": _positive,
         "momentum": _non_negative, "weight_decay": _non_negative, "kd_temperature": _positive,
-        "kernel_transform_lr": _non_negative,
+        "kernel_transform_lr": _non_negative, "sandwich_labels": _one_of(SANDWICH_SUBSETS),
+        "sandwich_dropout": _one_of(SANDWICH_SUBSETS),
         "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
         "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
         "label_smoothing": _fraction, "device": _one_of(DEVICES), "precision": _one_of(PRECISIONS),
@@ -347,7 +350,12 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
         if not isinstance(phases, list):
             raise UsageError("train.phases must be a list of phases")
         kwargs["phases"] = tuple(_parse_phase(p, f"train.phases[{i}]", space) for i, p in enumerate(phases))
-    return TrainSettings(**kwargs)
+    settings = TrainSettings(**kwargs)
+    try:
+        check_recipe(settings, space)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return settings
 
 
 def parse_ray(raw: Any) -> RaySettings:

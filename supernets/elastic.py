@@ -114,6 +114,18 @@ class ElasticSupernet(nn.Module):
                 x = stages[bp.stage_index][bp.block_index](x, bp)
         return self.head(x)
 
+    def zero_init_residuals(self) -> int:
+        """Set gamma to 0 in the last batch norm of every block that always adds a residual (all but the first of
+        each stage: stride 1, same widths; not in stages where the skip connection is itself a choice, whose
+        blocks would then output zeros), so that each begins as the identity (BigNAS's initialisation, for
+        training from scratch). Returns how many batch norms were set."""
+        norms = [bn for spec, stage in zip(self.space.stages, self.stages) if all(spec.skips)
+                 for block in list(stage)[1:] for bn in block.residual_norms()]
+        with torch.no_grad():
+            for bn in norms:
+                bn.weight.zero_()
+        return len(norms)
+
     def set_in_place_grads(self, enabled: bool) -> None:
         """Add the gradients of active parts of parameters into existing gradients in place (``elastic_layers``'
         docstring): fewer kernels per backward pass after the first of a step. Leave it off under

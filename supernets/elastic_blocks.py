@@ -35,6 +35,10 @@ class ElasticMBConv(nn.Module):
         y = self.project(y, p.out_channels)
         return x + y if p.residual else y
 
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """The batch norm whose output the residual connection adds to the input."""
+        return [self.project.bn]
+
     def static_state(self, p: BlockPlan) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         if p.mid_channels != p.in_channels:
@@ -64,6 +68,10 @@ class ElasticSepConv(nn.Module):
         y = self.project(y, p.out_channels)
         return x + y if p.residual else y
 
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """The batch norm whose output the residual connection adds to the input."""
+        return [self.project.bn]
+
     def static_state(self, p: BlockPlan) -> dict[str, torch.Tensor]:
         state = prefixed("depthwise.", self.depthwise.static_state(p.in_channels, p.in_channels, p.kernel_size))
         if p.se_channels:
@@ -87,6 +95,11 @@ class ElasticRegularConv(nn.Module):
             y = self.se(y, p.se_channels)
         return x + y if p.residual else y
 
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """The batch norm before the residual addition (the squeeze-excite gate, when there is one, scales its
+        output: a zero there still makes the block the identity)."""
+        return [self.conv.bn]
+
     def static_state(self, p: BlockPlan) -> dict[str, torch.Tensor]:
         state = prefixed("conv.", self.conv.static_state(p.in_channels, p.out_channels, p.kernel_size))
         if p.se_channels:
@@ -103,6 +116,10 @@ class ElasticChoiceBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, p: BlockPlan) -> torch.Tensor:
         return self.ops[p.op_type](x, p)
+
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """Every operator's batch norm before the residual addition."""
+        return [bn for op in self.ops.values() for bn in op.residual_norms()]
 
     def static_state(self, p: BlockPlan) -> dict[str, torch.Tensor]:
         return self.ops[p.op_type].static_state(p)

@@ -202,3 +202,29 @@ def test_kernel_transform_lr_is_checked_and_counts_in_the_hash_only_when_set() -
     assert frozen.train.kernel_transform_lr == 0 and frozen.config_hash != "1941646d6fdf638b"
     with pytest.raises(UsageError, match="train.kernel_transform_lr"):
         parse_config(base(train={"kernel_transform_lr": -0.5}))
+
+
+@pytest.mark.parametrize("key, value", [("zero_init_residual", True), ("sandwich_labels", "largest"),
+                                        ("sandwich_dropout", "largest")])
+def test_bignas_settings_count_in_the_hash_only_when_set(key: str, value) -> None:
+    default = {"zero_init_residual": False, "sandwich_labels": "all", "sandwich_dropout": "all"}[key]
+    assert parse_config(base(train={key: default})).config_hash == "1941646d6fdf638b"  # runs saved before it
+    changed = parse_config(base(train={key: value}))
+    assert getattr(changed.train, key) == value and changed.config_hash != "1941646d6fdf638b"
+
+
+@pytest.mark.parametrize("train, words", [
+    ({"sandwich_labels": "smallest"}, ["train.sandwich_labels", "smallest", "all", "largest"]),
+    ({"sandwich_dropout": "none"}, ["train.sandwich_dropout", "none", "all", "largest"]),
+    ({"zero_init_residual": "yes"}, ["train.zero_init_residual", "bool"]),
+    ({"strategy": "progressive_shrinking", "sandwich_dropout": "largest"},
+     ["train.sandwich_dropout", "sandwich rule only", "progressive_shrinking"]),
+    ({"sandwich_labels": "largest", "phases": [{"name": "s", "epochs": 1, "lr": 0.1, "subnets_per_step": 3,
+                                                "elastic": {"depths": [2, 3, 4]}}]},
+     ["train.sandwich_labels", "phase 's'", "distill_weight > 0"]),
+])
+def test_bignas_settings_that_do_not_fit_are_refused_at_load(train: dict, words: list[str]) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_config(base(train=train))
+    message = str(info.value)
+    assert all(word in message for word in words), message

@@ -90,6 +90,10 @@ class Recipe:
     val_images: int = 1000          # per-epoch validation of the supernet runs
     max_steps: int | None = None    # cap on steps per epoch (the tiny smoke run)
     kernel_transform_lr: float = 1.0  # supernet runs: the kernel transforms' rate relative to the phase's
+    # Sandwich runs: BigNAS's recipe, each part on its own (``TrainSettings`` says what each does).
+    zero_init_residual: bool = False
+    sandwich_labels: str = "all"
+    sandwich_dropout: str = "all"
 
 
 # Progressive shrinking in Once-for-All's order, as fractions of the epochs: full network, elastic
@@ -351,10 +355,12 @@ def plan_epochs(times: dict[str, float | None], steps: int, seconds: float, runs
 def train_supernet(strategy: str, phases: tuple, data_cfg: DatasetConfig, recipe: Recipe, device: str,
                    folder: Path, compile_teacher: bool) -> tuple[Path, list[dict]]:
     space = get_space(SPACE)
+    bignas = {"zero_init_residual": recipe.zero_init_residual, "sandwich_labels": recipe.sandwich_labels,
+              "sandwich_dropout": recipe.sandwich_dropout} if strategy == "sandwich" else {}
     settings = TrainSettings(strategy=strategy, phases=phases, lr=recipe.lr, batch_size=recipe.batch_size,
                              momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                              label_smoothing=recipe.label_smoothing, max_steps_per_epoch=recipe.max_steps,
-                             kernel_transform_lr=recipe.kernel_transform_lr,
+                             kernel_transform_lr=recipe.kernel_transform_lr, **bignas,
                              bn_recal_images=min(recipe.bn_images, 1000), eval_random_subnets=1,
                              max_val_images=recipe.val_images, device=device, compile=compile_teacher)
     folder.mkdir(parents=True, exist_ok=True)
@@ -420,7 +426,9 @@ def start_beside(args: argparse.Namespace, epochs: int) -> subprocess.Popen:
     command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data),
                "--out", str(args.out / "scratch"), "--device", args.device, "--batch", str(args.batch),
                "--epochs", str(epochs), "--skip", "throughput", "--skip", "ps", "--skip", "sandwich",
-               *(["--tiny"] if args.tiny else [])]
+               *(["--tiny"] if args.tiny else []),
+               *(["--train-images", str(args.train_images)] if args.train_images else []),
+               *(["--test-images", str(args.test_images)] if args.test_images else [])]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "scratch.log", "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -495,12 +503,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandwich-subnets", type=int, default=4, help="subnets per sandwich step (default 4)")
     parser.add_argument("--batch", type=int, default=256,
                         help="the accuracy runs' batch (default 256; the recipe's rate, 0.2 at 256, scales with it)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="use only the first N training images of --data (a tenth held out; default all)")
+    parser.add_argument("--test-images", type=int, default=None,
+                        help="test on the first N test images (default all)")
     parser.add_argument("--side-by-side", action="store_true",
                         help="train the from-scratch runs in a second process beside the supernet runs (the "
                              "epochs are planned for it); their log goes to OUT/scratch.log")
     parser.add_argument("--kernel-transform-lr", type=float, default=1.0,
                         help="the supernet runs' train.kernel_transform_lr: the elastic kernels' transform "
                              "matrices' rate relative to the phase's (0: centre crops; default 1)")
+    parser.add_argument("--zero-init-residual", action="store_true",
+                        help="the sandwich run starts every residual block as the identity (BigNAS)")
+    parser.add_argument("--sandwich-labels", choices=("all", "largest"), default="all",
+                        help="which subnets of the sandwich run learn from the labels (largest: the others from "
+                             "the largest's outputs only, BigNAS's in-place distillation; default all)")
+    parser.add_argument("--sandwich-dropout", choices=("all", "largest"), default="all",
+                        help="which subnets of the sandwich run train with dropout (largest: BigNAS; default all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
@@ -537,13 +556,15 @@ def main(argv: list[str] | None = None) -> int:
                 if is_packed(data_dir):
                     data_dir = unpack_folder(data_dir, Path(tmp) / "cifar10")
                 data_cfg = DatasetConfig(kind="cifar10", path=str(data_dir), val_fraction=0.1,
-                                         max_train_images=512 if args.tiny else None,
-                                         max_test_images=100 if args.tiny else None)
+                                         max_train_images=512 if args.tiny else args.train_images,
+                                         max_test_images=100 if args.tiny else args.test_images)
                 train_batch = batch if args.tiny else args.batch
                 recipe = Recipe(batch_size=train_batch, lr=0.05 if args.tiny else 0.2 * train_batch / 256,
                                 bn_images=32 if args.tiny else 2000,
                                 val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None,
-                                kernel_transform_lr=args.kernel_transform_lr)
+                                kernel_transform_lr=args.kernel_transform_lr,
+                                zero_init_residual=args.zero_init_residual, sandwich_labels=args.sandwich_labels,
+                                sandwich_dropout=args.sandwich_dropout)
                 data = load_dataset(data_cfg, 32, SEED)
                 execution = Execution.resolve(args.device, "auto")
                 data.to(execution.device)

@@ -25,6 +25,12 @@
 #               hundredth (75.32 / 72.36 / 71.38%): a check that running side by side changes no result
 #               (~370 s together on an H200, fourth session; limit 400)
 #   kernels     throughput, then transforms (limits add to 580 s; call timeout_s 600)
+#   bignas      BigNAS's recipe for the sandwich rule, four runs at 6 epochs side by side (3 subnets a step, as the
+#               GPU config): all of it at 0.4 and at 0.8 of the recipe's rate, the residual blocks started as the
+#               identity alone, and the labels and dropout for the largest only alone (train.zero_init_residual,
+#               sandwich_labels, sandwich_dropout); the runs they compare with are seeded and reproduce to the
+#               hundredth: 3 subnets at 0.4 without it 66.56 / 65.04 / 68.38%, from scratch 75.32 / 72.36 /
+#               71.38% (limit 400)
 #   batch512    the sandwich run (4 subnets, a quarter of the rate) and the three from scratch at 6 epochs of batch
 #               512 (the recipe's rate doubled), side by side: the static step gave 1.41x the images/s at 512
 #               (third session); does accuracy hold? (limit 170)
@@ -42,9 +48,9 @@ part=${2:-accuracy}
 python=${PYTHON:-python3}
 data=${GPU_DATA:-.gpu_data}
 cd "$(dirname "$0")/../.." || exit 2
-case "$part" in check|accuracy|launch|all|throughput|transforms|kernels|batch512) ;;
+case "$part" in check|accuracy|launch|all|throughput|transforms|kernels|bignas|batch512) ;;
     *) echo "gpu_session.sh: unknown part '$part'; allowed: check, accuracy, launch, all, throughput, transforms, kernels," \
-            "batch512" >&2
+            "bignas, batch512" >&2
        exit 2;;
 esac
 if [ ! -d "$data" ]; then
@@ -102,6 +108,14 @@ if [ "$part" = transforms ] || [ "$part" = kernels ]; then
         frozen_whole "$common --sandwich-lr-factor 1.0 --kernel-transform-lr 0" \
         tenth_half "$common --sandwich-lr-factor 0.5 --kernel-transform-lr 0.1" \
         scratch "--skip throughput --skip ps --skip sandwich --epochs $epochs6"
+fi
+if [ "$part" = bignas ]; then
+    common="--skip throughput --skip ps --skip scratch --epochs $epochs6 --sandwich-subnets 3"
+    recipe="--zero-init-residual --sandwich-labels largest --sandwich-dropout largest"
+    together 400 bignas_04 "$common --sandwich-lr-factor 0.4 $recipe" \
+        bignas_08 "$common --sandwich-lr-factor 0.8 $recipe" \
+        zero_init_04 "$common --sandwich-lr-factor 0.4 --zero-init-residual" \
+        largest_only_04 "$common --sandwich-lr-factor 0.4 --sandwich-labels largest --sandwich-dropout largest"
 fi
 if [ "$part" = batch512 ]; then
     together 170 sandwich512 "--skip throughput --skip ps --skip scratch --epochs $epochs6 --batch 512" \

@@ -20,10 +20,12 @@ from .loop import TrainingDivergedError, TrainJob, distillation_loss, eval_archs
 from .ray_runner import RaySettings, TrainingFailedError, check_placement, ensure_ray_env, run_in_process, run_on_ray
 from .schedule import (
     ELASTIC_DIMENSIONS,
+    SANDWICH_SUBSETS,
     STRATEGIES,
     Phase,
     Position,
     TrainSettings,
+    check_recipe,
     make_phase,
     ofa_schedule,
     phase_arch,
@@ -43,6 +45,7 @@ __all__ = [
     "LockBusyError",
     "ELASTIC_DIMENSIONS",
     "GRADIENT_SYNCS",
+    "SANDWICH_SUBSETS",
     "STRATEGIES",
     "CheckpointError",
     "DataSource",
@@ -56,6 +59,7 @@ __all__ = [
     "accuracy",
     "atomic_torch_save",
     "check_placement",
+    "check_recipe",
     "distillation_loss",
     "ensure_ray_env",
     "eval_archs",

@@ -103,6 +103,24 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return loss * temperature**2
 
 
+def subnet_loss(out: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None, phase: Phase,
+                settings: TrainSettings, other: bool) -> torch.Tensor:
+    """The loss of one subnet of a step: cross-entropy on the labels plus the phase's distillation from ``soft``
+    (the teacher's or the largest subnet's outputs; ``None``: none yet). ``other``: a sandwich subnet other than
+    the largest, which learns from the distillation alone under ``sandwich_labels: largest``."""
+    distill = soft is not None and phase.distill_weight > 0
+    kd = phase.distill_weight * distillation_loss(out, soft, settings.kd_temperature) if distill else None
+    if other and settings.sandwich_labels == "largest" and kd is not None:
+        return kd
+    loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
+    return loss + kd if kd is not None else loss
+
+
+def _set_dropout(dropouts: list[nn.Module], enabled: bool) -> None:
+    for module in dropouts:
+        module.train(enabled)
+
+
 def make_optimizer(model: nn.Module, phase: Phase, settings: TrainSettings) -> torch.optim.Optimizer:
     """SGD over ``model``: weight decay on convolution and linear weights only; the elastic kernels' transform
     matrices (``transform_*``) in a group of their own at ``settings.kernel_transform_lr`` times the phase's
@@ -240,6 +258,10 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
                                  rank, world_size)
     allowed = resolutions(space, phase)
     model.train()
+    sandwich = settings.strategy == "sandwich"
+    # Switched off for the other subnets of a sandwich step under ``sandwich_dropout: largest``, back on after.
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0] \
+        if sandwich and settings.sandwich_dropout == "largest" else []
     total = torch.zeros((), device=execution.device)  # summed on the device: no host sync per step
     count = 0
     bar = progress_bar(job.progress and rank == 0, total=steps, leave=False, mininterval=2.0, dynamic_ncols=True,
@@ -255,12 +277,12 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
             with torch.no_grad(), execution.autocast():
                 soft = teacher(x).float()
         for i, arch in enumerate(archs):
+            if dropouts and i < 2:
+                _set_dropout(dropouts, i == 0)
             with execution.autocast():
                 out = model(x, arch).float()
-            loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
-            if soft is not None and phase.distill_weight > 0:
-                loss = loss + phase.distill_weight * distillation_loss(out, soft, settings.kd_temperature)
-            if settings.strategy == "sandwich" and i == 0:
+            loss = subnet_loss(out, y, soft, phase, settings, sandwich and i > 0)
+            if sandwich and i == 0:
                 soft = out.detach()  # in-place distillation: the largest teaches the others
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
@@ -277,6 +299,7 @@ def train_epoch(job: TrainJob, model: nn.Module, teacher: nn.Module | None, phas
         if bar.n % 20 == 0 or step == steps - 1:  # a host sync: only now and then
             bar.set_postfix(loss=f"{_check_finite(total, count, phase, position, step):.3f}", refresh=False)
     bar.close()
+    _set_dropout(dropouts, True)
     return _check_finite(total, count, phase, position, steps - 1)
 
 
@@ -374,6 +397,8 @@ def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | Non
         torch.set_rng_state(state["torch_rng"])
         position = Position(int(state["phase"]), int(state["epoch"]))
     else:
+        if settings.zero_init_residual:
+            supernet.zero_init_residuals()
         torch.manual_seed(job.seed + 1 + rank)
     execution.module(supernet)
     if rank == 0:

@@ -21,6 +21,10 @@ STRATEGIES = ("progressive_shrinking", "sandwich")
 phase (frozen teacher). ``sandwich``: every step trains the largest, the smallest and random subnets; the
 largest's outputs teach the others (in-place distillation)."""
 
+SANDWICH_SUBSETS = ("all", "largest")
+"""Values of ``TrainSettings.sandwich_labels`` and ``sandwich_dropout``: every subnet of a sandwich step, or the
+largest only."""
+
 STAGE_DIMENSIONS = ("depths", "kernel_sizes", "expand_ratios", "width_mults", "se_ratios", "op_types", "skips")
 ELASTIC_DIMENSIONS = ("resolutions", *STAGE_DIMENSIONS)
 """Names a phase may make elastic: ``resolutions`` of the space, or any choice list of ``StageSpec``."""
@@ -87,6 +91,17 @@ class TrainSettings:
     # phase's; 0 keeps them at the identity, so that the smaller kernels are centre crops (as in BigNAS).
     # Measured on an H200 (CIFAR-10, 6 epochs, the default sandwich rate): frozen 1.4-2.1 points below trained.
     kernel_transform_lr: float = 1.0
+    # BigNAS's recipe for the sandwich rule, each on its own (all off by default; to be measured on a GPU):
+    # start every residual block's last batch norm at gamma 0, so that each block begins as the identity (a
+    # new run only: a resumed run keeps its weights);
+    zero_init_residual: bool = False
+    # which subnets of a sandwich step learn from the labels: ``all`` (the others add the distillation from the
+    # largest to their cross-entropy) or ``largest`` (the others learn from the largest's outputs only:
+    # BigNAS's in-place distillation);
+    sandwich_labels: str = "all"
+    # which subnets of a sandwich step train with the head's dropout: ``all`` or ``largest`` (BigNAS
+    # regularises only the largest).
+    sandwich_dropout: str = "all"
     # Temperature of the distillation soft targets.
     kd_temperature: float = 1.0
     # Cap on steps per epoch (None: the whole training split each epoch).
@@ -116,7 +131,7 @@ class TrainSettings:
     EXECUTION_FIELDS = ("threads_per_worker", "device", "precision", "channels_last", "compile", "gradient_sync")
     """Fields that say where and how fast training runs, not what it learns: a run may resume under other
     values (they are left out of the config hash)."""
-    LATER_FIELDS = ("kernel_transform_lr",)
+    LATER_FIELDS = ("kernel_transform_lr", "zero_init_residual", "sandwich_labels", "sandwich_dropout")
     """Fields added after runs were saved: at their defaults they are left out of the config hash, so that
     those runs keep theirs."""
 
@@ -201,6 +216,22 @@ def sandwich_phase(space: SearchSpace, epochs: int, lr: float, subnets: int = SA
     divide a single network's rate by the subnets, as ``sandwich_schedule`` does)."""
     elastic = {d: _all_values(space, d) for d in ("resolutions", "kernel_sizes", "depths", "expand_ratios")}
     return make_phase("sandwich", epochs, lr, elastic, subnets_per_step=subnets, distill_weight=1.0)
+
+
+def check_recipe(settings: TrainSettings, space: SearchSpace) -> None:
+    """Raise ``ValueError`` (naming the ``train`` key) when settings that are each allowed do not fit together:
+    the sandwich rule's own settings under another strategy, or a sandwich phase whose other subnets would learn
+    nothing (``sandwich_labels: largest`` without distillation)."""
+    own = [name for name in ("sandwich_labels", "sandwich_dropout") if getattr(settings, name) != "all"]
+    if own and settings.strategy != "sandwich":
+        raise ValueError(f"train.{own[0]} applies to the sandwich rule only; this config's train.strategy is "
+                         f"{settings.strategy!r} (remove it, or set train.strategy: sandwich)")
+    if settings.sandwich_labels == "largest":
+        for phase in settings.resolved_phases(space):
+            if phase.subnets_per_step > 1 and phase.distill_weight <= 0:
+                raise ValueError(f"train.sandwich_labels: 'largest' trains the other subnets on the largest's "
+                                 f"outputs only, so phase {phase.name!r} needs distill_weight > 0 (it has "
+                                 f"{phase.distill_weight:g})")
 
 
 def validate_phase(space: SearchSpace, phase: Phase) -> Phase:
