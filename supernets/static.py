@@ -186,6 +186,20 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def zero_init_residuals(net: StaticNet, p: NetworkPlan) -> int:
+    """Set gamma to 0 in the last batch norm of each residual block of ``net`` (built from plan ``p``) inside the
+    stages, the blocks ``ElasticSupernet.zero_init_residuals`` starts as the identity, so that a network trained
+    from scratch can start as the supernet's subnets do. Returns how many batch norms were set."""
+    count = 0
+    with torch.no_grad():
+        for block, bp in zip(net.blocks, p.blocks):
+            if bp.residual and bp.stage_index >= 0:
+                last = block.conv if isinstance(block, RegularConv) else block.project
+                last[1].weight.zero_()
+                count += 1
+    return count
+
+
 def build(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> StaticNet:
     """A freshly initialised static network for ``arch`` (same structure as ``extract`` returns)."""
     if num_classes is not None and num_classes != space.num_classes:

@@ -197,7 +197,9 @@ def test_kernel_transform_lr_is_checked_and_counts_in_the_hash_only_when_set() -
     # Hashes of configs saved before train.kernel_transform_lr existed (computed at 3a0b66e): unchanged.
     assert parse_config(base()).config_hash == "1941646d6fdf638b"
     assert parse_config(base(train={"kernel_transform_lr": 1.0})).config_hash == "1941646d6fdf638b"
-    assert load_config(ROOT / "experiments" / "quickstart.yaml").config_hash == "3015f3d7d7db18f1"
+    quickstart = yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text())
+    assert quickstart["train"].pop("zero_init_residual")  # set since; the rest as it was at 3a0b66e
+    assert parse_config(quickstart).config_hash == "3015f3d7d7db18f1"
     frozen = parse_config(base(train={"kernel_transform_lr": 0}))
     assert frozen.train.kernel_transform_lr == 0 and frozen.config_hash != "1941646d6fdf638b"
     with pytest.raises(UsageError, match="train.kernel_transform_lr"):

@@ -52,8 +52,9 @@ from ofa_claim import subnets as claim_subnets  # noqa: E402  - small, medium, l
 from torch import nn  # noqa: E402
 
 from nas.data import DatasetConfig, ImageData, load_dataset  # noqa: E402
-from search_spaces import Arch, SearchSpace, get_space, largest, sample, smallest  # noqa: E402
+from search_spaces import Arch, SearchSpace, get_space, largest, plan, sample, smallest  # noqa: E402
 from supernets import build, build_supernet  # noqa: E402
+from supernets.static import zero_init_residuals  # noqa: E402
 from supernets.training import (  # noqa: E402
     Execution,
     TrainJob,
@@ -94,6 +95,7 @@ class Recipe:
     zero_init_residual: bool = False
     sandwich_labels: str = "all"
     sandwich_dropout: str = "all"
+    scratch_zero_init: bool = False  # from-scratch runs: residual blocks start as the identity too
 
 
 # Progressive shrinking in Once-for-All's order, as fractions of the epochs: full network, elastic
@@ -377,7 +379,10 @@ def train_scratch(arch: Arch, data: ImageData, epochs: int, recipe: Recipe, exec
     """``build(space, arch)`` trained for ``epochs`` with the recipe, at the subnet's own resolution."""
     space = get_space(SPACE)
     torch.manual_seed(SEED)
-    net = execution.module(build(space, arch))
+    net = build(space, arch)
+    if recipe.scratch_zero_init:
+        zero_init_residuals(net, plan(space, arch))
+    net = execution.module(net)
     steps = data.steps_per_epoch(recipe.batch_size, 1)
     if recipe.max_steps:
         steps = min(steps, recipe.max_steps)
@@ -426,12 +431,34 @@ def start_beside(args: argparse.Namespace, epochs: int) -> subprocess.Popen:
     command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data),
                "--out", str(args.out / "scratch"), "--device", args.device, "--batch", str(args.batch),
                "--epochs", str(epochs), "--skip", "throughput", "--skip", "ps", "--skip", "sandwich",
-               *(["--tiny"] if args.tiny else []),
+               *(["--tiny"] if args.tiny else []), *(["--scratch-zero-init"] if args.scratch_zero_init else []),
                *(["--train-images", str(args.train_images)] if args.train_images else []),
                *(["--test-images", str(args.test_images)] if args.test_images else [])]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "scratch.log", "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def merge_beside(beside: subprocess.Popen, out: Path, results: dict) -> None:
+    """Wait for the from-scratch runs started by ``start_beside`` and put their accuracies (and errors) into
+    ``results``' table."""
+    beside.wait()
+    try:
+        child = json.loads((out / "scratch" / "gpu_check.json").read_text())
+    except (OSError, ValueError) as exc:
+        results["errors"].append(f"scratch (beside): no results ({exc}); see {out / 'scratch.log'}")
+        return
+    results["errors"] += [f"scratch (beside): {e}" for e in child.get("errors", [])]
+    acc = results["accuracy"]
+    rows = {row["subnet"]: row for row in acc["table"]}
+    for row in child.get("accuracy", {}).get("table", []):
+        if row["subnet"] in rows:
+            rows[row["subnet"]]["scratch"] = row.get("scratch")
+    acc["scratch_train_s"] = child.get("accuracy", {}).get("scratch_train_s")
+    acc["side_by_side"] = True
+    print(f"  scratch (beside, {out / 'scratch.log'}): " + ", ".join(
+        f"{n} {100 * r['scratch']:.2f}%" for n, r in rows.items() if isinstance(r.get("scratch"), float)),
+        flush=True)
 
 
 def _phase_speeds(rows: list[dict]) -> dict[str, float]:
@@ -520,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the largest's outputs only, BigNAS's in-place distillation; default all)")
     parser.add_argument("--sandwich-dropout", choices=("all", "largest"), default="all",
                         help="which subnets of the sandwich run train with dropout (largest: BigNAS; default all)")
+    parser.add_argument("--scratch-zero-init", action="store_true",
+                        help="the from-scratch runs' residual blocks start as the identity too")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     gpu = args.device != "cpu" and torch.cuda.is_available()
@@ -564,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                                 val_images=32 if args.tiny else 1000, max_steps=2 if args.tiny else None,
                                 kernel_transform_lr=args.kernel_transform_lr,
                                 zero_init_residual=args.zero_init_residual, sandwich_labels=args.sandwich_labels,
-                                sandwich_dropout=args.sandwich_dropout)
+                                sandwich_dropout=args.sandwich_dropout, scratch_zero_init=args.scratch_zero_init)
                 data = load_dataset(data_cfg, 32, SEED)
                 execution = Execution.resolve(args.device, "auto")
                 data.to(execution.device)
@@ -611,29 +640,22 @@ def main(argv: list[str] | None = None) -> int:
                     save()
                 t0 = time.perf_counter()
                 if beside is not None:  # the from-scratch runs went on in their own process
-                    beside.wait()
-                    child = json.loads((args.out / "scratch" / "gpu_check.json").read_text())
-                    results["errors"] += [f"scratch (beside): {e}" for e in child.get("errors", [])]
-                    for row in child.get("accuracy", {}).get("table", []):
-                        rows[row["subnet"]]["scratch"] = row.get("scratch")
-                    acc["scratch_train_s"] = child.get("accuracy", {}).get("scratch_train_s")
-                    acc["side_by_side"] = True
-                    print(f"  scratch (beside, {args.out / 'scratch.log'}): " + ", ".join(
-                        f"{n} {100 * r['scratch']:.2f}%" for n, r in rows.items()
-                        if isinstance(r.get("scratch"), float)), flush=True)
+                    waiting, beside = beside, None
+                    merge_beside(waiting, args.out, results)
                     save()
-                for name, arch in claim_subnets(space) if "scratch" not in args.skip and beside is None else ():
-                    net = train_scratch(arch, data, epochs, recipe, execution)
-                    rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution, execution)
-                    print(f"  scratch {name}: {100 * rows[name]['scratch']:.2f}%", flush=True)
-                    save()
-                if beside is None:
+                elif "scratch" not in args.skip:
+                    for name, arch in claim_subnets(space):
+                        net = train_scratch(arch, data, epochs, recipe, execution)
+                        rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution,
+                                                         execution)
+                        print(f"  scratch {name}: {100 * rows[name]['scratch']:.2f}%", flush=True)
+                        save()
                     acc["scratch_train_s"] = round(time.perf_counter() - t0, 1)
         except Exception as exc:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
             results["errors"].append(f"accuracy: {type(exc).__name__}: {exc}")
-        if beside is not None and beside.poll() is None:  # the supernet part failed: its baseline still ends
-            beside.wait()
+        if beside is not None:  # the supernet part failed: its baseline still ends and is kept
+            merge_beside(beside, args.out, results)
     save()
     print((args.out / "gpu_check.md").read_text())
     return 1 if results["errors"] else 0

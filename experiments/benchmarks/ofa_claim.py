@@ -38,8 +38,9 @@ from nas.data import ImageData, load_dataset  # noqa: E402
 from nas.io import atomic_write_json  # noqa: E402
 from nas.rundir import RunDir, load_supernet  # noqa: E402
 from nas.training import train  # noqa: E402
-from search_spaces import Arch, BlockArch, SearchSpace, StageArch, get_space, largest, smallest  # noqa: E402
+from search_spaces import Arch, BlockArch, SearchSpace, StageArch, get_space, largest, plan, smallest  # noqa: E402
 from supernets import build  # noqa: E402
+from supernets.static import zero_init_residuals  # noqa: E402
 from supernets.training import Execution, accuracy, resize, subnet_accuracy  # noqa: E402
 
 
@@ -64,13 +65,18 @@ def ensure_trained(config: ExperimentConfig, run: RunDir) -> float:
 
 
 def train_from_scratch(space: SearchSpace, arch: Arch, config: ExperimentConfig, data: ImageData,
-                       epochs: int, lr: float, seed: int = 0, execution: Execution | None = None) -> torch.nn.Module:
+                       epochs: int, lr: float, seed: int = 0, execution: Execution | None = None,
+                       zero_init: bool = False) -> torch.nn.Module:
     """``build(space, arch)`` trained for ``epochs`` epochs with the supernet run's data settings, at peak rate
-    ``lr``, on ``execution`` (default: the CPU in the default memory format)."""
+    ``lr``, on ``execution`` (default: the CPU in the default memory format); ``zero_init``: its residual blocks
+    start as the identity, as the supernet's under ``train.zero_init_residual``."""
     settings = config.train
     execution = execution or Execution(torch.device("cpu"))
     torch.manual_seed(seed)
-    net = execution.module(build(space, arch))
+    net = build(space, arch)
+    if zero_init:
+        zero_init_residuals(net, plan(space, arch))
+    net = execution.module(net)
     steps = data.steps_per_epoch(settings.batch_size, 1)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)
@@ -99,16 +105,19 @@ def load_results(path: Path) -> dict:
 
 
 def run_scratch(config: ExperimentConfig, space: SearchSpace, data: ImageData, epochs: int, test_images: int | None,
-                results: dict, path: Path, lr: float, execution: Execution | None = None) -> None:
-    """Train each subnet from scratch unless ``results`` has it; saved after each subnet (resumable)."""
+                results: dict, path: Path, lr: float, execution: Execution | None = None,
+                zero_init: bool = False) -> None:
+    """Train each subnet from scratch unless ``results`` has it (with the same ``zero_init``); saved after each
+    subnet (resumable)."""
     for name, arch in subnets(space):
-        if name in results["scratch"]:
+        if name in results["scratch"] and results["scratch"][name].get("zero_init", False) == zero_init:
             continue
         started = time.perf_counter()
-        net = train_from_scratch(space, arch, config, data, epochs, lr, config.seed, execution)
+        net = train_from_scratch(space, arch, config, data, epochs, lr, config.seed, execution, zero_init)
         seconds = time.perf_counter() - started
         acc = accuracy(net, data.eval_batches("test", 200, test_images), arch.resolution, execution)
-        results["scratch"][name] = {"accuracy": acc, "seconds": seconds, "epochs": epochs, "lr": lr}
+        results["scratch"][name] = {"accuracy": acc, "seconds": seconds, "epochs": epochs, "lr": lr,
+                                    **({"zero_init": True} if zero_init else {})}
         atomic_write_json(path, results)
         print(f"scratch {name}: {100 * acc:.2f}% in {seconds:.0f} s", flush=True)
 
@@ -154,6 +163,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core, beside nas train)")
     parser.add_argument("--channels-last", action="store_true",
                         help="train from scratch in channels-last, as nas train does on the CPU (1.9x faster there)")
+    parser.add_argument("--scratch-zero-init", action="store_true",
+                        help="the from-scratch networks' residual blocks start as the identity (as the supernet's "
+                             "under train.zero_init_residual)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     execution = Execution.resolve("cpu", "fp32", args.channels_last)
@@ -174,7 +186,8 @@ def main() -> None:
           f"images", flush=True)
     if args.part in ("all", "scratch"):
         lr = args.scratch_lr if args.scratch_lr is not None else phases[0].lr
-        run_scratch(config, space, data, epochs, args.test_images, results, path, lr, execution)
+        run_scratch(config, space, data, epochs, args.test_images, results, path, lr, execution,
+                    args.scratch_zero_init)
     if args.part in ("all", "inherited"):
         train_s = ensure_trained(config, run)
         print(f"supernet training here: {train_s:.0f} s", flush=True)

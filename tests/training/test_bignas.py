@@ -112,3 +112,21 @@ def test_nas_train_with_the_recipe_starts_residual_blocks_at_zero(tmp_path: Path
         assert torch.allclose(stage[0].project.bn.weight, torch.ones_like(stage[0].project.bn.weight))
         for block in list(stage)[1:]:
             assert block.project.bn.weight.abs().max() < 1e-6
+
+
+def test_static_zero_init_matches_the_supernet_subnet_it_is_extracted_from() -> None:
+    """A network trained from scratch can start as the supernet's subnets do: the same batch norms at 0."""
+    from supernets import build, extract
+    from supernets.static import zero_init_residuals
+
+    torch.manual_seed(0)
+    supernet = build_supernet(SPACE)
+    supernet.zero_init_residuals()
+    arch = largest(SPACE)
+    net = build(SPACE, arch)
+    assert zero_init_residuals(net, plan(SPACE, arch)) == sum(spec.max_depth - 1 for spec in SPACE.stages)
+    extracted = extract(supernet, arch)
+    zeros = {n for n, t in extracted.state_dict().items() if n.endswith(".weight") and t.ndim == 1
+             and bool(torch.all(t == 0))}
+    assert zeros and zeros == {n for n, t in net.state_dict().items() if n.endswith(".weight") and t.ndim == 1
+                               and bool(torch.all(t == 0))}
