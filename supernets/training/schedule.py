@@ -91,8 +91,11 @@ class TrainSettings:
     # phase's; 0 keeps them at the identity, so that the smaller kernels are centre crops (as in BigNAS).
     # Measured on an H200 (CIFAR-10, 6 epochs, the default sandwich rate): frozen 1.4-2.1 points below trained.
     kernel_transform_lr: float = 1.0
-    # BigNAS's recipe for the sandwich rule, each on its own (all off by default; to be measured on a GPU):
-    # start every residual block's last batch norm at gamma 0, so that each block begins as the identity (a
+    # BigNAS's recipe for the sandwich rule, each part on its own, all off by default (a default that changed
+    # would give saved runs the hash of a different recipe; the shipped configs set what they use). Measured on
+    # 2 CPU cores (experiments/cifar10_ofa_mbv3/README.md): zero-init lifted the sandwich rule's subnets by
+    # 2-13 points on digits and CIFAR-10; labels and dropout for the largest only lost there.
+    # Start every residual block's last batch norm at gamma 0, so that each block begins as the identity (a
     # new run only: a resumed run keeps its weights);
     zero_init_residual: bool = False
     # which subnets of a sandwich step learn from the labels: ``all`` (the others add the distillation from the
