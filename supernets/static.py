@@ -200,10 +200,16 @@ def zero_init_residuals(net: StaticNet, p: NetworkPlan) -> int:
     return count
 
 
-def build(space: SearchSpace, arch: Arch, num_classes: int | None = None) -> StaticNet:
-    """A freshly initialised static network for ``arch`` (same structure as ``extract`` returns)."""
+def build(space: SearchSpace, arch: Arch, num_classes: int | None = None,
+          zero_init_residual: bool = False) -> StaticNet:
+    """A freshly initialised static network for ``arch`` (same structure as ``extract`` returns);
+    ``zero_init_residual``: its residual blocks start as the identity (``zero_init_residuals``), as a supernet's
+    subnets do under ``train.zero_init_residual``."""
     if num_classes is not None and num_classes != space.num_classes:
         space = space.with_num_classes(num_classes)
-    net = StaticNet(plan(space, arch), space.dropout, arch_to_string(space, arch))
+    p = plan(space, arch)
+    net = StaticNet(p, space.dropout, arch_to_string(space, arch))
     init_weights(net)
+    if zero_init_residual:
+        zero_init_residuals(net, p)
     return net

@@ -52,9 +52,8 @@ from ofa_claim import subnets as claim_subnets  # noqa: E402  - small, medium, l
 from torch import nn  # noqa: E402
 
 from nas.data import DatasetConfig, ImageData, load_dataset  # noqa: E402
-from search_spaces import Arch, SearchSpace, get_space, largest, plan, sample, smallest  # noqa: E402
+from search_spaces import Arch, SearchSpace, get_space, largest, sample, smallest  # noqa: E402
 from supernets import build, build_supernet  # noqa: E402
-from supernets.static import zero_init_residuals  # noqa: E402
 from supernets.training import (  # noqa: E402
     Execution,
     TrainJob,
@@ -379,10 +378,7 @@ def train_scratch(arch: Arch, data: ImageData, epochs: int, recipe: Recipe, exec
     """``build(space, arch)`` trained for ``epochs`` with the recipe, at the subnet's own resolution."""
     space = get_space(SPACE)
     torch.manual_seed(SEED)
-    net = build(space, arch)
-    if recipe.scratch_zero_init:
-        zero_init_residuals(net, plan(space, arch))
-    net = execution.module(net)
+    net = execution.module(build(space, arch, zero_init_residual=recipe.scratch_zero_init))
     steps = data.steps_per_epoch(recipe.batch_size, 1)
     if recipe.max_steps:
         steps = min(steps, recipe.max_steps)
@@ -638,12 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {strategy}: {acc[f'{key}_train_s']:.0f} s; test " + ", ".join(
                         f"{n} {100 * rows[n][key]:.2f}%" for n in rows), flush=True)
                     save()
-                t0 = time.perf_counter()
-                if beside is not None:  # the from-scratch runs went on in their own process
-                    waiting, beside = beside, None
-                    merge_beside(waiting, args.out, results)
-                    save()
-                elif "scratch" not in args.skip:
+                if beside is None and "scratch" not in args.skip:
+                    t0 = time.perf_counter()
                     for name, arch in claim_subnets(space):
                         net = train_scratch(arch, data, epochs, recipe, execution)
                         rows[name]["scratch"] = accuracy(net, data.eval_batches("test", 500), arch.resolution,
@@ -654,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - keep what was measured
             traceback.print_exc()
             results["errors"].append(f"accuracy: {type(exc).__name__}: {exc}")
-        if beside is not None:  # the supernet part failed: its baseline still ends and is kept
+        if beside is not None:  # the from-scratch runs went on in their own process (kept if the rest failed)
             merge_beside(beside, args.out, results)
     save()
     print((args.out / "gpu_check.md").read_text())

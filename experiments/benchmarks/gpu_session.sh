@@ -3,10 +3,11 @@
 #
 #   check       the 8-minute GPU check as the issue states its targets (throughput, then training with epochs
 #               planned to fit 420 s), the sandwich rule as the GPU config trains it (3 subnets at 0.4 of the
-#               rate, residual blocks started as the identity), the from-scratch runs in a second process beside it (--side-by-side: each process
-#               alone leaves the GPU about half idle); progressive shrinking left out (limit 560; call
-#               timeout_s 600). At the earlier sessions' step times it plans 9-10 epochs (8-9 one after
-#               another): what it measures is the targets as stated, and the two processes' slowdown
+#               rate, residual blocks started as the identity), the from-scratch runs in a second process
+#               beside it (--side-by-side: each process alone leaves the GPU about half idle); progressive
+#               shrinking left out (limit 560; call timeout_s 600). At the earlier sessions' step times it
+#               plans 9-10 epochs (8-9 one after another): what it measures is the targets as stated, and the
+#               two processes' slowdown
 #   accuracy    the GPU check's accuracy part at 12 epochs with the sandwich rule as the GPU config trains it
 #               (3 subnets a step at 0.4 of the recipe's rate, residual blocks started as the identity;
 #               progressive shrinking left out, it trailed by 19-21 points), the three

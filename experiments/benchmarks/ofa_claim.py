@@ -38,9 +38,8 @@ from nas.data import ImageData, load_dataset  # noqa: E402
 from nas.io import atomic_write_json  # noqa: E402
 from nas.rundir import RunDir, load_supernet  # noqa: E402
 from nas.training import train  # noqa: E402
-from search_spaces import Arch, BlockArch, SearchSpace, StageArch, get_space, largest, plan, smallest  # noqa: E402
+from search_spaces import Arch, BlockArch, SearchSpace, StageArch, get_space, largest, smallest  # noqa: E402
 from supernets import build  # noqa: E402
-from supernets.static import zero_init_residuals  # noqa: E402
 from supernets.training import Execution, accuracy, resize, subnet_accuracy  # noqa: E402
 
 
@@ -73,10 +72,7 @@ def train_from_scratch(space: SearchSpace, arch: Arch, config: ExperimentConfig,
     settings = config.train
     execution = execution or Execution(torch.device("cpu"))
     torch.manual_seed(seed)
-    net = build(space, arch)
-    if zero_init:
-        zero_init_residuals(net, plan(space, arch))
-    net = execution.module(net)
+    net = execution.module(build(space, arch, zero_init_residual=zero_init))
     steps = data.steps_per_epoch(settings.batch_size, 1)
     if settings.max_steps_per_epoch:
         steps = min(steps, settings.max_steps_per_epoch)

@@ -123,8 +123,9 @@ def test_static_zero_init_matches_the_supernet_subnet_it_is_extracted_from() -> 
     supernet = build_supernet(SPACE)
     supernet.zero_init_residuals()
     arch = largest(SPACE)
-    net = build(SPACE, arch)
-    assert zero_init_residuals(net, plan(SPACE, arch)) == sum(spec.max_depth - 1 for spec in SPACE.stages)
+    assert zero_init_residuals(build(SPACE, arch), plan(SPACE, arch)) == \
+        sum(spec.max_depth - 1 for spec in SPACE.stages)
+    net = build(SPACE, arch, zero_init_residual=True)
     extracted = extract(supernet, arch)
     zeros = {n for n, t in extracted.state_dict().items() if n.endswith(".weight") and t.ndim == 1
              and bool(torch.all(t == 0))}
