@@ -9,8 +9,9 @@ Three kinds, chosen by the config's ``dataset.kind``:
   and ``y``; read with ``allow_pickle=False``) or as the standard ``cifar-10-batches-py`` folder. That
   standard release is itself a set of Python pickles; it is read with an unpickler that only admits the
   numpy array constructors it needs, so no code in the file can run.
-- ``folder``: an image-folder tree read with Pillow, one sub-folder per class; with ``train/`` and
-  ``test/`` (or ``val/``) sub-trees those are the splits, else a seeded test split is held out. With
+- ``folder``: an image-folder tree read with Pillow, one sub-folder per class (layout and checks:
+  ``nas.image_folder``); with ``train/`` and ``test/`` (or ``val/``) sub-trees those are the splits (and
+  ``val/`` beside ``test/`` the validation split), else a seeded test split is held out. With
   ``stream: true`` nothing is loaded up front: ``nas.streaming`` decodes batches in loader processes.
 
 Every split is kept in memory as a uint8 tensor ``(N, 3, H, W)``, on the training device once the loop
@@ -35,13 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .image_folder import FileList, folder_classes, read_rgb, scan_folder
 
 if TYPE_CHECKING:
     from .streaming import StreamingFolderData
 
 DATASET_KINDS = ("digits", "cifar10", "folder")
 CIFAR10_ENV = "HWNAS_CIFAR10"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+CIFAR10_CLASSES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,15 +188,17 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _assemble(cfg: DatasetConfig, seed: int, x: torch.Tensor, y: torch.Tensor,
               test: tuple[torch.Tensor, torch.Tensor] | None, num_classes: int, size: int,
-              default_flip: bool) -> ImageData:
-    """Hold out test (when absent) and validation splits, cap the training set, resize, wrap."""
+              default_flip: bool, val: tuple[torch.Tensor, torch.Tensor] | None = None) -> ImageData:
+    """Hold out test and validation splits (where the data has none of its own), cap the training set,
+    resize, wrap."""
     if test is None:
         keep, held = _split(len(y), cfg.test_fraction, seed, 1)
         test = (x[held], y[held])
         x, y = x[keep], y[keep]
-    keep, held = _split(len(y), cfg.val_fraction, seed, 2)
-    val = (x[held], y[held])
-    x, y = x[keep], y[keep]
+    if val is None:
+        keep, held = _split(len(y), cfg.val_fraction, seed, 2)
+        val = (x[held], y[held])
+        x, y = x[keep], y[keep]
     if cfg.max_train_images is not None and cfg.max_train_images < len(y):
         subset = np.sort(np.random.default_rng([seed, 3]).permutation(len(y))[: cfg.max_train_images])
         x, y = x[subset], y[subset]
@@ -239,7 +243,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as handle:
         batch = _ArrayUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
     data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return data, np.asarray(batch[b"labels"], dtype=np.int64)
+    return data, np.asarray(batch[b"labels"])
 
 
 def resolve_cifar10_path(cfg: DatasetConfig) -> Path:
@@ -260,20 +264,23 @@ def resolve_cifar10_path(cfg: DatasetConfig) -> Path:
 
 
 def cifar10_files(path: Path) -> list[Path]:
-    """The shard files of a CIFAR-10 folder (training shards present, then the test shard)."""
-    if (path / "train_0.npz").is_file():
-        return [path / f"train_{i}.npz" for i in range(5) if (path / f"train_{i}.npz").is_file()] + \
-            [path / "test.npz"]
-    return [path / f"data_batch_{i}" for i in range(1, 6) if (path / f"data_batch_{i}").is_file()] + \
-        [path / "test_batch"]
+    """The shard files of a CIFAR-10 folder: the training shards from the first to the last present (a part
+    of CIFAR-10 may stop early, as ``cifar_pack.py``'s; one missing in between is reported by
+    ``check_cifar10_files``), then the test shard."""
+    npz = (path / "train_0.npz").is_file()
+    train = [path / (f"train_{i}.npz" if npz else f"data_batch_{i + 1}") for i in range(5)]
+    last = max(i for i, f in enumerate(train) if f.is_file())
+    return train[:last + 1] + [path / ("test.npz" if npz else "test_batch")]
 
 
 def check_cifar10_files(path: Path) -> None:
     """Raise ``UsageError`` naming the first missing, truncated or malformed shard (reads no pixels of npz
     shards: their zip directory and array headers only)."""
-    for file in cifar10_files(path):
+    files = cifar10_files(path)
+    for file in files:
         if not file.is_file():
-            raise UsageError(f"CIFAR-10 shard {file} is missing")
+            later = "" if file == files[-1] else f" ({files[-2].name} is there)"
+            raise UsageError(f"CIFAR-10 shard {file} is missing{later}")
         if file.suffix != ".npz":
             with open(file, "rb") as handle:  # a whole pickle ends with its STOP opcode
                 handle.seek(0, os.SEEK_END)
@@ -299,24 +306,43 @@ def _npz_images(file: Path) -> int:
                     else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read_header(handle)
             size = archive.getinfo("x.npy").file_size
+            with archive.open("y.npy") as handle:
+                labels = np.lib.format.read_array(handle, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise UsageError(f"CIFAR-10 shard {file} is truncated or not an npz file ({exc})") from exc
     if len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3) or dtype != np.uint8:
         raise UsageError(f"CIFAR-10 shard {file}: x has shape {shape} {dtype}, expected (N, 32, 32, 3) uint8")
     if size < int(np.prod(shape)):
         raise UsageError(f"CIFAR-10 shard {file} is truncated")
+    _check_cifar10_labels(file, labels, int(shape[0]))
     return int(shape[0])
+
+
+def _check_cifar10_labels(file: Path, labels: np.ndarray, images: int) -> None:
+    """``UsageError`` unless ``labels`` are one integer class in ``0 .. 9`` per image of the shard."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UsageError(f"CIFAR-10 shard {file}: y has shape {labels.shape} {labels.dtype}, expected one integer "
+                         f"label per image, shape ({images},)")
+    if len(labels) != images:
+        raise UsageError(f"CIFAR-10 shard {file} has {images} images and {len(labels)} labels; they must pair up")
+    outside = labels[(labels < 0) | (labels >= CIFAR10_CLASSES)]
+    if len(outside):
+        raise UsageError(f"CIFAR-10 shard {file}: label {int(outside[0])} is outside 0..{CIFAR10_CLASSES - 1} "
+                         f"({len(outside)} such label(s))")
 
 
 def _read_cifar10_shard(file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one CIFAR-10 shard of either format; ``UsageError`` naming a shard that cannot be read."""
     try:
         if file.suffix != ".npz":
-            return _read_cifar_batch(file)
-        with np.load(file, allow_pickle=False) as f:
-            return np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"].astype(np.int64)
+            x, y = _read_cifar_batch(file)
+        else:
+            with np.load(file, allow_pickle=False) as f:
+                x, y = np.ascontiguousarray(f["x"].transpose(0, 3, 1, 2)), f["y"]
     except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as exc:
         raise UsageError(f"cannot read CIFAR-10 shard {file}: {type(exc).__name__}: {exc}") from exc
+    _check_cifar10_labels(file, y, len(x))
+    return x, y.astype(np.int64)
 
 
 def load_cifar10_arrays(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -329,80 +355,43 @@ def load_cifar10_arrays(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], 
     return (torch.from_numpy(x), torch.from_numpy(y)), (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
 
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _image_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """``(file, label)`` of every image under ``root/<class>/``, in class and name order."""
-    found = []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if folder.is_dir():
-            found += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    return found
-
-
-def _read_folder(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
-    images, labels = [], []
-    for file, label in _image_files(root, classes):
-        try:
-            with Image.open(file) as image:
-                rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # OSError: UnidentifiedImageError too
-            reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot read image {file} ({reason[:160]}); remove or replace it") from exc
-        images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-        labels.append(label)
-    if not images:
-        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
-
-
-def _folder_layout(cfg: DatasetConfig) -> tuple[Path, Path | None, list[str]]:
+def _folder_root(cfg: DatasetConfig) -> Path:
     if not cfg.path:
         raise UsageError("dataset.kind is folder but dataset.path is not set; give the image-folder root")
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise UsageError(f"dataset.path {root} is not a folder (expected one sub-folder of images per class)")
-    test_root = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
-    train_root = root / "train" if (root / "train").is_dir() else root
-    classes = [p.name for p in _class_folders(train_root)]
-    if not classes:
-        raise UsageError(f"dataset.path {train_root} has no class sub-folders")
-    return train_root, test_root, classes
+    return root
+
+
+def _read_files(files: FileList, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of ``files`` decoded and resized to ``size`` (uint8 ``(N, 3, size, size)``) and their labels."""
+    images = [read_rgb(files.path(i), size) for i in range(len(files))]
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(files.labels.astype(np.int64))
 
 
 def num_classes(cfg: DatasetConfig) -> int:
     """The number of classes of the dataset, without loading its images."""
     if cfg.kind == "folder":
         if cfg.stream:
-            from .streaming import folder_classes
+            from .streaming import folder_classes as streamed_classes
 
-            return len(folder_classes(_folder_root(cfg)))
-        return len(_folder_layout(cfg)[2])
-    return 10
-
-
-def _folder_root(cfg: DatasetConfig) -> Path:
-    if not cfg.path:
-        raise UsageError("dataset.kind is folder but dataset.path is not set; give the image-folder root")
-    return Path(cfg.path).expanduser()
+            return len(streamed_classes(_folder_root(cfg)))
+        return len(folder_classes(_folder_root(cfg)))
+    return CIFAR10_CLASSES
 
 
 def check_dataset(cfg: DatasetConfig) -> None:
     """Raise ``UsageError`` now if the dataset cannot be found or a file of it is damaged (reads no pixels:
-    CIFAR-10 shard headers, a streamed folder's file list and sizes)."""
+    CIFAR-10 shard headers and labels, a folder's file list and sizes)."""
     if cfg.kind == "cifar10":
         check_cifar10_files(resolve_cifar10_path(cfg))
     elif cfg.kind == "folder" and cfg.stream:
-        from .streaming import scan_folder
+        from .streaming import scan_folder as scan_split_layout
 
-        scan_folder(_folder_root(cfg))
+        scan_split_layout(_folder_root(cfg))
     elif cfg.kind == "folder":
-        _folder_layout(cfg)
+        scan_folder(_folder_root(cfg))
     elif cfg.kind != "digits":
         raise UsageError(f"dataset.kind {cfg.kind!r} is not known; allowed: {', '.join(DATASET_KINDS)}")
 
@@ -424,10 +413,10 @@ def load_dataset(cfg: DatasetConfig, resolution: int, seed: int = 0) -> ImageDat
     if cfg.kind == "cifar10":
         (x, y), test = load_cifar10_arrays(resolve_cifar10_path(cfg))
         return _assemble(cfg, seed, x, y, test, 10, cfg.image_size or 32, default_flip=True)
-    train_root, test_root, classes = _folder_layout(cfg)
-    x, y = _read_folder(train_root, classes, size)
-    test = _read_folder(test_root, classes, size) if test_root is not None else None
-    return _assemble(cfg, seed, x, y, test, len(classes), size, default_flip=True)
+    index = scan_folder(_folder_root(cfg))
+    x, y = _read_files(index.train, size)
+    val, test = (None if files is None else _read_files(files, size) for files in (index.val, index.test))
+    return _assemble(cfg, seed, x, y, test, len(index.classes), size, default_flip=True, val=val)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -441,16 +430,17 @@ _SPLIT_FIXES = {
 }
 
 
-def _source_sizes(cfg: DatasetConfig) -> tuple[int, int | None]:
-    """(training images, the data's own test images or None when a test split is held out of them)."""
+def _source_sizes(cfg: DatasetConfig) -> tuple[int, int | None, int | None]:
+    """(training images, the data's own validation images, its own test images; None for a split held out
+    of the training images)."""
     if cfg.kind == "digits":
-        return len(load_digits_arrays()[1]), None
+        return len(load_digits_arrays()[1]), None, None
     if cfg.kind == "cifar10":
         counts = [_npz_images(f) if f.suffix == ".npz" else len(_read_cifar10_shard(f)[1])
                   for f in cifar10_files(resolve_cifar10_path(cfg))]
-        return sum(counts[:-1]), counts[-1]
-    train_root, test_root, classes = _folder_layout(cfg)
-    return len(_image_files(train_root, classes)), None if test_root is None else len(_image_files(test_root, classes))
+        return sum(counts[:-1]), None, counts[-1]
+    index = scan_folder(_folder_root(cfg))
+    return len(index.train), *(None if files is None else len(files) for files in (index.val, index.test))
 
 
 def split_sizes(cfg: DatasetConfig, seed: int = 0) -> dict[str, int]:
@@ -461,12 +451,13 @@ def split_sizes(cfg: DatasetConfig, seed: int = 0) -> dict[str, int]:
         data = load_dataset(cfg, cfg.image_size or 1, seed)
         return {split: data.size(split) for split in _SPLIT_NAMES}
     check_dataset(cfg)
-    train, test = _source_sizes(cfg)
+    train, val, test = _source_sizes(cfg)
     if test is None:
         test = _held(train, cfg.test_fraction)
         train -= test
-    val = _held(train, cfg.val_fraction)
-    train -= val
+    if val is None:
+        val = _held(train, cfg.val_fraction)
+        train -= val
     if cfg.max_train_images is not None:
         train = min(train, cfg.max_train_images)
     if cfg.max_test_images is not None:

@@ -6,8 +6,10 @@ need about 190 GB per worker. ``StreamingFolderData`` keeps only the file lists 
 processes. It implements ``supernets.training.DataSource``.
 
 Layout: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (or ``test/``); class names,
-sorted, give the labels of every split. The ``val`` split is a seeded ``val_fraction`` of the training
-files (a file list, never pixels); the ``test`` split is the ``val/`` or ``test/`` tree.
+sorted, give the labels of every split (``nas.image_folder``, shared with the in-memory loader: images in
+sub-folders of a class count, hidden files do not). The ``val`` split is a seeded ``val_fraction`` of the
+training files (a file list, never pixels), or the ``val/`` tree when ``test/`` is there too; the ``test``
+split is the ``test/`` tree, else ``val/``.
 
 Transforms (Inception-style, written with Pillow, no torchvision): training images are cut with a random
 resized crop (area 8-100 %, aspect 3/4-4/3) to ``image_size`` and flipped; evaluation images are resized
@@ -25,142 +27,58 @@ from __future__ import annotations
 import math
 import os
 import traceback
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import IMAGE_SUFFIXES
+from . import image_folder
 from .errors import UsageError
+from .image_folder import FileList, FolderIndex, rgb, unreadable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-TEST_FOLDERS = ("test", "val")
 SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# File lists.
+# File lists (``nas.image_folder``, shared with the in-memory loader): streaming needs the split layout.
 
 
-@dataclass(frozen=True)
-class FileList:
-    """Image files of one split: ``root/classes[label]/name``.
-
-    Names are one numpy bytes array rather than a list of strings: DataLoader workers read it without
-    touching per-item reference counts, so the forked copy-on-write pages stay shared (a Python list of a
-    million paths is copied into every worker as it is read).
-    """
-
-    root: str
-    classes: tuple[str, ...]
-    names: np.ndarray  # bytes (os.fsencode of the file name), dtype S
-    labels: np.ndarray  # int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def path(self, index: int) -> str:
-        label = int(self.labels[index])
-        return os.path.join(self.root, self.classes[label], os.fsdecode(bytes(self.names[index])))
-
-    def subset(self, index: np.ndarray) -> FileList:
-        return FileList(self.root, self.classes, self.names[index], self.labels[index])
-
-
-@dataclass(frozen=True)
-class FolderIndex:
-    """What ``scan_folder`` found: the class names and the files of the train and test trees."""
-
-    classes: tuple[str, ...]
-    train: FileList
-    test: FileList
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
-def _class_dirs(tree: Path) -> list[str]:
-    with os.scandir(tree) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-
-
-def _images(folder: Path) -> list[bytes]:
-    """Sorted image names of one class folder; ``UsageError`` on an empty file."""
-    names = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not (_is_image(entry.name) and entry.is_file()):
-                continue
-            if entry.stat().st_size == 0:
-                raise UsageError(f"image file {folder / entry.name} is empty; remove or replace it")
-            names.append(os.fsencode(entry.name))
-    return sorted(names)
-
-
-def _file_list(tree: Path, classes: tuple[str, ...], present: Iterable[str], require_images: bool) -> FileList:
-    label_of = {name: i for i, name in enumerate(classes)}
-    names: list[bytes] = []
-    labels: list[int] = []
-    for name in present:
-        found = _images(tree / name)
-        if require_images and not found:
-            raise UsageError(f"class folder {tree / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
-                             f"every class of train/ needs at least one")
-        names += found
-        labels += [label_of[name]] * len(found)
-    return FileList(str(tree), classes, np.array(names, dtype=bytes), np.array(labels, dtype=np.int64))
+def _split_root(root: str | os.PathLike[str]) -> Path:
+    root = Path(root).expanduser()
+    if not (root / "train").is_dir():
+        raise UsageError(f"image folder {root} has no train/ folder (expected train/<class>/<image> and "
+                         f"val/<class>/<image>)")
+    return root
 
 
 def folder_classes(root: str | os.PathLike[str]) -> tuple[str, ...]:
     """The sorted class names of an image-folder tree (the folders of ``train/``), listing no files.
 
     Raises:
-        UsageError: when ``root/train`` is missing or has no class folders.
+        UsageError: when ``root/train`` is missing or has fewer than two class folders.
     """
-    root = Path(root).expanduser()
-    train_tree = root / "train"
-    if not train_tree.is_dir():
-        raise UsageError(f"image folder {root} has no train/ folder (expected train/<class>/<image> and "
-                         f"val/<class>/<image>)")
-    classes = tuple(_class_dirs(train_tree))
-    if not classes:
-        raise UsageError(f"{train_tree} has no class sub-folders (expected one folder of images per class)")
-    return classes
+    return image_folder.folder_classes(_split_root(root))
 
 
 def scan_folder(root: str | os.PathLike[str]) -> FolderIndex:
-    """List (never decode) the images of an image-folder tree and check it: one ``os.scandir`` and one
-    ``stat`` per file.
+    """``nas.image_folder.scan_folder`` of a tree in the split layout.
 
     Raises:
-        UsageError: naming the folder or file at fault: no ``train/``, no class folders, a class of
-            ``train/`` without images, an empty image file, no ``val/`` or ``test/``, a class folder in
+        UsageError: naming the folder or file at fault: no ``train/``, fewer than two class folders, a class
+            of ``train/`` without images, an empty image file, no ``val/`` or ``test/``, a class folder in
             that tree which ``train/`` does not have.
     """
-    classes = folder_classes(root)
-    root = Path(root).expanduser()
-    train_tree = root / "train"
-    test_tree = next((root / n for n in TEST_FOLDERS if (root / n).is_dir()), None)
-    if test_tree is None:
+    index = image_folder.scan_folder(_split_root(root))
+    if index.test is None:
         raise UsageError(f"image folder {root} has no val/ or test/ folder (expected val/<class>/<image>)")
-    test_classes = _class_dirs(test_tree)
-    unknown = sorted(set(test_classes) - set(classes))
-    if unknown:
-        raise UsageError(f"class folder {test_tree / unknown[0]} is not a class of {train_tree} "
-                         f"({len(unknown)} such folder(s)); every class needs a train/ folder")
-    train = _file_list(train_tree, classes, classes, require_images=True)
-    test = _file_list(test_tree, classes, test_classes, require_images=False)
-    if len(test) == 0:
-        raise UsageError(f"{test_tree} has no images in class sub-folders (expected {test_tree.name}/<class>/<image>)")
-    return FolderIndex(classes, train, test)
+    return index
 
 
 def _seeded_subset(n: int, keep: int, seed: int, salt: int) -> np.ndarray:
@@ -210,11 +128,6 @@ def centre_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
     return left * sx, top * sy, (left + crop) * sx, (top + crop) * sy
 
 
-def _unreadable(path: str, exc: BaseException) -> UsageError:
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    return UsageError(f"cannot read image {path}: {reason}; remove or replace the file")
-
-
 class _Images(Dataset):
     """Decoded, transformed images of a ``FileList`` as uint8 ``(3, size, size)`` tensors and labels.
 
@@ -240,7 +153,7 @@ class _Images(Dataset):
             image = Image.open(path)
             width, height = image.size
         except Exception as exc:  # anything Pillow raises on a user's file means the file is bad
-            raise _unreadable(path, exc) from None
+            raise unreadable(path, exc) from None
         mirror = False
         if self.augment:
             rng = np.random.default_rng([seed, position, 1])
@@ -254,10 +167,10 @@ class _Images(Dataset):
             drafted = image.draft("RGB", (math.ceil(width * self.size / (right - left)),
                                           math.ceil(height * self.size / (bottom - top))))
             s = drafted[1][2] / width if drafted else 1.0
-            out = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR,
+            out = rgb(image).resize((self.size, self.size), Image.Resampling.BILINEAR,
                                               box=(left * s, top * s, right * s, bottom * s))
         except Exception as exc:
-            raise _unreadable(path, exc) from None
+            raise unreadable(path, exc) from None
         finally:
             image.close()
         if mirror:
@@ -305,9 +218,10 @@ class StreamingFolderData:
     """An image-folder tree read from disk per batch; implements ``supernets.training.DataSource``.
 
     Args:
-        root: the folder holding ``train/`` and ``val/`` (or ``test/``), one sub-folder per class.
+        root: the folder holding ``train/`` and ``val/`` (or ``test/``, or both), one sub-folder per class.
         image_size: side of the delivered images (the training loop resizes further).
-        val_fraction: part of the training files held out (seeded) as the ``val`` split.
+        val_fraction: part of the training files held out (seeded) as the ``val`` split, unless ``root``
+            has both ``val/`` (then the ``val`` split) and ``test/``.
         seed: seed of the validation split and of the ``max_*`` subsets.
         workers: DataLoader worker processes (0: decode in the calling process).
         max_train_images: cap on training files after the validation split (a seeded subset).
@@ -339,10 +253,11 @@ class StreamingFolderData:
         self.flip = flip
         self.augment = augment
         self.device = torch.device("cpu")
-        train = index.train
-        order = np.random.default_rng([seed, 2]).permutation(len(train))
-        held = int(round(len(train) * val_fraction))
-        val, train = train.subset(np.sort(order[:held])), train.subset(np.sort(order[held:]))
+        train, val = index.train, index.val
+        if val is None:  # no val/ beside test/: a seeded part of the training files
+            order = np.random.default_rng([seed, 2]).permutation(len(train))
+            held = int(round(len(train) * val_fraction))
+            val, train = train.subset(np.sort(order[:held])), train.subset(np.sort(order[held:]))
         if max_train_images is not None and max_train_images < len(train):
             train = train.subset(_seeded_subset(len(train), max_train_images, seed, 3))
         test = index.test

@@ -119,3 +119,38 @@ def test_image_folder_with_pillow(tmp_path: Path) -> None:
     assert all(int(x[i, 0].float().mean()) > 200 for i in range(4) if y[i] == 0)
     with pytest.raises(UsageError, match="not a folder"):
         check_dataset(DatasetConfig(kind="folder", path=str(tmp_path / "absent")))
+
+
+def _cifar_folder(root: Path, **shards: tuple[np.ndarray, np.ndarray]) -> Path:
+    """Five 12-image training shards and a 10-image test shard, any of them replaced by ``shards``."""
+    root.mkdir()
+    for i, name in enumerate([f"train_{k}" for k in range(5)] + ["test"]):
+        x, y = shards.get(name, _fake_cifar(12 if name != "test" else 10, i))
+        if x is not None:
+            np.savez(root / f"{name}.npz", x=x, y=y)
+    return root
+
+
+@pytest.mark.parametrize("shard, needle", [
+    ((_fake_cifar(12, 0)[0], np.arange(7, dtype=np.uint8)), "has 12 images and 7 labels"),
+    ((_fake_cifar(12, 0)[0], np.eye(10, dtype=np.uint8)[np.arange(12) % 10]), r"y has shape \(12, 10\)"),
+    ((_fake_cifar(12, 0)[0], np.full(12, 10, np.uint8)), "label 10 is outside 0..9"),
+    ((_fake_cifar(12, 0)[0], np.full(12, -1, np.int64)), "label -1 is outside 0..9"),
+    ((_fake_cifar(12, 0)[0], np.full(12, 3.7)), "expected one integer label per image"),
+    ((None, None), r"train_1.npz is missing \(train_4.npz is there\)"),
+])
+def test_cifar10_shards_whose_labels_do_not_pair_up_are_refused_naming_the_shard(tmp_path, shard, needle):
+    path = _cifar_folder(tmp_path / "c", train_1=shard)
+    cfg = DatasetConfig(kind="cifar10", path=str(path))
+    with pytest.raises(UsageError, match=needle) as caught:
+        check_dataset(cfg)  # before any training: headers and labels only
+    assert "\n" not in str(caught.value) and ("train_1.npz" in str(caught.value))
+
+
+def test_cifar10_test_labels_are_checked_too_and_a_short_part_still_loads(tmp_path):
+    path = _cifar_folder(tmp_path / "bad", test=(_fake_cifar(10, 9)[0], np.full(10, 255, np.uint8)))
+    with pytest.raises(UsageError, match=r"test.npz: label 255 is outside 0..9"):
+        load_dataset(DatasetConfig(kind="cifar10", path=str(path)), resolution=32)
+    part = _cifar_folder(tmp_path / "part", train_2=(None, None), train_3=(None, None), train_4=(None, None))
+    data = load_dataset(DatasetConfig(kind="cifar10", path=str(part), val_fraction=0.25), resolution=32)
+    assert len(data) + data.size("val") == 24  # train_0 and train_1: a part that stops early is a part

@@ -91,6 +91,8 @@ def test_solid_image_normalises_to_known_values(tmp_path: Path) -> None:
     for split in ("train", "val"):
         (tmp_path / split / "grey").mkdir(parents=True)
         Image.new("RGB", (50, 40), (124, 116, 104)).save(tmp_path / split / "grey" / "a.png")
+    (tmp_path / "train" / "white").mkdir()  # a classifier needs two classes
+    Image.new("RGB", (50, 40), (255, 255, 255)).save(tmp_path / "train" / "white" / "a.png")
     data = StreamingFolderData(tmp_path, 16, val_fraction=0.0, workers=0)
     x, y = next(data.eval_batches("test", 1))
     expected = (torch.tensor([124, 116, 104]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
