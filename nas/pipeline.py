@@ -52,6 +52,7 @@ class Pipeline:
                  progress: bool = True, verbose: bool = False, quiet: bool = False) -> None:
         from latency_predictors import DeviceStore, default_root
 
+        from .query import knee_export_path
         from .search_paths import search_paths
 
         self.config = config
@@ -66,7 +67,7 @@ class Pipeline:
         self.latency = config.latency
         self.store = DeviceStore(home if home is not None else default_root())
         self.paths = search_paths(run)
-        self.export_path = run.exports / f"{self.search.devices[0]}-knee.onnx"
+        self.export_path = knee_export_path(run, self.search.devices[0])
         # Every input is checked now, before any stage trains, imports or measures (and nothing is saved).
         self._check_devices()
         self._check_fit_from()

@@ -32,10 +32,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["EXPORT_SUFFIXES", "Normalization", "RunCalibration", "check_min_accuracy", "check_quantized_export",
-           "check_outside_run_results", "export_member", "export_quantized_member", "export_subnet", "ofa_config_of",
-           "open_fronts", "query_front", "run_calibration", "subnet_of", "suffixes_text"]
+           "check_outside_run_results", "export_member", "export_quantized_member", "export_subnet",
+           "knee_export_path", "ofa_config_of", "open_fronts", "query_front", "run_calibration", "subnet_of",
+           "suffixes_text"]
 
 EXPORT_SUFFIXES = (".onnx", ".pt2", ".pt")
+KNEE_SUFFIX = "-knee.onnx"  # nas run's export of a device's knee subnet: RUN/exports/<device>-knee.onnx
 ONNX_TOLERANCE = 1e-4
 # Format tags of the exported files (``hwnas_format`` in their metadata; ``format`` in a ``.pt``).
 ONNX_FORMAT = "hwnas-subnet-onnx-1"
@@ -121,12 +123,20 @@ def open_fronts(run_dir: Any) -> FrontStore:
     return _CheckedFrontStore(path, run_path(run_dir))
 
 
+def knee_export_path(run: Any, device: str) -> Path:
+    """Where ``nas run`` exports the knee subnet of ``device``'s front."""
+    return run.exports / f"{device}{KNEE_SUFFIX}"
+
+
 def check_outside_run_results(out: str | os.PathLike[str], run_dir: Any, option: str) -> Path:
     """``UsageError`` when the output file ``out`` (of ``option``: ``--export``, ``--out``) would replace what the
     run keeps: anything under its ``checkpoints/``, ``fronts/`` or ``search/`` folder, its config copy, metrics,
-    import record or lock files. (Folders for outputs, ``plots/`` and ``exports/``, are fine.) Returns the path."""
+    import record or lock files, or what ``nas run`` writes into the output folders (``plots/fronts.png``,
+    ``exports/<device>-knee.onnx``: ``nas run`` would take another file there for its own, since it tells a
+    stage done by the file's age). Other names under ``plots/`` and ``exports/`` are fine. Returns the path."""
     from .ofa_zoo import IMPORT_RECORD_NAME
     from .rundir import RunDir
+    from .search_paths import search_paths
 
     path = Path(out)
     try:
@@ -137,6 +147,9 @@ def check_outside_run_results(out: str | os.PathLike[str], run_dir: Any, option:
     folders = (run.checkpoints, run.fronts, run.search)
     files = (run.config_copy, run.metrics, run.train_lock, run.root / IMPORT_RECORD_NAME)
     inside = next((f for f in folders if target == f or f in target.parents), None)
+    if target == search_paths(run).plot or (target.parent == run.exports and target.name.endswith(KNEE_SUFFIX)):
+        raise UsageError(f"{option} {str(out)!r} is the name `nas run` gives its own {target.parent.name}/ file in "
+                         f"{run.root}; choose another name (e.g. {target.parent / ('my-' + target.name)})")
     if inside is not None or target in files:
         where = f"into the run's {inside.name}/ folder" if inside is not None else f"over the run's {target.name}"
         raise UsageError(f"{option} {str(out)!r} would write {where} ({run.root}), which keeps the run's results; "

@@ -12,6 +12,7 @@ and makes the devices' searches propose different subnets, so more subnets need 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -138,10 +139,16 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
     a device whose budget no subnet meets is a ``UsageError`` naming the fastest subnet found, and the
     store is left as it was. Members keep the latency measured on their device by hardware in the loop
     (the store's measurements, by arch id and device). A damaged store is a ``DamagedFileError`` naming it,
-    raised when it is opened or read, before anything is written into it.
+    raised when it is opened or read, before anything is written into it. Fronts written from the same
+    finished trials under the same settings (``_written_from``) are left as they are: a search that added
+    nothing keeps what hardware in the loop made of them, and ``nas run``'s later stages stay done.
     """
     from search_spaces import largest, smallest
 
+    store = get_front_store(search_paths(run_dir).fronts)
+    source = _written_from(study, space, config, checkpoint, meta, direct=final_evaluator is not None)
+    if store.get_meta(WRITTEN_FROM_KEY) == source and set(config.devices) <= set(store.devices()):
+        return {d: store.front(d) for d in config.devices}
     if counts_fn is None:
         from search_spaces import arch_counts as counts_fn  # noqa: N813
     table = study_trials(study, space)
@@ -192,7 +199,6 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
                            latency_ms=float(ref_lat[j]))
             for j, (name, arch) in enumerate(ref_archs.items())
         ]
-    store = get_front_store(search_paths(run_dir).fronts)
     with store.transaction():
         for device in config.devices:
             measured = _measured_ms(store, device)
@@ -207,7 +213,25 @@ def write_fronts(study: optuna.Study, space: SearchSpace, config: SearchConfig, 
         store.set_meta("quantization_method", config.quantization_method)
         for key, value in (meta or {}).items():
             store.set_meta(key, value)
+        store.set_meta(WRITTEN_FROM_KEY, source)
     return {d: store.front(d) for d in config.devices}
+
+
+WRITTEN_FROM_KEY = "written_from"
+
+
+def _written_from(study: optuna.Study, space: SearchSpace, config: SearchConfig, checkpoint: str | None,
+                  meta: Mapping[str, Any] | None, direct: bool) -> Any:
+    """What the fronts ``write_fronts`` stores are made of (as the store keeps it, JSON): the study's finished
+    trials (trials are only ever added) and every setting the fronts depend on."""
+    finished = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return json.loads(json.dumps({
+        "study": study.study_name, "trials": len(finished), "last_trial": max(finished, default=-1),
+        "space": space.name, "resolutions": list(space.resolutions), "devices": list(config.devices),
+        "budgets_ms": config.budgets, "precisions": list(config.precisions),
+        "mixed_precision": config.mixed_precision, "quantization_method": config.quantization_method,
+        "checkpoint": checkpoint, "meta": dict(meta or {}), "direct_accuracy": direct,
+    }, sort_keys=True, default=str))
 
 
 def _measured_ms(store: Any, device: str) -> dict[str, float]:

@@ -133,9 +133,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--arch", "smallest", "--max-loss", "-1"], "--max-loss must be a finite number"),
         (["--arch", "smallest", "--max-loss", "nan"], "--max-loss must be a finite number"),
         (["--arch", "smallest", "--calibration-images", "0"], "--calibration-images"),
+        (["--arch", "smallest", "--out-into-run"], "would write into the run's checkpoints/ folder"),
     ]
     for extra, named in cases:
         out = str(tmp_path / ("m.txt" if "--out-suffix" in extra else "m.onnx"))
+        if "--out-into-run" in extra:
+            out, extra = str(tmp_path / "run" / "checkpoints" / "q.onnx"), extra[:-1]
         code = main(["quantize", str(config), *[e for e in extra if e != "--out-suffix"], "--out", out])
         err = capsys.readouterr().err
         assert code == 2, (extra, err)

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..io import check_writable
     from ..quantize import check_calibration_count, check_max_loss, prepare_subnet, quantize_subnet
+    from ..query import check_outside_run_results
     from ..rundir import RunDir
 
     if Path(args.out).suffix != ".onnx":
@@ -62,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
         from search_spaces import policy_from_string
 
         policy_from_string(space, args.policy, arch)
+    run_dir = RunDir.for_config(config, args.run_dir)
+    check_outside_run_results(args.out, run_dir, "--out")
     check_writable(args.out)
     with warnings.catch_warnings():  # the protocol retries a noisy series and keeps the best; no warning here
         warnings.simplefilter("ignore", NoisyMeasurementWarning)
-        prepared = prepare_subnet(config, RunDir.for_config(config, args.run_dir), arch,
+        prepared = prepare_subnet(config, run_dir, arch,
                                   calibration=args.calibration_images, max_images=args.max_images)
         report = quantize_subnet(prepared, args.out, policy=args.policy, max_loss_points=args.max_loss,
                                  method=args.method, granularity=args.granularity)

@@ -80,6 +80,23 @@ def test_query_export_inside_the_runs_results_is_refused(run, capsys, inside):
     assert _snapshot(run) == before
 
 
+@pytest.mark.parametrize("argv", [
+    lambda run: _query(run, "--export", run / "exports" / "dev-knee.onnx"),
+    lambda run: _query(run, "--export", run / "exports" / "other-device-knee.onnx"),
+    lambda run: ["plot", run, "--out", run / "plots" / "fronts.png"],
+])
+def test_outputs_under_the_names_nas_run_gives_its_own_files_are_refused(run, capsys, argv):
+    """``nas run`` tells its plot and export stages done by the files' age: another file under those names
+    would stand for the knee (or the front) from then on."""
+    before = _snapshot(run)
+    fails_in_one_line(capsys, argv(run), "is the name `nas run` gives its own")
+    assert _snapshot(run) == before
+    out = run / "exports" / "dev-small.onnx"  # any other name in the output folders is the user's
+    from nas.query import check_outside_run_results
+
+    assert check_outside_run_results(out, run, "--export") == out
+
+
 # --- C11 / D6: damaged or empty front stores ----------------------------------------------------------------
 
 

@@ -113,9 +113,9 @@ def test_imported_supernets_are_identified_by_their_space_and_zoo_file(tmp_path)
     other.write_bytes(b"other weights")
     run = RunDir(tmp_path / "run")
 
-    def write(config_hash: str, imported: Path | None) -> None:
+    def write(config_hash: str, imported: Path | None, num_classes: int = 1000) -> None:
         summary = {"imported": {"sha256": sha256_file(imported)}} if imported else {}
-        atomic_torch_save({"format": SUPERNET_FORMAT, "space": "ofa_mbv3_w1.2", "num_classes": 1000,
+        atomic_torch_save({"format": SUPERNET_FORMAT, "space": "ofa_mbv3_w1.2", "num_classes": num_classes,
                            "config_hash": config_hash, "summary": summary, "state_dict": {}}, run.supernet_checkpoint)
 
     w12 = {"space": "ofa_mbv3_w1.2", "latency": {}, "search": {"accuracy": "predictor"}}
@@ -127,7 +127,7 @@ def test_imported_supernets_are_identified_by_their_space_and_zoo_file(tmp_path)
     write(f"ofa-import-{sha256_file(other)[:16]}", other)
     with pytest.raises(UsageError, match="imported from another file"):
         check_run_supernet(importing, run)
-    write(plain.config_hash, None)  # trained
+    write(plain.config_hash, None, num_classes=10)  # trained, on the config's 10 digits
     assert check_run_supernet(plain, run) is False
     with pytest.raises(UsageError, match="holds a trained supernet"):
         check_run_supernet(importing, run)

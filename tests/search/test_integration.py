@@ -13,6 +13,7 @@ import yaml
 
 from nas.cli import main
 from nas.config import load_config
+from nas.query import open_fronts
 from nas.rundir import RunDir
 from nas.search import hardware_in_the_loop
 from nas.search_paths import search_paths
@@ -85,6 +86,14 @@ def test_search_stage_on_a_real_supernet_resumes_measures_queries_exports(run, t
     # Hardware in the loop with a real measurement.
     report = hardware_in_the_loop(run_dir, {"local-cpu-1t-ort": measure_torch})["local-cpu-1t-ort"]
     assert report.members_before >= 1 and all(t > 0 for t in report.measured_ms)
+    # A search that adds no trial leaves the fronts hardware in the loop rebuilt as they are (nas run's later
+    # stages stay done: they tell it by the store's age).
+    fronts_file = search_paths(run_dir).fronts
+    before, stamp = open_fronts(run_dir).front("local-cpu-1t-ort"), fronts_file.stat().st_mtime_ns
+    again = search_stage(config, run_dir, n_trials=9, latency_predictors={"local-cpu-1t-ort": toy.latency()},
+                         progress=False)
+    assert open_fronts(run_dir).front("local-cpu-1t-ort") == before and fronts_file.stat().st_mtime_ns == stamp
+    assert [m.arch_id for m in again["local-cpu-1t-ort"]] == [m.arch_id for m in before]
     # Query and export through the command line: ONNX checked against PyTorch before it is written.
     out = tmp_path / "subnet.onnx"
     assert main(["query", str(run_dir.root), "--device", "local-cpu-1t-ort", "--max-latency-ms", "1e6",
