@@ -436,14 +436,14 @@ def check_run_supernet(config: Any, run: Any) -> bool:
         held = str(data.get("config_hash", ""))
         if not held.startswith(IMPORTED_HASH_PREFIX) and config.supernet is None:
             check_identity(data, path, config.space, config.config_hash)
-            _check_classes(config, data, path, imported=False)
+            _check_data(config, data, run, imported=False)
             return False
         check_identity(data, path, config.space, held)  # an import has no training identity: its space only
     except CheckpointError as exc:
         from .config import differences_note
 
         raise UsageError(str(exc) + differences_note(run.config_copy, config)) from exc
-    _check_classes(config, data, path, imported=True)
+    _check_data(config, data, run, imported=True)
     if config.supernet is None:
         return True
     if not held.startswith(IMPORTED_HASH_PREFIX):
@@ -459,18 +459,24 @@ def check_run_supernet(config: Any, run: Any) -> bool:
     return True
 
 
-def _check_classes(config: Any, checkpoint: dict[str, Any], path: Path, imported: bool) -> None:
-    """``UsageError`` when the config's data has another number of classes than the supernet's classifier: a
-    folder tree changed since training (its labels would be shifted) or labels the classifier cannot give.
-    An imported supernet may be scored on part of its classes (an ImageNet tree of some classes)."""
-    if config.dataset is None or "num_classes" not in checkpoint:
+def _check_data(config: Any, checkpoint: dict[str, Any], run: Any, imported: bool) -> None:
+    """``UsageError`` when the config's data is not what the run's supernet was trained on: files added,
+    removed or renamed since training (``nas.data.check_same_data`` against ``run.data_record``; a test image
+    could be a training image), or another number of classes than the classifier's (labels shifted, or
+    labels it cannot give). An imported supernet may be scored on part of its classes (an ImageNet tree of
+    some classes)."""
+    if config.dataset is None:
         return
-    from .data import num_classes
+    from .data import check_same_data, num_classes
 
+    if not imported:
+        check_same_data(run.data_record, config.dataset)
+    if "num_classes" not in checkpoint:
+        return
     model, found = int(checkpoint["num_classes"]), num_classes(config.dataset)
     if found > model or (found != model and not imported):
         where = f"dataset.path {config.dataset.path}" if config.dataset.path else f"dataset.kind {config.dataset.kind}"
-        raise UsageError(f"{where} has {found} classes and the supernet {path} classifies {model}"
+        raise UsageError(f"{where} has {found} classes and the supernet {run.supernet_checkpoint} classifies {model}"
                          + ("" if imported else ": the data changed since training (a class folder added or "
                             "removed?); restore it, or train in another run_dir"))
 

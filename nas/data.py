@@ -23,13 +23,14 @@ is a seeded part of the training set; the test split is only used for final repo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -480,3 +481,80 @@ def check_split_sizes(cfg: DatasetConfig, seed: int, least: Mapping[str, tuple[i
             raise UsageError(f"dataset: the {_SPLIT_NAMES[split]} split holds {sizes[split]} image(s), and "
                              f"{needed_by} needs {count}; {_SPLIT_FIXES[split]}")
     return sizes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The files a run trained on.
+
+
+def data_fingerprint(cfg: DatasetConfig) -> dict[str, Any] | None:
+    """What identifies the files of a dataset, without decoding any: for a folder, per tree, the number of
+    images and a SHA-256 of their labels and paths; for CIFAR-10, the shards' names and sizes; None for the
+    bundled digits. The held-out splits are seeded permutations of these lists, so the same fingerprint means
+    the same training, validation and test images."""
+    if cfg.kind == "folder":
+        if cfg.stream:
+            from .streaming import scan_folder as scan_split_layout
+
+            index = scan_split_layout(_folder_root(cfg))
+        else:
+            index = scan_folder(_folder_root(cfg))
+        trees: dict[str, Any] = {"kind": "folder", "classes": list(index.classes)}
+        for split, files in (("train", index.train), ("val", index.val), ("test", index.test)):
+            if files is not None:
+                digest = hashlib.sha256()
+                for name, label in zip(files.names, files.labels):
+                    digest.update(b"%d/%s\n" % (int(label), bytes(name)))
+                trees[split] = {"images": len(files), "sha256": digest.hexdigest()}
+        return trees
+    if cfg.kind == "cifar10":
+        return {"kind": "cifar10",
+                "shards": {f.name: f.stat().st_size for f in cifar10_files(resolve_cifar10_path(cfg))}}
+    return None
+
+
+def record_data(path: str | os.PathLike[str], cfg: DatasetConfig) -> None:
+    """Keep ``data_fingerprint(cfg)`` at ``path`` (a run's, when it starts training), or check it against the
+    one kept there (``check_same_data``)."""
+    from .io import atomic_write_json
+
+    if Path(path).is_file():
+        check_same_data(path, cfg)
+    else:
+        atomic_write_json(path, data_fingerprint(cfg))
+
+
+def check_same_data(path: str | os.PathLike[str], cfg: DatasetConfig) -> None:
+    """``UsageError`` when the dataset's files are not those fingerprinted at ``path`` (nothing kept there:
+    nothing to check, as for runs trained before fingerprints were kept): images added, removed or renamed
+    since training would move images between the held-out splits and the training split, so a test image
+    could be one the supernet trained on."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}); move it away to use the run without the "
+                         f"check that its data is unchanged") from exc
+    now = data_fingerprint(cfg)
+    if kept == now:
+        return
+    where = f"dataset.path {cfg.path}" if cfg.path else f"dataset.kind {cfg.kind}"
+    if not isinstance(kept, dict) or not isinstance(now, dict) or kept.get("kind") != now.get("kind"):
+        change = "another kind of data"
+    elif kept.get("classes") != now.get("classes"):
+        change = "its class folders differ"
+    else:
+        changes = []
+        for tree in (s for s in ("train", "val", "test", "shards") if kept.get(s) != now.get(s)):
+            then, current = (d.get("images") if isinstance(d, dict) and tree != "shards" else None
+                             for d in (kept.get(tree), now.get(tree)))
+            changes.append(f"{tree}: {then} images then, {current} now" if then != current
+                           else f"its {tree} files differ")
+        change = "; ".join(changes)
+    raise UsageError(f"{where} changed since this run trained on it ({change}): the held-out validation and test "
+                     f"images would not be those training held out; restore the data, or train in another run_dir "
+                     f"(the fingerprint kept: {path})")

@@ -107,7 +107,7 @@ class RunDir:
         where the run folder or ``checkpoints/`` should be, a folder where a checkpoint should be, no
         permission). Without it the last epoch's work is lost when the supernet cannot be saved."""
         for path in (self.config_copy, self.metrics, self.train_lock, self.writer_lock, self.latest_checkpoint,
-                     self.teacher_checkpoint, self.supernet_checkpoint, self.logs / "ray.log"):
+                     self.teacher_checkpoint, self.supernet_checkpoint, self.data_record, self.logs / "ray.log"):
             try:
                 check_writable(path)
             except UsageError as exc:
@@ -138,6 +138,11 @@ class RunDir:
     @property
     def teacher_checkpoint(self) -> Path:
         return self.checkpoints / "teacher.pt"
+
+    @property
+    def data_record(self) -> Path:
+        """The fingerprint of the files training started on (``nas.data.record_data``)."""
+        return self.checkpoints / "data.json"
 
     @property
     def supernet_checkpoint(self) -> Path:

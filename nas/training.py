@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, differences_note
-from .data import check_split_sizes, load_dataset, num_classes
+from .data import check_split_sizes, load_dataset, num_classes, record_data
 from .errors import RetryableError, UsageError
 from .rundir import RunDir
 
@@ -124,6 +124,7 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
         raise UsageError(f"cannot create run folder {run.root} ({exc.strerror or exc}); choose another "
                          f"--run-dir") from exc
     try:
+        record_data(run.data_record, config.dataset)  # kept on the first start, checked on every resume
         _train_locked(config, run, job, space, phases, total, position, verbose, quiet)
     finally:
         lock.release()

@@ -137,3 +137,42 @@ def test_eval_refuses_a_tree_whose_classes_changed_since_training(tmp_path, caps
     assert main(["eval", str(config_file), "--arch", "smallest"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has 3 classes and the supernet" in err and "classifies 2" in err and "\n" not in err
+
+
+def test_a_run_refuses_data_whose_files_changed_since_training(tmp_path, capsys):
+    """Images added, removed or renamed move others between the seeded held-out splits and training: the run
+    keeps a fingerprint of the files (``checkpoints/data.json``) and eval refuses changed data."""
+    import yaml
+
+    from nas.cli import main
+    from nas.config import parse_config
+    from nas.data import data_fingerprint, record_data
+    from nas.rundir import RunDir
+    from supernets import build_supernet
+    from supernets.training.checkpoint import save_supernet
+
+    root = _tree(tmp_path / "flat", {"": 6})
+    raw = {"name": "t", "space": "ofa_mbv3_cifar", "run_dir": str(tmp_path / "run"),
+           "dataset": {"kind": "folder", "path": str(root), "val_fraction": 0.2, "test_fraction": 0.2},
+           "train": {"bn_recal_images": 2}}
+    config_file = tmp_path / "t.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    config = parse_config(raw)
+    run = RunDir(tmp_path / "run")
+    space = config.get_space().with_num_classes(2)
+    save_supernet(run.supernet_checkpoint, build_supernet(space), space, config.config_hash)
+    record_data(run.data_record, config.dataset)  # as `nas train` does when it starts
+    record_data(run.data_record, config.dataset)  # on a resume: the same files pass
+    assert main(["eval", str(config_file), "--arch", "smallest", "--json"]) == 0
+    capsys.readouterr()
+    _images(root / "cat", 7, (9, 9, 9))  # one image more (0..5 are overwritten, 6.png is new)
+    assert main(["eval", str(config_file), "--arch", "smallest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "changed since this run trained on it (train: 12 images then, 13 now)" in err and "\n" not in err
+    (root / "cat" / "6.png").unlink()
+    (root / "cat" / "5.png").rename(root / "cat" / "7.png")  # 12 images again, one renamed
+    assert main(["eval", str(config_file), "--arch", "smallest"]) == 2
+    assert "its train files differ" in capsys.readouterr().err
+    (root / "cat" / "7.png").rename(root / "cat" / "5.png")
+    assert data_fingerprint(config.dataset) == yaml.safe_load(run.data_record.read_text())
+    assert main(["eval", str(config_file), "--arch", "smallest", "--json"]) == 0
