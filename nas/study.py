@@ -53,7 +53,7 @@ from .search_paths import JOURNAL_NAME, run_path, search_paths
 
 __all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_journal", "check_objectives",
            "create_sampler", "is_shared", "load_study", "metric_names", "open_study", "optimize", "sampler_seed",
-           "storage_for", "study_name_for", "study_trials", "supernet_identity"]
+           "searched_space", "storage_for", "study_name_for", "study_trials", "supernet_identity"]
 
 # A database storage's heartbeat: each process records one per running trial every HEARTBEAT_S seconds; a
 # RUNNING trial without one for GRACE_S seconds belongs to a process that died, and is marked failed.
@@ -361,14 +361,26 @@ def _check_identity(config: SearchConfig, name: str, attrs: Mapping[str, Any], e
 
 
 def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
-    """Load the run's study (journal file by default) without a sampler, for reading."""
+    """Load the run's study (journal file by default) without a sampler, for reading.
+
+    Raises:
+        UsageError: the run has no journal, or its storage holds no study of the name ``study_name_for``
+            gives (a journal emptied, a run searched under another ``search.study_name``); the message
+            names the study looked for and those the storage holds.
+    """
     config = config or SearchConfig()
     if not config.storage and not search_paths(run_dir).journal.exists():
         raise UsageError(f"run {str(run_path(run_dir))!r} has no search study (search/{JOURNAL_NAME}); "
                          f"run `nas search` first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage_for(config, run_dir)
-    return optuna.load_study(study_name=study_name_for(config, run_dir, storage), storage=storage)
+    name = study_name_for(config, run_dir, storage)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if name not in names:
+        held = (f"it holds {', '.join(map(repr, names))}; search.study_name names the one to read" if names
+                else "it holds none: its trials are lost; run `nas search` again")
+        raise UsageError(f"run {str(run_path(run_dir))!r}: {_where(config)} has no search study {name!r} ({held})")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def anchor_params(space: SearchSpace) -> list[dict[str, Any]]:
@@ -522,8 +534,38 @@ class TrialTable(NamedTuple):
         return self.subset([i for i in range(len(self.archs)) if self.policy(i) is None])
 
 
+def searched_space(study: optuna.Study, space: SearchSpace) -> SearchSpace:
+    """``space`` limited to the resolutions the study searched (its ``resolutions`` user attribute, written by
+    ``open_study``): a study searched at one resolution has no ``resolution`` parameter, so its trials decode
+    only in that space. A study that records no resolutions (set up before studies recorded them) is read in
+    ``space`` as given.
+
+    Raises:
+        UsageError: the study's resolutions are not resolutions of ``space``.
+    """
+    recorded = study.user_attrs.get("resolutions")
+    if recorded is None:
+        return space
+    try:
+        resolutions = tuple(sorted({int(r) for r in recorded}))
+    except (TypeError, ValueError):
+        resolutions = ()
+    if not resolutions or any(r not in space.resolutions for r in resolutions):
+        raise UsageError(f"study {study.study_name!r} records resolutions {recorded!r}, which are not resolutions "
+                         f"of space {space.name!r} ({', '.join(map(str, space.resolutions))}); is it the study of "
+                         f"another space?")
+    if resolutions == tuple(space.resolutions):
+        return space
+    import dataclasses
+
+    return dataclasses.replace(space, resolutions=resolutions)
+
+
 def study_trials(study: optuna.Study, space: SearchSpace) -> TrialTable:
-    """The study's finished trials with their decoded archs, precision policies and objective values."""
+    """The study's finished trials with their decoded archs, precision policies and objective values, decoded
+    in the space the study searched (``searched_space``), whichever ``space`` (full or restricted) the caller
+    has."""
+    space = searched_space(study, space)
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     trials = sorted(trials, key=lambda t: t.number)
     archs = [decode_params(space, t.params) for t in trials]

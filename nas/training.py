@@ -87,7 +87,7 @@ def train(config: ExperimentConfig, run: RunDir, progress: bool = True, verbose:
     position = "from the start"
     try:
         if run.latest_checkpoint.is_file():
-            state = load_train_state(run.latest_checkpoint, space.name, config.config_hash)
+            state = load_train_state(run.latest_checkpoint, space.name, config.config_hash, [p.epochs for p in phases])
             position = f"after epoch {state['completed_epochs']} of {total}"
         if run.teacher_checkpoint.is_file():  # a damaged teacher would fail every worker at the next phase
             check_identity(read_supernet_file(run.teacher_checkpoint), run.teacher_checkpoint, space.name,

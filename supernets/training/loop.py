@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import SearchSpace, keep_copy, largest, progress_bar, sample, smallest
+from search_spaces import SearchSpace, keep_copy, largest, progress_bar, sample, short_text, smallest
 
 from .checkpoint import (
+    REMEDY,
+    CheckpointError,
     atomic_torch_save,
     check_identity,
     load_train_state,
+    load_weights,
     read_supernet_file,
     save_supernet,
     train_state,
@@ -157,7 +160,7 @@ def _load_teacher(job: TrainJob) -> nn.Module:
     data = read_supernet_file(job.teacher_path)
     check_identity(data, job.teacher_path, job.space.name, job.config_hash)
     full = build_supernet(job.space)
-    full.load_state_dict(data["state_dict"])
+    load_weights(full, data["state_dict"], job.teacher_path, job.space.name)
     teacher = extract(full, largest(job.space)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -319,10 +322,29 @@ def evaluate(job: TrainJob, supernet: nn.Module, data: DataSource,
     }
 
 
-def _resume_state(job: TrainJob, ray_checkpoint_file: str | None) -> dict[str, Any] | None:
+def _resume_state(job: TrainJob, ray_checkpoint_file: str | None) -> tuple[str, dict[str, Any]] | None:
+    """``(path, state)`` of the furthest training checkpoint (Ray's or the run's), its fields checked against
+    the job's schedule by ``load_train_state``; None to start from the beginning."""
     candidates = [f for f in (ray_checkpoint_file, job.latest_path) if f and Path(f).exists()]
-    states = [load_train_state(f, job.space.name, job.config_hash) for f in candidates]
-    return max(states, key=lambda s: s["completed_epochs"]) if states else None
+    epochs = [p.epochs for p in job.phases]
+    states = [(f, load_train_state(f, job.space.name, job.config_hash, epochs)) for f in candidates]
+    return max(states, key=lambda s: s[1]["completed_epochs"]) if states else None
+
+
+def _restore_optimizer(path: str, state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                       scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Load the optimizer and scheduler states of a checkpoint taken mid-phase (``path``: where it was read);
+    ``CheckpointError`` when they are absent or do not fit this phase's optimizer."""
+    for key, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if state[key] is None:
+            raise CheckpointError(f"checkpoint {path} is damaged: field {key!r} is None in the middle of phase "
+                                  f"{state['phase']}; {REMEDY}")
+        try:
+            target.load_state_dict(state[key])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            reason = short_text(str(exc)) or type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} is damaged: field {key!r} does not fit phase "
+                                  f"{state['phase']}'s {key} ({reason}); {REMEDY}") from exc
 
 
 def default_threads() -> int:
@@ -390,12 +412,13 @@ def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | Non
     torch.set_num_threads(max(1, settings.threads_per_worker or threads or default_threads()))
     torch.manual_seed(job.seed)  # identical initial weights on every rank
     supernet = build_supernet(job.space)
-    state = _resume_state(job, ray_checkpoint_file)
+    resumed = _resume_state(job, ray_checkpoint_file)
+    state_path, state = resumed if resumed is not None else ("", None)
     position = Position()
     if state is not None:
-        supernet.load_state_dict(state["model"])
+        load_weights(supernet, state["model"], state_path, job.space.name)
         torch.set_rng_state(state["torch_rng"])
-        position = Position(int(state["phase"]), int(state["epoch"]))
+        position = Position(state["phase"], state["epoch"])
     else:
         if settings.zero_init_residual:
             supernet.zero_init_residuals()
@@ -434,9 +457,8 @@ def _run_job(job: TrainJob, rank: int, world_size: int, reporter: Reporter | Non
         optimizer = make_optimizer(supernet, phase, settings)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps)
         scaler = execution.grad_scaler()
-        if state is not None and int(state["phase"]) == p and int(state["epoch"]) > 0:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        if state is not None and state["phase"] == p and state["epoch"] > 0:
+            _restore_optimizer(state_path, state, optimizer, scheduler)
         state = None
         for _ in range(position.epoch, phase.epochs):
             started = time.perf_counter()

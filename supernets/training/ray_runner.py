@@ -242,7 +242,7 @@ def _fit(ray: Any, trainer_cls: Any, job: TrainJob, settings: RaySettings, stora
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
         kind, message = failure_cause(str(exc))
-        if kind in ("UsageError", "LockBusyError", "TrainingDivergedError", "TrainingInputError"):
+        if kind in ("UsageError", "LockBusyError", "TrainingDivergedError", "TrainingInputError", "CheckpointError"):
             raise TrainingFailedError(message, user_error=True) from exc
         raise TrainingFailedError(f"training failed after {settings.max_failures} restarts: "
                                   f"{kind + ': ' if kind else ''}{message}") from exc
