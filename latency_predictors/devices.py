@@ -7,9 +7,9 @@ A device is an id plus how it runs a model. Ids of devices this machine can meas
 - ``<hardware>``: a word naming the CPU (``cpu``, or e.g. ``xeon``; letters and digits). The local backends
   time models on this machine's CPU, so an accelerator's name (``gpu``, ``cuda``, ``npu``, ``tpu``, ``mps``,
   ...) is refused: its measurements would be CPU timings saved under a GPU's name;
-- ``<N>t``: intra-op threads, e.g. ``1t``, ``4t``;
+- ``<N>t``: intra-op threads, e.g. ``1t``, ``4t``; at most ``MAX_THREADS`` (1024);
 - ``<backend>``: ``ort`` (ONNX Runtime), ``torch`` (PyTorch eager) or ``compile`` (``torch.compile``);
-- ``-b<B>``: batch size, default 1.
+- ``-b<B>``: batch size, default 1; at most ``MAX_BATCH_SIZE`` (4096).
 
 Examples: ``local-cpu-1t-ort``, ``local-cpu-2t-torch-b8``.
 
@@ -18,10 +18,10 @@ An NVIDIA GPU of this machine (through CUDA) is named::
     local-cuda[<index>][-b<B>]-<backend>
 
 e.g. ``local-cuda-b1-torch``, ``local-cuda-b64-compile``, ``local-cuda1-b8-ort`` (GPU 1; ``ort`` needs
-ONNX Runtime's CUDA provider). Timing uses CUDA events around each run, after warm-up, synchronised. Measuring
-on such a device where this machine has no such GPU is refused; its stored tables and predictors stay usable
-anywhere. Any other id (letters, digits, ``.``, ``_``,
-``-``) names a device whose data was imported (``note10`` from Once-for-All's tables) or measured
+ONNX Runtime's CUDA provider; the batch size has the same bound). Timing uses CUDA events around each run,
+after warm-up, synchronised. Measuring on such a device where this machine has no such GPU is refused; its
+stored tables and predictors stay usable anywhere. Any other id (letters, digits, ``.``, ``_``, ``-``) names
+a device whose data was imported (``note10`` from Once-for-All's tables) or measured
 elsewhere; it has no local backend.
 
 The store lays out one folder per device under its root (``$HWNAS_HOME``, default ``~/.hwnas``; library
@@ -62,6 +62,10 @@ _ANY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Hardware words of local ids that name an accelerator, which no local backend measures on.
 _ACCELERATOR = re.compile(r"^(gpu|cuda|rocm|hip|xpu|mps|npu|tpu|dsp|nnapi|vulkan|metal|trt|tensorrt)[0-9]*$")
 DEVICE_FILE_VERSION = 1
+# Bounds of the local grammar, generous for any machine: beyond them a backend fails only once measuring
+# (an integer overflow, an allocation of terabytes), after the device was recorded.
+MAX_THREADS = 1024
+MAX_BATCH_SIZE = 4096
 
 
 class LatencyError(Exception):
@@ -126,12 +130,23 @@ def _backend_of(device_id: str, token: str, example: str) -> str:
     return BACKEND_TOKENS[token]
 
 
+def _bounded(device_id: str, digits: str | None, limit: int, what: str) -> int:
+    """The count ``digits`` of an id (1 when absent), refused above ``limit``."""
+    if digits is None:
+        return 1
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        raise UnknownDeviceError(f"device {device_id!r}: {what} {digits} is out of range; allowed: 1 to {limit}")
+    return int(digits)
+
+
 def parse_device_id(device_id: str) -> Device | None:
-    """The local device an id describes, or None when the id does not follow the local grammar."""
+    """The local device an id describes, or None when the id does not follow the local grammar. Threads above
+    ``MAX_THREADS`` or a batch size above ``MAX_BATCH_SIZE`` are an ``UnknownDeviceError``."""
     cuda = _CUDA_ID.match(device_id)
     if cuda:
         return Device(id=device_id, backend=_backend_of(device_id, cuda["backend"], "local-cuda-b1-torch"),
-                      threads=1, batch_size=int(cuda["batch"] or 1), accelerator=f"cuda:{int(cuda['index'] or 0)}")
+                      threads=1, batch_size=_bounded(device_id, cuda["batch"], MAX_BATCH_SIZE, "batch size"),
+                      accelerator=f"cuda:{int(cuda['index'] or 0)}")
     match = _LOCAL_ID.match(device_id)
     if not match:
         return None
@@ -145,7 +160,8 @@ def parse_device_id(device_id: str) -> Device | None:
         raise UnknownDeviceError(f"device {device_id!r} names hardware {match['hw']!r}, which no local backend "
                                  f"measures; use {cpu_id!r} for this machine's CPU, or local-cuda-b<B>-<backend> "
                                  f"for an NVIDIA GPU")
-    return Device(id=device_id, backend=backend, threads=int(match["threads"]), batch_size=int(match["batch"] or 1))
+    return Device(id=device_id, backend=backend, threads=_bounded(device_id, match["threads"], MAX_THREADS, "threads"),
+                  batch_size=_bounded(device_id, match["batch"], MAX_BATCH_SIZE, "batch size"))
 
 
 def local_device_id(threads: int = 1, backend: str = "onnxruntime", batch_size: int = 1,
@@ -447,6 +463,33 @@ class DeviceStore:
         parse_device_id(device.id)
         check_measurable(device)
         return self.save(device.with_metadata(capture_metadata(device.accelerator)))
+
+    @contextlib.contextmanager
+    def recording(self, device_id: str) -> Iterator[None]:
+        """For a block that records ``device_id`` (``refresh_metadata``) and then measures on it: when the block
+        fails (an error or an interruption) and the device was not stored before it, its folder goes again unless
+        the block left data there (table entries, measurements, predictors). A failed first measurement thus
+        registers nothing, and what was measured stays for the next run to resume."""
+        stored = (self.device_dir(device_id) / "device.json").is_file()
+        try:
+            yield
+        except BaseException:
+            if not stored:
+                self._forget_without_data(device_id)
+            raise
+
+    def _forget_without_data(self, device_id: str) -> None:
+        """Remove the folder of ``device_id`` when it holds nothing but its record and lock, and no one else
+        measures on it (holds the lock) now."""
+        from .measure import device_lock
+
+        folder = self.device_dir(device_id)
+        if not folder.is_dir():
+            return
+        bare = {"device.json", self.lock_path(device_id).name}
+        with contextlib.suppress(TimeoutError, OSError), device_lock(self.lock_path(device_id), timeout_s=0):
+            if not any(p.is_file() and p.relative_to(folder).as_posix() not in bare for p in folder.rglob("*")):
+                shutil.rmtree(folder)
 
     def tables(self, device_id: str) -> list[str]:
         folder = self.device_dir(device_id) / "tables"

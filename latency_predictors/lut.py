@@ -316,7 +316,7 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     missing layers are measured; resolutions accumulate. The table keeps the protocol of its first build (and its
     load reference's base, so later entries share its scale); adding entries under a protocol that differs in a
     ``COMPARABLE_SETTINGS`` is refused before anything is measured. The file is saved at least every
-    ``save_every_s`` seconds, at the end, and when interrupted (by any exception).
+    ``save_every_s`` seconds, at the end, and when interrupted (by any exception), once it holds an entry.
 
     ``precision`` other than fp32 adds that precision's entries (``<key>@<precision>``, ``measure`` timing each
     layer in it, e.g. ``LayerMeasurer`` over ``measure.quantized_backend``); fp32 entries keep their keys. Such
@@ -380,7 +380,8 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
             bar.close()
             # From the entries, also when interrupted: an unfinished int8 pass leaves a complete fp32 table complete.
             table.complete = all(key in table.entries for key in enumerate_layers(space, table.resolutions))
-            table.save(path)
+            if table.entries or path.is_file():  # a first build that measured nothing leaves no table
+                table.save(path)
             if noisy:
                 warnings.warn(f"{noisy} of the {len(todo)} layers measured stayed noisy (their entries say "
                               f"\"noisy\": true); a quieter machine or more repeats would steady them",

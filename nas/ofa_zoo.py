@@ -505,9 +505,11 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
                                   space_name: str | None = None) -> ImportedPredictor:
     """Write Once-for-All's tutorial predictor into ``RUN/search/accuracy_predictor.json`` (JSON, no pickle).
 
-    The space is ``space_name``, else that of the run's imported supernet, else ``ofa_mbv3_w1.2``. A predictor
-    the run's search fitted (a file without an ``imported`` record, told apart as ``_import_plan`` does) is
-    refused before anything is read; an earlier import is replaced.
+    The space is ``space_name``, else that of the run's supernet, else ``ofa_mbv3_w1.2``; a ``space_name`` other
+    than the run's supernet's, or a run whose supernet is of a space the predictor does not score (a trained
+    ``ofa_mbv3_cifar`` run), is refused. So is a predictor the run's search fitted (a file without an
+    ``imported`` record, told apart as ``_import_plan`` does), before anything is read; an earlier import is
+    replaced.
     """
     from search_spaces import get_space
 
@@ -518,8 +520,15 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
     if target.is_file() and _imported_sha(target) is None:  # as the config route (``_import_plan``) refuses it
         raise UsageError(f"run {run.root} already holds an accuracy predictor not imported (fitted by its search: "
                          f"{target}); import into another --run-dir, or move that file away first")
-    if space_name is None:
-        space_name = _import_record(run).get("space", "ofa_mbv3_w1.2")
+    run_space = _supernet_space(run)
+    if run_space is not None and run_space not in OFA_SUPERNET_SPACES:
+        raise UsageError(f"run {run.root} holds a supernet of space {run_space!r}, which Once-for-All's predictor "
+                         f"does not score (it scores {', '.join(OFA_SUPERNET_SPACES)}); import into another --run-dir")
+    if run_space is not None and space_name is not None and space_name != run_space:
+        raise UsageError(f"--space {space_name} contradicts run {run.root}, whose supernet is of space "
+                         f"{run_space!r}; give --space {run_space} (or leave it out), or import into another "
+                         f"--run-dir")
+    space_name = space_name or run_space or "ofa_mbv3_w1.2"
     if space_name not in OFA_SUPERNET_SPACES:
         raise UsageError(f"space {space_name!r} is not one Once-for-All's predictor scores; allowed: "
                          f"{', '.join(OFA_SUPERNET_SPACES)}")
@@ -552,6 +561,16 @@ def _import_record(run: RunDir) -> dict[str, Any]:
         if not isinstance(data, dict) or not isinstance(data.get("space", ""), str):
             raise ValueError(f"expected a JSON object with the space's name; got {str(data)[:60]}")
     return data
+
+
+def _supernet_space(run: RunDir) -> str | None:
+    """The space of the run's supernet (trained or imported), else of its import record; None when it has
+    neither. A damaged checkpoint is a ``CheckpointError`` naming it."""
+    from supernets.training.checkpoint import read_supernet_file
+
+    if run.supernet_checkpoint.is_file():
+        return str(read_supernet_file(run.supernet_checkpoint)["space"])
+    return _import_record(run).get("space") or None
 
 
 def _imported_sha(path: Path) -> str | None:

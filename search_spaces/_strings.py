@@ -3,7 +3,8 @@
 Grammar (only the dimensions a space lets vary are written)::
 
     arch   := "r" RESOLUTION ("/" stage)+
-    stage  := ["w" WIDTH_MULT ":"] (blocks | "d" DEPTH ":" block)   # the second form: identical blocks
+    stage  := ["w" WIDTH_MULT ":"] (blocks | "d" DEPTH ":" block)   # the second form: identical blocks;
+                                                                      # "w" needed where the width varies
     blocks := block ("," block)*                                      # one token per active block
     block  := token ("_" token)*
     token  := "conv" | "sep" | "mb"        operator (mbconv, sepconv, conv)
@@ -11,6 +12,7 @@ Grammar (only the dimensions a space lets vary are written)::
             | "e" EXPAND                   expansion ratio (mbconv only)
             | "se" RATIO                   squeeze-excite ratio (0 = none)
             | "id" | "noid"                identity shortcut where shapes allow, or none
+    (each field at most once per block)
 
 Example (``ofa_mbv3_w1.0``): ``r224/k3_e6,k5_e4/k7_e3,k3_e3,k5_e6/...`` -- five stages, one token per block.
 Example (``mnasnet``): ``r224/w1.25:d2:mb_k5_e6_se0.25_id/...``.
@@ -78,20 +80,25 @@ def _parse_block(spec: StageSpec, text: str, where: str) -> BlockArch:
     expand: float | None = None
     se = spec.se_ratios[0] if len(spec.se_ratios) == 1 else None
     skip = spec.skips[0] if len(spec.skips) == 1 else None
+    given: dict[str, str] = {}  # field -> the token that gave it
     for token in text.split("_") if text != "b" else []:
         if token in _TOKEN_OPS:
-            op = _TOKEN_OPS[token]
+            name, op = "operator", _TOKEN_OPS[token]
         elif token in ("id", "noid"):
-            skip = token == "id"
+            name, skip = "shortcut", token == "id"
         elif token.startswith("se"):
-            se = _parse_number(token, "se", where)
+            name, se = "se ratio", _parse_number(token, "se", where)
         elif token.startswith("k"):
-            kernel = _parse_int(token, "k", where)
+            name, kernel = "kernel size", _parse_int(token, "k", where)
         elif token.startswith("e"):
-            expand = _parse_number(token, "e", where)
+            name, expand = "expand ratio", _parse_number(token, "e", where)
         else:
             raise ArchError(f"{where}: unknown token {token!r} in block {text!r}; "
                             "tokens: conv, sep, mb, k<int>, e<num>, se<num>, id, noid")
+        if name in given:
+            raise ArchError(f"{where}: block {text!r} gives its {name} twice ({given[name]!r} and {token!r}); "
+                            f"give each once")
+        given[name] = token
     missing = [name for name, v in (("op", op), ("kernel", kernel), ("se", se), ("skip", skip)) if v is None]
     if missing:
         raise ArchError(f"{where}: block {text!r} does not give {', '.join(missing)}")
@@ -123,6 +130,9 @@ def arch_from_string(space: SearchSpace, text: str) -> Arch:
         if token.startswith("w"):
             head, _, token = token.partition(":")
             width = _parse_number(head, "w", where)
+        elif len(spec.width_mults) > 1:
+            raise ArchError(f"{where}: stage {token!r} does not give its width multiplier; start it with "
+                            f"w<num>: (allowed: {', '.join(map(_num, spec.width_mults))})")
         if spec.shared_blocks:
             head, _, body = token.partition(":")
             if not head.startswith("d") or not body:

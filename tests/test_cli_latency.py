@@ -40,6 +40,60 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("device, needle", [
+    ("local-cpu-99999999999999999999t-ort", "allowed: 1 to 1024"),
+    ("local-cpu-1t-ort-b99999999999999", "allowed: 1 to 4096"),
+    ("local-cpu-1t-compile-b1000000", "allowed: 1 to 4096"),
+])
+def test_absurd_threads_or_batch_are_refused_and_register_nothing(device, needle, capsys, tmp_path):
+    code, out, err = _run(capsys, "latency", "build", "--space", "ofa_mbv3_cifar", "--no-ray", "--resolutions", "24",
+                          "--device", device, "--quiet", "--home", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and needle in err
+    assert json.loads(_run(capsys, "devices", "--json", "--home", str(tmp_path))[1])["devices"] == []
+
+
+@pytest.mark.parametrize("measured", [0, 3])
+def test_a_build_failing_before_its_first_entry_registers_nothing(measured, capsys, tmp_path, monkeypatch):
+    """A backend error while measuring leaves no device record nor table; entries measured before it stay, with
+    the device, for the next build to resume."""
+    import contextlib
+
+    import latency_predictors.remote
+    from latency_predictors import LookupTable
+    from latency_predictors.measure import Measurement
+
+    calls = []
+
+    def failing(layer):
+        calls.append(layer)
+        if len(calls) > measured:
+            raise RuntimeError("cannot allocate memory")
+        return Measurement(latency_ms=1.0, median_ms=1.0, spread=0.0, kept=1, rejected=0)
+
+    monkeypatch.setattr(latency_predictors.remote, "table_measurer",
+                        lambda *args, **kwargs: contextlib.nullcontext(failing))
+    home = tmp_path / "home"
+    with pytest.raises(RuntimeError, match="cannot allocate memory"):
+        main(["latency", "build", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch", "--no-ray",
+              "--resolutions", "24", "--quiet", "--home", str(home)])
+    capsys.readouterr()
+    code, out, _ = _run(capsys, "devices", "--json", "--home", str(home))
+    devices = json.loads(out)["devices"]
+    if not measured:
+        assert devices == [] and not (home / "devices" / "local-cpu-1t-torch").exists()
+    else:
+        assert [d["id"] for d in devices] == ["local-cpu-1t-torch"] and devices[0]["tables"] == ["ofa_mbv3_cifar"]
+        table = LookupTable.load(home / "devices" / "local-cpu-1t-torch" / "tables" / "ofa_mbv3_cifar.json")
+        assert len(table.entries) == measured and not table.complete
+
+
+def test_eval_without_a_table_registers_nothing(capsys, tmp_path):
+    code, _, err = _run(capsys, "latency", "eval", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch",
+                        "--home", str(tmp_path))
+    assert code == 2 and "no predictors or table" in err
+    assert json.loads(_run(capsys, "devices", "--json", "--home", str(tmp_path))[1])["devices"] == []
+
+
 def test_build_then_devices_lists_table(capsys, tmp_path):
     home = str(tmp_path)
     code, out, _ = _run(capsys, "latency", "build", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-torch",

@@ -59,6 +59,13 @@ def test_arch_info_string_and_sample(capsys):
     (["arch", "info", "ofa_mbv3_cifar", "r99/k3_e3"], "has 1 stages"),
     (["arch", "info", "ofa_mbv3_cifar", "--largest", "--smallest"], "exactly one of"),
     (["arch", "info", "ofa_mbv3_cifar", "--sample", "0"], "--sample must be >= 1"),
+    (["arch", "info", "ofa_mbv3_cifar", "--sample", "100000000"], "--sample must be >= 1 and <= 10000"),
+    (["arch", "info", "ofa_mbv3_cifar", "--sample", "10001"], "got 10001"),
+    (["arch", "info", "ofa_mbv3_cifar", "r32/k7_e6_k5,k7_e6/k7_e6,k7_e6/k7_e6,k7_e6/k7_e6,k7_e6/k7_e6,k7_e6"],
+     "gives its kernel size twice ('k7' and 'k5')"),
+    (["arch"], "'nas arch' needs a subcommand: info"),
+    (["latency"], "'nas latency' needs a subcommand: build, import-ofa, fit, eval"),
+    (["import"], "'nas import' needs a subcommand: ofa-supernet, ofa-accuracy-predictor"),
     (["arch", "info", "ofa_mbv3_cifar", "--ofa-config", "{bad"], "not valid JSON"),
     (["arch", "info", "ofa_mbv3_cifar", "--ofa-config", '{"ks": [3], "e": [3], "d": [2]}'], "'d' has 1 entries"),
 ])
@@ -67,6 +74,23 @@ def test_bad_input_gives_one_line_and_status_2(capsys, argv, message):
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["latency", "import-ofa"], ["lookup_table.yaml", "devices/<id>/tables/<space>.json", "$HWNAS_HOME"]),
+    (["latency", "fit"], ["predictors/<space>/<kind>.json", "measurements/<space>.json", "$HWNAS_HOME"]),
+    (["latency", "eval"], ["devices/<id>/eval/<space>.csv", "$HWNAS_HOME"]),
+    (["import", "ofa-supernet"], ["DIR/checkpoints/supernet.pt", "DIR/import.json"]),
+    (["import", "ofa-accuracy-predictor"], ["DIR/search/accuracy_predictor.json", "the run's supernet's space"]),
+])
+def test_leaf_help_says_what_the_command_does_and_writes(capsys, monkeypatch, argv, words):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal's width, breaking long paths
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())  # between usage and arguments
+    for word in words:
+        assert word in description, description
 
 
 def test_console_script_runs_as_a_process():

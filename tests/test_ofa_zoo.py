@@ -173,6 +173,28 @@ def test_imported_predictor_equals_once_for_all(tmp_path, capsys, space_name):
     np.testing.assert_allclose(checked(archs), expected["predictions"], atol=1e-6, rtol=0)
 
 
+def test_predictor_space_must_fit_the_run(tmp_path, capsys):
+    """A --space other than the run's supernet's, or a run of a space the predictor does not score, is refused
+    in one line, writing nothing; left out, --space is the run's."""
+    from supernets import build_supernet
+    from supernets.training.checkpoint import save_supernet
+
+    imported = tmp_path / "imported"
+    import_ofa_supernet(SUPERNET_FILE, "ofa_mbv3_w1.0", imported)
+    trained = RunDir(tmp_path / "trained").create()
+    cifar = get_space("ofa_mbv3_cifar")
+    save_supernet(trained.supernet_checkpoint, build_supernet(cifar), cifar, "trained-here")
+    for run_dir, extra, needles in (
+            (imported, ["--space", "ofa_mbv3_w1.2"], ("--space ofa_mbv3_w1.2 contradicts", "'ofa_mbv3_w1.0'")),
+            (trained.root, ["--space", "ofa_mbv3_w1.2"], ("'ofa_mbv3_cifar'", "does not score")),
+            (trained.root, [], ("'ofa_mbv3_cifar'", "does not score"))):
+        fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", PREDICTOR_FILE, "--run-dir", run_dir, *extra],
+                          *needles)
+        assert not (RunDir(run_dir).search / PREDICTOR_NAME).exists()
+    assert main(["import", "ofa-accuracy-predictor", str(PREDICTOR_FILE), "--run-dir", str(imported)]) == 0
+    assert AccuracyPredictor.load(RunDir(imported).search / PREDICTOR_NAME).space.name == "ofa_mbv3_w1.0"
+
+
 def test_predictor_refuses_resolutions_it_does_not_cover():
     space = get_space("ofa_mbv3_w1.2")
     predictor = OFAAccuracyPredictor.from_layers(space, load_ofa_predictor_layers(PREDICTOR_FILE))

@@ -20,6 +20,10 @@ from search_spaces import (
 
 from ..config import check_seed
 from ..errors import UsageError
+from . import require_subcommand
+
+# The most subnets --sample describes: each takes a few milliseconds, so this many is about half a minute.
+MAX_SAMPLE = 10_000
 
 
 def arch_summary(space: SearchSpace, arch: Arch) -> dict:
@@ -92,8 +96,8 @@ def select_archs(space: SearchSpace, args: argparse.Namespace) -> list[Arch]:
         if not isinstance(config, dict):
             raise UsageError('--ofa-config must be a JSON object like {"ks": [...], "e": [...], "d": [...]}')
         return [from_ofa_config(space, config)]
-    if args.sample < 1:
-        raise UsageError(f"--sample must be >= 1, got {args.sample}")
+    if not 1 <= args.sample <= MAX_SAMPLE:
+        raise UsageError(f"--sample must be >= 1 and <= {MAX_SAMPLE}, got {args.sample}")
     return sample(space, args.sample, check_seed(args.seed, "--seed"))
 
 
@@ -125,10 +129,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("arch", metavar="ARCH", nargs="?", help="arch string")
     info.add_argument("--largest", action="store_true", help="the largest subnet")
     info.add_argument("--smallest", action="store_true", help="the smallest subnet")
-    info.add_argument("--sample", type=int, metavar="N", help="N random subnets")
+    info.add_argument("--sample", type=int, metavar="N", help=f"N random subnets (1 to {MAX_SAMPLE})")
     info.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
     info.add_argument("--ofa-config", metavar="JSON", help='an Once-for-All config {"ks": [...], "e": [...], '
                       '"d": [...], "r": [...]} (ofa_mbv3_* spaces)')
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=run)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    require_subcommand(p, sub)

@@ -32,20 +32,36 @@ def predictor_cmd(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..ofa_zoo import OFA_SUPERNET_SPACES
+    from . import require_subcommand
 
     p = subparsers.add_parser("import", help="Once-for-All model-zoo files as a ready run",
                               description="Import Once-for-All's published supernets and accuracy predictor "
                                           "into a run folder (read safely: weights only, never code).")
-    sub = p.add_subparsers(dest="import_command", metavar="WHAT", required=True)
+    sub = p.add_subparsers(dest="import_command", metavar="WHAT")
+    require_subcommand(p, sub)
 
-    s = sub.add_parser("ofa-supernet", help="a zoo supernet checkpoint as a run's trained supernet")
+    s = sub.add_parser("ofa-supernet", help="a zoo supernet checkpoint as a run's trained supernet",
+                       description="Map a Once-for-All model-zoo supernet checkpoint (ofa_mbv3_d234_e346_k357_w1.0 "
+                                   "or _w1.2, read with weights only) onto hwnas's supernet of --space, checking "
+                                   "every tensor's name and shape before anything is written. Writes DIR/"
+                                   "checkpoints/supernet.pt (an ordinary trained supernet: 'nas search', 'nas "
+                                   "query' and 'nas eval' use it) and DIR/import.json (the source file and its "
+                                   "sha256). A run that trained its own supernet is refused; an earlier import "
+                                   "is replaced.")
     s.add_argument("file", metavar="FILE", help="ofa_mbv3_d234_e346_k357_w1.0 or _w1.2 checkpoint")
     s.add_argument("--space", required=True, choices=OFA_SUPERNET_SPACES, help="the space of the file's width")
     s.add_argument("--run-dir", required=True, metavar="DIR", help="the run folder to write")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(handler=supernet_cmd)
 
-    a = sub.add_parser("ofa-accuracy-predictor", help="the tutorial accuracy predictor as the search's accuracy")
+    a = sub.add_parser("ofa-accuracy-predictor", help="the tutorial accuracy predictor as the search's accuracy",
+                       description="Convert Once-for-All's tutorial accuracy predictor (acc_predictor.pth, an MLP "
+                                   "state dict, read with weights only) into hwnas's accuracy-predictor format and "
+                                   "write it to DIR/search/accuracy_predictor.json (JSON), where a search with "
+                                   "accuracy: predictor uses it instead of fitting its own; it scores only the "
+                                   "resolutions it was trained on (160 to 224). --space must be the run's "
+                                   "supernet's space; a predictor the run's search fitted is refused, an earlier "
+                                   "import is replaced.")
     a.add_argument("file", metavar="FILE", help="acc_predictor.pth (state dict of the tutorial's MLP)")
     a.add_argument("--run-dir", required=True, metavar="DIR", help="the run folder to write it into")
     a.add_argument("--space", default=None, choices=OFA_SUPERNET_SPACES,

@@ -117,20 +117,22 @@ def build_cmd(args: argparse.Namespace) -> int:
     store = _store(args)
     if precisions != ("fp32",):
         _check_quantized_backend(store, args.device, args.backend, precisions)
-    device = _measured_device(args, store, args.backend)
-    path = store.table_path(device.id, space.name)
-    where = ""
-    if "fp32" in precisions:
-        with table_measurer(space, static_builder(), device, config,
-                            use_ray=False if args.no_ray else None) as measure:
-            table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
-                                lock_path=store.lock_path(device.id), progress=args.progress)
-        where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
-    for precision in precisions:
-        if precision != "fp32":  # timed in this process: the layer is quantised where it is timed
-            measure = quantized_layer_measure(space, device, config, precision)
-            table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
-                                lock_path=store.lock_path(device.id), progress=args.progress, precision=precision)
+    with store.recording(args.device):  # a build that fails before its first entry registers nothing
+        device = _measured_device(args, store, args.backend)
+        path = store.table_path(device.id, space.name)
+        where = ""
+        if "fp32" in precisions:
+            with table_measurer(space, static_builder(), device, config,
+                                use_ray=False if args.no_ray else None) as measure:
+                table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
+                                    lock_path=store.lock_path(device.id), progress=args.progress)
+            where = f" (measured on Ray node {measure.node_id})" if getattr(measure, "node_id", None) else ""
+        for precision in precisions:
+            if precision != "fp32":  # timed in this process: the layer is quantised where it is timed
+                measure = quantized_layer_measure(space, device, config, precision)
+                table = build_table(space, device, path, measure, resolutions=resolutions, protocol=config,
+                                    lock_path=store.lock_path(device.id), progress=args.progress,
+                                    precision=precision)
     layers = len({key.split("@")[0] for key in table.entries})
     counts = "" if table.precisions == ("fp32",) else " (entries: " + ", ".join(
         f"{sum(1 for e in table.entries.values() if e.get('precision', 'fp32') == p)} {p}"
@@ -252,11 +254,12 @@ def fit_cmd(args: argparse.Namespace) -> int:
         if args.source == args.device:
             raise UsageError(f"--from names the device being fitted ({args.device!r}); name another device")
         source_predictors(store, args.source, space, args.from_kind, args.device)
-    device = _measured_device(args, store)
-    report = fit_device(store, device, space, static_builder(), args.samples, config,
-                        resolutions=resolutions, use_ray=not args.no_ray,
-                        progress=args.progress, seed=args.seed, choose=args.choose, source=args.source,
-                        source_kind=args.from_kind)
+    with store.recording(args.device):  # a fit that fails before its first measurement registers nothing
+        device = _measured_device(args, store)
+        report = fit_device(store, device, space, static_builder(), args.samples, config,
+                            resolutions=resolutions, use_ray=not args.no_ray,
+                            progress=args.progress, seed=args.seed, choose=args.choose, source=args.source,
+                            source_kind=args.from_kind)
     if args.json:
         print(json.dumps({**report.to_dict(), "folder": str(store.predictor_dir(device.id, space.name))},
                          indent=2), file=args.stdout)
@@ -278,11 +281,13 @@ def eval_cmd(args: argparse.Namespace) -> int:
         if args.fit_samples < 3:
             raise UsageError(f"--fit-samples must be at least 3 (got {args.fit_samples})")
         _check_quantized_backend(store, args.device, None, (args.precision,), flag="--precision")
-        return _eval_quantized(args, space, config, resolutions, store, _measured_device(args, store))
-    device = _measured_device(args, store)
-    report = evaluate_predictors(store, device, space, static_builder(), args.samples, config,
-                                 resolutions=resolutions, use_ray=not args.no_ray,
-                                 progress=args.progress, curve_draws=args.draws)
+    with store.recording(args.device):  # an eval that fails before its first measurement registers nothing
+        device = _measured_device(args, store)
+        if args.precision != "fp32":
+            return _eval_quantized(args, space, config, resolutions, store, device)
+        report = evaluate_predictors(store, device, space, static_builder(), args.samples, config,
+                                     resolutions=resolutions, use_ray=not args.no_ray,
+                                     progress=args.progress, curve_draws=args.draws)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report), file=args.stdout)
     return 0
 
@@ -332,10 +337,13 @@ def _common(p: argparse.ArgumentParser, measuring: bool = True) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from . import require_subcommand
+
     p = subparsers.add_parser("latency", help="per-device lookup tables and latency predictors",
                               description="Measure lookup tables, import OFA tables, fit and evaluate "
                                           "latency predictors. Data goes to $HWNAS_HOME (default ~/.hwnas).")
-    sub = p.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="latency_command", metavar="ACTION")
+    require_subcommand(p, sub)
 
     b = sub.add_parser("build", help="measure a lookup table (here, or on the Ray node offering the device)",
                        description="Measure every layer the space can produce on the device. When a Ray cluster is "
@@ -353,17 +361,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "'nas quantize' quantises; onnxruntime devices only); int8 entries are timed in this process")
     b.set_defaults(handler=build_cmd)
 
-    i = sub.add_parser("import-ofa", help="read Once-for-All YAML lookup tables")
+    i = sub.add_parser("import-ofa", help="read Once-for-All YAML lookup tables",
+                       description="Read Once-for-All's per-resolution lookup tables (<resolution>_lookup_table.yaml, "
+                                   "timed on a phone or board elsewhere) and store them as the lookup table of "
+                                   "--space on the device --device, an id of its own such as note10 (not a "
+                                   "local-... id of this machine). Writes devices/<id>/device.json and "
+                                   "devices/<id>/tables/<space>.json under $HWNAS_HOME (default ~/.hwnas); an "
+                                   "earlier import of the same tables is replaced, nothing is recorded when the "
+                                   "files cannot be read.")
     i.add_argument("directory", help="folder with <resolution>_lookup_table.yaml files")
     i.add_argument("--device", required=True, help="id to store the tables under, e.g. note10")
     i.add_argument("--space", default=DEFAULT_OFA_SPACE, help=f"space the tables describe ({DEFAULT_OFA_SPACE})")
     i.add_argument("--home", default=None, help="device data folder (default $HWNAS_HOME or ~/.hwnas)")
     i.set_defaults(handler=import_ofa_cmd)
 
-    for name, handler, default_n, text in (
-            ("fit", fit_cmd, 100, "learned predictors from measured subnets"),
-            ("eval", eval_cmd, 50, "predictor accuracy against fresh measurements")):
-        f = sub.add_parser(name, help=text)
+    for name, handler, default_n, text, description in (
+            ("fit", fit_cmd, 100, "learned predictors from measured subnets",
+             "Measure --samples whole subnets of the space end to end on the device (on the Ray node offering "
+             "device:<id> unless --no-ray; earlier measurements are reused) and fit every latency predictor kind "
+             "the data allows, starting from the device's lookup table where it has one. Writes "
+             "devices/<id>/measurements/<space>.json and devices/<id>/predictors/<space>/<kind>.json under "
+             "$HWNAS_HOME (default ~/.hwnas), and prints each predictor's cross-validated accuracy."),
+            ("eval", eval_cmd, 50, "predictor accuracy against fresh measurements",
+             "Measure --samples fresh subnets (none the predictors were fitted on) twice each on the device and "
+             "report how well the device's saved predictors and lookup table predict them (error, rank "
+             "correlation, accuracy against the number of training subnets, the repeatability floor). Writes "
+             "devices/<id>/eval/<space>.csv, .png and .json under $HWNAS_HOME (default ~/.hwnas); needs a "
+             "table or predictors ('nas latency build' or 'fit') first.")):
+        f = sub.add_parser(name, help=text, description=description)
         _common(f)
         f.add_argument("--samples", type=int, default=default_n, help=f"subnets to measure (default {default_n})")
         f.add_argument("--no-ray", action="store_true", help="measure in this process instead of a Ray task")

@@ -64,3 +64,38 @@ def test_store_resolves_saves_and_describes(tmp_path):
     assert rows[0]["tables"] == [] and rows[0]["predictors"] == {}
     with pytest.raises(LatencyError, match="invalid device id"):
         store.device_dir("../x")
+
+
+@pytest.mark.parametrize("device_id, needle", [
+    ("local-cpu-99999999999999999999t-ort", "threads 99999999999999999999 is out of range; allowed: 1 to 1024"),
+    ("local-cpu-1025t-ort", "threads 1025 is out of range"),
+    ("local-cpu-1t-ort-b99999999999999", "batch size 99999999999999 is out of range; allowed: 1 to 4096"),
+    ("local-cpu-1t-compile-b1000000", "batch size 1000000 is out of range"),
+    ("local-cuda-b4097-torch", "batch size 4097 is out of range"),
+])
+def test_local_ids_bound_threads_and_batch(device_id, needle):
+    """Counts no machine runs are refused by the grammar, before a backend fails on them mid-measurement."""
+    with pytest.raises(UnknownDeviceError, match=needle):
+        parse_device_id(device_id)
+    top = parse_device_id("local-cpu-1024t-torch-b4096")
+    assert (top.threads, top.batch_size) == (1024, 4096)
+    assert parse_device_id("local-cuda-b4096-torch").batch_size == 4096
+
+
+def test_recording_forgets_a_new_device_left_without_data(tmp_path):
+    store = DeviceStore(tmp_path)
+    with pytest.raises(RuntimeError), store.recording("local-cpu-1t-ort"):
+        store.resolve("local-cpu-1t-ort")
+        store.lock_path("local-cpu-1t-ort").touch()
+        raise RuntimeError("measuring failed")
+    assert store.list_ids() == [] and not store.device_dir("local-cpu-1t-ort").exists()
+    with pytest.raises(RuntimeError), store.recording("local-cpu-1t-ort"):  # data written: kept to resume
+        store.resolve("local-cpu-1t-ort")
+        store.table_path("local-cpu-1t-ort", "s").parent.mkdir()
+        store.table_path("local-cpu-1t-ort", "s").write_text("{}")
+        raise RuntimeError("measuring failed")
+    assert store.list_ids() == ["local-cpu-1t-ort"]
+    store.table_path("local-cpu-1t-ort", "s").unlink()
+    with pytest.raises(RuntimeError), store.recording("local-cpu-1t-ort"):  # stored before: never removed
+        raise RuntimeError("measuring failed")
+    assert store.list_ids() == ["local-cpu-1t-ort"]

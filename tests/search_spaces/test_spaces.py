@@ -196,6 +196,22 @@ def test_string_errors(text, message):
         ss.arch_from_string(ss.get_space("ofa_mbv3_w1.0"), text)
 
 
+@pytest.mark.parametrize("name, first_stage, message", [
+    ("ofa_mbv3_w1.0", "k7_e6_k5,k3_e6", "block 'k7_e6_k5' gives its kernel size twice \\('k7' and 'k5'\\)"),
+    ("ofa_mbv3_w1.0", "k3_e6,k3_e4_e6", "gives its expand ratio twice"),
+    ("mnasnet", "w1.25:d2:conv_k5_se0.25_id_noid", "gives its shortcut twice \\('id' and 'noid'\\)"),
+    ("mnasnet", "w1.25:d2:conv_sep_k5_se0.25_id", "gives its operator twice"),
+    ("mnasnet", "w1.25:d2:conv_k5_se0.25_se0_id", "gives its se ratio twice"),
+    ("mnasnet", "d2:conv_k5_se0.25_id", "does not give its width multiplier.*allowed: 0.75, 1, 1.25"),
+])
+def test_string_refuses_repeated_and_missing_fields(name, first_stage, message):
+    """A field given twice is refused (not: the last wins), and so is a width left out where it varies."""
+    space = ss.get_space(name)
+    parts = ss.arch_to_string(space, ss.largest(space)).split("/")
+    with pytest.raises(ss.ArchError, match=message):
+        ss.arch_from_string(space, "/".join([parts[0], first_stage, *parts[2:]]))
+
+
 def test_space_size_matches_ofa():
     # OFA: about 2 x 10^19 subnets per resolution ((3^2+3^3+3^4)... with 9 choices per block).
     space = ss.get_space("ofa_mbv3_w1.0")
