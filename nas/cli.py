@@ -3,7 +3,8 @@
 Each sub-command lives in ``nas/commands/<name>.py`` with ``register(subparsers)``; the handler it sets
 returns an exit status. Bad input (``UsageError``, an invalid arch, an unknown space) ends with one line
 on stderr and exit status 2, never a traceback; so does a damaged file of ours (``DamagedFileError``) or a
-path that cannot be written (``nas.io`` raises ``UsageError`` naming it).
+path that cannot be written (``nas.io`` raises ``UsageError`` naming it). A command line argparse refuses (a
+missing or malformed option) is one line too, naming the command's ``--help``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import hwnas_version
 from .errors import RetryableError, UsageError
@@ -26,17 +28,26 @@ COMMAND_MODULES = ("spaces", "arch", "train", "eval", "latency", "devices", "sea
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from latency_predictors import LatencyError
-    from search_spaces import ArchError, DamagedFileError, UnknownSpaceError
+    from search_spaces import ArchError, DamagedFileError, RayAddressError, UnknownSpaceError
     from supernets.training import CheckpointError, DeviceError
 
     # ``DamagedFileError``: every reader of a file the project wrote (tables, predictors, device records,
     # front stores) raises it with the file's path and what to do; ``CheckpointError`` the same for
-    # checkpoints (damaged, or of another run).
-    return (UsageError, ArchError, UnknownSpaceError, LatencyError, DamagedFileError, CheckpointError, DeviceError)
+    # checkpoints (damaged, or of another run). ``RayAddressError``: ``RAY_ADDRESS`` malformed, or no cluster there.
+    return (UsageError, ArchError, UnknownSpaceError, LatencyError, DamagedFileError, CheckpointError, DeviceError,
+            RayAddressError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line usage error: ``nas query: error: MESSAGE (see nas query --help)``, exit
+    status 2. Sub-commands' parsers are of this class too (``add_subparsers`` makes its parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nas",
         description="hwnas: hardware-aware neural architecture search (once-for-all supernets, "
                     "per-device latency, Optuna Pareto fronts).",

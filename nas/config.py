@@ -2,7 +2,7 @@
 
 Format (every key optional except ``name`` and ``space``)::
 
-    name: quickstart            # run folder name: runs/<name>/ under the current directory
+    name: quickstart            # run folder name: runs/<name>/ under the current directory (letters, digits, -, _, .)
     space: ofa_mbv3_cifar       # a registered space (``nas spaces``)
     seed: 0
     run_dir: null               # another run folder (relative paths resolve against the current directory)
@@ -14,7 +14,7 @@ Format (every key optional except ``name`` and ``space``)::
       phases:                              # optional; default: the strategy's schedule (OFA / sandwich)
         - {name: full, epochs: 2, lr: 0.1, elastic: {resolutions: [24, 32]}}
         - {name: kernel, epochs: 2, lr: 0.03, elastic: {kernel_sizes: [3, 5, 7]}, distill_weight: 1.0}
-    ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings
+    ray: {address: null, num_workers: 1, cpus_per_worker: 1, max_failures: 2}   # RaySettings (counts <= 100000)
     supernet: {import: ofa, path: ..., accuracy_predictor: ...}   # optional: import, do not train (SupernetImport)
     devices: [local-cpu-1t-ort, {id: note10, max_latency_ms: 20}]   # or a mapping; nas.search_config
     latency: {table: true, fit_samples: 0, ...}                     # nas.latency_config.LatencySettings
@@ -40,6 +40,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -49,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from search_spaces import SearchSpace, UnknownSpaceError, get_space, short_text
+from search_spaces import SearchSpace, UnknownSpaceError, get_space, ray_address_problem, short_text
 from supernets.training import (
     DEVICES,
     ELASTIC_DIMENSIONS,
@@ -218,6 +220,16 @@ SEED_LIMIT = 2**32 - 1
 """Largest seed (numpy's legacy and scikit-learn's ``random_state`` limit); seeds are >= 0 (numpy's
 ``default_rng`` refuses negative ones)."""
 
+RAY_COUNT_LIMIT = 100_000
+"""Largest count of the ``ray`` section (workers, CPUs or GPUs per worker, CPUs, restarts): Ray refuses
+resource quantities above 1e14 only once it runs, and no cluster comes near this."""
+
+CONFIG_SIZE_LIMIT = 4 * 2**20
+"""Largest config file read, in bytes (configs are a few kilobytes; a device or a huge file is refused)."""
+
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+"""A run name: a plain folder name that does not start with a dot."""
+
 
 def _shown(value: Any) -> str:
     """``repr(value)``, cut to 40 characters (a 400-digit number in a one-line error helps nobody)."""
@@ -280,7 +292,7 @@ def _parse_dataclass(cls: type, raw: Any, where: str, skip: tuple[str, ...] = ()
         kwargs[name] = _coerce(raw[name], hints[name], key)
         problem = (checks or {}).get(name, lambda _v: None)(kwargs[name])
         if problem:
-            raise UsageError(f"{key}: {kwargs[name]!r} is not allowed; {problem}")
+            raise UsageError(f"{key}: {_shown(kwargs[name])} is not allowed; {problem}")
     return kwargs
 
 
@@ -296,6 +308,17 @@ def _fraction(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _in_range(low: int, high: int) -> Callable[[Any], str | None]:
+    """From ``low`` (0, or 1 for an integer) to ``high``; said as ``_positive`` / ``_non_negative`` say the first."""
+    floor = "> 0" if low == 1 else f">= {low}"
+    return lambda value: None if value is None or low <= value <= high else f"must be {floor} and <= {high}"
+
+
+def _ray_address(value: Any) -> str | None:
+    problem = None if value is None else ray_address_problem(value)
+    return problem and f"{problem}; or null to start Ray here"
+
+
 def _held_out_fraction(value: Any) -> str | None:
     """A part held out as a split that must not be empty (the test split of data without one of its own)."""
     return None if 0 < value < 1 else "must be in (0, 1): a split that holds no images would be scored as 0"
@@ -306,11 +329,15 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
 
 
 def parse_dataset(raw: Any) -> DatasetConfig:
-    return DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
+    config = DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
         "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _held_out_fraction,
         "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _non_negative,
         "image_size": _positive, "loader_workers": _non_negative,
     }))
+    if config.kind == "digits" and config.path is not None:
+        raise UsageError(f"dataset.path: {_shown(config.path)} is not allowed with kind digits (scikit-learn's "
+                         f"bundled images, read from no path); remove it, or set kind to cifar10 or folder")
+    return config
 
 
 def _parse_phase(raw: Any, where: str, space: SearchSpace) -> Phase:
@@ -337,7 +364,7 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
     raw = _mapping(raw, "train")
     kwargs = _parse_dataclass(TrainSettings, raw, "train", skip=("phases",), checks={
         "strategy": _one_of(STRATEGIES), "epochs_scale": _positive, "lr": _positive, "batch_size": _positive,
-        "momentum": _non_negative, "weight_decay": _non_negative, "kd_temperature": _positive,
+        "momentum": _fraction, "weight_decay": _non_negative, "kd_temperature": _positive,
         "kernel_transform_lr": _non_negative, "sandwich_labels": _one_of(SANDWICH_SUBSETS),
         "sandwich_dropout": _one_of(SANDWICH_SUBSETS),
         "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
@@ -359,9 +386,10 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
 
 
 def parse_ray(raw: Any) -> RaySettings:
+    counts = _in_range(1, RAY_COUNT_LIMIT)
     return RaySettings(**_parse_dataclass(RaySettings, raw, "ray", checks={
-        "num_workers": _positive, "cpus_per_worker": _positive, "num_cpus": _positive,
-        "max_failures": _non_negative, "gpus_per_worker": _non_negative}))
+        "address": _ray_address, "num_workers": counts, "cpus_per_worker": counts, "num_cpus": counts,
+        "max_failures": _in_range(0, RAY_COUNT_LIMIT), "gpus_per_worker": _in_range(0, RAY_COUNT_LIMIT)}))
 
 
 SECTION_PARSERS: dict[str, Callable[[Any, SearchSpace], Any]] = {
@@ -425,8 +453,9 @@ def parse_config(raw: Any, source: str | None = None) -> ExperimentConfig:
         if required not in raw:
             raise UsageError(f"config: {required} is required")
     name = _coerce(raw["name"], str, "name")
-    if not name or "/" in name or name.startswith("."):
-        raise UsageError(f"name: {name!r} is not allowed; a plain folder name (letters, digits, -, _)")
+    if _NAME.fullmatch(name) is None:
+        raise UsageError(f"name: {_shown(name)} is not allowed; a plain folder name (letters, digits, -, _ and "
+                         f"dots, not first)")
     kwargs: dict[str, Any] = {"name": name, "space": _coerce(raw["space"], str, "space"), "source": source}
     if "seed" in raw:
         kwargs["seed"] = check_seed(raw["seed"], "seed")
@@ -519,7 +548,15 @@ def load_config(path: str | Path, *, epochs_scale: float | None = None) -> Exper
     """Read and validate an experiment config file; ``epochs_scale`` overrides ``train.epochs_scale``."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        # Not a folder, a device (/dev/zero reads forever) or a pipe (opening one waits for a writer).
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise UsageError(f"config {path} is not a regular file; a config is a YAML text file")
+        with path.open("rb") as file:
+            data = file.read(CONFIG_SIZE_LIMIT + 1)
+        if len(data) > CONFIG_SIZE_LIMIT:
+            raise UsageError(f"config {path} is larger than {CONFIG_SIZE_LIMIT // 2**20} MiB; a config is a small "
+                             f"YAML text file")
+        text = data.decode("utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:

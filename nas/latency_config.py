@@ -28,6 +28,9 @@ from .errors import UsageError
 CLOCKS = ("wall", "thread_cpu")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PROTOCOL = MeasureConfig()  # the one place the measurement defaults live
+# The allowed range of each integer setting: far beyond any useful measurement (a table times every layer of the
+# space repeats times), so that a slip (10**19) is refused at load instead of starting work that never ends.
+INT_RANGES = {"fit_samples": (0, 100_000), "warmup": (0, 1_000), "repeats": (1, 10_000)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +71,9 @@ class LatencySettings:
             elif key == "resolutions":
                 ok = isinstance(value, (list, tuple)) and all(_is_int(r) and r > 0 for r in value)
                 value = tuple(value) if ok else value
-            elif key in ("fit_samples", "warmup", "repeats"):
-                ok = _is_int(value) and value >= (1 if key == "repeats" else 0)
+            elif key in INT_RANGES:
+                low, high = INT_RANGES[key]
+                ok = _is_int(value) and low <= value <= high
             elif key == "quantile":
                 # The range test first: it also refuses nan and inf, and compares an integer too large for a
                 # float exactly (``math.isfinite(10**400)`` raises OverflowError).
@@ -83,8 +87,8 @@ class LatencySettings:
                 hint = {"table": "true or false", "load_reference": "true or false",
                         "resolutions": "a list of the space's resolutions",
                         "quantile": "a number in (0, 0.5]", "clock": " or ".join(CLOCKS),
-                        "repeats": "an integer >= 1", "fit_from": "a device id (letters, digits, '.', '_', '-')"
-                        }.get(key, "an integer >= 0")
+                        "fit_from": "a device id (letters, digits, '.', '_', '-')",
+                        **{k: f"an integer >= {low} and <= {high}" for k, (low, high) in INT_RANGES.items()}}[key]
                 raise UsageError(f"latency.{key}: {_shown(value)} is not allowed; {hint}")
             values[key] = value
         settings = cls(**values)

@@ -217,16 +217,18 @@ class Pipeline:
                         lock_path=self.store.lock_path(device.id), progress=self.progress, precision=precision)
 
         for device, what in self._latency_missing():
-            device = self.store.refresh_metadata(device)
-            if what == "table":
-                with table_measurer(self.space, static_builder(), device, measure) as measure_layer:
-                    build(device, measure_layer)
-            elif what != "fit":  # a precision's entries, timed in this process where each layer is quantised
-                build(device, quantized_layer_measure(self.space, device, measure, what), what)
-            else:
-                source = self.latency.fit_from if self._fits_transfer(device) else None
-                fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples, measure,
-                               resolutions=self.latency.resolutions or None, progress=self.progress, source=source)
+            with self.store.recording(device.id):  # failing before its first measurement registers nothing
+                device = self.store.refresh_metadata(device)
+                if what == "table":
+                    with table_measurer(self.space, static_builder(), device, measure) as measure_layer:
+                        build(device, measure_layer)
+                elif what != "fit":  # a precision's entries, timed in this process where each layer is quantised
+                    build(device, quantized_layer_measure(self.space, device, measure, what), what)
+                else:
+                    source = self.latency.fit_from if self._fits_transfer(device) else None
+                    fit_predictors(self.store, device, self.space, static_builder(), self.latency.fit_samples,
+                                   measure, resolutions=self.latency.resolutions or None, progress=self.progress,
+                                   source=source)
 
     def _search(self) -> None:
         from .search_stage import search_stage

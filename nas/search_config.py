@@ -40,6 +40,12 @@ ACCURACY_OBJECTIVES = ("direct", "predictor")
 # Smallest allowed value of each integer setting.
 INT_MINIMUMS = {"n_trials": 1, "batch_size": 1, "population_size": 2, "predictor_samples": 1, "eval_workers": 1,
                 "precision_candidates": 1}
+# Largest allowed value of each: far beyond any real search, so that a slip (2**63) is refused at load instead of
+# starting work that never ends, or asking Ray for more actors (eval_workers) than it can place.
+INT_MAXIMUMS = {"n_trials": 10**7, "batch_size": 10**5, "population_size": 10**5, "predictor_samples": 10**6,
+                "eval_workers": 10**4, "precision_candidates": 10**5}
+# Largest search.refine_evaluations (the default with the predictor is 1,000,000; about 10^5 are scored a second).
+MAX_REFINE_EVALUATIONS = 10**8
 # Samplers seed numpy, which takes seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
 
@@ -137,7 +143,8 @@ class SearchConfig:
             return self
         import dataclasses
 
-        return dataclasses.replace(self, n_trials=_int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"]))
+        return dataclasses.replace(self, n_trials=_int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"],
+                                                                INT_MAXIMUMS["n_trials"]))
 
     def to_dict(self) -> dict[str, Any]:
         """``{"devices": [...], "search": {...}}``: the config sections this value parses back from."""
@@ -161,9 +168,11 @@ class SearchConfig:
         ``{max_latency_ms}`` (or null).
 
         Every number is checked finite and in range here, before any work starts: a bad one is a one-line
-        ``UsageError`` naming the key and the allowed range. ``n_trials`` is the ``--n-trials`` flag
-        (overrides ``search.n_trials``; checked the same way).
+        ``UsageError`` naming the key and the allowed range (integers: ``INT_MINIMUMS`` to ``INT_MAXIMUMS``).
+        ``n_trials`` is the ``--n-trials`` flag (overrides ``search.n_trials``; checked the same way).
         """
+        from .config import _shown  # the config module's (it imports this one at load)
+
         if search is not None and not isinstance(search, Mapping):
             raise UsageError(f"search must be a mapping of settings; got {search!r}")
         if devices is not None and not isinstance(devices, (Mapping, list, tuple)):
@@ -177,7 +186,11 @@ class SearchConfig:
         device_ids: list[str] = []
         budgets: dict[str, float] = {}
         if isinstance(devices, Mapping):  # {device id: {max_latency_ms: ...} or None}
-            devices = [{"id": str(k), **(dict(v) if isinstance(v, Mapping) else {})} for k, v in devices.items()]
+            for k, v in devices.items():
+                if v is not None and not isinstance(v, Mapping):
+                    raise UsageError(f"devices.{k}: {_shown(v)} is not allowed; expected null or "
+                                     f"{{max_latency_ms: MS}}")
+            devices = [{"id": str(k), **(v or {})} for k, v in devices.items()]
         for entry in devices or ():
             if isinstance(entry, str):
                 device_ids.append(entry)
@@ -194,9 +207,12 @@ class SearchConfig:
                 raise UsageError(f"devices: each entry must be a device id or a mapping with 'id'; got {entry!r}")
         if len(set(device_ids)) != len(device_ids):
             raise UsageError(f"devices: duplicate device ids in {device_ids}")
-        raw_budgets = search.pop("latency_budgets_ms", None) or {}
+        raw_budgets = search.pop("latency_budgets_ms", None)
+        if raw_budgets is None:
+            raw_budgets = {}
         if not isinstance(raw_budgets, Mapping):
-            raise UsageError("search.latency_budgets_ms must map device ids to milliseconds")
+            raise UsageError(f"search.latency_budgets_ms must map device ids to milliseconds (or be null); "
+                             f"got {_shown(raw_budgets)}")
         for device, value in raw_budgets.items():
             if device_ids and device not in device_ids:
                 raise UsageError(f"search.latency_budgets_ms: unknown device {device!r}; devices: "
@@ -209,9 +225,10 @@ class SearchConfig:
             values["accuracy"] = _choice("search.accuracy", search["accuracy"], ACCURACY_OBJECTIVES)
         for name, low in INT_MINIMUMS.items():
             if name in search:
-                values[name] = _int_in_range(f"search.{name}", search[name], low)
+                values[name] = _int_in_range(f"search.{name}", search[name], low, INT_MAXIMUMS[name])
         if n_trials is not None:
-            values["n_trials"] = _int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"])
+            values["n_trials"] = _int_in_range("--n-trials", n_trials, INT_MINIMUMS["n_trials"],
+                                               INT_MAXIMUMS["n_trials"])
         if "seed" in search:
             values["seed"] = _int_in_range("search.seed", search["seed"], 0, MAX_SEED)
         if "predictor_holdout" in search:
@@ -254,7 +271,8 @@ class SearchConfig:
             raise UsageError("search.mixed_precision mixes fp32 and int8: list both in search.precisions "
                              "(e.g. precisions: [fp32, int8])")
         if search.get("refine_evaluations") is not None:
-            values["refine_evaluations"] = _int_in_range("search.refine_evaluations", search["refine_evaluations"], 0)
+            values["refine_evaluations"] = _int_in_range("search.refine_evaluations", search["refine_evaluations"], 0,
+                                                         MAX_REFINE_EVALUATIONS)
         return cls(devices=tuple(device_ids), latency_budgets_ms=tuple(sorted(budgets.items())), **values)
 
 
@@ -265,13 +283,24 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _int_in_range(name: str, value: Any, low: int, high: int | None = None) -> int:
+    from .config import _shown  # the config module's (it imports this one at load)
+
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise UsageError(f"{name} must be {allowed}; got {value!r}")
+        side = f"<= {high}" if isinstance(value, int) and not isinstance(value, bool) and value > low else f">= {low}"
+        allowed = "" if high is None else f" (allowed: {low} to {high})"
+        raise UsageError(f"{name} must be an integer {side}; got {_shown(value)}{allowed}")
     return value
 
 
 def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{name} must be a finite number of milliseconds > 0; got {value!r}")
+    """``value`` as milliseconds of a latency budget: a finite number > 0 (the config's budgets and ``nas query
+    --max-latency-ms``)."""
+    from .config import _shown
+
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    except OverflowError:  # an integer beyond float's range
+        ok = False
+    if not ok:
+        raise UsageError(f"{name} must be a finite number of milliseconds > 0; got {_shown(value)}")
     return float(value)

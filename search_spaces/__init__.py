@@ -24,7 +24,7 @@ from ._precision import (
     validate_policy,
 )
 from ._progress import progress_bar
-from ._ray import connect_ray, ray_cluster_named_or_running, set_ray_environment
+from ._ray import RayAddressError, connect_ray, ray_address_problem, ray_cluster_named_or_running, set_ray_environment
 from ._registry import UnknownSpaceError, get_space, list_spaces, register_space
 from ._sampling import Seed, as_generator, crossover, largest, mutate, random_arch, sample, smallest
 from ._size import block_choices, space_size
@@ -46,8 +46,10 @@ __all__ = [
     "block_macs",
     "head_macs",
     "stem_macs",
+    "RayAddressError",
     "connect_ray",
     "progress_bar",
+    "ray_address_problem",
     "ray_cluster_named_or_running",
     "set_ray_environment",
     "ACTIVATIONS",

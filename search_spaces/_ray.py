@@ -10,10 +10,35 @@ still needs only the standard library and numpy.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["connect_ray", "ray_cluster_named_or_running", "set_ray_environment"]
+from ._files import short_text
+
+__all__ = ["RAY_ADDRESS_FORMS", "RayAddressError", "connect_ray", "ray_address_problem",
+           "ray_cluster_named_or_running", "set_ray_environment"]
+
+RAY_ADDRESS_FORMS = "auto, local, HOST:PORT or ray://HOST:PORT (a port from 1 to 65535)"
+"""The addresses ``ray.init`` takes, as the one-line errors list them."""
+
+# HOST:PORT, optionally after ``ray://`` (Ray Client); an IPv6 host in brackets, as Ray writes it.
+_ADDRESS = re.compile(r"(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*):([0-9]{1,5})")
+
+
+class RayAddressError(ValueError):
+    """The Ray cluster an address names cannot be used: the address is malformed, or nothing answers there."""
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why ``address`` is not one ``ray.init`` takes (None: it is). The one address check: the config's
+    ``ray.address`` and ``RAY_ADDRESS``."""
+    if address in ("auto", "local"):
+        return None
+    match = _ADDRESS.fullmatch(address)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        return f"expected {RAY_ADDRESS_FORMS}"
+    return None
 
 
 def set_ray_environment() -> None:
@@ -34,7 +59,8 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
     - a cluster started on this machine with ``ray start``: attach to it;
     - otherwise start a local instance with ``num_cpus`` and ``resources`` (no dashboard).
 
-    ``init_kwargs`` (``runtime_env``, ``log_to_driver``...) apply in every case.
+    ``init_kwargs`` (``runtime_env``, ``log_to_driver``...) apply in every case. A malformed address (``address``
+    or ``RAY_ADDRESS``), or a named cluster that refuses the connection, raises ``RayAddressError`` in one line.
 
     ``ray.init(num_cpus=...)`` is refused when it attaches to a running cluster, hence the order.
     ``set_ray_environment`` runs first.
@@ -46,7 +72,16 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
         return False
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
-        ray.init(address=target, **init_kwargs)
+        named = "address" if address else "RAY_ADDRESS"
+        problem = ray_address_problem(target)
+        if problem:
+            raise RayAddressError(f"{named} {target!r} is not allowed; {problem}"
+                                  f"{'' if address else ' (or unset RAY_ADDRESS to start Ray here)'}")
+        try:
+            ray.init(address=target, **init_kwargs)
+        except ConnectionError as exc:
+            raise RayAddressError(f"cannot connect to the Ray cluster at {named} {target!r}: "
+                                  f"{short_text(str(exc)) or type(exc).__name__}") from exc
         return True
     if _local_cluster_file().is_file():  # a cluster of this machine (`ray start`)
         try:

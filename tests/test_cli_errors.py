@@ -119,7 +119,7 @@ def test_unwritable_outputs_and_impossible_run_names(run, tmp_path, capsys, monk
     with pytest.raises(UsageError, match="cannot write"):  # the writer itself, after the work is done
         atomic_write_bytes(folder, b"x")
     monkeypatch.chdir(tmp_path)
-    for name, needle in (('"a\\0b"', "NUL"), ("x" * 300, "bytes")):
+    for name, needle in (('"a\\0b"', "a plain folder name"), ("x" * 300, "bytes")):
         config = tmp_path / "bad.yaml"
         config.write_text(f"name: {name}\nspace: {SPACE_NAME}\ndevices: [dev]\n")
         fails_in_one_line(capsys, ["search", config], needle)

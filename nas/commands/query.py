@@ -74,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         run_calibration,
         suffixes_text,
     )
+    from ..search_config import _positive_float
 
     if args.csv and args.json:
         raise UsageError("--csv and --json cannot be combined; give one of them (or neither for the summary)")
+    _positive_float("--max-latency-ms", args.max_latency_ms)  # nan, inf and 1e400 (read as inf) too
     check_min_accuracy(args.min_accuracy)
     if args.export is not None:
         if Path(args.export).suffix not in EXPORT_SUFFIXES:
@@ -113,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "exports as the quantised ONNX model, checked against its fake-quantised graph.")
     p.add_argument("run", metavar="RUN", help="the run folder")
     p.add_argument("--device", required=True, help="device id of the front to query")
-    p.add_argument("--max-latency-ms", type=float, required=True, help="latency budget in milliseconds")
+    p.add_argument("--max-latency-ms", type=float, required=True,
+                   help="latency budget in milliseconds, a finite number > 0")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="required validation accuracy, a fraction in [0, 1] (0.9, not 90)")
     p.add_argument("--json", action="store_true", help="machine-readable output (with the OFA config)")
