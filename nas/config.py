@@ -224,6 +224,15 @@ RAY_COUNT_LIMIT = 100_000
 """Largest count of the ``ray`` section (workers, CPUs or GPUs per worker, CPUs, restarts): Ray refuses
 resource quantities above 1e14 only once it runs, and no cluster comes near this."""
 
+THREAD_LIMIT = 1024
+"""Largest count of threads or loader processes per worker."""
+
+IMAGE_SIDE_LIMIT = 4096
+"""Largest side of the stored images (``dataset.image_size``) and of a crop's padding, in pixels."""
+
+IMAGE_COUNT_LIMIT = 10_000_000
+"""Largest number of images of a setting that counts them (``train.bn_recal_images``)."""
+
 CONFIG_SIZE_LIMIT = 4 * 2**20
 """Largest config file read, in bytes (configs are a few kilobytes; a device or a huge file is refused)."""
 
@@ -331,9 +340,12 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
 def parse_dataset(raw: Any) -> DatasetConfig:
     config = DatasetConfig(**_parse_dataclass(DatasetConfig, raw, "dataset", checks={
         "kind": _one_of(DATASET_KINDS), "val_fraction": _fraction, "test_fraction": _held_out_fraction,
-        "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _non_negative,
-        "image_size": _positive, "loader_workers": _non_negative,
+        "max_train_images": _positive, "max_test_images": _positive, "crop_padding": _in_range(0, IMAGE_SIDE_LIMIT),
+        "image_size": _in_range(1, IMAGE_SIDE_LIMIT), "loader_workers": _in_range(0, THREAD_LIMIT),
     }))
+    if config.kind != "folder" and config.stream:
+        raise UsageError(f"dataset.stream: true is for kind folder (an image tree read from disk per batch); "
+                         f"kind {config.kind} is held in memory: remove it")
     if config.kind == "digits" and config.path is not None:
         raise UsageError(f"dataset.path: {_shown(config.path)} is not allowed with kind digits (scikit-learn's "
                          f"bundled images, read from no path); remove it, or set kind to cifar10 or folder")
@@ -367,8 +379,9 @@ def parse_train(raw: Any, space: SearchSpace) -> TrainSettings:
         "momentum": _fraction, "weight_decay": _non_negative, "kd_temperature": _positive,
         "kernel_transform_lr": _non_negative, "sandwich_labels": _one_of(SANDWICH_SUBSETS),
         "sandwich_dropout": _one_of(SANDWICH_SUBSETS),
-        "max_steps_per_epoch": _positive, "bn_recal_images": _non_negative,
-        "eval_random_subnets": _non_negative, "max_val_images": _positive, "threads_per_worker": _positive,
+        "max_steps_per_epoch": _positive, "bn_recal_images": _in_range(0, IMAGE_COUNT_LIMIT),
+        "eval_random_subnets": _in_range(0, 1_000), "max_val_images": _positive,
+        "threads_per_worker": _in_range(1, THREAD_LIMIT),
         "label_smoothing": _fraction, "device": _one_of(DEVICES), "precision": _one_of(PRECISIONS),
         "gradient_sync": _one_of(GRADIENT_SYNCS),
     })

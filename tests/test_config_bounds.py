@@ -15,7 +15,7 @@ from nas.config import RAY_COUNT_LIMIT, load_config, parse_config
 from nas.errors import UsageError
 from nas.latency_config import INT_RANGES
 from nas.search_config import INT_MAXIMUMS, INT_MINIMUMS, MAX_REFINE_EVALUATIONS, SearchConfig
-from search_spaces._ray import RayAddressError, connect_ray, ray_address_problem
+from search_spaces import RayAddressError, connect_ray, ray_address_problem
 from tests.cli_helpers import fails_in_one_line
 from tests.test_input_checks_config import raw_config, write_config
 
@@ -216,3 +216,28 @@ def test_argparse_errors_are_one_line(capsys, argv, prog, needle):
 def test_query_budget_must_be_finite_and_positive(tmp_path, capsys, value):
     fails_in_one_line(capsys, ["query", tmp_path / "run", "--device", "d", f"--max-latency-ms={value}"],
                       "--max-latency-ms must be a finite number of milliseconds > 0")
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("train", "threads_per_worker", 10**6, "<= 1024"),
+    ("train", "bn_recal_images", 10**12, "<= 10000000"),
+    ("train", "eval_random_subnets", 10**9, "<= 1000"),
+    ("dataset", "image_size", 10**6, "<= 4096"),
+    ("dataset", "crop_padding", 10**6, "<= 4096"),
+    ("dataset", "loader_workers", 10**6, "<= 1024"),
+])
+def test_counts_that_size_memory_or_processes_have_an_upper_bound(section, key, value, needle):
+    refused([f"{section}.{key}", needle], **{section: {key: value}})
+
+
+def test_streaming_is_for_folders_only():
+    refused(["dataset.stream", "kind folder"], dataset={"kind": "digits", "stream": True})
+
+
+@pytest.mark.parametrize("flags, needle", [(["--repeats", "100000"], "--repeats must be >= 1 and <= 10000"),
+                                           (["--warmup", "-1"], "--warmup must be >= 0 and <= 1000")])
+def test_latency_flags_share_the_configs_ranges(tmp_path, monkeypatch, capsys, flags, needle):
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    fails_in_one_line(capsys, ["latency", "build", "--space", "ofa_mbv3_cifar", "--device", "local-cpu-1t-ort",
+                               "--no-ray", *flags], needle)
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("device.json"))

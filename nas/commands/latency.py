@@ -90,9 +90,12 @@ def _config(args: argparse.Namespace):
     """The measurement protocol of the flags; called before the device is recorded, so bad flags change nothing."""
     from latency_predictors import MeasureConfig
 
-    if args.repeats < 1 or args.warmup < 0:
-        raise UsageError(f"--repeats must be >= 1 and --warmup >= 0 (got --repeats {args.repeats}, "
-                         f"--warmup {args.warmup})")
+    from ..latency_config import INT_RANGES
+
+    for flag, value in (("repeats", args.repeats), ("warmup", args.warmup)):
+        low, high = INT_RANGES[flag]  # the config's latency.repeats / latency.warmup range
+        if not low <= value <= high:
+            raise UsageError(f"--{flag} must be >= {low} and <= {high}; got {value}")
     if not 0 < args.quantile <= 0.5:
         raise UsageError(f"--quantile must be in (0, 0.5] (got {args.quantile})")
     if not (math.isfinite(args.noise_threshold) and args.noise_threshold >= 0):
