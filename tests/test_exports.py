@@ -189,6 +189,8 @@ def test_streamed_folders_give_imagenet_normalisation_and_real_pixels(tmp_path):
     for split in ("train", "val"):
         (tmp_path / split / "grey").mkdir(parents=True)
         Image.new("RGB", (50, 40), (124, 116, 104)).save(tmp_path / split / "grey" / "a.png")
+    (tmp_path / "train" / "white").mkdir()  # a classifier needs two classes
+    Image.new("RGB", (50, 40), (255, 255, 255)).save(tmp_path / "train" / "white" / "a.png")
     calibration = RunCalibration(StreamingFolderData(tmp_path, 16, val_fraction=0.0, workers=0), 1, 1)
     assert calibration.normalization == Normalization.imagenet()
     pixels = calibration.check_images(4)
