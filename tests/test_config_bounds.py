@@ -17,19 +17,9 @@ from nas.latency_config import INT_RANGES
 from nas.search_config import INT_MAXIMUMS, INT_MINIMUMS, MAX_REFINE_EVALUATIONS, SearchConfig
 from search_spaces import RayAddressError, connect_ray, ray_address_problem
 from tests.cli_helpers import fails_in_one_line
-from tests.test_input_checks_config import raw_config, write_config
+from tests.test_input_checks_config import raw_config, refused, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def refused(needles, **sections) -> str:
-    with pytest.raises(UsageError) as info:
-        parse_config(raw_config(**sections))
-    message = str(info.value)
-    assert "\n" not in message and len(message) < 300, message
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 # --- the config file itself -----------------------------------------------------------------------------------

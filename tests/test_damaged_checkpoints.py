@@ -59,14 +59,18 @@ def _supernet_file(path: Path, weights: dict[str, torch.Tensor], changes: dict, 
     module = build_supernet(SPACE)
     module.load_state_dict(weights)
     save_supernet(path, module, SPACE, config_hash)
-    data = torch.load(path, weights_only=True)
+    atomic_torch_save(_damaged(torch.load(path, weights_only=True), changes), path)
+    return path
+
+
+def _damaged(data: dict, changes: dict) -> dict:
+    """``data`` with ``changes`` (``DROP``: the field dropped)."""
     for key, value in changes.items():
         if value is DROP:
             del data[key]
         else:
             data[key] = value
-    atomic_torch_save(data, path)
-    return path
+    return data
 
 
 SUPERNET_DAMAGE = [
@@ -127,12 +131,7 @@ def _train_file(path: Path, weights: dict[str, torch.Tensor], config_hash: str, 
     data = train_state(space_name=SPACE.name, config_hash=config_hash, phase=0, epoch=1,
                        model=module.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), rng=torch.get_rng_state(), completed_epochs=1)
-    for key, value in (changes or {}).items():
-        if value is DROP:
-            del data[key]
-        else:
-            data[key] = value
-    atomic_torch_save(data, path)
+    atomic_torch_save(_damaged(data, changes or {}), path)
     return path
 
 

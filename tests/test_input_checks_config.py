@@ -64,12 +64,18 @@ def write_config(tmp_path: Path, run: Path | None = None, **sections) -> Path:
     ({"seed": 1.5}, ["seed", "int"]),
 ])
 def test_config_values_are_refused_in_one_line(sections, needles):
+    refused(needles, **sections)
+
+
+def refused(needles, **sections) -> str:
+    """The one-line ``UsageError`` of a config with ``sections``, holding every needle."""
     with pytest.raises(UsageError) as info:
         parse_config(raw_config(**sections))
     message = str(info.value)
     assert "\n" not in message and len(message) < 300, message
     for needle in needles:
         assert needle in message, message
+    return message
 
 
 def test_huge_number_in_a_config_file_is_one_line_and_nothing_is_written(tmp_path, capsys):
