@@ -13,8 +13,8 @@ Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one 
 3. A batch is reserved: each proposal is written as one ``RUNNING`` trial (its parameters and user attributes
    in one transaction, ``worker`` naming the process) with a heartbeat, recorded every ``HEARTBEAT_S`` by a
    thread while the batch is evaluated. Trials enqueued in the database (the largest and smallest subnets of
-   a new study, or a user's ``study.enqueue_trial``) are claimed first, each by one process (Optuna's atomic
-   ``WAITING`` -> ``RUNNING``).
+   a new study, or a user's ``study.enqueue_trial``) are claimed first, each by one process (a conditional
+   ``WAITING`` -> ``RUNNING`` update: ``_claim``).
 4. The total is exact: a reserved trial is surplus when ``n_trials`` finished or running proposed trials precede
    it (the database numbers trials in creation order under a lock on the study's row, so every process decides
    the same), and is marked failed unevaluated, with user attribute ``surplus``. Only processes asking at the
@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import optuna
@@ -152,9 +152,35 @@ def _claim_waiting(storage: Any, study_id: int) -> FrozenTrial | None:
     """An enqueued trial of the database, now RUNNING and this process's (each is claimed by one process)."""
     for trial in sorted(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)),
                         key=lambda t: t.number):
-        if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+        if _claim(storage, trial._trial_id):
             return trial
     return None
+
+
+def _claim(storage: Any, trial_id: int) -> bool:
+    """Whether this process turned the WAITING trial ``trial_id`` RUNNING (False: another process did first).
+
+    Optuna's ``set_trial_state_values`` reads the state, then writes it: on SQLite (whose driver reads outside
+    a transaction, so ``SELECT ... FOR UPDATE`` locks nothing) two processes both read WAITING and both claim
+    the trial (optuna/optuna#4621), and the second to finish it fails. On a database storage the claim is
+    therefore one conditional ``UPDATE``, atomic on every database; other storages keep Optuna's call.
+    """
+    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
+    if isinstance(backend, optuna.storages.RDBStorage):
+        import sqlalchemy
+        from optuna.storages._rdb import models  # the trials table's schema (Optuna's own, versioned)
+
+        table = models.TrialModel.__table__
+        claim = (sqlalchemy.update(table)
+                 .where(table.c.trial_id == trial_id, table.c.state == TrialState.WAITING)
+                 .values(state=TrialState.RUNNING,
+                         datetime_start=datetime.now(UTC).replace(tzinfo=None)))  # naive UTC, as Optuna
+        with backend.engine.begin() as connection:
+            return connection.execute(claim).rowcount == 1
+    try:
+        return storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another process claimed and finished it meanwhile
+        return False
 
 
 def _reserve(memory: optuna.Study, storage: Any, study_id: int, space: SearchSpace, size: int, worker: str,
