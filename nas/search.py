@@ -32,7 +32,8 @@ from .search_config import SearchConfig
 from .search_paths import run_path, search_lock, search_paths
 from .study import ArchBatchFn, as_batch_fn, open_study, optimize, study_trials, supernet_identity
 
-__all__ = ["HilReport", "front_members", "hardware_in_the_loop", "run_search", "write_fronts"]
+__all__ = ["HilReport", "front_members", "fronts_settings", "hardware_in_the_loop", "run_search",
+           "write_fronts"]
 
 
 # --- fronts --------------------------------------------------------------------------------------------
@@ -228,10 +229,19 @@ def _written_from(study: optuna.Study, space: SearchSpace, config: SearchConfig,
     return json.loads(json.dumps({
         "study": study.study_name, "trials": len(finished), "last_trial": max(finished, default=-1),
         "space": space.name, "resolutions": list(space.resolutions), "devices": list(config.devices),
-        "budgets_ms": config.budgets, "precisions": list(config.precisions),
-        "mixed_precision": config.mixed_precision, "quantization_method": config.quantization_method,
-        "checkpoint": checkpoint, "meta": dict(meta or {}), "direct_accuracy": direct,
+        **fronts_settings(config), "checkpoint": checkpoint, "meta": dict(meta or {}), "direct_accuracy": direct,
     }, sort_keys=True, default=str))
+
+
+def fronts_settings(config: SearchConfig) -> dict[str, Any]:
+    """The search settings stored fronts are made under (as ``write_fronts`` records them in ``written_from``,
+    JSON): each device's budget (which caps its front), the budgets refined, the precisions and their
+    calibration. Fronts written under other settings are not this config's (``search_is_complete``)."""
+    return json.loads(json.dumps({
+        "budgets_ms": config.budgets, "refine_budgets_ms": list(config.budgets_ms),
+        "precisions": list(config.precisions), "mixed_precision": config.mixed_precision,
+        "quantization_method": config.quantization_method,
+    }, sort_keys=True))
 
 
 def _measured_ms(store: Any, device: str) -> dict[str, float]:

@@ -259,10 +259,12 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: An
 
 
 def search_is_complete(config: Any, run: Any) -> bool:
-    """True when the run's study has ``search.n_trials`` finished proposed trials and its fronts are stored, of the
-    precisions ``search.precisions`` lists, with or without mixes as ``search.mixed_precision`` says (what ``nas
-    run`` checks to skip the stage)."""
+    """True when the run's study has ``search.n_trials`` finished proposed trials and its fronts are stored for
+    every device, written under this config's settings (``nas.search.fronts_settings``: each device's budget, the
+    budgets refined, the precisions and their calibration): what ``nas run`` checks to skip the stage. Fronts
+    written under other settings (a budget changed since, int8 listed or dropped) are not this search's."""
     from .fronts import get_front_store
+    from .search import WRITTEN_FROM_KEY, fronts_settings
     from .search_paths import search_paths
     from .study import load_study, sampler_trials_done
 
@@ -278,11 +280,10 @@ def search_is_complete(config: Any, run: Any) -> bool:
     if paths.fronts.stat().st_size == 0:
         return False
     store = get_front_store(paths.fronts, create=False)
-    # Fronts written for other precisions (before int8 was listed, or since it was dropped) are not this search's.
-    precisions = store.get_meta("precisions", ["fp32"])
+    written = store.get_meta(WRITTEN_FROM_KEY)
+    written = written if isinstance(written, dict) else {}
     return (done >= search.n_trials and set(search.devices) <= set(store.devices())
-            and list(precisions) == list(search.precisions)
-            and bool(store.get_meta("mixed_precision", False)) == search.mixed_precision)
+            and all(written.get(key) == value for key, value in fronts_settings(search).items()))
 
 
 def device_measurers(space: Any, device_ids: Sequence[str], store: Any = None, use_ray: bool = True,

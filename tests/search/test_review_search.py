@@ -1,0 +1,142 @@
+"""A user's review of the search (real Optuna, real SQLite and PostgreSQL): settings changed between ``nas run``s,
+two processes setting up one new database study at once, and a process whose trials another one failed while it
+was paused."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from nas.search import run_search
+from nas.search_config import SearchConfig
+from nas.search_stage import search_is_complete
+from nas.study import load_study, open_study
+from nas.study_shared import optimize_shared
+from search_spaces import get_space
+
+from .conftest import stub_counts
+from .test_cooperative import postgres_url  # noqa: F401  # the throwaway PostgreSQL cluster fixture
+
+SPACE = "ofa_mbv3_cifar"
+
+
+def config_of(devices=("dev",), **settings) -> SearchConfig:
+    return SearchConfig.parse({"n_trials": 16, "batch_size": 8, "population_size": 10, **settings}, list(devices))
+
+
+def search(run: Path, toy, config: SearchConfig):
+    return run_search(config, run, toy.accuracy, {"dev": toy.latency()}, space=SPACE, counts_fn=stub_counts)
+
+
+# --- nas run: a search stage whose fronts were written under other settings is not done -----------------------
+
+
+def test_a_changed_budget_makes_the_search_stage_run_again(tmp_path, toy):
+    run = tmp_path / "run"
+    fronts = search(run, toy, config_of())
+    latencies = [m.latency_ms for m in fronts["dev"]]
+    budget = (latencies[0] + latencies[-1]) / 2
+    assert search_is_complete(types.SimpleNamespace(search=config_of()), run)
+
+    # A device budget set since (its front may hold nothing slower), a budget to refine, another calibration of
+    # quantised subnets: the stored fronts are not this config's, so `nas run` must search again.
+    for changed in (config_of([{"id": "dev", "max_latency_ms": budget}]), config_of(budgets_ms=[budget]),
+                    config_of(quantization_method="entropy")):
+        assert not search_is_complete(types.SimpleNamespace(search=changed), run), changed
+
+    capped = config_of([{"id": "dev", "max_latency_ms": budget}])
+    fronts = search(run, toy, capped)
+    assert fronts["dev"] and max(m.latency_ms for m in fronts["dev"]) <= budget
+    assert search_is_complete(types.SimpleNamespace(search=capped), run)
+    # And back: the budget dropped again, the front is the uncapped one once searched again.
+    assert not search_is_complete(types.SimpleNamespace(search=config_of()), run)
+    assert max(m.latency_ms for m in search(run, toy, config_of())["dev"]) == latencies[-1]
+
+
+# --- two processes opening one new database study at once ---------------------------------------------------
+
+
+SLOW_DEVICES = """
+CREATE OR REPLACE FUNCTION nas_test_slow_devices() RETURNS trigger AS $$
+BEGIN
+    IF NEW.key = 'devices' THEN PERFORM pg_sleep(1.0); END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER nas_test_slow_devices BEFORE INSERT ON study_user_attributes
+    FOR EACH ROW EXECUTE FUNCTION nas_test_slow_devices();
+"""
+
+
+def test_a_study_being_set_up_by_another_process_is_not_refused(tmp_path, postgres_url):  # noqa: F811
+    """The creator writes the study's attributes one by one; a second process must not judge the study by half of
+    them (it refused the study as one "on devices None" when it read "space" before "devices" was written). The
+    creator's write of "devices" is held for a second by a trigger, as a busy database or machine may hold it."""
+    optuna.storages.RDBStorage(postgres_url)  # Optuna's tables, for the trigger
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(SLOW_DEVICES))
+    try:
+        config = config_of(storage=postgres_url, study_name="set-up-at-once")
+        space = get_space(SPACE)
+        errors: list[BaseException] = []
+
+        def create() -> None:
+            try:
+                open_study(config, tmp_path / "a", space)
+            except BaseException as exc:  # noqa: BLE001  # reported by the assertion below
+                errors.append(exc)
+
+        creator = threading.Thread(target=create)
+        creator.start()
+        deadline = time.monotonic() + 60
+        while "set-up-at-once" not in optuna.get_all_study_names(storage=postgres_url):
+            assert time.monotonic() < deadline, "the creator never created the study"
+            time.sleep(0.01)
+        study = open_study(config, tmp_path / "b", space)  # while the creator is still setting the study up
+        creator.join()
+        assert not errors, errors
+        assert study.user_attrs["devices"] == ["dev"] and study.user_attrs["space"] == SPACE
+        # The largest and the smallest subnets were enqueued once, by the creator.
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 2
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("DROP TRIGGER nas_test_slow_devices ON study_user_attributes"))
+        engine.dispose()
+
+
+# --- a process whose running trials another process failed (no heartbeat for the grace period) -----------------
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_trials_failed_by_another_process_meanwhile_are_asked_again(tmp_path, toy):
+    """A process paused (or cut off from the database) past the grace period finds, when it tells its batch, that
+    another process failed one of its trials as stale. It used to stop with Optuna's UpdateFinishedTrialError
+    (a traceback); now it drops that result with a warning and the total stays exact."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = config_of(storage=url, n_trials=12)
+    space = get_space(SPACE)
+    study = open_study(config, tmp_path / "run", space)
+    other = optuna.storages.get_storage(url)  # the other process's connection
+    failed: list[int] = []
+
+    def accuracy(archs):
+        if not failed:  # while the first batch is evaluated: the other process's fail_stale_trials
+            running = other.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            failed.append(running[0]._trial_id)
+            other.set_trial_state_values(failed[0], state=TrialState.FAIL)
+        return toy.accuracy(archs)
+
+    with pytest.warns(UserWarning, match="failed by another process"):
+        done = optimize_shared(study, space, config, accuracy, {"dev": toy.latency()})
+    assert done == 12
+    study = load_study(tmp_path / "run", config)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == 12
+    assert [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))] == failed
