@@ -312,8 +312,11 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
     if "space" not in attrs and not created and is_shared(study):
         attrs = _wait_for_setup(study)  # its creator is setting it up now, or it was made by `optuna create-study`
     if "space" not in attrs:
+        # "space" is written last: each attribute is its own write, and another process opening the study takes
+        # one with "space" for set up (its devices, resolutions, supernet and first trials already there).
         for key, value in expected.items():
-            study.set_user_attr(key, value)
+            if key != "space":
+                study.set_user_attr(key, value)
         study.set_user_attr("objectives", ["accuracy"] + [f"latency_ms:{d}" for d in config.devices])
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -321,6 +324,7 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
         if is_shared(study) and not study.get_trials(deepcopy=False):
             for params in anchor_params(space):  # claimed by whichever process asks first (nas.study_shared)
                 study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("space", expected["space"])
         attrs = study.user_attrs  # read back: another process may have set up the same study just now
     else:  # set up before studies recorded their supernet / resolutions
         missing = [key for key in ("supernet", "resolutions") if key in expected and key not in attrs]
@@ -332,8 +336,10 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
     return study
 
 
-def _wait_for_setup(study: optuna.Study, timeout_s: float = 2.0) -> dict[str, Any]:
-    """The study's user attributes once its creator has written them (or after ``timeout_s``)."""
+def _wait_for_setup(study: optuna.Study, timeout_s: float = 15.0) -> dict[str, Any]:
+    """The study's user attributes once its creator has written them (or after ``timeout_s``: a study made by
+    `optuna create-study`, or whose creator died while setting it up; generous, as a loaded machine or a busy
+    database may take seconds over the creator's few writes)."""
     deadline = time.monotonic() + timeout_s
     attrs = study.user_attrs
     while "space" not in attrs and time.monotonic() < deadline:
