@@ -131,9 +131,8 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
             batch = _reserve(memory, storage, study_id, space, min(config.batch_size, left), worker, heartbeat)
             batch = _drop_surplus(batch, memory, storage, study_id, config.n_trials, heartbeat)
             if batch:
-                _evaluate(batch, memory, storage, config, accuracy, latency, heartbeat)
+                done_here += _evaluate(batch, memory, storage, config, accuracy, latency, heartbeat)
                 known.update(r.trial_id for r in batch)
-                done_here += len(batch)
             if progress is not None:
                 progress(min(complete + len(batch), config.n_trials), config.n_trials)
     finally:
@@ -245,11 +244,15 @@ def _drop_surplus(batch: list[_Reserved], memory: optuna.Study, storage: Any, st
 
 def _evaluate(batch: list[_Reserved], memory: optuna.Study, storage: Any, config: SearchConfig,
               accuracy: Callable[[list[Arch]], Any], latency: Mapping[str, Callable[[list[Arch]], Any]],
-              heartbeat: _Heartbeat) -> None:
-    """Evaluate the reserved trials in one batch and tell each COMPLETE; all FAILED if evaluation fails."""
-    from .study import check_objectives, constraints
+              heartbeat: _Heartbeat) -> int:
+    """Evaluate the reserved trials in one batch and tell each COMPLETE; all FAILED if evaluation fails. Returns
+    the number stored: a trial another process failed meanwhile (this one recorded no heartbeat for ``GRACE_S``:
+    paused, suspended, or cut off from the database) is asked again by the others, so its result is dropped
+    (with a warning) and the total stays exact."""
+    from .study import GRACE_S, check_objectives, constraints
 
     told: set[int] = set()
+    lost = 0
     try:
         archs = [r.arch for r in batch]
         acc = accuracy(archs)
@@ -257,10 +260,18 @@ def _evaluate(batch: list[_Reserved], memory: optuna.Study, storage: Any, config
         check_objectives(archs, acc, dict(zip(config.devices, lats)))
         for i, reserved in enumerate(batch):
             values = [float(acc[i])] + [float(lat[i]) for lat in lats]
-            for key, value in constraints(config, [lat[i] for lat in lats]).items():
+            limits = constraints(config, [lat[i] for lat in lats])
+            try:
+                for key, value in limits.items():
+                    storage.set_trial_system_attr(reserved.trial_id, f"constraints:{key}", value)
+                storage.set_trial_state_values(reserved.trial_id, state=TrialState.COMPLETE, values=values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                memory.tell(reserved.trial, state=TrialState.FAIL)
+                told.add(reserved.trial_id)
+                lost += 1
+                continue
+            for key, value in limits.items():
                 reserved.trial.set_constraint(key, value)
-                storage.set_trial_system_attr(reserved.trial_id, f"constraints:{key}", value)
-            storage.set_trial_state_values(reserved.trial_id, state=TrialState.COMPLETE, values=values)
             memory.tell(reserved.trial, values)
             told.add(reserved.trial_id)
     except BaseException:
@@ -274,3 +285,8 @@ def _evaluate(batch: list[_Reserved], memory: optuna.Study, storage: Any, config
         raise
     finally:
         heartbeat.done(r.trial_id for r in batch)
+    if lost:
+        warnings.warn(f"{lost} of this process's {len(batch)} trials were failed by another process sharing the "
+                      f"study meanwhile (no heartbeat from this one for {GRACE_S} s: was it paused, or cut off from "
+                      f"the database?); their results are dropped and the trials asked again", stacklevel=3)
+    return len(batch) - lost
