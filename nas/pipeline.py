@@ -125,12 +125,9 @@ class Pipeline:
 
     def _check_storage(self) -> None:
         """``search.storage`` opens (a database), or the run's journal holds no damaged record."""
-        from .study import check_journal, storage_for
+        from .study import check_storage
 
-        if self.search.storage:
-            storage_for(self.search, self.run)
-        else:
-            check_journal(self.paths.journal)
+        check_storage(self.search, self.run)
 
     def _check_fit_from(self) -> None:
         """``latency.fit_from`` names a device fitted earlier in this config, or one with a stored predictor or

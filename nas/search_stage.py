@@ -169,13 +169,10 @@ def check_search(config: Any, run: Any, search: Any, space: Any, latency_predict
     from .accuracy import check_run_supernet
     from .precision_search import check_precisions
     from .search_paths import search_paths
-    from .study import check_journal, storage_for
+    from .study import check_storage
 
     paths = search_paths(run)
-    if search.storage:
-        storage_for(search, run)  # a database that cannot be opened (touches nothing in the run)
-    else:
-        check_journal(paths.journal)  # a damaged record (not a torn last line, mended under the lock)
+    check_storage(search, run)  # a database that cannot be opened, a damaged journal (touches nothing in the run)
     check_run_supernet(config, run)  # damaged, another config's (seed, data, training), another space's
     objective: Any = None
     if config.dataset is None and not (search.accuracy == "predictor" and paths.accuracy_predictor.is_file()):

@@ -52,8 +52,8 @@ from .search_params import POLICY_PREFIX, decode_params, decode_policy, params_o
 from .search_paths import JOURNAL_NAME, run_path, search_paths
 
 __all__ = ["GRACE_S", "HEARTBEAT_S", "ArchBatchFn", "TrialTable", "as_batch_fn", "check_journal", "check_objectives",
-           "create_sampler", "is_shared", "load_study", "metric_names", "open_study", "optimize", "sampler_seed",
-           "searched_space", "storage_for", "study_name_for", "study_trials", "supernet_identity"]
+           "check_storage", "create_sampler", "is_shared", "load_study", "metric_names", "open_study", "optimize",
+           "sampler_seed", "searched_space", "storage_for", "study_name_for", "study_trials", "supernet_identity"]
 
 # A database storage's heartbeat: each process records one per running trial every HEARTBEAT_S seconds; a
 # RUNNING trial without one for GRACE_S seconds belongs to a process that died, and is marked failed.
@@ -123,7 +123,8 @@ def storage_for(config: SearchConfig, run_dir: Any, repair: bool = False) -> opt
     Raises:
         UsageError: ``search.storage`` cannot be opened (an unknown scheme, a missing driver, a database
             file that cannot be created or written); the message names the value and what is allowed.
-        DamagedFileError: the journal holds a line that is not a record (beyond a torn last one).
+        DamagedFileError: the journal holds a line that is not a record (beyond a torn last one), or records
+            Optuna cannot replay.
     """
     if config.storage:
         try:
@@ -134,10 +135,27 @@ def storage_for(config: SearchConfig, run_dir: Any, repair: bool = False) -> opt
                              f"{reason}); allowed: {STORAGE_ALLOWED}") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from search_spaces import DamagedFileError
+
     path = search_paths(run_dir).journal
     check_journal(path, repair=repair)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))  # replays every record
+    except Exception as exc:  # JSON records that are not Optuna's operations (another program's, fields missing)
+        reason = f"records Optuna cannot replay: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise DamagedFileError(path, "search journal", reason, JOURNAL_REMEDY) from None
+
+
+def check_storage(config: SearchConfig, run_dir: Any) -> None:
+    """Open the study's storage as the search will, writing nothing to the run: a database that cannot be opened,
+    a journal with a damaged record or with records Optuna cannot replay is refused (``storage_for``'s errors)
+    before any work. A journal's torn last record is left to the search, which mends it under the run's lock."""
+    journal = search_paths(run_dir).journal
+    if config.storage or journal.is_file():
+        storage_for(config, run_dir)
+    else:
+        check_journal(journal)
 
 
 JOURNAL_REMEDY = ("move it away to start the search over (the run's supernet and stored fronts are kept), or "

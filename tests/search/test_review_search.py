@@ -12,14 +12,16 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+import yaml
 from optuna.trial import TrialState
 
+from nas.cli import main
 from nas.search import run_search
 from nas.search_config import SearchConfig
 from nas.search_stage import search_is_complete
 from nas.study import load_study, open_study
 from nas.study_shared import optimize_shared
-from search_spaces import get_space
+from search_spaces import DamagedFileError, get_space
 
 from .conftest import stub_counts
 from .test_cooperative import postgres_url  # noqa: F401  # the throwaway PostgreSQL cluster fixture
@@ -140,3 +142,30 @@ def test_trials_failed_by_another_process_meanwhile_are_asked_again(tmp_path, to
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert len(complete) == 12
     assert [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))] == failed
+
+
+# --- a journal of JSON records that are not Optuna's operations ----------------------------------------------
+
+
+@pytest.mark.parametrize("records", [
+    b'{"op_code": 99}\n',  # an operation Optuna does not know
+    b'{"op_code": 0, "worker_id": "w"}\n',  # create_study without its fields
+])
+def test_a_journal_optuna_cannot_replay_is_one_line_naming_it(tmp_path, toy, capsys, records):
+    run = tmp_path / "run"
+    search(run, toy, config_of())
+    journal = run / "search" / "study.journal"
+    journal.write_bytes(records)
+    with pytest.raises(DamagedFileError, match="search journal .*records Optuna cannot replay"):
+        load_study(run)
+    # The command line: one line naming the journal, refused before the (placeholder) supernet is read.
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "supernet.pt").write_bytes(b"")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": "review", "space": SPACE, "run_dir": str(run), "devices": ["dev"],
+                                      "search": {"n_trials": 16}}))
+    for argv in (["search", str(config)], ["plot", str(run), "--out", str(tmp_path / "plot.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("nas: error: search journal ") and "\n" not in err and str(journal) in err, err
+    assert journal.read_bytes() == records
