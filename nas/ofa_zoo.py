@@ -183,12 +183,28 @@ def map_ofa_state_dict(ofa_state: Mapping[str, Any], target_state: Mapping[str, 
             raise UsageError(f"{source}: tensor {name!r} has shape {list(_shape(value))}, space "
                              f"{space.name!r} expects {list(expected)} ({target}); is the file of another "
                              f"width? spaces: {', '.join(OFA_SUPERNET_SPACES)}")
+        _check_values(source, name, value, target_state[target].is_floating_point())
         mapped[target] = value
     missing = [key for key in target_state if key not in mapped]
     if missing:
         raise UsageError(f"{source}: lacks {len(missing)} of space {space.name!r}'s {len(target_state)} "
                          f"tensors, first {missing[0]!r}; expected a whole Once-for-All supernet")
     return mapped
+
+
+def _check_values(source: str, name: str, value: Any, floating: bool) -> None:
+    """``UsageError`` for a tensor a sound zoo file cannot hold: a ``floating`` one (weights, batch-norm
+    statistics) of another kind (integers, a quantised tensor) or with NaN or infinite values (a damaged file)."""
+    import torch
+
+    if floating and not value.is_floating_point():
+        raise UsageError(f"{source}: tensor {name!r} is {str(value.dtype).removeprefix('torch.')}, not floating "
+                         f"point; expected a Once-for-All checkpoint of float weights")
+    if value.is_floating_point():
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise UsageError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s); the file is damaged "
+                             f"(compare its sha256 with the published one, or download it again)")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -271,15 +287,26 @@ def build_imported_supernet(path: str | os.PathLike[str], space_name: str):
     return space, supernet.eval(), sha256_file(path)
 
 
-def _check_import_target(run: RunDir) -> None:
+def _check_import_target(run: RunDir, digest: str | None = None) -> None:
     """Refuse a run whose supernet was trained here, or is being trained (its checkpoints would be mixed with
-    the import's); an earlier import may be replaced."""
+    the import's); an earlier import may be replaced, but by another file (sha256 other than ``digest``) only
+    while the run holds nothing measured on it (a study, accuracies, fronts): those would then describe a
+    supernet the run no longer has, and a query would export other weights under their accuracies."""
     from supernets.training.checkpoint import read_supernet_file
+
+    from .search_paths import search_paths
 
     if run.supernet_checkpoint.is_file():
         existing = read_supernet_file(run.supernet_checkpoint)
         if not str(existing.get("config_hash", "")).startswith("ofa-import-"):
             raise UsageError(f"run {run.root} already holds a trained supernet; import into another --run-dir")
+        held = ((existing.get("summary") or {}).get("imported") or {}).get("sha256")
+        paths = search_paths(run)
+        results = [p for p in (paths.journal, paths.accuracy_cache, paths.fronts) if p.exists()]
+        if digest is not None and held != digest and results:
+            raise UsageError(f"run {run.root} holds results measured on the supernet imported from another file "
+                             f"(sha256 {str(held)[:16]}...): {results[0].relative_to(run.root)}; import into "
+                             f"another --run-dir (or move the run's search/ and fronts/ away first)")
     for partial in (run.latest_checkpoint, run.teacher_checkpoint):
         if partial.exists():
             raise UsageError(f"run {run.root} has a supernet in training ({partial.relative_to(run.root)}); "
@@ -300,7 +327,7 @@ def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.check_writable()
-    _check_import_target(run)
+    _check_import_target(run, sha256_file(path) if Path(path).expanduser().is_file() else None)
     space, supernet, digest = build_imported_supernet(path, space_name)
     source = str(Path(path).expanduser().resolve())
     config_hash = f"ofa-import-{digest[:16]}"
@@ -314,7 +341,7 @@ def import_ofa_supernet(path: str | os.PathLike[str], space_name: str,
         raise UsageError(str(exc)) from exc
     try:
         with search_lock(run):
-            _check_import_target(run)  # again, now that nobody else can write the run
+            _check_import_target(run, digest)  # again, now that nobody else can write the run
             checkpoint = save_supernet(run.supernet_checkpoint, supernet, space, config_hash,
                                        summary={"imported": provenance})
             record = atomic_write_json(run.root / IMPORT_RECORD_NAME, {**provenance, "config_hash": config_hash})
@@ -417,6 +444,7 @@ def load_ofa_predictor_layers(path: str | os.PathLike[str]) -> list[tuple[np.nda
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise UsageError(f"{path}: tensor {key!r} has shape {got}, the tutorial predictor's is {list(shape)}")
+        _check_values(str(path), key, value, floating=True)
     return [(state[f"{layer}.weight"].double().numpy(), state[f"{layer}.bias"].double().numpy())
             for layer in OFA_PREDICTOR_LAYERS]
 

@@ -1,0 +1,106 @@
+"""Importing Once-for-All's zoo, querying, plotting: damaged zoo files, a run's results kept with the supernet
+they were measured on, the study a plot draws, budgets as the command line prints them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.cli import main
+from nas.rundir import RunDir
+from tests.cli_helpers import fails_in_one_line
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = Path(os.environ.get("HWNAS_OFA_ZOO_DIR", REPO.parent / "shared" / "data" / "ofa_zoo_format"))
+SUPERNET_FILE = ZOO / "ofa_mbv3_d234_e346_k357_w1.0.pth"
+PREDICTOR_FILE = ZOO / "acc_predictor_random.pth"
+
+needs_zoo = pytest.mark.skipif(not SUPERNET_FILE.is_file(),
+                               reason=f"Once-for-All zoo files not found at {ZOO} (set HWNAS_OFA_ZOO_DIR)")
+
+
+def _zoo_state() -> dict:
+    return torch.load(SUPERNET_FILE, map_location="cpu", weights_only=True)
+
+
+# --- damaged zoo files ----------------------------------------------------------------------------------------
+
+
+@needs_zoo
+def test_a_zoo_supernet_with_non_finite_weights_is_refused(tmp_path, capsys):
+    data = _zoo_state()
+    data["state_dict"]["blocks.5.conv.depth_conv.bn.bn.running_var"][3] = float("nan")
+    data["state_dict"]["classifier.linear.weight"][0, :4] = float("inf")
+    damaged = tmp_path / "damaged.pth"
+    torch.save(data, damaged)
+    fails_in_one_line(capsys, ["import", "ofa-supernet", damaged, "--space", "ofa_mbv3_w1.0", "--run-dir",
+                               tmp_path / "run"],
+                      "'blocks.5.conv.depth_conv.bn.bn.running_var'", "1 NaN or infinite", "damaged")
+    assert not (tmp_path / "run").exists()
+
+
+@needs_zoo
+def test_a_zoo_supernet_with_integer_weights_is_refused(tmp_path, capsys):
+    data = _zoo_state()
+    data["state_dict"]["first_conv.conv.weight"] = data["state_dict"]["first_conv.conv.weight"].to(torch.int8)
+    foreign = tmp_path / "int8.pth"
+    torch.save(data, foreign)
+    fails_in_one_line(capsys, ["import", "ofa-supernet", foreign, "--space", "ofa_mbv3_w1.0", "--run-dir",
+                               tmp_path / "run"], "'first_conv.conv.weight' is int8, not floating point")
+    assert not (tmp_path / "run").exists()
+
+
+@needs_zoo
+def test_an_accuracy_predictor_with_non_finite_weights_is_refused(tmp_path, capsys):
+    state = torch.load(PREDICTOR_FILE, map_location="cpu", weights_only=True)
+    state["4.bias"][7] = float("nan")
+    damaged = tmp_path / "acc.pth"
+    torch.save(state, damaged)
+    fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", damaged, "--run-dir", tmp_path / "run",
+                               "--space", "ofa_mbv3_w1.0"], "'4.bias' holds 1 NaN or infinite", "damaged")
+    assert not (tmp_path / "run" / "search" / "accuracy_predictor.json").exists()
+
+
+# --- an import replaced under a run's results ------------------------------------------------------------------
+
+
+@needs_zoo
+def test_another_zoo_file_is_not_imported_under_a_run_s_fronts(tmp_path, capsys):
+    """Fronts measured on one zoo file's supernet stay with it: importing another file into the run would make
+    ``nas query --export`` write the new weights under the old accuracies."""
+    from nas.query import open_fronts
+    from nas.search import run_search
+    from nas.search_config import SearchConfig
+    from supernets.training.checkpoint import read_supernet_file
+
+    from .search.conftest import ToyObjectives, stub_counts
+
+    run = RunDir(tmp_path / "run")
+    assert main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                 "--run-dir", str(run.root)]) == 0
+    toy = ToyObjectives("ofa_mbv3_w1.0")
+    config = SearchConfig.parse({"n_trials": 6, "batch_size": 6, "population_size": 6}, ["dev"])
+    run_search(config, run.root, toy.accuracy, {"dev": toy.latency()}, space="ofa_mbv3_w1.0",
+               counts_fn=stub_counts, checkpoint=str(run.supernet_checkpoint))
+    assert open_fronts(run.root).front("dev")
+    data = _zoo_state()
+    data["state_dict"]["classifier.linear.bias"] += 1.0
+    other = tmp_path / "other.pth"
+    torch.save(data, other)
+    before = run.supernet_checkpoint.read_bytes()
+    capsys.readouterr()
+    fails_in_one_line(capsys, ["import", "ofa-supernet", other, "--space", "ofa_mbv3_w1.0", "--run-dir", run.root],
+                      "another file", "another --run-dir")
+    assert run.supernet_checkpoint.read_bytes() == before
+    # The same file again is no change: allowed. Another file into a run without results: allowed.
+    assert main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                 "--run-dir", str(run.root)]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["import", "ofa-supernet", str(SUPERNET_FILE), "--space", "ofa_mbv3_w1.0",
+                 "--run-dir", str(fresh)]) == 0
+    assert main(["import", "ofa-supernet", str(other), "--space", "ofa_mbv3_w1.0", "--run-dir", str(fresh)]) == 0
+    summary = read_supernet_file(RunDir(fresh).supernet_checkpoint)["summary"]
+    assert summary["imported"]["file"] == str(other.resolve())
