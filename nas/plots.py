@@ -74,7 +74,8 @@ def _hv_curve(acc: np.ndarray, lat: np.ndarray, points: int = 60) -> tuple[np.nd
 
 def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     """What to draw for a run: its study's trials and its stored fronts (``config``: a ``SearchConfig`` when
-    the study is not in the default journal file; ``space``: the space when it is not registered)."""
+    the study is not in the default journal file; ``space``: the space when it is not registered). Without
+    ``config``, the study is the one the stored fronts were written from (a run's journal may hold several)."""
     from search_spaces import get_space
 
     from .query import open_fronts
@@ -85,7 +86,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     if space_name is None:
         raise UsageError("the run's front store names no space; run `nas search` again")
     space = get_space(space if space is not None else space_name)
-    study = load_study(run_dir, config)
+    study = load_study(run_dir, config if config is not None else _fronts_study(store))
     table = study_trials(study, space)
     devices = list(study.user_attrs.get("devices", store.devices()))
     budgets = store.get_meta("budgets_ms", {}) or {}
@@ -104,6 +105,17 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
             budget_ms=budgets.get(device), hv_trials=ns, hv_fraction=hv,
         ))
     return PlotData(space=space.name, n_trials=len(table.archs), panels=tuple(panels))
+
+
+def _fronts_study(store: Any) -> Any:
+    """A ``SearchConfig`` naming the study the store's fronts were written from (``written_from``); None for a
+    store that does not record it (the run's default study)."""
+    from .search import WRITTEN_FROM_KEY
+    from .search_config import SearchConfig
+
+    written = store.get_meta(WRITTEN_FROM_KEY)
+    name = written.get("study") if isinstance(written, dict) else None
+    return SearchConfig(study_name=name) if isinstance(name, str) and name else None
 
 
 def _references(store: Any, device: str) -> tuple[tuple[str, float, float], ...]:

@@ -104,3 +104,31 @@ def test_another_zoo_file_is_not_imported_under_a_run_s_fronts(tmp_path, capsys)
     assert main(["import", "ofa-supernet", str(other), "--space", "ofa_mbv3_w1.0", "--run-dir", str(fresh)]) == 0
     summary = read_supernet_file(RunDir(fresh).supernet_checkpoint)["summary"]
     assert summary["imported"]["file"] == str(other.resolve())
+
+
+# --- the study a plot draws -------------------------------------------------------------------------------------
+
+
+def test_plot_draws_the_study_the_fronts_were_written_from(tmp_path, capsys):
+    """A run's journal holding two studies (another search.resolutions needs another search.study_name): the
+    plot's trials are those of the study its fronts came from, not of the study named after the run."""
+    from nas.plots import plot_data
+    from nas.query import open_fronts
+    from nas.search import run_search
+    from nas.search_config import SearchConfig
+
+    from .search.conftest import SPACE_NAME, ToyObjectives, stub_counts
+
+    run = tmp_path / "run"
+    toy = ToyObjectives()
+    for settings in ({"n_trials": 6}, {"n_trials": 18, "study_name": "at32", "resolutions": [32]}):
+        config = SearchConfig.parse({"batch_size": 6, "population_size": 6, **settings}, ["dev"])
+        run_search(config, run, toy.accuracy, {"dev": toy.latency()}, space=SPACE_NAME, counts_fn=stub_counts)
+    front = open_fronts(run).front("dev")
+    assert {m.arch.resolution for m in front} == {32}
+    data = plot_data(run)
+    assert data.n_trials == 18
+    panel = data.panels[0]
+    assert panel.all_accuracy.size == 18 and panel.front_accuracy.size == len(front)
+    assert main(["plot", str(run), "--out", str(tmp_path / "fronts.png")]) == 0
+    assert (tmp_path / "fronts.png").stat().st_size > 10_000
