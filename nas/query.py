@@ -189,16 +189,23 @@ def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: 
     within = [m for m in front if m.latency_ms <= max_latency_ms]
     if not within:
         raise UsageError(f"no subnet on {device} meets {max_latency_ms:g} ms; the front spans "
-                         f"{fastest.latency_ms:.3f} ms (fastest, accuracy {fastest.val_accuracy:.4f}) to "
-                         f"{slowest.latency_ms:.3f} ms (most accurate, accuracy {slowest.val_accuracy:.4f})")
+                         f"{_budget_text(fastest.latency_ms)} ms (fastest, accuracy {fastest.val_accuracy:.4f}) to "
+                         f"{_budget_text(slowest.latency_ms)} ms (most accurate, accuracy {slowest.val_accuracy:.4f})")
     best = max(within, key=lambda m: (m.val_accuracy, -m.latency_ms))
     if min_accuracy is not None and best.val_accuracy < min_accuracy:
         reach = [m for m in front if m.val_accuracy >= min_accuracy]
-        hint = (f"; accuracy {min_accuracy:g} needs at least {reach[0].latency_ms:.3f} ms" if reach
+        hint = (f"; accuracy {min_accuracy:g} needs at least {_budget_text(reach[0].latency_ms)} ms" if reach
                 else f"; no member reaches it (best {slowest.val_accuracy:.4f})")
         raise UsageError(f"no subnet on {device} within {max_latency_ms:g} ms reaches accuracy {min_accuracy:g}: "
                          f"the best within the budget has {best.val_accuracy:.4f}{hint}")
     return best
+
+
+def _budget_text(latency_ms: float) -> str:
+    """``latency_ms`` with three decimals, rounded up: a budget given as printed admits the member (15.4163 ms
+    is ``15.417``; ``15.416`` would leave it out)."""
+    text = f"{latency_ms:.3f}"
+    return text if float(text) >= latency_ms else f"{float(text) + 0.001:.3f}"
 
 
 # --- exports -------------------------------------------------------------------------------------------

@@ -132,3 +132,45 @@ def test_plot_draws_the_study_the_fronts_were_written_from(tmp_path, capsys):
     assert panel.all_accuracy.size == 18 and panel.front_accuracy.size == len(front)
     assert main(["plot", str(run), "--out", str(tmp_path / "fronts.png")]) == 0
     assert (tmp_path / "fronts.png").stat().st_size > 10_000
+
+
+# --- budgets as the command line prints them ----------------------------------------------------------------------
+
+
+def _store_run(tmp_path, latencies_accuracies):
+    """A run whose front store holds one device's members at the given (latency ms, accuracy), measured."""
+    from nas.fronts import FrontMember, get_front_store
+    from nas.search_paths import search_paths
+    from search_spaces import arch_to_string, get_space, random_arch
+
+    space = get_space("ofa_mbv3_cifar")
+    run = tmp_path / "run"
+    search_paths(run).fronts.parent.mkdir(parents=True)
+    store = get_front_store(search_paths(run).fronts)
+    members = []
+    for seed, (latency_ms, accuracy) in enumerate(latencies_accuracies):
+        arch = random_arch(space, seed)
+        members.append(FrontMember(device="dev", arch=arch, arch_string=arch_to_string(space, arch),
+                                   arch_id=arch.arch_id, val_accuracy=accuracy, test_accuracy=None,
+                                   predicted_latency_ms=latency_ms / 2, measured_latency_ms=latency_ms,
+                                   macs=1, params=1))
+    store.write_front("dev", members)
+    return run
+
+
+def test_a_refused_budget_names_budgets_that_work(tmp_path, capsys):
+    """``nas fronts`` and the errors print three decimals: a budget copied from an error admits the member."""
+    run = _store_run(tmp_path, [(15.4163, 0.5), (18.2, 0.8)])
+    err = fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "15.416"],
+                            "meets 15.416 ms", "spans 15.417 ms (fastest, accuracy 0.5000)",
+                            "to 18.200 ms (most accurate, accuracy 0.8000)")
+    assert "15.416 ms (fastest" not in err
+    assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "15.417", "--json"]) == 0
+    assert '"latency_ms": 15.4163' in capsys.readouterr().out
+    fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "17", "--min-accuracy", "0.75"],
+                      "accuracy 0.75 needs at least 18.200 ms")
+    fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "30", "--min-accuracy", "0.9"],
+                      "no member reaches it (best 0.8000)")
+    # A budget exactly a member's latency admits it; the most accurate within wins.
+    assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "18.2", "--json"]) == 0
+    assert '"val_accuracy": 0.8' in capsys.readouterr().out
