@@ -4,7 +4,8 @@ Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one 
 ``search.storage`` (a SQLAlchemy URL: ``postgresql://...``, ``sqlite:///...``), study name and supernet
 (``nas.study.open_study`` refuses another's study). Each process runs this loop on the shared study:
 
-1. Trials whose heartbeat stopped (``GRACE_S``: their process died) are marked failed; every trial is read,
+1. Trials whose heartbeat stopped (``GRACE_S``: their process died), or that had none for ``GRACE_S`` (their
+   process was killed between reserving one and its first heartbeat), are marked failed; every trial is read,
    and the finished ones not yet known join this process's in-memory copy of the study, which its sampler
    proposes from (one read of the database per batch, not one per suggested parameter).
 2. Finished plus running trials are counted (those the sampler proposed: ``nas.study.proposed_by_sampler``):
@@ -104,7 +105,8 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
 
     storage, study_id = study._storage, study._study_id
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    _fail_stale(study)
+    unbeaten: dict[int, float] = {}  # RUNNING trials without a heartbeat: database id -> when first seen here
+    _fail_stale(study, unbeaten)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     finished = sum(t.state == TrialState.COMPLETE for t in trials)
     memory = optuna.create_study(directions=study.directions,
@@ -114,7 +116,7 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
     done_here = 0
     try:
         while True:
-            _fail_stale(study)
+            _fail_stale(study, unbeaten)
             trials = storage.get_all_trials(study_id, deepcopy=False)
             new = sorted((t for t in trials if t.state == TrialState.COMPLETE and t._trial_id not in known),
                          key=lambda t: t.number)
@@ -137,14 +139,51 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
                 progress(min(complete + len(batch), config.n_trials), config.n_trials)
     finally:
         heartbeat.close()
+        for trial_id in heartbeat.ids:  # reserved, never evaluated (an error, Ctrl-C): free for the others now
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001  # finished meanwhile, or the database is gone: the grace fails it
+                pass
     return done_here
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Mark failed the RUNNING trials whose process stopped beating (Optuna's own; experimental since 2.9)."""
+def _fail_stale(study: optuna.Study, unbeaten: dict[int, float]) -> None:
+    """Mark failed the RUNNING trials whose process stopped beating (Optuna's own; experimental since 2.9), and
+    those that never had a heartbeat for ``GRACE_S`` seconds as this process saw them (``unbeaten``: their process
+    was killed between reserving and its first heartbeat; Optuna never counts them stale, so the others would wait
+    for them forever)."""
+    from .study import GRACE_S
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    now, storage = time.monotonic(), study._storage
+    ids = _unbeaten_ids(storage, study._study_id)
+    for trial_id in set(unbeaten) - ids:
+        del unbeaten[trial_id]
+    for trial_id in ids:
+        if now - unbeaten.setdefault(trial_id, now) > GRACE_S:
+            del unbeaten[trial_id]
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile
+                pass
+
+
+def _unbeaten_ids(storage: Any, study_id: int) -> set[int]:
+    """Database ids of the study's RUNNING trials without a heartbeat (a database storage's; else none)."""
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return set()
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    query = sqlalchemy.select(trials.c.trial_id).where(
+        trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING,
+        ~sqlalchemy.exists().where(beats.c.trial_id == trials.c.trial_id))
+    with backend.engine.connect() as connection:
+        return {row[0] for row in connection.execute(query)}
 
 
 def _claim_waiting(storage: Any, study_id: int) -> FrozenTrial | None:
@@ -191,6 +230,7 @@ def _reserve(memory: optuna.Study, storage: Any, study_id: int, space: SearchSpa
     for _ in range(size):
         claimed = _claim_waiting(storage, study_id)
         if claimed is not None:
+            heartbeat.add(claimed._trial_id)  # at once: a trial without one is failed only after GRACE_S unbeaten
             memory.enqueue_trial(claimed.system_attrs.get("fixed_params", {}))
         trial = memory.ask()
         try:
@@ -199,6 +239,7 @@ def _reserve(memory: optuna.Study, storage: Any, study_id: int, space: SearchSpa
             memory.tell(trial, state=TrialState.FAIL)
             if claimed is not None:
                 storage.set_trial_state_values(claimed._trial_id, state=TrialState.FAIL)
+                heartbeat.done([claimed._trial_id])
             raise
         attrs = {**arch_attrs(space, arch), WORKER_ATTR: worker}
         if claimed is not None:
@@ -215,7 +256,7 @@ def _reserve(memory: optuna.Study, storage: Any, study_id: int, space: SearchSpa
                 number=0, state=TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
                 datetime_complete=None, params=dict(trial.params), distributions=dict(trial.distributions),
                 user_attrs=attrs, system_attrs=system, intermediate_values={}, trial_id=0))
-        heartbeat.add(trial_id)
+            heartbeat.add(trial_id)
         reserved.append(_Reserved(trial, trial_id, arch))
     return reserved
 

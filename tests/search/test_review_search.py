@@ -15,12 +15,13 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
+import nas.study
 from nas.cli import main
 from nas.search import run_search
 from nas.search_config import SearchConfig
 from nas.search_stage import search_is_complete
 from nas.study import load_study, open_study
-from nas.study_shared import optimize_shared
+from nas.study_shared import _claim_waiting, optimize_shared
 from search_spaces import DamagedFileError, get_space
 
 from .conftest import stub_counts
@@ -169,3 +170,53 @@ def test_a_journal_optuna_cannot_replay_is_one_line_naming_it(tmp_path, toy, cap
         err = capsys.readouterr().err.strip()
         assert err.startswith("nas: error: search journal ") and "\n" not in err and str(journal) in err, err
     assert journal.read_bytes() == records
+
+
+# --- a process killed between reserving a trial and its first heartbeat -----------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_reserved_by_a_process_killed_before_its_first_heartbeat_is_failed(tmp_path, toy, monkeypatch):
+    """Optuna counts a RUNNING trial stale only by its heartbeat: one whose process was killed right after claiming
+    it (the largest subnet, enqueued in a new study) had none, and every later search of the study waited for it
+    forever. Now it is failed once it has been seen without a heartbeat for the grace period."""
+    monkeypatch.setattr(nas.study, "GRACE_S", 1)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = config_of(storage=url, n_trials=10)
+    space = get_space(SPACE)
+    study = open_study(config, tmp_path / "run", space)
+    orphan = _claim_waiting(study._storage, study._study_id)  # then the process was killed
+    assert orphan is not None
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(
+        optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()})), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the search waited for the killed process's trial"
+    study = load_study(tmp_path / "run", config)
+    assert result == [10] and len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 10
+    assert [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))] == [orphan.number]
+
+
+class InterruptedSampler(optuna.samplers.RandomSampler):
+    """A sampler whose process gets Ctrl-C the first time it is asked for a parameter (after the enqueued
+    largest and smallest subnets were reserved, whose parameters are fixed)."""
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        raise KeyboardInterrupt
+
+
+def test_a_search_stopped_while_reserving_frees_its_trials(tmp_path, toy):
+    """Ctrl-C while a batch is being reserved: the trials already reserved are failed at once, so a search started
+    again does not wait the grace period (a minute) for them."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = config_of(storage=url, n_trials=10)
+    space = get_space(SPACE)
+    study = open_study(config, tmp_path / "run", space)
+    with pytest.raises(KeyboardInterrupt):
+        optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()}, sampler=InterruptedSampler())
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) == 2  # the two reserved
+    started = time.monotonic()
+    assert optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()}) == 10
+    assert time.monotonic() - started < nas.study.GRACE_S
