@@ -287,6 +287,20 @@ def build_imported_supernet(path: str | os.PathLike[str], space_name: str):
     return space, supernet.eval(), sha256_file(path)
 
 
+def _check_no_results(run: RunDir, what: str, held: str | None) -> None:
+    """Refuse replacing the run's imported ``what`` (zoo file sha256 ``held``) by another file while the run
+    holds results measured with it (a study, accuracies, fronts): they would describe what the run no longer
+    has (a query would export other weights under their accuracies; a resumed search would mix two)."""
+    from .search_paths import search_paths
+
+    paths = search_paths(run)
+    results = [p for p in (paths.journal, paths.accuracy_cache, paths.fronts) if p.exists()]
+    if results:
+        raise UsageError(f"run {run.root} holds results measured with the {what} imported from another file "
+                         f"(sha256 {str(held)[:16]}...): {results[0].relative_to(run.root)}; import into another "
+                         f"--run-dir (or move the run's search/ and fronts/ away first)")
+
+
 def _check_import_target(run: RunDir, digest: str | None = None) -> None:
     """Refuse a run whose supernet was trained here, or is being trained (its checkpoints would be mixed with
     the import's); an earlier import may be replaced, but by another file (sha256 other than ``digest``) only
@@ -294,19 +308,13 @@ def _check_import_target(run: RunDir, digest: str | None = None) -> None:
     supernet the run no longer has, and a query would export other weights under their accuracies."""
     from supernets.training.checkpoint import read_supernet_file
 
-    from .search_paths import search_paths
-
     if run.supernet_checkpoint.is_file():
         existing = read_supernet_file(run.supernet_checkpoint)
         if not str(existing.get("config_hash", "")).startswith("ofa-import-"):
             raise UsageError(f"run {run.root} already holds a trained supernet; import into another --run-dir")
         held = ((existing.get("summary") or {}).get("imported") or {}).get("sha256")
-        paths = search_paths(run)
-        results = [p for p in (paths.journal, paths.accuracy_cache, paths.fronts) if p.exists()]
-        if digest is not None and held != digest and results:
-            raise UsageError(f"run {run.root} holds results measured on the supernet imported from another file "
-                             f"(sha256 {str(held)[:16]}...): {results[0].relative_to(run.root)}; import into "
-                             f"another --run-dir (or move the run's search/ and fronts/ away first)")
+        if digest is not None and held != digest:
+            _check_no_results(run, "supernet", held)
     for partial in (run.latest_checkpoint, run.teacher_checkpoint):
         if partial.exists():
             raise UsageError(f"run {run.root} has a supernet in training ({partial.relative_to(run.root)}); "
@@ -542,6 +550,7 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
     from search_spaces import get_space
 
     from .accuracy import PREDICTOR_NAME
+    from .search_paths import search_lock
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     target = run.search / PREDICTOR_NAME
@@ -567,7 +576,11 @@ def import_ofa_accuracy_predictor(path: str | os.PathLike[str], run_dir: str | o
     digest = sha256_file(source)
     data = {**predictor.to_dict(), "imported": {"source": "once-for-all", "kind": "accuracy-predictor",
                                                 "file": source, "sha256": digest}}
-    target = atomic_write_json(target, data, indent=None)
+    with search_lock(run):  # not while a search of the run reads it
+        held = _imported_sha(target)
+        if held is not None and held != digest:
+            _check_no_results(run, "accuracy predictor", held)
+        target = atomic_write_json(target, data, indent=None)
     return ImportedPredictor(path=target, space=space.name, resolutions=predictor.resolutions, source=source,
                              sha256=digest)
 

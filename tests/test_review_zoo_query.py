@@ -174,3 +174,37 @@ def test_a_refused_budget_names_budgets_that_work(tmp_path, capsys):
     # A budget exactly a member's latency admits it; the most accurate within wins.
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "18.2", "--json"]) == 0
     assert '"val_accuracy": 0.8' in capsys.readouterr().out
+
+
+@needs_zoo
+def test_another_accuracy_predictor_is_not_imported_under_a_run_s_study(tmp_path, capsys):
+    """The study's accuracies came from the imported predictor: another file would leave its fronts scored by
+    one predictor and a resumed search scoring by another. The same file again, or a run without results, is
+    fine; while a search holds the run's lock the import is refused, naming the lock."""
+    from nas.search_paths import search_paths
+    from supernets.training import FileLock
+
+    run = tmp_path / "run"
+    assert main(["import", "ofa-accuracy-predictor", str(PREDICTOR_FILE), "--run-dir", str(run)]) == 0
+    state = torch.load(PREDICTOR_FILE, map_location="cpu", weights_only=True)
+    state["6.bias"] += 0.5
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+    target = search_paths(run).accuracy_predictor
+    search_paths(run).journal.write_text("")  # a study begun on the imported predictor
+    before = target.read_bytes()
+    capsys.readouterr()
+    fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", other, "--run-dir", run],
+                      "accuracy predictor imported from another file", "search/study.journal", "another --run-dir")
+    assert target.read_bytes() == before
+    assert main(["import", "ofa-accuracy-predictor", str(PREDICTOR_FILE), "--run-dir", str(run)]) == 0
+    # A search of the run in progress (another process holds its lock): refused, nothing replaced.
+    search_paths(run).journal.unlink()
+    lock = FileLock(search_paths(run).lock, "a search").acquire()
+    try:
+        fails_in_one_line(capsys, ["import", "ofa-accuracy-predictor", other, "--run-dir", run], "search.lock")
+    finally:
+        lock.release()
+    assert target.read_bytes() == before
+    assert main(["import", "ofa-accuracy-predictor", str(other), "--run-dir", str(run)]) == 0
+    assert target.read_bytes() != before
