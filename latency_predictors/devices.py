@@ -118,9 +118,25 @@ class Device:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Device:
-        return cls(id=str(data["id"]), backend=data.get("backend"), threads=int(data.get("threads", 1)),
-                   batch_size=int(data.get("batch_size", 1)),
-                   accelerator=str(data.get("accelerator", "cpu"))).with_metadata(data.get("metadata", {}))
+        """The device ``to_dict`` wrote; a field of the wrong type or out of range (an unknown backend, 0 threads,
+        an accelerator other than ``cpu`` / ``cuda:<index>``) is a ``ValueError`` / ``TypeError`` naming it."""
+        device_id, backend = data["id"], data.get("backend")
+        threads, batch_size = data.get("threads", 1), data.get("batch_size", 1)
+        accelerator, metadata = data.get("accelerator", "cpu"), data.get("metadata", {})
+        if not isinstance(device_id, str) or not _ANY_ID.match(device_id):
+            raise ValueError(f"device id {device_id!r} is not letters, digits, '.', '_', '-'")
+        if backend is not None and backend not in BACKEND_TOKENS.values():
+            raise ValueError(f"device {device_id!r} has backend {backend!r}; allowed: "
+                             f"{', '.join(BACKEND_TOKENS.values())} or null (imported)")
+        for name, value, limit in (("threads", threads, MAX_THREADS), ("batch_size", batch_size, MAX_BATCH_SIZE)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"device {device_id!r} has {name} {value!r}; allowed: an integer 1 to {limit}")
+        if not isinstance(accelerator, str) or not re.fullmatch(r"cpu|cuda:[0-9]+", accelerator):
+            raise ValueError(f"device {device_id!r} has accelerator {accelerator!r}; allowed: cpu, cuda:<index>")
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"device {device_id!r} has metadata of type {type(metadata).__name__}, not an object")
+        return cls(id=device_id, backend=backend, threads=threads, batch_size=batch_size,
+                   accelerator=accelerator).with_metadata(metadata)
 
 
 def _backend_of(device_id: str, token: str, example: str) -> str:
@@ -162,6 +178,22 @@ def parse_device_id(device_id: str) -> Device | None:
                                  f"for an NVIDIA GPU")
     return Device(id=device_id, backend=backend, threads=_bounded(device_id, match["threads"], MAX_THREADS, "threads"),
                   batch_size=_bounded(device_id, match["batch"], MAX_BATCH_SIZE, "batch size"))
+
+
+def _check_agrees_with_id(device: Device) -> None:
+    """Refuse (``ValueError``) a stored local device whose backend, threads, batch size or accelerator differ from
+    what its id says: it would be measured one way and its numbers read as the other."""
+    try:
+        parsed = parse_device_id(device.id)
+    except UnknownDeviceError:  # an id no local backend measures: refused where it is measured
+        return
+    if parsed is None:
+        return
+    differ = [f"{name} {getattr(device, name)!r} (the id says {getattr(parsed, name)!r})"
+              for name in ("backend", "threads", "batch_size", "accelerator")
+              if getattr(device, name) != getattr(parsed, name)]
+    if differ:
+        raise ValueError(f"device {device.id!r} has " + ", ".join(differ))
 
 
 def local_device_id(threads: int = 1, backend: str = "onnxruntime", batch_size: int = 1,
@@ -423,7 +455,11 @@ class DeviceStore:
                   "('nas latency import-ofa') records it anew, keeping its tables")
         data = read_versioned_json(path, "hwnas-device", DEVICE_FILE_VERSION, "device record", remedy)
         with reading(path, "latency device record", remedy):
-            return Device.from_dict(data)
+            device = Device.from_dict(data)
+            if device.id != device_id:  # the folder names the device: its data would go to another's folder
+                raise ValueError(f"it names device {device.id!r}, not {device_id!r} (its folder)")
+            _check_agrees_with_id(device)
+            return device
 
     def find(self, device_id: str) -> Device:
         """The stored device, else the parsed local device, saving nothing: what checks made before any work

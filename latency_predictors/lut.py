@@ -155,12 +155,17 @@ class LookupTable:
         with reading(path, "latency table", remedy):
             entries = {str(k): dict(v) for k, v in dict(data["entries"]).items()}
             for key, entry in entries.items():
-                if not math.isfinite(float(entry["ms"])):
-                    raise ValueError(f"entry {key!r} has latency {entry['ms']!r}")
+                ms = entry["ms"]
+                if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+                    raise ValueError(f"entry {key!r} has latency {ms!r}, not a finite number of ms >= 0")
+            protocol, complete = data.get("protocol"), data.get("complete", False)
+            if protocol is not None and not isinstance(protocol, dict):
+                raise TypeError(f"protocol is a {type(protocol).__name__}, not a JSON object")
+            if not isinstance(complete, bool):
+                raise TypeError(f"complete is {complete!r}, not true or false")
             return cls(space=str(data["space"]), device=Device.from_dict(data["device"]),
                        resolutions=tuple(int(r) for r in data["resolutions"]), entries=entries,
-                       protocol=data.get("protocol"), source=data.get("source", "measured"),
-                       complete=bool(data.get("complete", False)))
+                       protocol=protocol, source=data.get("source", "measured"), complete=complete)
 
 
 class CompiledTable:

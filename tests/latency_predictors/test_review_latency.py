@@ -1,0 +1,105 @@
+"""Damaged device data and out-of-range counts are refused in one line (exit status 2), never used: a table whose
+protocol, entries or ``complete`` flag are not what ``LookupTable.save`` writes; a device record of another
+device or with impossible fields; a predictor file with non-finite or mis-shaped parameters; a measurement log
+grown under another protocol; ``--samples`` / ``--draws`` / ``--fit-samples`` beyond any useful measurement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latency_predictors import (
+    DeviceStore,
+    MeasureConfig,
+    build_table,
+)
+from nas.cli import main
+from search_spaces import get_space
+
+from .conftest import CountingMeasure
+
+SPACE = get_space("ofa_mbv3_cifar")
+DEVICE = "local-cpu-1t-ort"
+TINY = MeasureConfig(warmup=1, repeats=3, retries=0)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert err.startswith("nas: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def _edit_json(path: Path, edit) -> bytes:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> DeviceStore:
+    """A home with ``DEVICE`` recorded and a complete fake table of ``SPACE`` at resolution 24."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    store = DeviceStore(tmp_path / "home")
+    device = store.resolve(DEVICE)
+    build_table(SPACE, device, store.table_path(DEVICE, SPACE.name), CountingMeasure(), resolutions=[24],
+                protocol=MeasureConfig(), progress=False)
+    return store
+
+
+def _first_entry(key: str, value):
+    def edit(data):
+        data["entries"][next(iter(data["entries"]))][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.__setitem__("protocol", [1, 2]), "protocol is a list"),
+    (_first_entry("ms", -0.5), "latency -0.5"),
+    (_first_entry("ms", "0.5"), "latency '0.5'"),
+    (_first_entry("ms", True), "latency True"),
+    (lambda d: d.__setitem__("complete", "false"), "complete is 'false'"),
+])
+def test_a_damaged_table_is_refused_by_build_in_one_line_and_kept(store, edit, needle, capsys):
+    """A table that is complete (nothing to measure) but damaged was resumed as it was (a negative or textual
+    latency, a "false" read as complete) or crashed the build (a protocol that is a list)."""
+    path = store.table_path(DEVICE, SPACE.name)
+    before = _edit_json(path, edit)
+    code, out, err = _run(capsys, "latency", "build", "--space", SPACE.name, "--device", DEVICE, "--resolutions",
+                          "24", "--no-ray", "-q", "--home", str(store.root))
+    _one_line_error(code, err, "damaged", str(path), needle)
+    assert out == "" and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.__setitem__("backend", "nope"), "backend 'nope'"),
+    (lambda d: d.__setitem__("backend", 3), "backend 3"),
+    (lambda d: d.__setitem__("threads", 0), "threads 0"),
+    (lambda d: d.__setitem__("batch_size", -1), "batch_size -1"),
+    (lambda d: d.__setitem__("accelerator", "cuda:x"), "accelerator 'cuda:x'"),
+    (lambda d: d.__setitem__("threads", 4), "threads 4 (the id says 1)"),
+    (lambda d: d.__setitem__("backend", "torch"), "backend 'torch' (the id says 'onnxruntime')"),
+    (lambda d: d.__setitem__("id", "note10"), "names device 'note10'"),
+])
+def test_a_damaged_device_record_is_refused_in_one_line(store, edit, needle, capsys):
+    """``nas devices`` listed such records as they were, and a build measured with them: an unknown backend was a
+    traceback, a record naming another id sent the new table into that device's folder."""
+    record = store.device_dir(DEVICE) / "device.json"
+    before = _edit_json(record, edit)
+    code, out, err = _run(capsys, "devices", "--json", "--home", str(store.root))
+    _one_line_error(code, err, "damaged", str(record), needle)
+    assert out == ""
+    code, _out, err = _run(capsys, "latency", "build", "--space", SPACE.name, "--device", DEVICE, "--resolutions",
+                           "24", "--no-ray", "-q", "--home", str(store.root))
+    _one_line_error(code, err, str(record), needle)
+    assert record.read_bytes() == before and sorted(p.name for p in (store.root / "devices").iterdir()) == [DEVICE]
+
