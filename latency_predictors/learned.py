@@ -28,6 +28,8 @@ contend (an MLP on 1,000 samples took 66 s with two OpenBLAS threads on a loaded
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +46,24 @@ from .lut import LookupTable
 
 PREDICTOR_FORMAT = "hwnas-latency-predictor"
 PREDICTOR_VERSION = 1
+
+
+def _number(params: Mapping[str, Any], name: str) -> float:
+    """A finite number of a predictor file (``ValueError`` naming the parameter otherwise)."""
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"parameter {name!r} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _array(params: Mapping[str, Any], name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A finite float array of a predictor file, of ``shape`` where given (``ValueError`` naming it otherwise)."""
+    value = np.asarray(params[name], dtype=float)
+    if shape is not None and value.shape != shape:
+        raise ValueError(f"parameter {name!r} has shape {value.shape}, not {shape}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"parameter {name!r} holds a value that is not a finite number")
+    return value
 
 
 class Predictor:
@@ -164,7 +184,7 @@ class TableLinearPredictor(Predictor):
         return {"scale": self.scale, "offset": self.offset}
 
     def set_params(self, params: dict[str, Any]) -> None:
-        self.scale, self.offset = float(params["scale"]), float(params["offset"])
+        self.scale, self.offset = _number(params, "scale"), _number(params, "offset")
 
 
 class FlopsPredictor(Predictor):
@@ -188,7 +208,7 @@ class FlopsPredictor(Predictor):
         return {"ms_per_gmac": self.ms_per_gmac}
 
     def set_params(self, params: dict[str, Any]) -> None:
-        self.ms_per_gmac = float(params["ms_per_gmac"])
+        self.ms_per_gmac = _number(params, "ms_per_gmac")
 
 
 class _FeaturePredictor(Predictor):
@@ -222,8 +242,12 @@ class _FeaturePredictor(Predictor):
                 "seed": self.seed}
 
     def _set_base(self, params: dict[str, Any]) -> None:
-        self.mean, self.std = np.asarray(params["mean"]), np.asarray(params["std"])
+        from search_spaces import smallest
+
         self.use_table, self.seed = bool(params["use_table"]), int(params["seed"])
+        # The features' width: a file whose arrays have another (of another space version) cannot predict.
+        self.width = arch_features(self.space, [smallest(self.space)]).shape[1] + int(self.use_table)
+        self.mean, self.std = _array(params, "mean", (self.width,)), _array(params, "std", (self.width,))
 
 
 class RidgePredictor(_FeaturePredictor):
@@ -268,8 +292,8 @@ class RidgePredictor(_FeaturePredictor):
 
     def set_params(self, params: dict[str, Any]) -> None:
         self._set_base(params)
-        self.coef, self.intercept = np.asarray(params["coef"]), float(params["intercept"])
-        self.alpha = float(params["alpha"])
+        self.coef, self.intercept = _array(params, "coef", (self.width,)), _number(params, "intercept")
+        self.alpha = _number(params, "alpha")
 
 
 class MLPPredictor(_FeaturePredictor):
@@ -333,9 +357,15 @@ class MLPPredictor(_FeaturePredictor):
     def set_params(self, params: dict[str, Any]) -> None:
         self._set_base(params)
         self.hidden, self.steps = int(params["hidden"]), int(params["steps"])
-        self.lr, self.weight_decay = float(params["lr"]), float(params["weight_decay"])
-        self.y_mean, self.y_std = float(params["y_mean"]), float(params["y_std"])
-        self.weights = [np.asarray(w, dtype=float) for w in params["weights"]]
+        self.lr, self.weight_decay = _number(params, "lr"), _number(params, "weight_decay")
+        self.y_mean, self.y_std = _number(params, "y_mean"), _number(params, "y_std")
+        h = self.hidden
+        shapes = [(self.width, h), (h,), (h, h), (h,), (h, 1), (1,)]
+        weights = list(params["weights"])
+        if len(weights) != len(shapes):
+            raise ValueError(f"parameter 'weights' has {len(weights)} arrays, not {len(shapes)}")
+        self.weights = [_array({f"weights[{i}]": w}, f"weights[{i}]", shape)
+                        for i, (w, shape) in enumerate(zip(weights, shapes))]
 
 
 class ResidualPredictor(_FeaturePredictor):
@@ -547,19 +577,21 @@ class ResidualPredictor(_FeaturePredictor):
 
     def set_params(self, params: dict[str, Any]) -> None:
         self._set_base(params)
-        self.prior_kind, self.scale = str(params["prior"]), float(params["scale"])
-        self.coef, self.intercept = np.asarray(params["coef"], dtype=float), float(params["intercept"])
-        self.alpha = None if params["alpha"] is None else float(params["alpha"])
+        self.prior_kind, self.scale = str(params["prior"]), _number(params, "scale")
+        self.coef, self.intercept = _array(params, "coef"), _number(params, "intercept")
+        self.alpha = None if params["alpha"] is None else _number(params, "alpha")
         # Files from before the power term: a correction was on exactly when alpha was set.
         self.mode = str(params.get("mode", "scale" if self.alpha is None else "ridge"))
         if self.mode not in ("scale", "power", "curve", "ridge", *self.linear_modes):
             raise ValueError(f"unknown residual mode {self.mode!r}")
-        self.weights = np.asarray(params.get("weights", []), dtype=float)
+        self.weights = _array({"weights": params.get("weights", [])}, "weights")
+        if self.mode == "ridge" and self.coef.shape != (self.width,):
+            raise ValueError(f"parameter 'coef' has shape {self.coef.shape}, not ({self.width},)")
         if self.mode in self.linear_modes and len(self.weights) != (3 if self.mode == "blend_affine" else 2):
             raise ValueError(f"residual mode {self.mode!r} needs its weights")
-        self.power = float(params.get("power", 0.0))
-        self.curvature = float(params.get("curvature", 0.0))
-        self.lp_mean, self.lp_std = float(params.get("lp_mean", 0.0)), float(params.get("lp_std", 1.0))
+        defaults = {"power": 0.0, "curvature": 0.0, "lp_mean": 0.0, "lp_std": 1.0, **params}
+        self.power, self.curvature = _number(defaults, "power"), _number(defaults, "curvature")
+        self.lp_mean, self.lp_std = _number(defaults, "lp_mean"), _number(defaults, "lp_std")
         self.cv_error = {str(k): float(v) for k, v in dict(params.get("cv_error", {})).items()}
 
 

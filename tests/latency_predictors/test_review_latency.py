@@ -6,17 +6,22 @@ grown under another protocol; ``--samples`` / ``--draws`` / ``--fit-samples`` be
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from latency_predictors import (
     DeviceStore,
     MeasureConfig,
     build_table,
+    load_predictor,
+    make_predictor,
+    network_macs,
 )
 from nas.cli import main
-from search_spaces import get_space
+from search_spaces import DamagedFileError, get_space, sample
 
 from .conftest import CountingMeasure
 
@@ -102,4 +107,57 @@ def test_a_damaged_device_record_is_refused_in_one_line(store, edit, needle, cap
                            "24", "--no-ray", "-q", "--home", str(store.root))
     _one_line_error(code, err, str(record), needle)
     assert record.read_bytes() == before and sorted(p.name for p in (store.root / "devices").iterdir()) == [DEVICE]
+
+
+def _data(n: int, seed: int):
+    archs = [replace(a, resolution=24) for a in sample(SPACE, n, seed=seed)]
+    return archs, np.array([0.3 + 0.02 * network_macs(SPACE, a) / 1e6 for a in archs])
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A fake table and a saved predictor of each plain kind fitted with it: ``(table, {kind: path})``."""
+    from latency_predictors import Device
+
+    folder = tmp_path_factory.mktemp("predictors")
+    table = build_table(SPACE, Device("local-cpu-1t-torch", "torch"), folder / "t.json", CountingMeasure(),
+                        resolutions=[24], progress=False)
+    archs, y = _data(30, 0)
+    paths = {}
+    for kind in ("table_linear", "flops", "ridge", "mlp", "residual"):
+        paths[kind] = folder / f"{kind}.json"
+        make_predictor(kind, SPACE, table).fit(archs, y).save(paths[kind])
+    return table, paths
+
+
+def _set_param(name, value):
+    return lambda params: params.__setitem__(name, value)
+
+
+@pytest.mark.parametrize("kind, edit, needle", [
+    ("table_linear", _set_param("scale", float("nan")), "parameter 'scale' is nan"),
+    ("table_linear", _set_param("offset", float("inf")), "parameter 'offset' is inf"),
+    ("flops", _set_param("ms_per_gmac", float("nan")), "parameter 'ms_per_gmac' is nan"),
+    ("ridge", _set_param("coef", [1.0, 2.0]), "parameter 'coef' has shape (2,)"),
+    ("ridge", _set_param("mean", [0.0]), "parameter 'mean' has shape (1,)"),
+    ("ridge", _set_param("intercept", float("-inf")), "parameter 'intercept' is -inf"),
+    ("mlp", _set_param("weights", [[1.0]]), "parameter 'weights' has 1 arrays, not 6"),
+    ("mlp", lambda p: p["weights"][2].__setitem__(0, [float("nan")] * len(p["weights"][2][0])),
+     "parameter 'weights[2]' holds a value that is not a finite number"),
+    ("residual", _set_param("scale", float("nan")), "parameter 'scale' is nan"),
+])
+def test_a_predictor_with_damaged_parameters_is_refused_when_loaded(fitted, kind, edit, needle, tmp_path):
+    """Such files loaded and then predicted NaN or infinity for every subnet, a broadcast nonsense (a one-element
+    mean), or failed inside numpy at the first prediction."""
+    table, paths = fitted
+    data = json.loads(paths[kind].read_text())
+    edit(data["params"])
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DamagedFileError, match="damaged") as err:
+        load_predictor(path, SPACE, table)
+    assert needle in str(err.value) and str(path) in str(err.value)
+    # The undamaged file still loads and predicts finite latencies.
+    archs, _ = _data(5, 1)
+    assert np.isfinite(load_predictor(paths[kind], SPACE, table).predict(archs)).all()
 
