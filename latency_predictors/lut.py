@@ -296,19 +296,21 @@ def quantized_layer_measurer(builder: LayerBuilder, backend: Backend, config: Me
 COMPARABLE_SETTINGS = ("warmup", "repeats", "quantile", "clock", "load_reference")
 
 
-def check_same_protocol(path: str | os.PathLike[str], stored: dict[str, Any], protocol: MeasureConfig) -> None:
-    """Refuse (``LatencyError``, naming each differing setting) to add entries to the table at ``path``, measured
-    with ``stored``, under a ``protocol`` whose ``COMPARABLE_SETTINGS`` differ: a table is one protocol, so its
-    sums compare subnets on one scale. Settings an older table did not record count as their defaults."""
+def check_same_protocol(path: str | os.PathLike[str], stored: dict[str, Any], protocol: MeasureConfig,
+                        what: str = "lookup table", asker: str = "this build",
+                        remedy: str = "one table keeps one protocol, so build with the table's settings, or move "
+                                      "the table away to measure a new one") -> None:
+    """Refuse (``LatencyError``, naming each differing setting) to add entries to the table (or ``what``) at
+    ``path``, measured with ``stored``, under a ``protocol`` whose ``COMPARABLE_SETTINGS`` differ: a table is one
+    protocol, so its sums compare subnets on one scale. Settings an older file did not record count as their
+    defaults."""
     had = {**asdict(MeasureConfig()), **stored}
     wanted = asdict(protocol)
     differ = [k for k in COMPARABLE_SETTINGS if had[k] != wanted[k]]
     if differ:
-        raise LatencyError(f"lookup table {str(path)!r} was measured with "
-                           + ", ".join(f"{k} {had[k]}" for k in differ) + "; this build asks for "
-                           + ", ".join(f"{k} {wanted[k]}" for k in differ)
-                           + ": one table keeps one protocol, so build with the table's settings, or move the "
-                             "table away to measure a new one")
+        raise LatencyError(f"{what} {str(path)!r} was measured with "
+                           + ", ".join(f"{k} {had[k]}" for k in differ) + f"; {asker} asks for "
+                           + ", ".join(f"{k} {wanted[k]}" for k in differ) + f": {remedy}")
 
 
 def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str], measure: MeasureFn, *,

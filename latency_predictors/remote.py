@@ -299,6 +299,15 @@ class MeasurementLog:
             records, base = dict(data["records"]), data.get("reference_base_ms")
         if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != self.space:
             raise LatencyError(f"{self.path} is not a measurement log of space {self.space!r}")
+        stored = data.get("protocol")
+        if records and stored and self.protocol:  # one log, one protocol: its subnets compare on one scale
+            from .lut import check_same_protocol
+
+            with reading(self.path, "latency measurement log", "move it away and measure again"):
+                stored = dict(stored)
+            check_same_protocol(self.path, stored, MeasureConfig(**self.protocol), "measurement log",
+                                "this command", "the subnets measured so far were timed under one protocol, so "
+                                "measure with its settings, or move the log away to measure them again")
         self.records = records
         if base is not None:
             self.reference_base_ms = base

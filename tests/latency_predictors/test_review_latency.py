@@ -14,7 +14,10 @@ import pytest
 
 from latency_predictors import (
     DeviceStore,
+    LatencyError,
     MeasureConfig,
+    Measurement,
+    MeasurementLog,
     build_table,
     load_predictor,
     make_predictor,
@@ -160,4 +163,45 @@ def test_a_predictor_with_damaged_parameters_is_refused_when_loaded(fitted, kind
     # The undamaged file still loads and predicts finite latencies.
     archs, _ = _data(5, 1)
     assert np.isfinite(load_predictor(paths[kind], SPACE, table).predict(archs)).all()
+
+
+def _measured(ms: float) -> Measurement:
+    return Measurement(latency_ms=ms, median_ms=ms, spread=0.0, kept=3, rejected=0)
+
+
+def test_a_measurement_log_is_not_grown_under_another_protocol(tmp_path):
+    """Subnets timed with one protocol were reused, and new ones added, under another (a fit with --quantile 0.1
+    or --clock thread_cpu after one with the defaults), mixing two scales in one set; the log then recorded only
+    the later protocol."""
+    path = tmp_path / "m.json"
+    log = MeasurementLog(path, SPACE.name, DEVICE, TINY)
+    archs, _ = _data(2, 0)
+    for arch in archs:
+        log.add(arch, _measured(1.0))
+    before = path.read_bytes()
+    for other, needle in ((replace(TINY, quantile=0.1), "quantile 0.5; this command asks for quantile 0.1"),
+                          (replace(TINY, clock="thread_cpu"), "clock wall; this command asks for clock thread_cpu")):
+        with pytest.raises(LatencyError, match="measurement log") as err:
+            MeasurementLog(path, SPACE.name, DEVICE, other)
+        assert needle in str(err.value) and "\n" not in str(err.value)
+    assert path.read_bytes() == before
+    # The same protocol (settings that only decide retries may differ) and no protocol at all read it as before.
+    again = MeasurementLog(path, SPACE.name, DEVICE, replace(TINY, retries=2, noise_threshold=0.2))
+    assert set(again.records) == {a.arch_id for a in archs}
+    assert len(MeasurementLog(path, SPACE.name, DEVICE).records) == 2
+
+
+def test_fit_refuses_a_measurement_log_of_another_protocol_in_one_line(store, capsys):
+    log_path = store.measurements_path(DEVICE, SPACE.name)
+    log = MeasurementLog(log_path, SPACE.name, DEVICE, TINY)
+    archs, _ = _data(3, 0)
+    for arch in archs:
+        log.add(arch, _measured(1.0))
+    before = log_path.read_bytes()
+    code, out, err = _run(capsys, "latency", "fit", "--space", SPACE.name, "--device", DEVICE, "--resolutions", "24",
+                          "--samples", "3", "--repeats", "3", "--warmup", "1", "--quantile", "0.25", "--no-ray", "-q",
+                          "--home", str(store.root))
+    _one_line_error(code, err, str(log_path), "quantile 0.5", "quantile 0.25")
+    assert out == "" and log_path.read_bytes() == before
+    assert not store.predictor_dir(DEVICE, SPACE.name).exists()
 
