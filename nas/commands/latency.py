@@ -14,6 +14,8 @@ from functools import wraps
 from nas.errors import UsageError
 
 DEFAULT_OFA_SPACE = "ofa_mbv3_w1.2"
+# Random draws per point of ``eval``'s accuracy curve: each refits the predictors, so far more is only slower.
+MAX_DRAWS = 1_000
 
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -231,12 +233,21 @@ def import_ofa_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_count(flag: str, value: int, low: int, high: int | None = None) -> None:
+    """Refuse a count outside ``[low, high]``; ``high`` defaults to the config's ``latency.fit_samples`` bound, so
+    a slip (10**15 subnets) is refused instead of starting measurements that never end."""
+    from ..latency_config import INT_RANGES
+
+    high = INT_RANGES["fit_samples"][1] if high is None else high
+    if not low <= value <= high:
+        raise UsageError(f"{flag} must be at least {low} and at most {high} (got {value})")
+
+
 def _sampling_setup(args: argparse.Namespace):
     """Space, protocol, resolutions and store of ``fit`` / ``eval`` (which time ``--samples`` whole subnets), the
     flags checked before anything is written; the device comes after the command's own checks."""
     space = _space(args.space)
-    if args.samples < 3:
-        raise UsageError(f"--samples must be at least 3 (got {args.samples})")
+    _check_count("--samples", args.samples, 3)
     config = _config(args)
     resolutions = _resolutions(space, args.resolutions)
     return space, config, resolutions, _store(args)
@@ -278,11 +289,9 @@ def eval_cmd(args: argparse.Namespace) -> int:
     from ..latency_builders import static_builder
 
     space, config, resolutions, store = _sampling_setup(args)
-    if args.draws < 1:
-        raise UsageError(f"--draws must be at least 1 (got {args.draws})")
+    _check_count("--draws", args.draws, 1, MAX_DRAWS)
     if args.precision != "fp32":
-        if args.fit_samples < 3:
-            raise UsageError(f"--fit-samples must be at least 3 (got {args.fit_samples})")
+        _check_count("--fit-samples", args.fit_samples, 3)
         _check_quantized_backend(store, args.device, None, (args.precision,), flag="--precision")
     with store.recording(args.device):  # an eval that fails before its first measurement registers nothing
         device = _measured_device(args, store)

@@ -205,3 +205,19 @@ def test_fit_refuses_a_measurement_log_of_another_protocol_in_one_line(store, ca
     assert out == "" and log_path.read_bytes() == before
     assert not store.predictor_dir(DEVICE, SPACE.name).exists()
 
+
+@pytest.mark.parametrize("argv, needle", [
+    # --from of an unknown device: before the bound, the count passed and the source was refused instead.
+    (["fit", "--samples", str(10 ** 15), "--from", "nowhere"], "--samples must be at least 3 and at most 100000"),
+    (["eval", "--samples", str(10 ** 15)], "--samples must be at least 3 and at most 100000"),
+    (["eval", "--draws", str(10 ** 9)], "--draws must be at least 1 and at most 1000"),
+    (["eval", "--precision", "int8", "--fit-samples", str(10 ** 9)],
+     "--fit-samples must be at least 3 and at most 100000"),
+    (["fit", "--samples", "2"], "--samples must be at least 3"),
+])
+def test_counts_beyond_any_measurement_are_refused_before_anything_is_written(argv, needle, capsys, tmp_path):
+    home = tmp_path / "home"
+    code, out, err = _run(capsys, "latency", argv[0], "--space", SPACE.name, "--device", DEVICE, *argv[1:],
+                          "--no-ray", "-q", "--home", str(home))
+    _one_line_error(code, err, needle)
+    assert out == "" and not home.exists()
