@@ -171,6 +171,11 @@ WORKER = textwrap.dedent("""
     toy = ToyObjectives()
     evaluated = []
     def accuracy(archs):
+        if not evaluated:  # the first batch waits for the other process's first batch: both take part, however
+            open(os.path.join({started!r}, str(os.getpid())), "w").close()  # late one starts on a loaded machine
+            deadline = time.monotonic() + 120
+            while len(os.listdir({started!r})) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
         evaluated.extend(a.arch_id for a in archs)
         time.sleep(0.01)  # an objective that takes a moment, so the two processes interleave
         return toy.accuracy(archs)
@@ -190,14 +195,15 @@ WORKER = textwrap.dedent("""
 def run_two_processes(tmp_path: Path, storage: str, n_trials: int) -> None:
     """Two processes, each with its own copy of one run ("run": the same default study name, the same
     supernet), search one study at once; checks what they did against the storage."""
-    go = tmp_path / "go"
+    go, started = tmp_path / "go", tmp_path / "started"
+    started.mkdir()
     procs, outs = [], []
     for name in ("a", "b"):
         run = tmp_path / name / "run"
         checkpoint = make_run(run, b"the same supernet")
         out = tmp_path / f"{name}.json"
         script = WORKER.format(root=str(ROOT), n=n_trials, storage=storage, go=str(go), run=str(run),
-                               checkpoint=str(checkpoint), out=str(out))
+                               checkpoint=str(checkpoint), out=str(out), started=str(started))
         procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE))
         outs.append(out)
     time.sleep(0.5)
