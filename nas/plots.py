@@ -86,7 +86,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     if space_name is None:
         raise UsageError("the run's front store names no space; run `nas search` again")
     space = get_space(space if space is not None else space_name)
-    study = load_study(run_dir, config if config is not None else _fronts_study(store))
+    study = load_study(run_dir, config if config is not None else _fronts_study(store, run_dir))
     table = study_trials(study, space)
     devices = list(study.user_attrs.get("devices", store.devices()))
     budgets = store.get_meta("budgets_ms", {}) or {}
@@ -107,15 +107,23 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     return PlotData(space=space.name, n_trials=len(table.archs), panels=tuple(panels))
 
 
-def _fronts_study(store: Any) -> Any:
+def _fronts_study(store: Any, run_dir: Any) -> Any:
     """A ``SearchConfig`` naming the study the store's fronts were written from (``written_from``); None for a
-    store that does not record it (the run's default study)."""
+    store that does not record it (the run's default study). ``UsageError`` when the run has fronts but no
+    journal: its study is in a ``search.storage`` database, which only the experiment config names."""
     from .search import WRITTEN_FROM_KEY
     from .search_config import SearchConfig
+    from .search_paths import run_path, search_paths
 
     written = store.get_meta(WRITTEN_FROM_KEY)
     name = written.get("study") if isinstance(written, dict) else None
-    return SearchConfig(study_name=name) if isinstance(name, str) and name else None
+    if not isinstance(name, str) or not name:
+        return None
+    if not search_paths(run_dir).journal.exists():
+        raise UsageError(f"run {str(run_path(run_dir))!r}: its fronts come from search study {name!r}, which is not "
+                         f"in the run's journal (search/study.journal): a search.storage database? give the "
+                         f"experiment config that names it: nas plot RUN --config CONFIG")
+    return SearchConfig(study_name=name)
 
 
 def _references(store: Any, device: str) -> tuple[tuple[str, float, float], ...]:

@@ -208,3 +208,29 @@ def test_another_accuracy_predictor_is_not_imported_under_a_run_s_study(tmp_path
     assert target.read_bytes() == before
     assert main(["import", "ofa-accuracy-predictor", str(other), "--run-dir", str(run)]) == 0
     assert target.read_bytes() != before
+
+
+def test_plot_of_a_run_searched_in_a_database_takes_the_config(tmp_path, capsys):
+    """With search.storage the study is not in the run's journal: `nas plot RUN` said "run `nas search` first"
+    of a searched run and could not be told where the study is; now it asks for the config, which names it."""
+    from nas.plots import plot_data
+    from nas.search import run_search
+    from nas.search_config import SearchConfig
+
+    from .search.conftest import SPACE_NAME, ToyObjectives, stub_counts
+
+    run = tmp_path / "run"
+    search = {"n_trials": 6, "batch_size": 6, "population_size": 6, "storage": f"sqlite:///{tmp_path / 'study.db'}"}
+    toy = ToyObjectives()
+    run_search(SearchConfig.parse(search, ["dev"]), run, toy.accuracy, {"dev": toy.latency()}, space=SPACE_NAME,
+               counts_fn=stub_counts)
+    err = fails_in_one_line(capsys, ["plot", run], "search study 'run'", "search.storage", "--config CONFIG")
+    assert "nas search` first" not in err
+    config = tmp_path / "experiment.yaml"
+    config.write_text(f"name: run\nspace: {SPACE_NAME}\nrun_dir: {run}\ndevices: [dev]\n"
+                      f"search: {{storage: 'sqlite:///{tmp_path / 'study.db'}'}}\n")
+    out = tmp_path / "fronts.png"
+    assert main(["plot", str(run), "--config", str(config), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_data(run, SearchConfig.parse(search, ["dev"])).n_trials == 6
+    fails_in_one_line(capsys, ["plot", run, "--config", tmp_path / "missing.yaml"], "missing.yaml")

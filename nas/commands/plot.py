@@ -14,7 +14,12 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.out, "--out")
         check_outside_run_results(args.out, args.run, "--out")
         check_writable(args.out)
-    path = plot_run(args.run, args.out)
+    search = None
+    if args.config is not None:
+        from ..config import load_config
+
+        search = load_config(args.config).search
+    path = plot_run(args.run, args.out, config=search)
     print(f"wrote {path}")
     return 0
 
@@ -25,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw the accuracy-latency front of every device of a run (all evaluated subnets faint "
                     "behind, largest and smallest subnets marked) and the hypervolume against trials.")
     p.add_argument("run", metavar="RUN", help="the run folder")
+    p.add_argument("--config", metavar="CONFIG", default=None,
+                   help="the experiment config whose search section names the study (search.storage, "
+                        "search.study_name); default: the study the run's fronts were written from, in its journal")
     p.add_argument("--out", metavar="FILE.png", default=None,
                    help="output PNG file, its name ending in .png (default RUN/plots/fronts.png); not inside the "
                         "run's checkpoints/, fronts/ or search/")
