@@ -230,8 +230,12 @@ def _read_torch_file(path: Path, what: str) -> Any:
 
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give the file itself (e.g. {path}/FILE.pth)")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} is not a regular file (a device or a pipe); give the .pth file itself")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{what} {path} is an empty file (a download or copy that did not finish?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means it is not such a file

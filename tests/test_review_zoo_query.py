@@ -64,6 +64,21 @@ def test_an_accuracy_predictor_with_non_finite_weights_is_refused(tmp_path, caps
     assert not (tmp_path / "run" / "search" / "accuracy_predictor.json").exists()
 
 
+@pytest.mark.parametrize("command", [["ofa-supernet", "--space", "ofa_mbv3_w1.0"], ["ofa-accuracy-predictor"]])
+def test_a_device_a_pipe_or_an_empty_file_is_named_as_such(tmp_path, capsys, command):
+    """``/dev/null`` and a pipe were said not to exist; an empty file gave torch's bare ``EOFError``."""
+    fifo = tmp_path / "zoo.pth"
+    os.mkfifo(fifo)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path, named in (("/dev/null", "/dev/null is not a regular file"), (fifo, "is not a regular file"),
+                        (empty, "is an empty file")):
+        err = fails_in_one_line(capsys, ["import", command[0], path, *command[1:], "--run-dir", tmp_path / "run"],
+                                named)
+        assert "does not exist" not in err and "EOFError" not in err
+    assert not (tmp_path / "run").exists()
+
+
 # --- an import replaced under a run's results ------------------------------------------------------------------
 
 
