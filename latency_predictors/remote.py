@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -264,6 +265,29 @@ def _record(arch: Arch, data: dict[str, Any], on_result: Callable[[Arch, Measure
     return m
 
 
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_records(records: dict[str, Any], reference_base_ms: Any) -> None:
+    """Refuse (``ValueError`` / ``TypeError``) records that ``MeasurementLog`` did not write: each an object with
+    an ``arch`` object and a list of runs, each run's ``latency_ms`` (and ``relative``, ``reference_ms`` where
+    load-referenced) a finite number of ms > 0, like the reference base."""
+    if reference_base_ms is not None and not _positive(reference_base_ms):
+        raise ValueError(f"reference_base_ms is {reference_base_ms!r}, not a finite number > 0")
+    for arch_id, record in records.items():
+        if not isinstance(record, dict) or not isinstance(record.get("arch"), dict) \
+                or not isinstance(record.get("runs"), list):
+            raise TypeError(f"record {arch_id!r} is not an object with an arch and a list of runs")
+        for run in record["runs"]:
+            if not isinstance(run, dict):
+                raise TypeError(f"record {arch_id!r} has a run that is not an object: {run!r}")
+            for key in ("latency_ms", "relative", "reference_ms"):
+                if (key == "latency_ms" or key in run) and not _positive(run.get(key)):
+                    raise ValueError(f"record {arch_id!r} has a run with {key} {run.get(key)!r}, not a finite "
+                                     f"number > 0")
+
+
 class MeasurementLog:
     """End-to-end measurements of one space on one device, kept in a JSON file so that fitting and
     evaluation reuse them and resume after an interruption. Each arch may hold several runs (separate
@@ -297,6 +321,7 @@ class MeasurementLog:
             if not isinstance(data, dict):
                 raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             records, base = dict(data["records"]), data.get("reference_base_ms")
+            _check_records(records, base)
         if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != self.space:
             raise LatencyError(f"{self.path} is not a measurement log of space {self.space!r}")
         stored = data.get("protocol")

@@ -191,6 +191,36 @@ def test_a_measurement_log_is_not_grown_under_another_protocol(tmp_path):
     assert len(MeasurementLog(path, SPACE.name, DEVICE).records) == 2
 
 
+def _first_run(key, value):
+    return lambda record: record["runs"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_first_run("latency_ms", float("nan")), "latency_ms nan"),
+    (_first_run("latency_ms", "1.0"), "latency_ms '1.0'"),
+    (_first_run("latency_ms", -1.0), "latency_ms -1.0"),
+    (lambda record: record["runs"][0].pop("latency_ms"), "latency_ms None"),
+    (_first_run("relative", float("inf")), "relative inf"),
+    (lambda record: record.__setitem__("runs", None), "not an object with an arch and a list of runs"),
+    (lambda record: record.__setitem__("arch", 3), "not an object with an arch and a list of runs"),
+    (lambda record: record["runs"].__setitem__(0, 2.5), "a run that is not an object"),
+])
+def test_a_damaged_measurement_log_is_refused_when_read(edit, needle, tmp_path):
+    """Such records were read as they were: a fit then failed with a traceback (NaN in a least-squares solve, a
+    text latency, a run list that is null) or refused with a message that named no file (a negative latency)."""
+    path = tmp_path / "m.json"
+    log = MeasurementLog(path, SPACE.name, DEVICE, TINY)
+    archs, _ = _data(2, 0)
+    for arch in archs:
+        log.add(arch, _measured(1.0))
+    data = json.loads(path.read_text())
+    edit(data["records"][archs[0].arch_id])
+    path.write_text(json.dumps(data))
+    with pytest.raises(DamagedFileError, match="measurement log") as err:
+        MeasurementLog(path, SPACE.name, DEVICE, TINY)
+    assert needle in str(err.value) and archs[0].arch_id in str(err.value) and str(path) in str(err.value)
+
+
 def test_fit_refuses_a_measurement_log_of_another_protocol_in_one_line(store, capsys):
     log_path = store.measurements_path(DEVICE, SPACE.name)
     log = MeasurementLog(log_path, SPACE.name, DEVICE, TINY)
