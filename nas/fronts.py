@@ -567,9 +567,16 @@ def get_front_store(store: FrontStore | str | os.PathLike[str] | None = None, cr
 def check_front_store(path: str | os.PathLike[str]) -> None:
     """Read the whole front store at ``path`` when there is one, writing nothing: a damaged file is a
     ``DamagedFileError`` naming it (what a search checks before its trials, not when it writes its fronts);
-    no file, or an empty one (a store opened but never written), is fine: the search writes it."""
+    no file, or an empty one (a store opened but never written), is fine: the search writes it, unless a file
+    stands where its folder would be (a ``UsageError`` naming it)."""
     path = Path(path)
-    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+    if not path.exists():
+        blocking = next((folder for folder in path.parents if folder.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UsageError(f"front store {path} cannot be written: {blocking} is a file, not a folder; move it "
+                             f"away so the search can write its fronts there")
+        return
+    if path.is_file() and path.stat().st_size == 0:
         return
     store = SQLiteFrontStore(path, create=False)
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import BusyError
+from .errors import BusyError, UsageError
 
 __all__ = ["FRONTS_NAME", "JOURNAL_NAME", "SearchPaths", "run_path", "search_lock", "search_paths"]
 
@@ -72,6 +72,7 @@ def search_lock(run_dir: Any) -> Iterator[None]:
 
     Raises:
         BusyError: another process holds it; the message names it (pid and host).
+        UsageError: the lock file cannot be made or opened (a folder in its place, a read-only run folder).
     """
     from supernets.training import FileLock, LockBusyError
 
@@ -83,6 +84,10 @@ def search_lock(run_dir: Any) -> Iterator[None]:
                 lock = FileLock(path, f"the search of run {str(run_path(run_dir))!r}").acquire()
             except LockBusyError as exc:
                 raise BusyError(str(exc)) from None
+            except OSError as exc:  # a folder (or a file where a folder should be) there, a read-only run
+                raise UsageError(f"the search lock {path} of run {str(run_path(run_dir))!r} cannot be taken "
+                                 f"({exc.strerror or type(exc).__name__}: {exc.filename}); it must be a file this "
+                                 f"user can write, in a folder (move away what is there)") from None
             entry = _held[path] = [lock, 0]
         entry[1] += 1
     try:

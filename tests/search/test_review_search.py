@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 import nas.study
 from nas.cli import main
+from nas.errors import UsageError
 from nas.search import run_search
 from nas.search_config import SearchConfig
 from nas.search_stage import search_is_complete
@@ -220,3 +221,30 @@ def test_a_search_stopped_while_reserving_frees_its_trials(tmp_path, toy):
     started = time.monotonic()
     assert optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()}) == 10
     assert time.monotonic() - started < nas.study.GRACE_S
+
+
+# --- a file where the search expects a folder, a folder where it expects a file ---------------------------------
+
+
+def test_a_file_where_the_fronts_folder_goes_is_refused_before_any_trial(tmp_path, toy):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "fronts").write_text("not a folder")
+    with pytest.raises(UsageError, match=r"fronts is a file, not a folder; move it away"):
+        search(run, toy, config_of())
+    assert toy.calls == 0 and (run / "fronts").read_text() == "not a folder"
+
+
+def test_a_folder_where_the_search_lock_goes_is_one_line(tmp_path, toy, capsys):
+    run = tmp_path / "run"
+    (run / "search" / "search.lock").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"search lock .*search\.lock of run .* cannot be taken \(Is a directory"):
+        search(run, toy, config_of())
+    assert toy.calls == 0
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": "review", "space": SPACE, "run_dir": str(run), "devices": ["dev"]}))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "supernet.pt").write_bytes(b"")
+    assert main(["search", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas: error: the search lock ") and "\n" not in err, err
