@@ -76,8 +76,15 @@ class UnknownDeviceError(LatencyError):
     """A device id that is neither stored nor a valid local id."""
 
 
-def default_root() -> Path:
-    """``$HWNAS_HOME`` or ``~/.hwnas`` (for the command line only; library code takes the root)."""
+def default_root(home: str | os.PathLike[str] | None = None) -> Path:
+    """``home`` (the command line's ``--home``), else ``$HWNAS_HOME`` or ``~/.hwnas`` (for the command line only;
+    library code takes the root). An empty ``home`` (``--home "$UNSET"``) is a ``LatencyError``, not the default
+    folder: device data would otherwise be read from and written to ``~/.hwnas`` unasked."""
+    if home is not None:
+        if not str(home).strip():
+            raise LatencyError(f"--home {home!r} is empty; give the device data folder, or leave --home out for "
+                               f"$HWNAS_HOME or ~/.hwnas")
+        return Path(home)
     return Path(os.environ.get("HWNAS_HOME") or Path.home() / ".hwnas")
 
 
@@ -540,6 +547,10 @@ class DeviceStore:
                 if p.is_dir() and not p.name.startswith(".")}
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every stored device with its tables and predictors (the ``nas devices`` listing)."""
+        """Every stored device with its tables and predictors (the ``nas devices`` listing); a root that is not a
+        folder (a file) is a ``LatencyError`` (a root not there yet holds no devices)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LatencyError(f"device data folder {str(self.root)!r} is not a folder; give --home or HWNAS_HOME "
+                               f"the folder that holds devices/")
         return [{**self.get(i).to_dict(), "tables": self.tables(i), "predictors": self.predictors(i)}
                 for i in self.list_ids()]

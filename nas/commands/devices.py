@@ -9,8 +9,8 @@ import json
 def run(args: argparse.Namespace) -> int:
     from latency_predictors import DeviceStore, default_root
 
-    store = DeviceStore(args.home or default_root())
-    rows = store.describe()
+    store = DeviceStore(default_root(args.home))
+    rows = store.describe()  # the command line turns its LatencyError into one line
     if args.json:
         print(json.dumps({"root": str(store.root), "devices": rows}, indent=2), file=args.stdout)
         return 0

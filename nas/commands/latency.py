@@ -37,7 +37,7 @@ def _store(args: argparse.Namespace):
     """The device store of ``--home`` / ``$HWNAS_HOME``, refused at once when it cannot be written."""
     from latency_predictors import DeviceStore, default_root
 
-    store = DeviceStore(args.home or default_root())
+    store = DeviceStore(default_root(args.home))
     store.check_writable()
     return store
 

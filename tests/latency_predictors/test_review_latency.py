@@ -251,3 +251,38 @@ def test_counts_beyond_any_measurement_are_refused_before_anything_is_written(ar
                           "--no-ray", "-q", "--home", str(home))
     _one_line_error(code, err, needle)
     assert out == "" and not home.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["devices"],
+    ["devices", "--json"],
+    ["latency", "fit", "--space", SPACE.name, "--device", DEVICE, "--from", "nowhere"],
+    ["latency", "import-ofa", "/nonexistent/ofa", "--device", "note10"],
+])
+@pytest.mark.parametrize("home", ["", " "])
+def test_an_empty_home_is_refused_not_read_as_the_default_folder(argv, home, capsys, tmp_path, monkeypatch):
+    """``--home "$UNSET"`` read and wrote ``~/.hwnas`` as if --home had been left out."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("HWNAS_HOME", raising=False)
+    DeviceStore(tmp_path / ".hwnas").resolve(DEVICE)
+    before = _files(tmp_path)
+    code, out, err = _run(capsys, *argv, "--home", home)
+    _one_line_error(code, err, f"--home {home!r} is empty")
+    assert out == "" and _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_devices_refuses_a_home_that_is_a_file(json_flag, capsys, tmp_path, monkeypatch):
+    """It printed "no devices under FILE yet" (or an empty JSON list) with exit status 0."""
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    code, out, err = _run(capsys, "devices", *json_flag, "--home", str(home))
+    _one_line_error(code, err, f"device data folder {str(home)!r} is not a folder")
+    assert out == ""
+    monkeypatch.setenv("HWNAS_HOME", str(home))
+    code, out, err = _run(capsys, "devices", *json_flag)
+    _one_line_error(code, err, "is not a folder")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
