@@ -546,20 +546,33 @@ def run_calibration(store: FrontStore, resolution: int) -> RunCalibration | None
     dataset = store.get_meta("dataset")
     if not dataset:
         return None
-    from .data import DatasetConfig, load_dataset
+    from supernets.training import TrainSettings
 
-    data_seed = int(store.get_meta("data_seed", 0) or 0)
-    # Loaded as the search loaded it (at the searched space's largest resolution, recorded since precision
-    # search), so the batch norms and the calibration images are those of the subnets the search measured.
-    data = load_dataset(DatasetConfig(**dataset), int(store.get_meta("data_resolution", resolution) or resolution),
-                        seed=data_seed)
-    images = store.get_meta("bn_images")
-    if images is None:  # a store written before the count was recorded: training's default
-        from supernets.training import TrainSettings
+    from .config import parse_dataset
+    from .data import load_dataset
 
-        images = TrainSettings().bn_recal_images
-    # 0 images (train.bn_recal_images: 0): the supernet's statistics
-    return RunCalibration(data, int(images), 200, data_seed, data_seed=data_seed)
+    # What the search recorded, checked as a config's dataset section is: a value no search writes means the
+    # store is damaged (a dataset that has moved since is load_dataset's error, naming it).
+    with reading(getattr(store, "path", "of the run"), "front store", FRONTS_REMEDY, (*_FRONT_READ_ERRORS, UsageError)):
+        config = parse_dataset(dataset)
+        data_seed = _meta_count(store, "data_seed", 0, 0)
+        # Loaded as the search loaded it (at the searched space's largest resolution, recorded since precision
+        # search), so the batch norms and the calibration images are those of the subnets the search measured.
+        data_resolution = _meta_count(store, "data_resolution", resolution, 1)
+        # a store written before the count was recorded: training's default; 0 images: the supernet's statistics
+        images = _meta_count(store, "bn_images", TrainSettings().bn_recal_images, 0)
+    data = load_dataset(config, data_resolution, seed=data_seed)
+    return RunCalibration(data, images, 200, data_seed, data_seed=data_seed)
+
+
+def _meta_count(store: FrontStore, key: str, default: int, low: int) -> int:
+    """The store's meta ``key``, an integer >= ``low`` (``default`` when absent); ``ValueError`` otherwise."""
+    value = store.get_meta(key)
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"meta {key!r} is {json.dumps(value)[:40]}, not an integer >= {low}")
+    return value
 
 
 def _recalibrates(calibration: Iterable[torch.Tensor] | None) -> bool:

@@ -249,3 +249,26 @@ def test_plot_of_a_run_searched_in_a_database_takes_the_config(tmp_path, capsys)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_data(run, SearchConfig.parse(search, ["dev"])).n_trials == 6
     fails_in_one_line(capsys, ["plot", run, "--config", tmp_path / "missing.yaml"], "missing.yaml")
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("dataset", [1, 2], "dataset must be a mapping"),
+    ("dataset", {"kind": "digits", "image_size": -3}, "dataset.image_size: -3"),
+    ("dataset", {"kind": "digits", "colour": 1}, "unknown key 'colour'"),
+    ("bn_images", "all", "meta 'bn_images'"),
+    ("data_resolution", 0, "meta 'data_resolution'"),
+])
+def test_an_export_from_a_store_with_a_damaged_dataset_record_is_one_line(tmp_path, capsys, key, value, named):
+    """The dataset the search recorded (front store meta) rebuilt for the export: a value no search writes was a
+    TypeError or torch's RuntimeError traceback."""
+    from nas.fronts import get_front_store
+    from nas.search_paths import search_paths
+
+    run = _store_run(tmp_path, [(10.0, 0.5)])
+    store = get_front_store(search_paths(run).fronts)
+    store.set_meta("dataset", {"kind": "digits", "image_size": 32})
+    store.set_meta(key, value)
+    out = tmp_path / "best.onnx"
+    fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "20", "--export", out],
+                      "front store", "is damaged", named)
+    assert not out.exists()
