@@ -10,6 +10,8 @@ legend entry per precision present; a front of fp32 members only is drawn as one
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,7 +91,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     study = load_study(run_dir, config if config is not None else _fronts_study(store, run_dir))
     table = study_trials(study, space)
     devices = list(study.user_attrs.get("devices", store.devices()))
-    budgets = store.get_meta("budgets_ms", {}) or {}
+    budgets = _budgets(store)
     panels = []
     for k, device in enumerate(devices):
         front = store.front(device)
@@ -105,6 +107,22 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
             budget_ms=budgets.get(device), hv_trials=ns, hv_fraction=hv,
         ))
     return PlotData(space=space.name, n_trials=len(table.archs), panels=tuple(panels))
+
+
+def _budgets(store: Any) -> dict[str, float]:
+    """Device id to the latency budget its front was capped at (meta ``budgets_ms``); a value no search writes
+    is a ``DamagedFileError`` naming the store."""
+    from search_spaces import reading
+
+    from .fronts import FRONTS_REMEDY
+
+    budgets = store.get_meta("budgets_ms", {}) or {}
+    with reading(getattr(store, "path", "of the run"), "front store", FRONTS_REMEDY):
+        if not isinstance(budgets, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in budgets.values()):
+            raise ValueError(f"meta 'budgets_ms' is {json.dumps(budgets)[:60]}, not device ids to budgets in ms > 0")
+    return {str(device): float(ms) for device, ms in budgets.items()}
 
 
 def _fronts_study(store: Any, run_dir: Any) -> Any:

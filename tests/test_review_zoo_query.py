@@ -272,3 +272,24 @@ def test_an_export_from_a_store_with_a_damaged_dataset_record_is_one_line(tmp_pa
     fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "20", "--export", out],
                       "front store", "is damaged", named)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("budgets, named", [([1], "[1]"), ({"dev": "x"}, '{"dev": "x"}'), (7, "7")])
+def test_plot_of_a_store_with_damaged_budgets_is_one_line(tmp_path, capsys, budgets, named):
+    """The budgets the search capped fronts at (front store meta) are drawn as lines: a value no search writes
+    was an AttributeError or ValueError traceback."""
+    from nas.fronts import get_front_store
+    from nas.search import run_search
+    from nas.search_config import SearchConfig
+    from nas.search_paths import search_paths
+
+    from .search.conftest import SPACE_NAME, ToyObjectives, stub_counts
+
+    run = tmp_path / "run"
+    toy = ToyObjectives()
+    config = SearchConfig.parse({"n_trials": 6, "batch_size": 6, "population_size": 6}, ["dev"])
+    run_search(config, run, toy.accuracy, {"dev": toy.latency()}, space=SPACE_NAME, counts_fn=stub_counts)
+    get_front_store(search_paths(run).fronts).set_meta("budgets_ms", budgets)
+    out = tmp_path / "fronts.png"
+    fails_in_one_line(capsys, ["plot", run, "--out", out], "front store", "is damaged", f"'budgets_ms' is {named}")
+    assert not out.exists()
