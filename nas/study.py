@@ -329,6 +329,8 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
     attrs = study.user_attrs
     if "space" not in attrs and not created and is_shared(study):
         attrs = _wait_for_setup(study)  # its creator is setting it up now, or it was made by `optuna create-study`
+    if "space" not in attrs and not created:
+        _check_adoptable(study, config, name)
     if "space" not in attrs:
         # "space" is written last: each attribute is its own write, and another process opening the study takes
         # one with "space" for set up (its devices, resolutions, supernet and first trials already there).
@@ -352,6 +354,21 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
             attrs = study.user_attrs
     _check_identity(config, name, attrs, expected)
     return study
+
+
+def _check_adoptable(study: optuna.Study, config: SearchConfig, name: str) -> None:
+    """``UsageError`` for a study that no search set up (no "space" attribute) holding trials or other objectives:
+    another program's, which the search must neither write into nor read as subnets. An empty one with the
+    search's objectives (made by `optuna create-study`, or whose creator died setting it up) is adopted."""
+    wanted = [optuna.study.StudyDirection.MAXIMIZE] + [optuna.study.StudyDirection.MINIMIZE] * len(config.devices)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
+    if list(study.directions) == wanted and not trials:
+        return
+    elsewhere = "set search.study_name to another name" + ("" if config.storage else
+                                                            ", or move the run's search journal away")
+    raise UsageError(f"study {name!r} in {_where(config)} was not made by `nas search` (it records no searched "
+                     f"space) and holds {len(trials)} trials of {len(study.directions)} objective(s); a search of "
+                     f"{len(config.devices)} device(s) has {len(wanted)} objectives: {elsewhere}")
 
 
 def _wait_for_setup(study: optuna.Study, timeout_s: float = 15.0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 import nas.study
@@ -248,3 +249,27 @@ def test_a_folder_where_the_search_lock_goes_is_one_line(tmp_path, toy, capsys):
     assert main(["search", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nas: error: the search lock ") and "\n" not in err, err
+
+
+# --- a study another program made, under the run's name ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_another_programs_study_is_refused_and_left_as_it_was(tmp_path, toy, shared):
+    """The run's journal (or a shared database) holds a study of another program under the name the search takes:
+    it used to be adopted (the search's attributes written into it) and then failed with Optuna's ValueError."""
+    run = tmp_path / "run"
+    if shared:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+        storage, config = url, config_of(storage=url)
+    else:
+        (run / "search").mkdir(parents=True)
+        storage = JournalStorage(JournalFileBackend(str(run / "search" / "study.journal")))
+        config = config_of()
+    other = optuna.create_study(storage=storage, study_name="run")
+    other.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    with pytest.raises(UsageError, match=r"study 'run' .* was not made by `nas search` .* holds 3 trials"):
+        search(run, toy, config)
+    assert toy.calls == 0
+    other = optuna.load_study(study_name="run", storage=storage)
+    assert other.user_attrs == {} and len(other.trials) == 3
