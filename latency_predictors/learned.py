@@ -142,8 +142,12 @@ class Predictor:
         pass
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        atomic_write_json(path, {"format": PREDICTOR_FORMAT, "version": PREDICTOR_VERSION, "kind": self.kind,
-                                 "space": self.space.name, "params": self.params()})
+        """Write the predictor as JSON; one fitted over a table records the table's ``table_id`` (``load_predictor``
+        refuses it with another table). The ``table`` kind holds nothing fitted: it reads any table."""
+        data = {"format": PREDICTOR_FORMAT, "version": PREDICTOR_VERSION, "kind": self.kind, "space": self.space.name}
+        if self.table is not None and self.table.table_id and self.kind != "table":
+            data["table_id"] = self.table.table_id
+        atomic_write_json(path, {**data, "params": self.params()})
 
     def _table_sums(self, archs: Sequence[Arch]) -> np.ndarray:
         assert self.table is not None
@@ -756,8 +760,13 @@ def load_predictor(path: str | os.PathLike[str], space: SearchSpace, table: Look
     data = read_versioned_json(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor", remedy)
     with reading(path, "latency predictor", remedy):
         file_space, kind, params = data["space"], data["kind"], dict(data["params"])
+        fitted_over = str(data.get("table_id") or "")
     if file_space != space.name:
         raise LatencyError(f"{path} predicts space {file_space!r}, not {space.name!r}")
+    if fitted_over and table is not None and table.table_id != fitted_over:
+        raise LatencyError(f"{path} was fitted over another lookup table of {space.name!r} on {table.device.id!r} "
+                           f"(table {fitted_over}; the device's table is now {table.table_id or 'an older one'}, "
+                           f"rebuilt or replaced since): run 'nas latency fit' again to fit it over this table")
     if kind not in PREDICTOR_KINDS:
         raise LatencyError(f"{path}: unknown predictor kind {kind!r}")
     with reading(path, "latency predictor", remedy):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -82,6 +83,10 @@ class LookupTable:
     protocol: dict[str, Any] | None = None
     source: str = "measured"
     complete: bool = False
+    # Names this table among all tables of its space and device: made when it is first built (kept as it grows),
+    # from the entries for an OFA import. Predictors fitted over it record it, so a table rebuilt or replaced
+    # since is not read with their old scale and offset. Empty in tables written before it existed.
+    table_id: str = ""
 
     def latency_ms(self, key: str) -> float:
         return float(self.entries[key]["ms"])
@@ -140,7 +145,7 @@ class LookupTable:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "space": self.space,
                 "device": self.device.to_dict(), "resolutions": list(self.resolutions),
                 "protocol": self.protocol, "source": self.source, "complete": self.complete,
-                "entries": self.entries}
+                "table_id": self.table_id, "entries": self.entries}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         atomic_write_json(path, self.to_dict())
@@ -163,9 +168,13 @@ class LookupTable:
                 raise TypeError(f"protocol is a {type(protocol).__name__}, not a JSON object")
             if not isinstance(complete, bool):
                 raise TypeError(f"complete is {complete!r}, not true or false")
+            table_id = data.get("table_id", "")
+            if not isinstance(table_id, str):
+                raise TypeError(f"table_id is {table_id!r}, not text")
             return cls(space=str(data["space"]), device=Device.from_dict(data["device"]),
                        resolutions=tuple(int(r) for r in data["resolutions"]), entries=entries,
-                       protocol=protocol, source=data.get("source", "measured"), complete=complete)
+                       protocol=protocol, source=data.get("source", "measured"), complete=complete,
+                       table_id=table_id)
 
 
 class CompiledTable:
@@ -337,7 +346,7 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
     # and measures only what is still missing (nothing, when the first finished).
     with device_lock(lock_path) if lock_path else _null_context():
         table = LookupTable(space=space.name, device=device, resolutions=resolutions,
-                            protocol=asdict(protocol) if protocol else None)
+                            protocol=asdict(protocol) if protocol else None, table_id=uuid.uuid4().hex)
         stored: dict[str, Any] | None = None  # the existing table's protocol
         if path.is_file():
             old = LookupTable.load(path)
@@ -345,6 +354,7 @@ def build_table(space: SearchSpace, device: Device, path: str | os.PathLike[str]
                 raise LatencyError(f"{path} holds a table of {old.space!r} on {old.device.id!r}, not "
                                    f"{space.name!r} on {device.id!r}")
             table.entries = old.entries
+            table.table_id = old.table_id or table.table_id  # the same table, grown
             table.resolutions = tuple(sorted(set(old.resolutions) | set(resolutions)))
             stored = old.protocol
             if stored:  # the table keeps the protocol of its first build, reference base included

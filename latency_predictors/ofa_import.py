@@ -11,6 +11,8 @@ head to ``Conv_1 + AvgPool2D + Conv_2 + Logits``. The result is an ordinary ``Lo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -158,5 +160,7 @@ def import_ofa_tables(directory: str | os.PathLike[str], space: SearchSpace, dev
     if empty:
         raise LatencyError(f"the OFA tables of {directory} for resolution(s) {', '.join(map(str, empty))} hold none "
                            f"of the layers of space {space.name!r}; they are not tables of this network")
+    # The same files give the same id, so importing them again keeps the predictors fitted over the first import.
+    table_id = "ofa-" + hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
     return LookupTable(space=space.name, device=device, resolutions=resolutions, entries=entries,
-                       protocol=None, source=OFA_SOURCE, complete=not missing)
+                       protocol=None, source=OFA_SOURCE, complete=not missing, table_id=table_id)

@@ -15,6 +15,7 @@ import pytest
 from latency_predictors import (
     DeviceStore,
     LatencyError,
+    LookupTable,
     MeasureConfig,
     Measurement,
     MeasurementLog,
@@ -286,3 +287,46 @@ def test_devices_refuses_a_home_that_is_a_file(json_flag, capsys, tmp_path, monk
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_predictor_fitted_over_a_table_is_refused_with_a_rebuilt_table(store, capsys):
+    """Moving a table away and building it again (another protocol, another day) kept the predictors fitted over
+    the old one: their scale and offset were applied to the new table's sums without a word."""
+    from latency_predictors.workflow import load_predictors
+
+    device = store.get(DEVICE)
+    path = store.table_path(DEVICE, SPACE.name)
+    table = LookupTable.load(path)
+    archs, y = _data(20, 0)
+    folder = store.predictor_dir(DEVICE, SPACE.name)
+    for kind in ("table_linear", "residual", "ridge", "table"):
+        make_predictor(kind, SPACE, table).fit(archs, y).save(folder / f"{kind}.json")
+    assert set(load_predictors(store, device, SPACE)) == {"table_linear", "residual", "ridge", "table"}
+    # Growing the table (another resolution) keeps it the same table.
+    grown = build_table(SPACE, device, path, CountingMeasure(), resolutions=[28], protocol=MeasureConfig(),
+                        progress=False)
+    assert grown.table_id == table.table_id and set(load_predictors(store, device, SPACE))
+    path.unlink()
+    build_table(SPACE, device, path, CountingMeasure(), resolutions=[24],
+                protocol=replace(MeasureConfig(), quantile=0.1), progress=False)
+    with pytest.raises(LatencyError, match="fitted over another lookup table") as err:
+        load_predictors(store, device, SPACE)
+    assert "nas latency fit" in str(err.value)
+    code, out, err = _run(capsys, "latency", "eval", "--space", SPACE.name, "--device", DEVICE, "--resolutions", "24",
+                          "--samples", "3", "--repeats", "3", "--warmup", "1", "--no-ray", "-q", "--home",
+                          str(store.root))
+    _one_line_error(code, err, "fitted over another lookup table", str(folder))
+    assert not store.eval_dir(DEVICE).exists()
+
+
+def test_importing_the_same_ofa_tables_again_keeps_predictors_fitted_over_them(ofa_lut_dir, tmp_path):
+    from latency_predictors import Device, import_ofa_tables
+
+    w12 = get_space("ofa_mbv3_w1.2")
+    device = Device(id="note10", backend=None)
+    first, again = (import_ofa_tables(ofa_lut_dir, w12, device) for _ in range(2))
+    assert first.table_id and first.table_id == again.table_id
+    archs = [replace(a, resolution=160) for a in sample(w12, 10, seed=0)]
+    path = tmp_path / "table_linear.json"
+    make_predictor("table_linear", w12, first).fit(archs, np.array(first.predict(w12, archs)) * 1.3).save(path)
+    assert np.isfinite(load_predictor(path, w12, again).predict(archs)).all()
