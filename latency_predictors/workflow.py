@@ -133,14 +133,22 @@ def choose_archs(space: SearchSpace, n: int, seed: int, resolutions: Sequence[in
 
 
 def load_table(store: DeviceStore, device: Device, space: SearchSpace) -> LookupTable | None:
-    path = store.table_path(device.id, space.name)
-    return LookupTable.load(path) if path.is_file() else None
+    """The device's table of ``space`` (None when it has none); a file there that holds the table of another
+    space or device (copied or renamed into place) is a ``LatencyError``: its numbers are not this device's."""
+    return _tables_of(store, space)(device.id)
 
 
 def _tables_of(store: DeviceStore, space: SearchSpace) -> Callable[[str], LookupTable | None]:
     def table_of(device_id: str) -> LookupTable | None:
         path = store.table_path(device_id, space.name)
-        return LookupTable.load(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        table = LookupTable.load(path)
+        if table.space != space.name or table.device.id != device_id:
+            raise LatencyError(f"{path} holds the table of {table.space!r} on {table.device.id!r}, not of "
+                               f"{space.name!r} on {device_id!r}; move it back where it belongs (or away) and "
+                               f"build or import this device's table")
+        return table
 
     return table_of
 

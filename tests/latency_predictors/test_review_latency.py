@@ -330,3 +330,28 @@ def test_importing_the_same_ofa_tables_again_keeps_predictors_fitted_over_them(o
     path = tmp_path / "table_linear.json"
     make_predictor("table_linear", w12, first).fit(archs, np.array(first.predict(w12, archs)) * 1.3).save(path)
     assert np.isfinite(load_predictor(path, w12, again).predict(archs)).all()
+
+
+def test_a_table_of_another_device_or_space_copied_into_place_is_refused(store, capsys):
+    """A device's table file holding another device's (or space's) table was read as this device's latencies."""
+    from latency_predictors.workflow import load_predictors, load_table
+
+    other = store.resolve("local-cpu-2t-ort")
+    copied = store.table_path(other.id, SPACE.name)
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes(store.table_path(DEVICE, SPACE.name).read_bytes())
+    with pytest.raises(LatencyError, match="holds the table of 'ofa_mbv3_cifar' on 'local-cpu-1t-ort'"):
+        load_table(store, other, SPACE)
+    with pytest.raises(LatencyError, match="not of 'ofa_mbv3_cifar' on 'local-cpu-2t-ort'"):
+        load_predictors(store, other, SPACE)
+    w10 = get_space("ofa_mbv3_w1.0")
+    renamed = store.table_path(DEVICE, w10.name)
+    renamed.write_bytes(store.table_path(DEVICE, SPACE.name).read_bytes())
+    with pytest.raises(LatencyError, match="not of 'ofa_mbv3_w1.0' on 'local-cpu-1t-ort'"):
+        load_table(store, store.get(DEVICE), w10)
+    assert load_table(store, store.get(DEVICE), SPACE).space == SPACE.name
+    code, out, err = _run(capsys, "latency", "eval", "--space", SPACE.name, "--device", other.id, "--resolutions",
+                          "24", "--samples", "3", "--repeats", "3", "--warmup", "1", "--no-ray", "-q", "--home",
+                          str(store.root))
+    _one_line_error(code, err, str(copied), "on 'local-cpu-1t-ort'")
+    assert out == "" and not store.measurements_path(other.id, SPACE.name).exists()
