@@ -293,3 +293,32 @@ def test_plot_of_a_store_with_damaged_budgets_is_one_line(tmp_path, capsys, budg
     out = tmp_path / "fronts.png"
     fails_in_one_line(capsys, ["plot", run, "--out", out], "front store", "is damaged", f"'budgets_ms' is {named}")
     assert not out.exists()
+
+
+# --- nas quantize on another config's supernet --------------------------------------------------------------------
+
+
+def test_quantize_refuses_the_supernet_of_another_config(tmp_path, capsys):
+    """`nas eval` refuses a run trained under another seed (its training split may hold this config's test
+    images); `nas quantize` recalibrated, quantised and reported test accuracy on it."""
+    from nas.config import load_config
+    from search_spaces import get_space
+    from supernets import build_supernet
+    from supernets.training.checkpoint import save_supernet
+
+    from .search.conftest import SPACE_NAME
+
+    def config(seed: int) -> Path:
+        path = tmp_path / f"seed{seed}.yaml"
+        path.write_text(f"name: q\nspace: {SPACE_NAME}\nseed: {seed}\nrun_dir: {tmp_path / 'run'}\n"
+                        f"dataset: {{kind: digits, image_size: 32, max_train_images: 64}}\n")
+        return path
+
+    trained = RunDir(tmp_path / "run")
+    trained.checkpoints.mkdir(parents=True)
+    space = get_space(SPACE_NAME)
+    save_supernet(trained.supernet_checkpoint, build_supernet(space).eval(), space, load_config(config(0)).config_hash)
+    out = tmp_path / "int8.onnx"
+    fails_in_one_line(capsys, ["quantize", config(1), "--arch", "smallest", "--out", out],
+                      "written by another config", str(trained.supernet_checkpoint))
+    assert not out.exists()

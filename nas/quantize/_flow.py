@@ -53,13 +53,15 @@ class PreparedSubnet:
 
 def prepare_subnet(config: Any, run: Any, arch: Arch, *, calibration: int = CALIBRATION_IMAGES,
                    max_images: int | None = None) -> PreparedSubnet:
-    """Extract ``arch`` from the run's supernet, recalibrate its batch norms as ``nas eval`` does
+    """Extract ``arch`` from the run's supernet (refused when it is another config's, as ``nas eval`` refuses
+    it), recalibrate its batch norms as ``nas eval`` does
     (``train.bn_recal_images`` augmented training images, on ``train.device``), and make its quantiser,
     calibrated on ``calibration`` other (seeded, not augmented) training images; ``max_images`` caps the val
     and test splits. The quantiser is ``subnet_quantizer``'s, the function the search's quantised accuracy
     (``nas.accuracy.DirectEvaluator``) builds its models with too."""
     from supernets.training.device import DeviceError, Execution
 
+    from ..accuracy import check_run_supernet
     from ..data import check_dataset, load_dataset
     from ..rundir import load_supernet
 
@@ -73,6 +75,8 @@ def prepare_subnet(config: Any, run: Any, arch: Arch, *, calibration: int = CALI
         execution = Execution.resolve(config.train.device, "fp32", channels_last=False)
     except DeviceError as exc:
         raise UsageError(str(exc)) from exc
+    if run.supernet_checkpoint.is_file():  # a missing one is load_supernet's error, naming `nas train`
+        check_run_supernet(config, run)  # another config's (seed, data, training) or space's: refused, as `nas eval`
     space, supernet = load_supernet(run)
     execution.module(supernet)
     data = load_dataset(config.dataset, max(space.resolutions), config.seed)

@@ -80,7 +80,7 @@ def run(tmp_path_factory):
     data = load_dataset(config.dataset, max(space.resolutions), config.seed)
     _fit_classifier(supernet, space, smallest(space), data)
     run_dir.supernet_checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_supernet(run_dir.supernet_checkpoint, supernet, space, "quantized-accuracy-test")
+    save_supernet(run_dir.supernet_checkpoint, supernet, space, config.config_hash)  # the config's own
     factory = SupernetAccuracy(str(run_dir.supernet_checkpoint),
                                functools.partial(load_dataset, config.dataset, max(space.resolutions), config.seed),
                                bn_images=BN_IMAGES, max_images=MAX_IMAGES, seed=config.seed, device="cpu")
