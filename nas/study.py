@@ -220,14 +220,23 @@ def _journal_record(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "op_code" in record else None
 
 
+# How long a write to a SQLite study waits for another connection's lock (Python's default is 5 s) before failing
+# with "database is locked": several processes share the file, and one stalled on a loaded machine, or a long read
+# (a dashboard), may hold it for seconds. A URL's own ``?timeout=`` is kept.
+SQLITE_BUSY_S = 120.0
+
+
 def _open_database(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     """Optuna's storage of a database URL, with heartbeats (``nas.study_shared``)."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite") and "timeout=" not in url.partition("?")[2]:
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_S}
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():  # heartbeats: experimental since Optuna 2.9, and what it relies on
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.get_storage(optuna.storages.RDBStorage(
-                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S))
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs=engine_kwargs))
         except Exception as exc:
             # Processes started together on a new database all create its tables, and all but one fail: on
             # the unique row of its schema version, on a table another just created ("already exists"), or

@@ -4,6 +4,7 @@ was paused."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import types
@@ -273,3 +274,34 @@ def test_another_programs_study_is_refused_and_left_as_it_was(tmp_path, toy, sha
     assert toy.calls == 0
     other = optuna.load_study(study_name="run", storage=storage)
     assert other.user_attrs == {} and len(other.trials) == 3
+
+
+# --- a SQLite study locked for a while by another connection -----------------------------------------------------
+
+
+def test_a_sqlite_study_locked_for_seconds_by_another_connection_is_waited_for(tmp_path, toy):
+    """Another process sharing the file (stalled on a loaded machine, or a long read) holds its lock for 6.5 s while
+    the search writes: Python's default wait of 5 s stopped the search with Optuna's StorageInternalError."""
+    db = tmp_path / "shared.db"
+    held = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(db, isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(6.5)
+        connection.execute("COMMIT")
+        connection.close()
+
+    def accuracy(archs):
+        if not held.is_set():  # while the first batch is evaluated: the others' writes wait for the lock
+            threading.Thread(target=hold, daemon=True).start()
+            held.wait()
+        return toy.accuracy(archs)
+
+    config = config_of(storage=f"sqlite:///{db}")
+    fronts = run_search(config, tmp_path / "run", accuracy, {"dev": toy.latency()}, space=SPACE,
+                        counts_fn=stub_counts)
+    assert fronts["dev"]
+    study = load_study(tmp_path / "run", config)
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 16
