@@ -324,6 +324,9 @@ class MeasurementLog:
             _check_records(records, base)
         if data.get("format") != MEASUREMENTS_FORMAT or data.get("space") != self.space:
             raise LatencyError(f"{self.path} is not a measurement log of space {self.space!r}")
+        if data.get("device") != self.device:  # copied or renamed into place: its timings are another device's
+            raise LatencyError(f"{self.path} holds measurements of device {data.get('device')!r}, not "
+                               f"{self.device!r}; move it back where it belongs (or away) to measure this device")
         stored = data.get("protocol")
         if records and stored and self.protocol:  # one log, one protocol: its subnets compare on one scale
             from .lut import check_same_protocol

@@ -355,3 +355,14 @@ def test_a_table_of_another_device_or_space_copied_into_place_is_refused(store, 
                           str(store.root))
     _one_line_error(code, err, str(copied), "on 'local-cpu-1t-ort'")
     assert out == "" and not store.measurements_path(other.id, SPACE.name).exists()
+
+
+def test_a_measurement_log_of_another_device_is_refused(tmp_path):
+    """The log checked its space but not its device: another device's timings were reused as this one's."""
+    path = tmp_path / "m.json"
+    log = MeasurementLog(path, SPACE.name, "local-cpu-2t-ort", TINY)
+    archs, _ = _data(2, 0)
+    log.add(archs[0], _measured(1.0))
+    with pytest.raises(LatencyError, match="measurements of device 'local-cpu-2t-ort', not 'local-cpu-1t-ort'"):
+        MeasurementLog(path, SPACE.name, DEVICE, TINY)
+    assert len(MeasurementLog(path, SPACE.name, "local-cpu-2t-ort", TINY).records) == 1
