@@ -322,3 +322,17 @@ def test_quantize_refuses_the_supernet_of_another_config(tmp_path, capsys):
     fails_in_one_line(capsys, ["quantize", config(1), "--arch", "smallest", "--out", out],
                       "written by another config", str(trained.supernet_checkpoint))
     assert not out.exists()
+
+
+# --- nas arch info --ofa-config --------------------------------------------------------------------------------------
+
+
+def test_an_ofa_config_with_an_unknown_key_is_refused(capsys):
+    """A misspelt resolution key was ignored: the arch described at the space's largest resolution, exit 0."""
+    import json
+
+    config = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5}
+    fails_in_one_line(capsys, ["arch", "info", "ofa_mbv3_w1.0", "--ofa-config", json.dumps({**config, "R": [160]})],
+                      "unknown key 'R'", "allowed: ks, e, d, r")
+    assert main(["arch", "info", "ofa_mbv3_w1.0", "--ofa-config", json.dumps({**config, "r": [160]}), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["archs"][0]["resolution"] == 160

@@ -22,6 +22,8 @@ from ..config import check_seed
 from ..errors import UsageError
 from . import require_subcommand
 
+# The keys of Once-for-All's MobileNetV3 configs: kernel sizes, expand ratios, depths, resolution.
+OFA_CONFIG_KEYS = ("ks", "e", "d", "r")
 # The most subnets --sample describes: each takes a few milliseconds, so this many is about half a minute.
 MAX_SAMPLE = 10_000
 
@@ -95,6 +97,9 @@ def select_archs(space: SearchSpace, args: argparse.Namespace) -> list[Arch]:
             raise UsageError(f"--ofa-config is not valid JSON: {exc.msg} at character {exc.pos}") from None
         if not isinstance(config, dict):
             raise UsageError('--ofa-config must be a JSON object like {"ks": [...], "e": [...], "d": [...]}')
+        unknown = [key for key in config if key not in OFA_CONFIG_KEYS]
+        if unknown:  # a misspelt "r" would describe the space's largest resolution instead
+            raise UsageError(f"--ofa-config: unknown key {unknown[0]!r}; allowed: {', '.join(OFA_CONFIG_KEYS)}")
         return [from_ofa_config(space, config)]
     if not 1 <= args.sample <= MAX_SAMPLE:
         raise UsageError(f"--sample must be >= 1 and <= {MAX_SAMPLE}, got {args.sample}")
