@@ -49,12 +49,16 @@ from .search_config import SearchConfig
 from .search_params import params_of, policy_distributions, policy_params, search_params
 from .study import TrialTable, study_trials
 
-__all__ = ["POLICY_ATTR", "ROUNDS", "check_precisions", "mixed_latency", "search_precisions"]
+__all__ = ["CALIBRATION_ATTR", "POLICY_ATTR", "ROUNDS", "check_calibration", "check_precisions", "mixed_latency",
+           "search_precisions"]
 
 POLICY_ATTR = "policy"
 ROUNDS = 2
 # The study's record of the rounds done, and over how many fp32 trials: a search grown since screens again.
 STATE_ATTR = "precision_search"
+# The study's record of the calibration method its quantised subnets were measured under (a study without one:
+# nas.search_config.DEFAULT_QUANTIZATION_METHOD, what the search used before the method could be chosen).
+CALIBRATION_ATTR = "quantization_method"
 # With mixed precision: the mixes that keep the 1, 2 and 3 most sensitive groups in fp32.
 MIXED_KEEP = (1, 2, 3)
 
@@ -213,6 +217,25 @@ def _mixes(space: SearchSpace, arch: Arch, order: Sequence[str]) -> list[Precisi
     return prefix_policies(space, arch, list(order), counts)
 
 
+def check_calibration(study: optuna.Study, config: SearchConfig) -> None:
+    """``UsageError`` when the study's quantised subnets were calibrated with another method than
+    ``search.quantization_method``: their accuracies (measured once, never again) would stand on fronts recorded as
+    the config's calibration, and exports would calibrate otherwise. Checked before any trial."""
+    from .search_config import DEFAULT_QUANTIZATION_METHOD
+    from .search_params import POLICY_PREFIX
+
+    if not config.quantized:
+        return  # the fronts hold no quantised subnet (write_fronts leaves the study's out)
+    if not any(any(k.startswith(POLICY_PREFIX) for k in t.params) for t in study.get_trials(deepcopy=False)):
+        return  # none measured yet
+    recorded = study.user_attrs.get(CALIBRATION_ATTR) or DEFAULT_QUANTIZATION_METHOD
+    if recorded != config.quantization_method:
+        raise UsageError(f"study {study.study_name!r} holds quantised subnets calibrated with {recorded!r}, and "
+                         f"search.quantization_method is {config.quantization_method!r}: set it back to "
+                         f"{recorded!r}, or set search.study_name to another name to search under "
+                         f"{config.quantization_method!r} (the stored fronts are kept)")
+
+
 def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchConfig, accuracy: Callable,
                       latency_predictors: Mapping[str, Any], evaluator: Any, *,
                       log: Callable[[str], None] | None = None) -> list[optuna.trial.FrozenTrial]:
@@ -226,6 +249,9 @@ def search_precisions(study: optuna.Study, space: SearchSpace, config: SearchCon
     if not config.quantized:
         return []
     latency = check_precisions(config, space, latency_predictors, evaluator)
+    check_calibration(study, config)
+    if study.user_attrs.get(CALIBRATION_ATTR) != config.quantization_method:  # the method of what it adds now
+        study.set_user_attr(CALIBRATION_ATTR, config.quantization_method)
     int8 = PrecisionPolicy.uniform(space, "int8")
     distributions = {name: optuna.distributions.CategoricalDistribution(list(choices))
                      for name, choices in search_params(space).items()}

@@ -26,7 +26,7 @@ from search_spaces import Arch, SearchSpace, arch_to_string, get_space
 from .errors import UsageError
 from .fronts import FrontMember, ReferencePoint, check_front_store, get_front_store
 from .pareto import pareto_indices
-from .precision_search import check_precisions, search_precisions
+from .precision_search import check_calibration, check_precisions, search_precisions
 from .refine import refine_budgets
 from .search_config import SearchConfig
 from .search_paths import run_path, search_lock, search_paths
@@ -108,6 +108,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     with search_lock(run_dir):
         check_front_store(search_paths(run_dir).fronts)  # a damaged store fails now, not after the trials
         study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint))
+        check_calibration(study, config)
         optimize(study, space, config, acc_fn, lat_fns, progress)
         refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
         search_precisions(study, space, config, acc_fn, latency_predictors, final_evaluator, log=log)

@@ -305,3 +305,31 @@ def test_a_sqlite_study_locked_for_seconds_by_another_connection_is_waited_for(t
     assert fronts["dev"]
     study = load_study(tmp_path / "run", config)
     assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 16
+
+
+# --- a calibration method changed between searches of one study ------------------------------------------------
+
+
+def test_int8_subnets_of_another_calibration_are_refused_before_any_trial(tmp_path, toy):
+    """The study's int8 subnets were measured under minmax calibration; a config that asks for entropy then grew
+    the search and wrote fronts recorded as entropy's from minmax's accuracies (exports calibrated otherwise)."""
+    from .test_precision_search import ToyEvaluator, ToyMixedLatency, _config
+
+    run = tmp_path / "run"
+
+    def search_int8(**settings):
+        return run_search(_config(precisions=["fp32", "int8"], precision_candidates=6, **settings), run,
+                          toy.accuracy, {"cpu": ToyMixedLatency(toy)}, space=SPACE, final_evaluator=ToyEvaluator(toy),
+                          counts_fn=stub_counts)
+
+    assert {m.precision for m in search_int8()["cpu"]} == {"fp32", "int8"}
+    store = run / "fronts" / "fronts.sqlite"
+    before, calls = store.read_bytes(), toy.calls
+    with pytest.raises(UsageError, match=r"calibrated with 'minmax', and search.quantization_method is 'entropy'"):
+        search_int8(quantization_method="entropy", n_trials=64)
+    assert toy.calls == calls and store.read_bytes() == before
+    assert len(load_study(run).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) > 48
+    # fp32 only: the int8 subnets stay out of the fronts, so any calibration is fine; and the same method goes on.
+    run_search(_config(quantization_method="entropy"), run, toy.accuracy, {"cpu": ToyMixedLatency(toy)},
+               space=SPACE, counts_fn=stub_counts)
+    search_int8(n_trials=64)
