@@ -237,11 +237,12 @@ def _written_from(study: optuna.Study, space: SearchSpace, config: SearchConfig,
 def fronts_settings(config: SearchConfig) -> dict[str, Any]:
     """The search settings stored fronts are made under (as ``write_fronts`` records them in ``written_from``,
     JSON): each device's budget (which caps its front), the budgets refined, the precisions and their
-    calibration. Fronts written under other settings are not this config's (``search_is_complete``)."""
+    calibration (of quantised subnets; None for fp32-only fronts). Fronts written under other settings are not this
+    config's (``search_is_complete``)."""
     return json.loads(json.dumps({
         "budgets_ms": config.budgets, "refine_budgets_ms": list(config.budgets_ms),
         "precisions": list(config.precisions), "mixed_precision": config.mixed_precision,
-        "quantization_method": config.quantization_method,
+        "quantization_method": config.quantization_method if config.quantized else None,
     }, sort_keys=True))
 
 
