@@ -225,9 +225,8 @@ def _short_reason(exc: BaseException) -> str:
     return short_text(raw, first_sentence=True) or type(exc).__name__
 
 
-def _read_torch_file(path: Path, what: str) -> Any:
-    import torch
-
+def _check_zoo_file(path: Path, what: str) -> None:
+    """``UsageError`` unless ``path`` is a regular, non-empty file (``what`` it should be, for the message)."""
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give the file itself (e.g. {path}/FILE.pth)")
     if not path.exists():
@@ -236,6 +235,12 @@ def _read_torch_file(path: Path, what: str) -> Any:
         raise UsageError(f"{what} {path} is not a regular file (a device or a pipe); give the .pth file itself")
     if path.stat().st_size == 0:
         raise UsageError(f"{what} {path} is an empty file (a download or copy that did not finish?)")
+
+
+def _read_torch_file(path: Path, what: str) -> Any:
+    import torch
+
+    _check_zoo_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means it is not such a file
@@ -652,8 +657,7 @@ def _import_plan(source: Any, space_name: str, run: RunDir) -> list[tuple[str, P
         wanted.append(("accuracy predictor", Path(source.accuracy_predictor), run.search / PREDICTOR_NAME))
     todo = []
     for what, zoo_file, target in wanted:
-        if not zoo_file.is_file():
-            raise UsageError(f"supernet: the {what} file {zoo_file} does not exist")
+        _check_zoo_file(zoo_file, f"supernet: the {what} file")
         digest = sha256_file(zoo_file)
         held = _imported_sha(target)
         if held == digest:

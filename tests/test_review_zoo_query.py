@@ -79,6 +79,20 @@ def test_a_device_a_pipe_or_an_empty_file_is_named_as_such(tmp_path, capsys, com
     assert not (tmp_path / "run").exists()
 
 
+def test_a_config_naming_a_device_or_an_empty_file_is_named_as_such(tmp_path):
+    """The config route (``supernet: {import: ofa, path: ...}``) checks its files as the command does."""
+    from nas.config import SupernetImport
+    from nas.errors import UsageError
+    from nas.ofa_zoo import import_for_config
+
+    empty = tmp_path / "w10.pth"
+    empty.write_bytes(b"")
+    for path, named in (("/dev/null", "/dev/null is not a regular file"), (empty, "is an empty file")):
+        with pytest.raises(UsageError, match=named):
+            import_for_config(SupernetImport("ofa", str(path)), "ofa_mbv3_w1.0", RunDir(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # --- an import replaced under a run's results ------------------------------------------------------------------
 
 
