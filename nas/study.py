@@ -131,7 +131,7 @@ def storage_for(config: SearchConfig, run_dir: Any, repair: bool = False) -> opt
             return _open_database(config.storage)
         except Exception as exc:  # SQLAlchemy's errors, a missing driver (ImportError), a bad URL (ValueError)
             reason = " ".join(str(exc).split("(Background on this error")[0].split())
-            raise UsageError(f"search.storage {config.storage!r} cannot be opened ({type(exc).__name__}: "
+            raise UsageError(f"search.storage {_shown_url(config.storage)!r} cannot be opened ({type(exc).__name__}: "
                              f"{reason}); allowed: {STORAGE_ALLOWED}") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -297,14 +297,19 @@ def supernet_identity(checkpoint: Any) -> str | None:
 
 
 def _where(config: SearchConfig) -> str:
-    if not config.storage:
-        return "this run's journal"
+    return f"storage {_shown_url(config.storage)!r}" if config.storage else "this run's journal"
+
+
+def _shown_url(url: str) -> str:
+    """A database URL as messages show it: its password as ``***`` (they end up in logs and CI output)."""
     try:
         from sqlalchemy.engine import make_url
 
-        return f"storage {make_url(config.storage).render_as_string(hide_password=True)!r}"
-    except Exception:  # an URL SQLAlchemy opened but cannot render
-        return "search.storage"
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse (a bad port): hide what stands where a password would
+        import re
+
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,

@@ -335,3 +335,16 @@ def test_int8_subnets_of_another_calibration_are_refused_before_any_trial(tmp_pa
     run_search(_config(quantization_method="entropy"), run, toy.accuracy, {"cpu": ToyMixedLatency(toy)},
                space=SPACE, counts_fn=stub_counts)
     search_int8(n_trials=64)
+
+
+# --- a database password in a message ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://nas:s3cret@127.0.0.1:1/db",
+                                 "postgresql://nas:s3cret@host:notaport/db"])
+def test_a_storage_that_cannot_be_opened_is_named_without_its_password(tmp_path, toy, url):
+    """The message of a storage that cannot be opened ends up in logs and CI output: its password is shown as ***,
+    as the study's other messages show it."""
+    with pytest.raises(UsageError, match=r"search.storage 'postgresql.*://nas:\*\*\*@") as info:
+        search(tmp_path / "run", toy, config_of(storage=url))
+    assert "s3cret" not in str(info.value)
