@@ -516,11 +516,20 @@ class OFAAccuracyPredictor:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> OFAAccuracyPredictor:
         """Read a saved predictor (``AccuracyPredictor.load`` reads the same file, without the check)."""
+        from search_spaces import reading
+
         from .accuracy import AccuracyPredictor
 
         mlp = AccuracyPredictor.load(path)
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(mlp, tuple(int(r) for r in data.get("resolutions", mlp.space.resolutions)))
+        with reading(path, "accuracy predictor", "import it again (`nas import ofa-accuracy-predictor FILE --run-dir "
+                     "RUN`), or move it away"):
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            resolutions = data.get("resolutions", list(mlp.space.resolutions))
+            if not isinstance(resolutions, list) or not resolutions or \
+                    not all(type(r) is int and r in mlp.space.resolutions for r in resolutions):
+                raise ValueError(f"'resolutions' is {json.dumps(resolutions)[:60]}, not a list of the resolutions "
+                                 f"of space {mlp.space.name!r}")
+        return cls(mlp, tuple(resolutions))
 
 
 def covers_resolutions(path: str | os.PathLike[str]) -> bool:

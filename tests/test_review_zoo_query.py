@@ -350,3 +350,22 @@ def test_an_ofa_config_with_an_unknown_key_is_refused(capsys):
                       "unknown key 'R'", "allowed: ks, e, d, r")
     assert main(["arch", "info", "ofa_mbv3_w1.0", "--ofa-config", json.dumps({**config, "r": [160]}), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["archs"][0]["resolution"] == 160
+
+
+@needs_zoo
+@pytest.mark.parametrize("resolutions", [["x"], "abc", None, [], [999]])
+def test_an_imported_predictor_with_damaged_resolutions_is_a_damaged_file(tmp_path, resolutions):
+    """What the search reads back (``OFAAccuracyPredictor.load``): a damaged ``resolutions`` was a bare
+    ValueError or TypeError (a traceback from `nas search`/`nas run`), or "abc" read as three resolutions."""
+    import json
+
+    from nas.ofa_zoo import OFAAccuracyPredictor, import_ofa_accuracy_predictor
+    from search_spaces import DamagedFileError
+
+    path = import_ofa_accuracy_predictor(PREDICTOR_FILE, tmp_path / "run").path
+    assert OFAAccuracyPredictor.load(path).resolutions == (160, 176, 192, 208, 224)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "resolutions": resolutions}))
+    with pytest.raises(DamagedFileError, match=r"accuracy_predictor.json is damaged .*'resolutions' is") as info:
+        OFAAccuracyPredictor.load(path)
+    assert "\n" not in str(info.value) and "nas import ofa-accuracy-predictor" in str(info.value)
