@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "checkpoints/supernet.pt (an ordinary trained supernet: 'nas search', 'nas "
                                    "query' and 'nas eval' use it) and DIR/import.json (the source file and its "
                                    "sha256). A run that trained its own supernet is refused; an earlier import "
-                                   "is replaced.")
+                                   "is replaced (by another file only while the run holds no search results "
+                                   "measured on it: study, accuracies, fronts).")
     s.add_argument("file", metavar="FILE", help="ofa_mbv3_d234_e346_k357_w1.0 or _w1.2 checkpoint")
     s.add_argument("--space", required=True, choices=OFA_SUPERNET_SPACES, help="the space of the file's width")
     s.add_argument("--run-dir", required=True, metavar="DIR", help="the run folder to write")
@@ -61,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "accuracy: predictor uses it instead of fitting its own; it scores only the "
                                    "resolutions it was trained on (160 to 224). --space must be the run's "
                                    "supernet's space; a predictor the run's search fitted is refused, an earlier "
-                                   "import is replaced.")
+                                   "import is replaced (by another file only while the run holds no search results "
+                                   "scored with it). Files with NaN or infinite weights are refused as damaged.")
     a.add_argument("file", metavar="FILE", help="acc_predictor.pth (state dict of the tutorial's MLP)")
     a.add_argument("--run-dir", required=True, metavar="DIR", help="the run folder to write it into")
     a.add_argument("--space", default=None, choices=OFA_SUPERNET_SPACES,
