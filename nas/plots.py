@@ -76,8 +76,8 @@ def _hv_curve(acc: np.ndarray, lat: np.ndarray, points: int = 60) -> tuple[np.nd
 
 def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     """What to draw for a run: its study's trials and its stored fronts (``config``: a ``SearchConfig`` when
-    the study is not in the default journal file; ``space``: the space when it is not registered). Without
-    ``config``, the study is the one the stored fronts were written from (a run's journal may hold several)."""
+    the study is not in the default journal file; ``space``: the space when it is not registered). Unless
+    ``config`` names one, the study is the one the stored fronts were written from (a journal may hold several)."""
     from search_spaces import get_space
 
     from .query import open_fronts
@@ -88,7 +88,7 @@ def plot_data(run_dir: Any, config: Any = None, space: Any = None) -> PlotData:
     if space_name is None:
         raise UsageError("the run's front store names no space; run `nas search` again")
     space = get_space(space if space is not None else space_name)
-    study = load_study(run_dir, config if config is not None else _fronts_study(store, run_dir))
+    study = load_study(run_dir, _fronts_study(store, run_dir, config))
     table = study_trials(study, space)
     devices = list(study.user_attrs.get("devices", store.devices()))
     budgets = _budgets(store)
@@ -125,23 +125,25 @@ def _budgets(store: Any) -> dict[str, float]:
     return {str(device): float(ms) for device, ms in budgets.items()}
 
 
-def _fronts_study(store: Any, run_dir: Any) -> Any:
-    """A ``SearchConfig`` naming the study the store's fronts were written from (``written_from``); None for a
-    store that does not record it (the run's default study). ``UsageError`` when the run has fronts but no
-    journal: its study is in a ``search.storage`` database, which only the experiment config names."""
+def _fronts_study(store: Any, run_dir: Any, config: Any) -> Any:
+    """``config`` (default: the journal's) with its study, unless it names one, the study the store's fronts
+    were written from (``written_from``; a journal may hold several). ``UsageError`` when no config is given
+    and the run has fronts but no journal: its study is in a ``search.storage`` database only a config names."""
+    import dataclasses
+
     from .search import WRITTEN_FROM_KEY
     from .search_config import SearchConfig
     from .search_paths import run_path, search_paths
 
     written = store.get_meta(WRITTEN_FROM_KEY)
     name = written.get("study") if isinstance(written, dict) else None
-    if not isinstance(name, str) or not name:
-        return None
-    if not search_paths(run_dir).journal.exists():
+    if not isinstance(name, str) or not name or (config is not None and config.study_name):
+        return config
+    if config is None and not search_paths(run_dir).journal.exists():
         raise UsageError(f"run {str(run_path(run_dir))!r}: its fronts come from search study {name!r}, which is not "
                          f"in the run's journal (search/study.journal): a search.storage database? give the "
                          f"experiment config that names it: nas plot RUN --config CONFIG")
-    return SearchConfig(study_name=name)
+    return dataclasses.replace(config if config is not None else SearchConfig(), study_name=name)
 
 
 def _references(store: Any, device: str) -> tuple[tuple[str, float, float], ...]:

@@ -157,6 +157,10 @@ def test_plot_draws_the_study_the_fronts_were_written_from(tmp_path, capsys):
     assert {m.arch.resolution for m in front} == {32}
     data = plot_data(run)
     assert data.n_trials == 18
+    # A config naming no study (nas plot --config, nas run's plot stage) reads the same study; one naming a
+    # study reads that one.
+    assert plot_data(run, SearchConfig.parse({}, ["dev"])).n_trials == 18
+    assert plot_data(run, SearchConfig.parse({"study_name": "run"}, ["dev"])).n_trials == 6
     panel = data.panels[0]
     assert panel.all_accuracy.size == 18 and panel.front_accuracy.size == len(front)
     assert main(["plot", str(run), "--out", str(tmp_path / "fronts.png")]) == 0
