@@ -9,8 +9,8 @@ Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one 
    and the finished ones not yet known join this process's in-memory copy of the study, which its sampler
    proposes from (one read of the database per batch, not one per suggested parameter).
 2. Finished plus running trials are counted (those the sampler proposed: ``nas.study.proposed_by_sampler``):
-   once they reach ``n_trials`` no more are asked; the process waits while other processes' trials still run
-   (they finish, or go stale and are asked again).
+   once they reach ``n_trials`` no more are asked; the process waits while other processes' trials within that
+   total still run (they finish, or go stale and are asked again), not for those of a process asking for more.
 3. A batch is reserved: each proposal is written as one ``RUNNING`` trial (its parameters and user attributes
    in one transaction, ``worker`` naming the process) with a heartbeat, recorded every ``HEARTBEAT_S`` by a
    thread while the batch is evaluated. Trials enqueued in the database (the largest and smallest subnets of
@@ -126,7 +126,7 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
             running = sum(t.state == TrialState.RUNNING for t in trials)
             left = config.n_trials - complete - running
             if left <= 0:
-                if running == 0:
+                if not _total_running(trials, config.n_trials):
                     break
                 time.sleep(POLL_S)  # other processes' last trials: they finish, or go stale and are asked again
                 continue
@@ -145,6 +145,17 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
             except Exception:  # noqa: BLE001  # finished meanwhile, or the database is gone: the grace fails it
                 pass
     return done_here
+
+
+def _total_running(trials: Iterable[FrozenTrial], n_trials: int) -> bool:
+    """Whether a trial within the total still runs: one of the first ``n_trials`` proposed trials, finished or
+    running, in creation order. Trials beyond them (another process asked for a larger total) are not waited for."""
+    from .study import proposed_by_sampler
+
+    live = sorted((t for t in trials
+                   if t.state in (TrialState.COMPLETE, TrialState.RUNNING) and proposed_by_sampler(t)),
+                  key=lambda t: t.number)
+    return any(t.state == TrialState.RUNNING for t in live[:n_trials])
 
 
 def _fail_stale(study: optuna.Study, unbeaten: dict[int, float]) -> None:

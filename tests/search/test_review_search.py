@@ -24,7 +24,7 @@ from nas.search import run_search
 from nas.search_config import SearchConfig
 from nas.search_stage import search_is_complete
 from nas.study import load_study, open_study
-from nas.study_shared import _claim_waiting, optimize_shared
+from nas.study_shared import _claim_waiting, _Heartbeat, optimize_shared
 from search_spaces import DamagedFileError, get_space
 
 from .conftest import stub_counts
@@ -348,3 +348,34 @@ def test_a_storage_that_cannot_be_opened_is_named_without_its_password(tmp_path,
     with pytest.raises(UsageError, match=r"search.storage 'postgresql.*://nas:\*\*\*@") as info:
         search(tmp_path / "run", toy, config_of(storage=url))
     assert "s3cret" not in str(info.value)
+
+
+# --- two processes on one study asking for different totals ------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test plays the other process with study.ask
+def test_a_process_whose_total_is_reached_does_not_wait_for_a_larger_search(tmp_path, toy):
+    """One process asks for 8 trials, another (started later with a larger --n-trials) is still running trials
+    beyond them: the first used to wait for every running trial, i.e. for the whole larger search."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = config_of(storage=url, n_trials=8)
+    space = get_space(SPACE)
+    study = open_study(config, tmp_path / "run", space)
+    assert optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()}) == 8
+    other = [study.ask() for _ in range(3)]  # the larger search's trials 8, 9, 10, beating
+    beating = _Heartbeat(optuna.storages.get_storage(url), 0.2)
+    for trial in other:
+        beating.add(trial._trial_id)
+    try:
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(
+            optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()})), daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "it waited for the trials of the larger search"
+        assert result == [0]
+    finally:
+        beating.close()
+    # (Waiting for other processes' trials within its total: test_cooperative's
+    # test_a_process_waits_for_the_others_last_trials.)
+    assert [t.state for t in study.get_trials(deepcopy=False)[8:]] == [TrialState.RUNNING] * 3
