@@ -44,12 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="the whole pipeline: train, latency, search, fronts, plot, export",
         description="Run every stage of an experiment: train the supernet, measure latency tables or fit "
                     "predictors for the config's devices (in $HWNAS_HOME), search, re-measure the fronts on "
-                    "their devices, plot and export the knee subnet. Stages already done are skipped; an "
-                    "interrupted run continues where it stopped.")
+                    "their devices, plot and export the knee subnet. Stages already done are skipped (the search "
+                    "when it has search.n_trials trials and its fronts were written under the config's budgets "
+                    "and precisions; the stages after it when made from the current fronts); an interrupted run "
+                    "continues where it stopped.")
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML), e.g. experiments/quickstart.yaml")
     p.add_argument("--run-dir", default=None, help="run folder (default: the config's, or runs/<name>)")
     p.add_argument("--home", default=None, help="device data folder (default: $HWNAS_HOME or ~/.hwnas)")
     p.add_argument("--epochs-scale", type=float, default=None, help="scale every training phase's epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (run_dir, ran, skipped, fronts_file, plot, export, "
+                        "fronts); progress goes to stderr")
     p.set_defaults(handler=run)

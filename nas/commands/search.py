@@ -46,10 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search", help="Optuna search -> per-device Pareto fronts",
         description="Search the trained supernet's subnets for accuracy against latency on every device of "
-                    "the config (one Optuna study; NSGA-II by default). Running it again continues the study.")
+                    "the config (one Optuna study; NSGA-II by default). Running it again continues the study. "
+                    "With search.storage a database, several processes (each with its own run folder) search "
+                    "one study together; a second search of the same run folder is refused.")
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML)")
     p.add_argument("--run-dir", default=None, help="run folder (default: the config's, or runs/<name>)")
     p.add_argument("--n-trials", type=int, default=None, help="override search.n_trials (finished trials in total)")
     p.add_argument("--home", default=None, help="device data folder (default: $HWNAS_HOME or ~/.hwnas)")
-    p.add_argument("--json", action="store_true", help="print the fronts as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the fronts as JSON on stdout (device to its members); progress goes to stderr")
     p.set_defaults(handler=run)
