@@ -189,23 +189,36 @@ def query_front(run_dir: Any, device: str, max_latency_ms: float, min_accuracy: 
     within = [m for m in front if m.latency_ms <= max_latency_ms]
     if not within:
         raise UsageError(f"no subnet on {device} meets {max_latency_ms:g} ms; the front spans "
-                         f"{_budget_text(fastest.latency_ms)} ms (fastest, accuracy {fastest.val_accuracy:.4f}) to "
-                         f"{_budget_text(slowest.latency_ms)} ms (most accurate, accuracy {slowest.val_accuracy:.4f})")
+                         f"{_ms(fastest.latency_ms)} ms (fastest, accuracy {_acc(fastest.val_accuracy)}) to "
+                         f"{_ms(slowest.latency_ms)} ms (most accurate, accuracy {_acc(slowest.val_accuracy)})")
     best = max(within, key=lambda m: (m.val_accuracy, -m.latency_ms))
     if min_accuracy is not None and best.val_accuracy < min_accuracy:
         reach = [m for m in front if m.val_accuracy >= min_accuracy]
-        hint = (f"; accuracy {min_accuracy:g} needs at least {_budget_text(reach[0].latency_ms)} ms" if reach
-                else f"; no member reaches it (best {slowest.val_accuracy:.4f})")
+        hint = (f"; accuracy {min_accuracy:g} needs at least {_ms(reach[0].latency_ms)} ms" if reach
+                else f"; no member reaches it (best {_acc(slowest.val_accuracy)})")
         raise UsageError(f"no subnet on {device} within {max_latency_ms:g} ms reaches accuracy {min_accuracy:g}: "
-                         f"the best within the budget has {best.val_accuracy:.4f}{hint}")
+                         f"the best within the budget has {_acc(best.val_accuracy)}{hint}")
     return best
 
 
-def _budget_text(latency_ms: float) -> str:
-    """``latency_ms`` with three decimals, rounded up: a budget given as printed admits the member (15.4163 ms
-    is ``15.417``; ``15.416`` would leave it out)."""
-    text = f"{latency_ms:.3f}"
-    return text if float(text) >= latency_ms else f"{float(text) + 0.001:.3f}"
+def _printed(value: float, decimals: int, up: bool) -> str:
+    """``value`` with ``decimals`` decimals, rounded up (``up``) or down: what an error prints as a budget or an
+    accuracy, so that giving it back as ``--max-latency-ms`` / ``--min-accuracy`` admits the member it names
+    (15.4163 ms is ``15.417``, not ``15.416``; accuracy 0.57158 is ``0.5715``, not ``0.5716``)."""
+    text, step = f"{value:.{decimals}f}", 10.0 ** -decimals
+    if up and float(text) < value:
+        text = f"{float(text) + step:.{decimals}f}"
+    elif not up and float(text) > value:
+        text = f"{float(text) - step:.{decimals}f}"
+    return text
+
+
+def _ms(latency_ms: float) -> str:
+    return _printed(latency_ms, 3, up=True)
+
+
+def _acc(accuracy: float) -> str:
+    return _printed(accuracy, 4, up=False)
 
 
 # --- exports -------------------------------------------------------------------------------------------

@@ -204,6 +204,12 @@ def test_a_refused_budget_names_budgets_that_work(tmp_path, capsys):
                       "accuracy 0.75 needs at least 18.200 ms")
     fails_in_one_line(capsys, ["query", run, "--device", "dev", "--max-latency-ms", "30", "--min-accuracy", "0.9"],
                       "no member reaches it (best 0.8000)")
+    # Accuracies are printed rounded down, so that one given back as --min-accuracy is met.
+    run2 = _store_run(tmp_path / "b", [(10.0, 0.57158)])
+    fails_in_one_line(capsys, ["query", run2, "--device", "dev", "--max-latency-ms", "20", "--min-accuracy", "0.5716"],
+                      "the best within the budget has 0.5715", "no member reaches it (best 0.5715)")
+    assert main(["query", str(run2), "--device", "dev", "--max-latency-ms", "20", "--min-accuracy", "0.5715"]) == 0
+    capsys.readouterr()
     # A budget exactly a member's latency admits it; the most accurate within wins.
     assert main(["query", str(run), "--device", "dev", "--max-latency-ms", "18.2", "--json"]) == 0
     assert '"val_accuracy": 0.8' in capsys.readouterr().out
