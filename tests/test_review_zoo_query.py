@@ -379,3 +379,8 @@ def test_an_imported_predictor_with_damaged_resolutions_is_a_damaged_file(tmp_pa
     with pytest.raises(DamagedFileError, match=r"accuracy_predictor.json is damaged .*'resolutions' is") as info:
         OFAAccuracyPredictor.load(path)
     assert "\n" not in str(info.value) and "nas import ofa-accuracy-predictor" in str(info.value)
+
+
+def test_a_deeply_nested_ofa_config_is_one_line(capsys):
+    """json.loads recurses per bracket: 100000 of them were a RecursionError traceback."""
+    fails_in_one_line(capsys, ["arch", "info", "ofa_mbv3_w1.0", "--ofa-config", "[" * 100_000], "nested too deeply")

@@ -95,6 +95,9 @@ def select_archs(space: SearchSpace, args: argparse.Namespace) -> list[Arch]:
             config = json.loads(args.ofa_config)
         except json.JSONDecodeError as exc:
             raise UsageError(f"--ofa-config is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        except RecursionError:  # thousands of nested brackets: json's parser recurses per level
+            raise UsageError('--ofa-config is nested too deeply; give a JSON object like {"ks": [...], "e": '
+                             '[...], "d": [...]}') from None
         if not isinstance(config, dict):
             raise UsageError('--ofa-config must be a JSON object like {"ks": [...], "e": [...], "d": [...]}')
         unknown = [key for key in config if key not in OFA_CONFIG_KEYS]
