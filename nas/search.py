@@ -59,7 +59,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
                counts_fn: Callable[[SearchSpace, Arch], Any] | None = None, checkpoint: str | None = None,
                progress: Callable[[int, int], None] | None = None,
                meta: Mapping[str, Any] | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, list[FrontMember]]:
+               log: Callable[[str], None] | None = None,
+               accuracy_identity: str | None = None) -> dict[str, list[FrontMember]]:
     """Search, then write one front per device to the run's front store; returns the fronts.
 
     Args:
@@ -82,6 +83,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         log: receives a line per refined budget (``nas.refine``: ``search.budgets_ms`` and each device's
             ``max_latency_ms``, refined after the trials when the accuracy objective is cheap) and per round of
             the precision search.
+        accuracy_identity: what the accuracy objective is (``"direct"``, ``"predictor:sha256:<hex>"``), recorded by
+            the study, which refuses another (``nas.study.open_study``).
 
     With ``config.precisions`` listing int8, the refinement is followed by the precision search
     (``nas.precision_search``): quantised subnets that could join a front are measured through
@@ -107,7 +110,7 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
     check_precisions(config, space, latency_predictors, final_evaluator)
     with search_lock(run_dir):
         check_front_store(search_paths(run_dir).fronts)  # a damaged store fails now, not after the trials
-        study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint))
+        study = open_study(config, run_dir, space, supernet=supernet_identity(checkpoint), accuracy=accuracy_identity)
         check_calibration(study, config)
         optimize(study, space, config, acc_fn, lat_fns, progress)
         refine_budgets(study, space, config, acc_fn, lat_fns, seed=config.seed, progress=log)
@@ -236,11 +239,11 @@ def _written_from(study: optuna.Study, space: SearchSpace, config: SearchConfig,
 
 def fronts_settings(config: SearchConfig) -> dict[str, Any]:
     """The search settings stored fronts are made under (as ``write_fronts`` records them in ``written_from``,
-    JSON): each device's budget (which caps its front), the budgets refined, the precisions and their
-    calibration (of quantised subnets; None for fp32-only fronts). Fronts written under other settings are not this
-    config's (``search_is_complete``)."""
+    JSON): the accuracy objective, each device's budget (which caps its front), the budgets refined, the precisions
+    and their calibration (of quantised subnets; None for fp32-only fronts). Fronts written under other settings are
+    not this config's (``search_is_complete``)."""
     return json.loads(json.dumps({
-        "budgets_ms": config.budgets, "refine_budgets_ms": list(config.budgets_ms),
+        "accuracy": config.accuracy, "budgets_ms": config.budgets, "refine_budgets_ms": list(config.budgets_ms),
         "precisions": list(config.precisions), "mixed_precision": config.mixed_precision,
         "quantization_method": config.quantization_method if config.quantized else None,
     }, sort_keys=True))

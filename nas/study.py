@@ -313,10 +313,13 @@ def _shown_url(url: str) -> str:
 
 
 def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
-               sampler: optuna.samplers.BaseSampler | None = None, supernet: str | None = None) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, supernet: str | None = None,
+               accuracy: str | None = None) -> optuna.Study:
     """Create the study or load it (same name) when it exists; refuse a study of another space, other
-    devices or another supernet (``supernet``: ``supernet_identity`` of the run's checkpoint; a study that
-    has none recorded takes this one, a call without one compares none).
+    devices, another supernet (``supernet``: ``supernet_identity`` of the run's checkpoint) or another accuracy
+    objective (``accuracy``: ``"direct"``, or ``"predictor:<sha256 of its file>"``: its trials' accuracies would
+    not compare with this search's). A study that has no supernet or accuracy recorded takes this one; a call
+    without one compares none.
 
     Raises:
         UsageError: the study holds another search's trials; the message says what differs and what to do.
@@ -340,6 +343,8 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
                                 "resolutions": [int(r) for r in space.resolutions]}
     if supernet:
         expected["supernet"] = supernet
+    if accuracy:
+        expected["accuracy"] = accuracy
     attrs = study.user_attrs
     if "space" not in attrs and not created and is_shared(study):
         attrs = _wait_for_setup(study)  # its creator is setting it up now, or it was made by `optuna create-study`
@@ -360,8 +365,8 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
                 study.enqueue_trial(params, skip_if_exists=True)
         study.set_user_attr("space", expected["space"])
         attrs = study.user_attrs  # read back: another process may have set up the same study just now
-    else:  # set up before studies recorded their supernet / resolutions
-        missing = [key for key in ("supernet", "resolutions") if key in expected and key not in attrs]
+    else:  # set up before studies recorded their supernet / resolutions / accuracy objective
+        missing = [key for key in ("supernet", "resolutions", "accuracy") if key in expected and key not in attrs]
         for key in missing:
             study.set_user_attr(key, expected[key])
         if missing:
@@ -413,6 +418,17 @@ def _check_identity(config: SearchConfig, name: str, attrs: Mapping[str, Any], e
         raise UsageError(f"study {name!r} in {where} holds the trials of supernet {stored}, and this run's supernet "
                          f"is {expected['supernet']}: set search.study_name to another name for this supernet "
                          f"(studies are named after their run by default)")
+    stored = attrs.get("accuracy")
+    if "accuracy" in expected and stored and stored != expected["accuracy"]:
+        raise UsageError(f"study {name!r} in {where} holds accuracies from {_accuracy_shown(stored)}, and this "
+                         f"search's come from {_accuracy_shown(expected['accuracy'])}: they do not compare; set "
+                         f"search.accuracy (and the run's accuracy predictor) back, or search.study_name to another "
+                         f"name to search again")
+
+
+def _accuracy_shown(identity: str) -> str:
+    return ("direct evaluation of the supernet" if identity == "direct"
+            else f"the accuracy predictor {identity.partition(':')[2]}")
 
 
 def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
