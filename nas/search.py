@@ -83,8 +83,8 @@ def run_search(config: SearchConfig, run_dir: Any, accuracy: Any, latency_predic
         log: receives a line per refined budget (``nas.refine``: ``search.budgets_ms`` and each device's
             ``max_latency_ms``, refined after the trials when the accuracy objective is cheap) and per round of
             the precision search.
-        accuracy_identity: what the accuracy objective is (``"direct"``, ``"predictor:sha256:<hex>"``), recorded by
-            the study, which refuses another (``nas.study.open_study``).
+        accuracy_identity: what the accuracy objective is (``"direct"`` or ``"predictor"``), recorded by the
+            study, which refuses another (``nas.study.open_study``).
 
     With ``config.precisions`` listing int8, the refinement is followed by the precision search
     (``nas.precision_search``): quantised subnets that could join a front are measured through

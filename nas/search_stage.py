@@ -250,22 +250,17 @@ def _search_locked(config: Any, run: Any, search: Any, space: Any, objective: An
         return run_search(search, run, objective, predictors, space=space, final_evaluator=evaluator,
                           checkpoint=str(run.supernet_checkpoint), progress=show, meta=meta,
                           log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
-                          accuracy_identity=accuracy_identity(search, run))
+                          accuracy_identity=accuracy_identity(search))
     finally:
         if evaluator is not None:
             evaluator.close()
 
 
-def accuracy_identity(search: Any, run: Any) -> str:
-    """What the search's accuracies come from, as its study records it: ``"direct"`` (the supernet evaluated), or
-    ``"predictor:sha256:<hex>"`` of the run's accuracy predictor file (fitted, or imported)."""
-    import hashlib
-
-    from .search_paths import search_paths
-
-    if search.accuracy == "direct":
-        return "direct"
-    return f"predictor:sha256:{hashlib.sha256(search_paths(run).accuracy_predictor.read_bytes()).hexdigest()}"
+def accuracy_identity(search: Any) -> str:
+    """What the search's accuracies come from, as its study records it: ``"direct"`` (the supernet evaluated) or
+    ``"predictor"`` (the run's accuracy predictor; its file is not part of it: processes sharing a study each fit
+    their own, alike up to rounding)."""
+    return "direct" if search.accuracy == "direct" else "predictor"
 
 
 def search_is_complete(config: Any, run: Any) -> bool:

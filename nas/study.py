@@ -317,8 +317,8 @@ def open_study(config: SearchConfig, run_dir: Any, space: SearchSpace,
                accuracy: str | None = None) -> optuna.Study:
     """Create the study or load it (same name) when it exists; refuse a study of another space, other
     devices, another supernet (``supernet``: ``supernet_identity`` of the run's checkpoint) or another accuracy
-    objective (``accuracy``: ``"direct"``, or ``"predictor:<sha256 of its file>"``: its trials' accuracies would
-    not compare with this search's). A study that has no supernet or accuracy recorded takes this one; a call
+    objective (``accuracy``: ``"direct"`` or ``"predictor"``: its trials' accuracies would not compare with this
+    search's). A study that has no supernet or accuracy recorded takes this one; a call
     without one compares none.
 
     Raises:
@@ -422,13 +422,11 @@ def _check_identity(config: SearchConfig, name: str, attrs: Mapping[str, Any], e
     if "accuracy" in expected and stored and stored != expected["accuracy"]:
         raise UsageError(f"study {name!r} in {where} holds accuracies from {_accuracy_shown(stored)}, and this "
                          f"search's come from {_accuracy_shown(expected['accuracy'])}: they do not compare; set "
-                         f"search.accuracy (and the run's accuracy predictor) back, or search.study_name to another "
-                         f"name to search again")
+                         f"search.accuracy back, or search.study_name to another name to search again")
 
 
 def _accuracy_shown(identity: str) -> str:
-    return ("direct evaluation of the supernet" if identity == "direct"
-            else f"the accuracy predictor {identity.partition(':')[2]}")
+    return "direct evaluation of the supernet" if identity == "direct" else f"the accuracy {identity}"
 
 
 def load_study(run_dir: Any, config: SearchConfig | None = None) -> optuna.Study:
