@@ -87,8 +87,8 @@ def sampler_seed(seed: int, finished: int, worker: int | None = None) -> int:
     """The sampler's seed for a study with ``finished`` trials: ``seed`` for a new one, else one drawn from
     ``(seed, finished)``. A sampler's random state is not stored with the study, so a continued search
     seeded with ``seed`` again would propose its first subnets again; this keeps a continued search
-    reproducible and new. ``worker`` (a process id) is mixed in when several processes share the study, so
-    they do not propose the same subnets."""
+    reproducible and new. ``worker`` (the process's number, ``nas.study_shared.worker_number``) is mixed in when
+    several processes share the study, so they do not propose the same subnets."""
     if worker is not None:
         return int(np.random.SeedSequence([seed, finished, worker]).generate_state(1)[0])
     if finished == 0:

@@ -23,8 +23,8 @@ Start ``nas search`` (or ``run_search``) in as many processes as wanted, on one 
 5. The batch is evaluated (the objectives are batched, as in the journal mode) and each trial is told
    ``COMPLETE`` with its values and latency constraints.
 
-Each process's sampler is seeded from ``(seed, trials so far, process id)``, so processes do not propose the
-same subnets; a cooperative search is not reproducible run to run (nor is Optuna's).
+Each process's sampler is seeded from ``(seed, trials so far, host and process id)``, so processes do not propose
+the same subnets; a cooperative search is not reproducible run to run (nor is Optuna's).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
     trials = storage.get_all_trials(study_id, deepcopy=False)
     finished = sum(t.state == TrialState.COMPLETE for t in trials)
     memory = optuna.create_study(directions=study.directions,
-                                 sampler=sampler or st.create_sampler(config, finished, worker=os.getpid()))
+                                 sampler=sampler or st.create_sampler(config, finished, worker=worker_number(worker)))
     known: set[int] = set()  # database ids of the finished trials in ``memory``
     heartbeat = _Heartbeat(storage, st.HEARTBEAT_S)
     done_here = 0
@@ -145,6 +145,14 @@ def optimize_shared(study: optuna.Study, space: SearchSpace, config: SearchConfi
             except Exception:  # noqa: BLE001  # finished meanwhile, or the database is gone: the grace fails it
                 pass
     return done_here
+
+
+def worker_number(worker: str) -> int:
+    """The number a process's sampler seed mixes in (``nas.study.sampler_seed``): of its ``"<host>:<pid>"``, not of its
+    pid alone, which processes in containers on several machines share (often 1), and would propose alike."""
+    import zlib
+
+    return zlib.crc32(worker.encode())
 
 
 def _total_running(trials: Iterable[FrozenTrial], n_trials: int) -> bool:

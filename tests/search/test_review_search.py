@@ -405,3 +405,26 @@ def test_a_study_refuses_accuracies_from_another_objective(tmp_path, toy):
     assert toy.calls == calls and store.read_bytes() == before
     assert len(search_with("predictor", 32)["dev"]) > 0
     assert load_study(run).user_attrs["accuracy"] == "predictor"
+
+
+# --- processes in containers: the same pid on several machines ----------------------------------------------------
+
+
+def test_processes_with_one_pid_on_two_hosts_propose_different_subnets(tmp_path, toy, monkeypatch):
+    """Each process's sampler seed mixed in its pid only: processes in containers (pid 1 on every machine) proposed
+    the same subnets, so the shared study got each twice."""
+    import nas.study_shared
+
+    space = get_space(SPACE)
+    proposals = []
+    for host in ("node-a", "node-b"):
+        monkeypatch.setattr(nas.study_shared, "os", types.SimpleNamespace(getpid=lambda: 1))
+        monkeypatch.setattr(nas.study_shared, "socket", types.SimpleNamespace(gethostname=lambda host=host: host))
+        config = config_of(storage=f"sqlite:///{tmp_path / (host + '.db')}", n_trials=6, batch_size=6,
+                           sampler="random")
+        study = open_study(config, tmp_path / host, space)
+        optimize_shared(study, space, config, toy.accuracy, {"dev": toy.latency()})
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[2:]  # after the enqueued two
+        assert all(t.user_attrs["worker"] == f"{host}:1" for t in trials)
+        proposals.append([t.user_attrs["arch"] for t in trials])
+    assert proposals[0] != proposals[1]
